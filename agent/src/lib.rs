@@ -1,0 +1,14 @@
+//! rke2-bootstrap: every host discovers its peers over sealed gossip, the peers elect exactly one
+//! first server, and each host writes its own RKE2 config, installs RKE2 and starts the right
+//! service.
+//!
+//! Data flows one way: gossip state -> typed membership view ([`gossip::schema`]) -> election and
+//! bring-up decisions ([`election`], [`bringup`]) -> files and commands ([`rke2`], [`fsutil`]).
+
+pub mod cmdline;
+pub mod config;
+pub mod election;
+pub mod fsutil;
+pub mod gossip;
+pub mod rke2;
+pub mod state;

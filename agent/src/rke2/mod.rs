@@ -1,0 +1,7 @@
+//! Everything that touches RKE2 itself: its config file, the installer, the service manager and
+//! readiness probes.
+
+pub mod config_yaml;
+pub mod installer;
+pub mod probe;
+pub mod service;
