@@ -1,1 +1,603 @@
-//! TODO
+//! The gossip key schema: the one place that knows which keys a node publishes and how each value
+//! is spelled on the wire. Everything else works with [`Announcement`] (what this node says about
+//! itself) and [`Member`] (what we know about a peer).
+//!
+//! Values are short ASCII strings so that a `chitchat` dump stays readable while debugging.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// Raw key names. Private on purpose: callers go through [`Announcement::to_key_values`] and
+/// [`Member::from_key_values`].
+mod key {
+    pub const ROLE: &str = "role";
+    pub const PHASE: &str = "phase";
+    pub const NODE_ADDR: &str = "node-addr";
+    pub const READY: &str = "ready";
+    pub const CA_HASH: &str = "ca-hash";
+    pub const VOTE: &str = "vote";
+    pub const INITIALIZER: &str = "initializer";
+    pub const ABDICATED: &str = "abdicated";
+    pub const TOKEN: &str = "token";
+    pub const LEAVING: &str = "leaving";
+    pub const AGENT_VERSION: &str = "agent-version";
+    pub const RKE2_VERSION: &str = "rke2-version";
+    /// Written last when a node joins gossip: until it is present the node is "half-announced"
+    /// and hidden from the live view (chitchat's `extra_liveness_predicate`).
+    pub const ANNOUNCED: &str = "announced";
+}
+
+/// The key whose presence marks a node as fully announced; used by the liveness predicate.
+pub const ANNOUNCED_KEY: &str = key::ANNOUNCED;
+
+/// What a host is, as published in gossip.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Runs `rke2-server`: control plane and etcd.
+    Server,
+    /// Runs `rke2-agent`: a worker.
+    Agent,
+    /// Configured `auto` and not yet decided: counts as a server candidate.
+    Auto,
+    /// The LB sidecar: observes, never a candidate, never routed to.
+    Observer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+            Role::Auto => "auto",
+            Role::Observer => "observer",
+        }
+    }
+
+    /// Hosts that take part in the first-server election.
+    pub fn is_server_candidate(self) -> bool {
+        matches!(self, Role::Server | Role::Auto)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "server" => Ok(Role::Server),
+            "agent" => Ok(Role::Agent),
+            "auto" => Ok(Role::Auto),
+            "observer" => Ok(Role::Observer),
+            other => Err(SchemaError::bad(key::ROLE, other)),
+        }
+    }
+}
+
+/// Where a host is in its bring-up. Published so that `members` shows progress and so that peers
+/// (join lease, election) can reason about each other.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Looking for peers; waiting for `bootstrap-expect` candidates or for an existing cluster.
+    Discovering,
+    /// Has voted in the first-server election and waits for its outcome.
+    Voting,
+    /// Won the election: writing config, installing and starting the first server.
+    Initializing,
+    /// A cluster exists; waiting for its turn to join (servers join one at a time).
+    WaitingToJoin,
+    /// Writing config, installing and starting RKE2 to join the existing cluster.
+    Joining,
+    /// RKE2 is up and passed its readiness probes.
+    Ready,
+    /// A step failed in a way that needs an operator (the reason is in the log).
+    Failed,
+    /// Shutting down gracefully; peers and the LB drop it at once.
+    Leaving,
+    /// The LB sidecar's steady state.
+    Observing,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Discovering => "discovering",
+            Phase::Voting => "voting",
+            Phase::Initializing => "initializing",
+            Phase::WaitingToJoin => "waiting-to-join",
+            Phase::Joining => "joining",
+            Phase::Ready => "ready",
+            Phase::Failed => "failed",
+            Phase::Leaving => "leaving",
+            Phase::Observing => "observing",
+        }
+    }
+
+    const ALL: [Phase; 9] = [
+        Phase::Discovering,
+        Phase::Voting,
+        Phase::Initializing,
+        Phase::WaitingToJoin,
+        Phase::Joining,
+        Phase::Ready,
+        Phase::Failed,
+        Phase::Leaving,
+        Phase::Observing,
+    ];
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|phase| phase.as_str() == s)
+            .ok_or_else(|| SchemaError::bad(key::PHASE, s))
+    }
+}
+
+/// A vote in the first-server election: "in `round`, I back `candidate`".
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Vote {
+    pub round: u32,
+    pub candidate: String,
+}
+
+impl Vote {
+    fn encode(&self) -> String {
+        format!("{}:{}", self.round, self.candidate)
+    }
+
+    fn decode(value: &str) -> Result<Self, SchemaError> {
+        let (round, candidate) = value
+            .split_once(':')
+            .ok_or_else(|| SchemaError::bad(key::VOTE, value))?;
+        let round = round
+            .parse()
+            .map_err(|_| SchemaError::bad(key::VOTE, value))?;
+        if candidate.is_empty() {
+            return Err(SchemaError::bad(key::VOTE, value));
+        }
+        Ok(Vote {
+            round,
+            candidate: candidate.to_string(),
+        })
+    }
+}
+
+/// A value in gossip that does not follow the schema (a newer or broken peer). The member is
+/// still listed, with the field treated as absent, and the error is logged by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gossip key {key:?} has an invalid value {value:?}")]
+pub struct SchemaError {
+    pub key: &'static str,
+    pub value: String,
+}
+
+impl SchemaError {
+    fn bad(key: &'static str, value: &str) -> Self {
+        // Bound what we keep of a hostile value: it ends up in logs.
+        let value = value.chars().take(64).collect();
+        SchemaError { key, value }
+    }
+}
+
+/// What this node publishes about itself. The agent owns one and republishes it whenever it
+/// changes; [`Announcement::to_key_values`] is the complete set of keys, so a field set to `None`
+/// removes its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub role: Role,
+    pub phase: Phase,
+    /// The address RKE2 on this host listens on (supervisor 9345, API 6443).
+    pub node_addr: IpAddr,
+    pub ready: bool,
+    /// SHA-256 (hex) of the cluster CA this node belongs to: the cluster's identity.
+    pub ca_hash: Option<String>,
+    pub vote: Option<Vote>,
+    /// Set (and fsynced) by the election winner before it starts the first server.
+    pub initializer: bool,
+    /// Highest round this node gave up winning in (it will never initialize for it).
+    pub abdicated: Option<u32>,
+    /// The cluster join secret; published only by servers that are part of the cluster. Gossip
+    /// is sealed, so it reaches members holding the cluster key and no one else.
+    pub token: Option<String>,
+    pub leaving: bool,
+    pub rke2_version: Option<String>,
+}
+
+impl Announcement {
+    pub fn new(role: Role, node_addr: IpAddr) -> Self {
+        Announcement {
+            role,
+            phase: if role == Role::Observer {
+                Phase::Observing
+            } else {
+                Phase::Discovering
+            },
+            node_addr,
+            ready: false,
+            ca_hash: None,
+            vote: None,
+            initializer: false,
+            abdicated: None,
+            token: None,
+            leaving: false,
+            rke2_version: None,
+        }
+    }
+
+    /// Every key this schema owns, with `None` for keys that must be absent.
+    pub fn to_key_values(&self) -> Vec<(&'static str, Option<String>)> {
+        let flag = |b: bool| b.then(|| "true".to_string());
+        vec![
+            (key::ROLE, Some(self.role.as_str().to_string())),
+            (key::PHASE, Some(self.phase.as_str().to_string())),
+            (key::NODE_ADDR, Some(self.node_addr.to_string())),
+            (key::READY, flag(self.ready)),
+            (key::CA_HASH, self.ca_hash.clone()),
+            (key::VOTE, self.vote.as_ref().map(Vote::encode)),
+            (key::INITIALIZER, flag(self.initializer)),
+            (key::ABDICATED, self.abdicated.map(|r| r.to_string())),
+            (key::TOKEN, self.token.clone()),
+            (key::LEAVING, flag(self.leaving)),
+            (
+                key::AGENT_VERSION,
+                Some(env!("CARGO_PKG_VERSION").to_string()),
+            ),
+            (key::RKE2_VERSION, self.rke2_version.clone()),
+            (key::ANNOUNCED, Some("true".to_string())),
+        ]
+    }
+}
+
+/// Liveness of a member as seen by this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Liveness {
+    Alive,
+    /// Announced it was leaving: drop it at once, it is not coming back in this generation.
+    Left,
+    /// The failure detector gave up on it.
+    Dead,
+}
+
+/// A peer (or this node) as the rest of the program sees it: typed, validated, no raw keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// Incarnation: a restarted agent comes back with a higher generation.
+    pub generation: u64,
+    pub gossip_addr: SocketAddr,
+    pub liveness: Liveness,
+    pub role: Role,
+    pub phase: Phase,
+    pub node_addr: IpAddr,
+    pub ready: bool,
+    pub ca_hash: Option<String>,
+    pub vote: Option<Vote>,
+    pub initializer: bool,
+    pub abdicated: Option<u32>,
+    /// Never printed: see the `Serialize` impl below, which leaves it out.
+    pub token: Option<String>,
+    pub agent_version: Option<String>,
+    pub rke2_version: Option<String>,
+}
+
+impl Member {
+    /// Builds a member from its gossip key-values. Returns `None` for a half-announced node (no
+    /// role yet). Invalid optional values are dropped and reported in the error list.
+    pub fn from_key_values<'a>(
+        name: &str,
+        generation: u64,
+        gossip_addr: SocketAddr,
+        alive: bool,
+        key_values: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<(Member, Vec<SchemaError>)> {
+        let kv: BTreeMap<&str, &str> = key_values.into_iter().collect();
+        kv.get(key::ANNOUNCED)?;
+        let mut errors = Vec::new();
+        let mut parse = |k: &'static str| -> Option<String> { kv.get(k).map(|v| v.to_string()) };
+        let role = match parse(key::ROLE)?.parse::<Role>() {
+            Ok(role) => role,
+            Err(err) => {
+                errors.push(err);
+                return Some((Member::unknown(name, generation, gossip_addr), errors));
+            }
+        };
+        let phase = parse(key::PHASE)
+            .and_then(|v| v.parse::<Phase>().map_err(|e| errors.push(e)).ok())
+            .unwrap_or(Phase::Discovering);
+        let node_addr = parse(key::NODE_ADDR)
+            .and_then(|v| {
+                v.parse::<IpAddr>()
+                    .map_err(|_| errors.push(SchemaError::bad(key::NODE_ADDR, &v)))
+                    .ok()
+            })
+            .unwrap_or(gossip_addr.ip());
+        let vote = parse(key::VOTE).and_then(|v| Vote::decode(&v).map_err(|e| errors.push(e)).ok());
+        let abdicated = parse(key::ABDICATED).and_then(|v| {
+            v.parse::<u32>()
+                .map_err(|_| errors.push(SchemaError::bad(key::ABDICATED, &v)))
+                .ok()
+        });
+        let ca_hash = parse(key::CA_HASH).filter(|v| {
+            let ok = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                errors.push(SchemaError::bad(key::CA_HASH, v));
+            }
+            ok
+        });
+        let leaving = kv.get(key::LEAVING) == Some(&"true");
+        let liveness = match (alive, leaving) {
+            (_, true) => Liveness::Left,
+            (true, false) => Liveness::Alive,
+            (false, false) => Liveness::Dead,
+        };
+        let member = Member {
+            name: name.to_string(),
+            generation,
+            gossip_addr,
+            liveness,
+            role,
+            phase,
+            node_addr,
+            ready: kv.get(key::READY) == Some(&"true"),
+            ca_hash,
+            vote,
+            initializer: kv.get(key::INITIALIZER) == Some(&"true"),
+            abdicated,
+            token: kv.get(key::TOKEN).map(|v| v.to_string()),
+            agent_version: kv.get(key::AGENT_VERSION).map(|v| v.to_string()),
+            rke2_version: kv.get(key::RKE2_VERSION).map(|v| v.to_string()),
+        };
+        Some((member, errors))
+    }
+
+    /// A member whose role we cannot read: listed (so an operator sees it) but never trusted.
+    fn unknown(name: &str, generation: u64, gossip_addr: SocketAddr) -> Member {
+        Member {
+            name: name.to_string(),
+            generation,
+            gossip_addr,
+            liveness: Liveness::Alive,
+            role: Role::Observer,
+            phase: Phase::Failed,
+            node_addr: gossip_addr.ip(),
+            ready: false,
+            ca_hash: None,
+            vote: None,
+            initializer: false,
+            abdicated: None,
+            token: None,
+            agent_version: None,
+            rke2_version: None,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.liveness == Liveness::Alive
+    }
+
+    /// A server the LB may route to: alive, ready, not leaving.
+    pub fn is_routable_server(&self) -> bool {
+        self.role == Role::Server && self.is_alive() && self.ready && self.phase == Phase::Ready
+    }
+}
+
+/// The public face of a member: what `members`, `members --json` and the status endpoint show.
+/// The join token is deliberately not part of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberSummary {
+    pub name: String,
+    pub generation: u64,
+    pub gossip_addr: SocketAddr,
+    pub node_addr: IpAddr,
+    pub role: Role,
+    pub phase: Phase,
+    pub alive: bool,
+    pub left: bool,
+    pub ready: bool,
+    pub initializer: bool,
+    pub ca_hash: Option<String>,
+    pub vote: Option<String>,
+    pub agent_version: Option<String>,
+    pub rke2_version: Option<String>,
+}
+
+impl From<&Member> for MemberSummary {
+    fn from(m: &Member) -> Self {
+        MemberSummary {
+            name: m.name.clone(),
+            generation: m.generation,
+            gossip_addr: m.gossip_addr,
+            node_addr: m.node_addr,
+            role: m.role,
+            phase: m.phase,
+            alive: m.is_alive(),
+            left: m.liveness == Liveness::Left,
+            ready: m.ready,
+            initializer: m.initializer,
+            ca_hash: m.ca_hash.clone(),
+            vote: m.vote.as_ref().map(Vote::encode),
+            agent_version: m.agent_version.clone(),
+            rke2_version: m.rke2_version.clone(),
+        }
+    }
+}
+
+/// The cluster's identity: the CA hash published by the elected initializer. `None` until the
+/// first server is up. If (against every rule) several initializers publish different hashes, the
+/// one backed by the most ready servers wins, ties broken by name, and the others are returned as
+/// strays so callers can refuse them loudly.
+pub fn cluster_identity(members: &[Member]) -> (Option<String>, Vec<String>) {
+    let mut backing: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for m in members.iter().filter(|m| m.initializer) {
+        if let Some(hash) = m.ca_hash.as_deref() {
+            backing.entry(hash).or_insert((0, m.name.as_str()));
+        }
+    }
+    for m in members.iter().filter(|m| m.is_routable_server()) {
+        if let Some(entry) = m.ca_hash.as_deref().and_then(|h| backing.get_mut(h)) {
+            entry.0 += 1;
+        }
+    }
+    let winner = backing
+        .iter()
+        .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| b.1 .1.cmp(a.1 .1)))
+        .map(|(hash, _)| hash.to_string());
+    let strays = members
+        .iter()
+        .filter_map(|m| m.ca_hash.clone())
+        .filter(|h| Some(h) != winner.as_ref())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    (winner, strays)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, last], 7946))
+    }
+
+    fn roundtrip(a: &Announcement, alive: bool) -> Member {
+        let kvs: Vec<(&str, String)> = a
+            .to_key_values()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let (member, errors) = Member::from_key_values(
+            "n1",
+            3,
+            addr(1),
+            alive,
+            kvs.iter().map(|(k, v)| (*k, v.as_str())),
+        )
+        .expect("announced");
+        assert!(errors.is_empty(), "{errors:?}");
+        member
+    }
+
+    #[test]
+    fn announcement_roundtrips_through_key_values() {
+        let mut a = Announcement::new(Role::Server, "127.0.0.1".parse().unwrap());
+        a.phase = Phase::Ready;
+        a.ready = true;
+        a.ca_hash = Some("ab".repeat(32));
+        a.vote = Some(Vote {
+            round: 2,
+            candidate: "node-a".into(),
+        });
+        a.initializer = true;
+        a.abdicated = Some(1);
+        a.token = Some("secret".into());
+        let m = roundtrip(&a, true);
+        assert_eq!(m.role, Role::Server);
+        assert_eq!(m.phase, Phase::Ready);
+        assert!(m.ready && m.initializer && m.is_routable_server());
+        assert_eq!(m.vote, a.vote);
+        assert_eq!(m.abdicated, Some(1));
+        assert_eq!(m.ca_hash, a.ca_hash);
+        assert_eq!(m.token.as_deref(), Some("secret"));
+        assert_eq!(m.generation, 3);
+    }
+
+    #[test]
+    fn leaving_wins_over_alive_and_is_not_routable() {
+        let mut a = Announcement::new(Role::Server, "127.0.0.1".parse().unwrap());
+        a.phase = Phase::Ready;
+        a.ready = true;
+        a.leaving = true;
+        let m = roundtrip(&a, true);
+        assert_eq!(m.liveness, Liveness::Left);
+        assert!(!m.is_routable_server());
+        let a = Announcement {
+            leaving: false,
+            ..a
+        };
+        assert_eq!(roundtrip(&a, false).liveness, Liveness::Dead);
+    }
+
+    #[test]
+    fn half_announced_nodes_are_hidden() {
+        let kvs = [("role", "server"), ("phase", "ready")];
+        assert!(Member::from_key_values("n", 1, addr(2), true, kvs).is_none());
+    }
+
+    #[test]
+    fn invalid_values_are_reported_and_dropped() {
+        let kvs = [
+            ("announced", "true"),
+            ("role", "server"),
+            ("phase", "dancing"),
+            ("vote", "x:y"),
+            ("ca-hash", "not-hex"),
+        ];
+        let (m, errors) = Member::from_key_values("n", 1, addr(2), true, kvs).unwrap();
+        assert_eq!(m.phase, Phase::Discovering);
+        assert_eq!(m.vote, None);
+        assert_eq!(m.ca_hash, None);
+        let keys: Vec<_> = errors.iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["phase", "vote", "ca-hash"]);
+    }
+
+    #[test]
+    fn unknown_role_is_listed_but_untrusted() {
+        let kvs = [("announced", "true"), ("role", "overlord")];
+        let (m, errors) = Member::from_key_values("n", 1, addr(2), true, kvs).unwrap();
+        assert_eq!(m.role, Role::Observer);
+        assert_eq!(m.phase, Phase::Failed);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn summary_never_carries_the_token() {
+        let mut a = Announcement::new(Role::Server, "127.0.0.1".parse().unwrap());
+        a.token = Some("K10deadbeef::server:topsecret".into());
+        let json = serde_json::to_string(&MemberSummary::from(&roundtrip(&a, true))).unwrap();
+        assert!(!json.contains("topsecret"), "{json}");
+    }
+
+    #[test]
+    fn identity_prefers_the_initializer_with_most_ready_servers() {
+        let mk = |name: &str, hash: &str, init: bool| {
+            let mut a = Announcement::new(Role::Server, "127.0.0.1".parse().unwrap());
+            a.phase = Phase::Ready;
+            a.ready = true;
+            a.initializer = init;
+            a.ca_hash = Some(hash.repeat(64));
+            let mut m = roundtrip(&a, true);
+            m.name = name.into();
+            m
+        };
+        let members = vec![mk("a", "a", true), mk("b", "b", true), mk("c", "b", false)];
+        let (identity, strays) = cluster_identity(&members);
+        assert_eq!(identity, Some("b".repeat(64)));
+        assert_eq!(strays, vec!["a".repeat(64)]);
+        assert_eq!(cluster_identity(&[]), (None, vec![]));
+    }
+}
