@@ -1,0 +1,625 @@
+//! The agent's configuration, in three types with one job each: [`RawAgentConfig`] is what the
+//! layers say (every field optional, unknown keys rejected), [`AgentConfig::from_raw`] applies
+//! defaults and validates, and [`AgentConfig`] is what the rest of the program reads.
+
+pub mod layers;
+pub mod lenient;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fsutil::under_root;
+use crate::gossip::schema::Role;
+pub use layers::{ConfigError, KeySpec, Layers, Source};
+
+/// Prefix of the environment variables that set config keys.
+pub const ENV_PREFIX: &str = "RKE2_BOOTSTRAP_";
+/// The config file path may come from the environment too; it is not a key.
+pub const ENV_CONFIG_FILE: &str = "RKE2_BOOTSTRAP_CONFIG";
+/// Default gossip port (UDP).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7947;
+
+/// Every key the agent accepts, with its help line. The flag `--<key>` and the variable
+/// `RKE2_BOOTSTRAP_<KEY>` are derived from it.
+pub const AGENT_KEYS: &[KeySpec] = &[
+    KeySpec { name: "cluster-name", help: "Name of the cluster; hosts with another name never join (default: rke2)" },
+    KeySpec { name: "node-name", help: "This host's name in gossip and in RKE2 (default: the hostname)" },
+    KeySpec { name: "role", help: "server, agent or auto (default: auto)" },
+    KeySpec { name: "bind-addr", help: "Gossip UDP listen address, ip or ip:port (default: 0.0.0.0:7947)" },
+    KeySpec { name: "advertise-addr", help: "Address peers reach this host at, and RKE2's node-ip (default: the bind ip, or the route to the first seed)" },
+    KeySpec { name: "seeds", help: "Gossip seeds, host:port list (DNS names are resolved and retried)" },
+    KeySpec { name: "gossip-key-file", help: "Keyring file: base64 32-byte keys, one per line, first is primary (default: <root>/etc/rke2-bootstrap/gossip.key)" },
+    KeySpec { name: "root", help: "Prefix for every host path, to run unprivileged in a temp dir (default: /)" },
+    KeySpec { name: "state-dir", help: "Where decisions are persisted (default: <root>/var/lib/rke2-bootstrap)" },
+    KeySpec { name: "bootstrap-expect", help: "Number of initial server candidates (server and auto hosts) (default: 3)" },
+    KeySpec { name: "servers", help: "Target number of servers for auto hosts; must be odd (default: 3)" },
+    KeySpec { name: "registration-address", help: "The LB's FQDN or IP that nodes register through on 9345 (default: the first server's address)" },
+    KeySpec { name: "registration-ip", help: "The LB's IP, added to tls-san next to registration-address" },
+    KeySpec { name: "token-file", help: "File holding the cluster token (default: the first server generates one)" },
+    KeySpec { name: "installer-url", help: "RKE2 installer script URL (default: https://get.rke2.io)" },
+    KeySpec { name: "installer-sha256", help: "Expected SHA-256 of the installer script" },
+    KeySpec { name: "allow-insecure-installer-url", help: "Allow a plain http installer-url (air-gapped mirrors, tests) (default: false)" },
+    KeySpec { name: "rke2-version", help: "INSTALL_RKE2_VERSION" },
+    KeySpec { name: "rke2-channel", help: "INSTALL_RKE2_CHANNEL" },
+    KeySpec { name: "rke2-install-method", help: "INSTALL_RKE2_METHOD (rpm or tar)" },
+    KeySpec { name: "airgap-artifact-path", help: "INSTALL_RKE2_ARTIFACT_PATH, for air-gapped installs" },
+    KeySpec { name: "installer-timeout", help: "How long the installer may run (default: 15m)" },
+    KeySpec { name: "service-manager", help: "Service manager command (default: systemctl)" },
+    KeySpec { name: "control-plane-taint", help: "Dedicated control plane: taint servers CriticalAddonsOnly=true:NoExecute (default: false)" },
+    KeySpec { name: "existing-config", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
+    KeySpec { name: "rke2-config", help: "Extra RKE2 config.yaml keys, passed through (a mapping)" },
+    KeySpec { name: "gossip-interval", help: "Gossip round interval (default: 100ms)" },
+    KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
+];
+
+/// What the layers say, before defaults. Field names are the keys in kebab case.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAgentConfig {
+    pub cluster_name: Option<String>,
+    pub node_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub role: Option<ConfiguredRole>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub bind_addr: Option<AddrOrSocket>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub advertise_addr: Option<AddrOrSocket>,
+    #[serde(default, deserialize_with = "lenient::list")]
+    pub seeds: Option<Vec<String>>,
+    pub gossip_key_file: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub bootstrap_expect: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub servers: Option<u32>,
+    pub registration_address: Option<String>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub registration_ip: Option<IpAddr>,
+    pub token_file: Option<PathBuf>,
+    pub installer_url: Option<String>,
+    pub installer_sha256: Option<String>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub allow_insecure_installer_url: Option<bool>,
+    pub rke2_version: Option<String>,
+    pub rke2_channel: Option<String>,
+    pub rke2_install_method: Option<String>,
+    pub airgap_artifact_path: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::duration")]
+    pub installer_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "lenient::list_or_words")]
+    pub service_manager: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub control_plane_taint: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub existing_config: Option<ExistingConfig>,
+    #[serde(default, deserialize_with = "lenient::mapping")]
+    pub rke2_config: Option<serde_yaml_ng::Mapping>,
+    #[serde(default, deserialize_with = "lenient::duration")]
+    pub gossip_interval: Option<Duration>,
+    pub status_socket: Option<PathBuf>,
+}
+
+/// The role as configured (`auto` is resolved later, by the election).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfiguredRole {
+    Server,
+    Agent,
+    Auto,
+}
+
+impl std::str::FromStr for ConfiguredRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "server" => Ok(ConfiguredRole::Server),
+            "agent" => Ok(ConfiguredRole::Agent),
+            "auto" => Ok(ConfiguredRole::Auto),
+            other => Err(format!(
+                "unknown role {other:?}, expected server, agent or auto"
+            )),
+        }
+    }
+}
+
+impl From<ConfiguredRole> for Role {
+    fn from(role: ConfiguredRole) -> Role {
+        match role {
+            ConfiguredRole::Server => Role::Server,
+            ConfiguredRole::Agent => Role::Agent,
+            ConfiguredRole::Auto => Role::Auto,
+        }
+    }
+}
+
+/// What to do when `/etc/rancher/rke2/config.yaml` exists and was not written by us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExistingConfig {
+    Refuse,
+    Backup,
+}
+
+impl std::str::FromStr for ExistingConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refuse" => Ok(ExistingConfig::Refuse),
+            "backup" => Ok(ExistingConfig::Backup),
+            other => Err(format!(
+                "unknown policy {other:?}, expected refuse or backup"
+            )),
+        }
+    }
+}
+
+/// An IP with an optional port: `10.0.0.5` or `10.0.0.5:7947`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AddrOrSocket {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for AddrOrSocket {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(socket) = s.parse::<SocketAddr>() {
+            return Ok(AddrOrSocket {
+                ip: socket.ip(),
+                port: Some(socket.port()),
+            });
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| AddrOrSocket { ip, port: None })
+            .map_err(|_| format!("{s:?} is not an IP address or ip:port"))
+    }
+}
+
+impl TryFrom<String> for AddrOrSocket {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub cluster_name: String,
+    pub node_name: String,
+    pub role: ConfiguredRole,
+    pub bind_addr: SocketAddr,
+    /// `None`: derived at start-up from the route to the first seed.
+    pub advertise_addr: Option<SocketAddr>,
+    pub seeds: Vec<String>,
+    pub gossip_key_file: PathBuf,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub bootstrap_expect: u32,
+    pub servers: u32,
+    pub registration_address: Option<String>,
+    pub registration_ip: Option<IpAddr>,
+    pub token_file: Option<PathBuf>,
+    pub installer: InstallerSettings,
+    pub service_manager: Vec<String>,
+    pub control_plane_taint: bool,
+    pub existing_config: ExistingConfig,
+    pub rke2_config: serde_yaml_ng::Mapping,
+    pub gossip_interval: Duration,
+    pub status_socket: PathBuf,
+}
+
+/// Installer settings, grouped because they travel together to the installer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallerSettings {
+    pub url: String,
+    pub sha256: Option<String>,
+    pub allow_insecure_http: bool,
+    pub version: Option<String>,
+    pub channel: Option<String>,
+    pub method: Option<String>,
+    pub artifact_path: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Loads all layers (flag > env > kernel command line > file > default) and validates.
+    pub fn load(layers: &Layers) -> Result<AgentConfig, ConfigError> {
+        let merged = layers::merge(layers, AGENT_KEYS, ENV_PREFIX, &[ENV_CONFIG_FILE])?;
+        let raw: RawAgentConfig = merged.deserialize()?;
+        AgentConfig::from_raw(raw, &merged)
+    }
+
+    fn from_raw(raw: RawAgentConfig, merged: &layers::Merged) -> Result<AgentConfig, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::InvalidValue {
+            key: key.to_string(),
+            origin: merged
+                .source(key)
+                .cloned()
+                .unwrap_or(Source::Flag(key.to_string())),
+            reason,
+        };
+        let root = raw.root.unwrap_or_else(|| PathBuf::from("/"));
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| under_root(&root, "/var/lib/rke2-bootstrap"));
+        let cluster_name = raw.cluster_name.unwrap_or_else(|| "rke2".to_string());
+        if !is_valid_name(&cluster_name) {
+            return Err(invalid(
+                "cluster-name",
+                "use letters, digits, '-', '_' and '.' (at most 63)".into(),
+            ));
+        }
+        let node_name = match raw.node_name {
+            Some(name) => name,
+            None => hostname().map_err(|reason| invalid("node-name", reason))?,
+        };
+        if !is_valid_name(&node_name) {
+            return Err(invalid(
+                "node-name",
+                "use letters, digits, '-', '_' and '.' (at most 63)".into(),
+            ));
+        }
+        let bind = raw.bind_addr.unwrap_or(AddrOrSocket {
+            ip: IpAddr::from([0, 0, 0, 0]),
+            port: None,
+        });
+        let port = bind.port.unwrap_or(DEFAULT_GOSSIP_PORT);
+        let bind_addr = SocketAddr::new(bind.ip, port);
+        let advertise_addr = match raw.advertise_addr {
+            Some(a) if a.ip.is_unspecified() => {
+                return Err(invalid(
+                    "advertise-addr",
+                    "must be a routable address, not 0.0.0.0".into(),
+                ))
+            }
+            Some(a) => Some(SocketAddr::new(a.ip, a.port.unwrap_or(port))),
+            None if !bind.ip.is_unspecified() => Some(bind_addr),
+            None => None,
+        };
+        let seeds = raw.seeds.unwrap_or_default();
+        for seed in &seeds {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid("seeds", format!("{seed:?} is not host:port")));
+            }
+        }
+        let bootstrap_expect = raw.bootstrap_expect.unwrap_or(3);
+        if bootstrap_expect == 0 {
+            return Err(invalid("bootstrap-expect", "must be at least 1".into()));
+        }
+        let servers = raw.servers.unwrap_or(3);
+        if servers == 0 || servers % 2 == 0 {
+            return Err(invalid(
+                "servers",
+                format!("{servers} is not odd: etcd needs an odd number of servers"),
+            ));
+        }
+        let installer_url = raw
+            .installer_url
+            .unwrap_or_else(|| "https://get.rke2.io".to_string());
+        let allow_insecure_http = raw.allow_insecure_installer_url.unwrap_or(false);
+        if installer_url.starts_with("http://") && !allow_insecure_http {
+            return Err(invalid(
+                "installer-url",
+                "plain http needs allow-insecure-installer-url: true (an installer runs as root)"
+                    .into(),
+            ));
+        }
+        if !installer_url.starts_with("http://") && !installer_url.starts_with("https://") {
+            return Err(invalid(
+                "installer-url",
+                format!("{installer_url:?} is not an http(s) URL"),
+            ));
+        }
+        if let Some(sum) = &raw.installer_sha256 {
+            if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid("installer-sha256", "expected 64 hex digits".into()));
+            }
+        }
+        let service_manager = raw
+            .service_manager
+            .unwrap_or_else(|| vec!["systemctl".to_string()]);
+        if service_manager.is_empty() {
+            return Err(invalid("service-manager", "must name a command".into()));
+        }
+        let gossip_interval = raw.gossip_interval.unwrap_or(Duration::from_millis(100));
+        if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "gossip-interval",
+                "must be between 10ms and 10s".into(),
+            ));
+        }
+        Ok(AgentConfig {
+            cluster_name,
+            node_name,
+            role: raw.role.unwrap_or(ConfiguredRole::Auto),
+            bind_addr,
+            advertise_addr,
+            seeds,
+            gossip_key_file: raw
+                .gossip_key_file
+                .unwrap_or_else(|| under_root(&root, "/etc/rke2-bootstrap/gossip.key")),
+            status_socket: raw
+                .status_socket
+                .unwrap_or_else(|| state_dir.join("status.sock")),
+            state_dir,
+            root,
+            bootstrap_expect,
+            servers,
+            registration_address: raw.registration_address,
+            registration_ip: raw.registration_ip,
+            token_file: raw.token_file,
+            installer: InstallerSettings {
+                url: installer_url,
+                sha256: raw.installer_sha256.map(|s| s.to_ascii_lowercase()),
+                allow_insecure_http,
+                version: raw.rke2_version,
+                channel: raw.rke2_channel,
+                method: raw.rke2_install_method,
+                artifact_path: raw.airgap_artifact_path,
+                timeout: raw
+                    .installer_timeout
+                    .unwrap_or(Duration::from_secs(15 * 60)),
+            },
+            service_manager,
+            control_plane_taint: raw.control_plane_taint.unwrap_or(false),
+            existing_config: raw.existing_config.unwrap_or(ExistingConfig::Refuse),
+            rke2_config: raw.rke2_config.unwrap_or_default(),
+            gossip_interval,
+        })
+    }
+
+    /// A host path (such as `/etc/rancher/rke2/config.yaml`) under this agent's root.
+    pub fn host_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        under_root(&self.root, path)
+    }
+}
+
+/// Names end up in gossip, in RKE2's config and in LB config comments: keep them boring.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn hostname() -> Result<String, String> {
+    nix::unistd::gethostname()
+        .map_err(|err| format!("cannot read the hostname ({err}); set node-name"))?
+        .into_string()
+        .map_err(|_| "the hostname is not UTF-8; set node-name".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    use super::*;
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(
+        file: Option<&Path>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<AgentConfig, ConfigError> {
+        let to_map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        AgentConfig::load(&Layers {
+            file: file.map(Path::to_path_buf),
+            env: to_map(env),
+            kernel: BTreeMap::new(),
+            flags: to_map(flags),
+        })
+    }
+
+    #[test]
+    fn precedence_is_flag_then_env_then_file_then_default() {
+        let f = file("node-name: from-file\nrole: server\nbootstrap-expect: 5\nservers: 5\n");
+        let cfg = load(
+            Some(f.path()),
+            &[
+                ("RKE2_BOOTSTRAP_ROLE", "agent"),
+                ("RKE2_BOOTSTRAP_BOOTSTRAP_EXPECT", "7"),
+            ],
+            &[("bootstrap-expect", "9")],
+        )
+        .unwrap();
+        assert_eq!(cfg.node_name, "from-file");
+        assert_eq!(cfg.role, ConfiguredRole::Agent, "env beats file");
+        assert_eq!(cfg.bootstrap_expect, 9, "flag beats env");
+        assert_eq!(cfg.servers, 5, "file beats default");
+        assert_eq!(cfg.cluster_name, "rke2", "default");
+        assert_eq!(cfg.bind_addr, "0.0.0.0:7947".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_the_file() {
+        let f = file("node-name: a\nbootstrap-expected: 3\n");
+        let err = load(Some(f.path()), &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("`bootstrap-expected`"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_variable_is_named() {
+        let err = load(
+            None,
+            &[("RKE2_BOOTSTRAP_NODE_NAM", "x")],
+            &[("node-name", "a")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("RKE2_BOOTSTRAP_NODE_NAM"), "{err}");
+        // The config-file variable is not a key and must not be rejected.
+        load(
+            None,
+            &[("RKE2_BOOTSTRAP_CONFIG", "/x")],
+            &[("node-name", "a")],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_key_and_source() {
+        let f = file("node-name: a\nbind-addr: 10.0.0.300\n");
+        let err = load(Some(f.path()), &[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`bind-addr`") && err.contains("config file"),
+            "{err}"
+        );
+
+        let err = load(
+            None,
+            &[("RKE2_BOOTSTRAP_SERVERS", "two")],
+            &[("node-name", "a")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`servers`") && err.contains("RKE2_BOOTSTRAP_SERVERS"),
+            "{err}"
+        );
+
+        let err = load(None, &[], &[("node-name", "a"), ("servers", "4")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`servers`") && err.contains("--servers") && err.contains("odd"),
+            "{err}"
+        );
+
+        let err = load(None, &[], &[("node-name", "a"), ("seeds", "10.0.0.1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`seeds`") && err.contains("host:port"),
+            "{err}"
+        );
+
+        let err = load(None, &[], &[("node-name", "a"), ("role", "boss")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`role`") && err.contains("boss"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_installer_needs_the_explicit_flag() {
+        let err = load(
+            None,
+            &[],
+            &[("node-name", "a"), ("installer-url", "http://127.0.0.1:1/")],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("allow-insecure-installer-url"),
+            "{err}"
+        );
+        let cfg = load(
+            None,
+            &[],
+            &[
+                ("node-name", "a"),
+                ("installer-url", "http://127.0.0.1:1/"),
+                ("allow-insecure-installer-url", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(cfg.installer.allow_insecure_http);
+    }
+
+    #[test]
+    fn lists_maps_and_durations_from_text_and_yaml() {
+        let f = file("node-name: a\nseeds: [\"lb.example:7947\", \"10.0.0.2:7947\"]\nrke2-config:\n  cni: cilium\n");
+        let cfg = load(Some(f.path()), &[], &[("gossip-interval", "250ms")]).unwrap();
+        assert_eq!(cfg.seeds, ["lb.example:7947", "10.0.0.2:7947"]);
+        assert_eq!(cfg.gossip_interval, Duration::from_millis(250));
+        assert_eq!(
+            cfg.rke2_config.get("cni").and_then(|v| v.as_str()),
+            Some("cilium")
+        );
+        let cfg = load(
+            None,
+            &[
+                ("RKE2_BOOTSTRAP_SEEDS", "a:1, b:2"),
+                ("RKE2_BOOTSTRAP_RKE2_CONFIG", "{cni: canal}"),
+            ],
+            &[
+                ("node-name", "a"),
+                ("service-manager", "/usr/bin/fake --root /tmp/x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.seeds, ["a:1", "b:2"]);
+        assert_eq!(cfg.service_manager, ["/usr/bin/fake", "--root", "/tmp/x"]);
+        assert_eq!(
+            cfg.rke2_config.get("cni").and_then(|v| v.as_str()),
+            Some("canal")
+        );
+    }
+
+    #[test]
+    fn root_prefixes_default_paths_only() {
+        let cfg = load(None, &[], &[("node-name", "a"), ("root", "/tmp/h1")]).unwrap();
+        assert_eq!(
+            cfg.state_dir,
+            PathBuf::from("/tmp/h1/var/lib/rke2-bootstrap")
+        );
+        assert_eq!(
+            cfg.gossip_key_file,
+            PathBuf::from("/tmp/h1/etc/rke2-bootstrap/gossip.key")
+        );
+        assert_eq!(
+            cfg.host_path("/etc/rancher/rke2/config.yaml"),
+            PathBuf::from("/tmp/h1/etc/rancher/rke2/config.yaml")
+        );
+        let cfg = load(
+            None,
+            &[],
+            &[("node-name", "a"), ("root", "/tmp/h1"), ("state-dir", "/s")],
+        )
+        .unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files_are_named() {
+        let err = load(Some(Path::new("/nonexistent/agent.yaml")), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+        let f = file("node-name: [unclosed\n");
+        let err = load(Some(f.path()), &[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("not valid YAML") && err.contains(&f.path().display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_key_in_the_table_is_a_field() {
+        for spec in AGENT_KEYS {
+            let yaml = format!("{}: null\n", spec.name);
+            serde_yaml_ng::from_str::<RawAgentConfig>(&yaml)
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+        }
+    }
+}
