@@ -311,11 +311,12 @@ pub async fn run(cfg: &InstallerConfig, script: &[u8]) -> Result<()> {
     let pid = child
         .id()
         .context("installer exited before its pid was read")?;
+    let shown_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(
         script = %script_path.display(),
         pid,
-        env = ?env,
-        timeout_s = cfg.run_timeout.as_secs(),
+        env = %shown_env.join(" "),
+        timeout_ms = cfg.run_timeout.as_millis() as u64,
         "running installer"
     );
 
