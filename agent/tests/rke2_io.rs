@@ -16,7 +16,7 @@ use rke2_bootstrap::rke2::config_yaml::{
 use rke2_bootstrap::rke2::installer::{
     self, ensure_installed, InstallMethod, InstallOutcome, InstallType, InstallerConfig,
 };
-use rke2_bootstrap::rke2::probe::{install_crypto_provider, ProbePorts, Prober};
+use rke2_bootstrap::rke2::probe::{install_crypto_provider, ClientIdentity, ProbePorts, Prober};
 use rke2_bootstrap::rke2::service::{ServiceKind, ServiceManager};
 use rke2_bootstrap::rke2::token::{ca_hash, JoinToken, Secret};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,7 +34,8 @@ fn init_logs() {
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 server (plain or TLS), one request per connection.
 
-type Handler = Arc<dyn Fn(&str, usize) -> (u16, Vec<u8>) + Send + Sync>;
+/// `(path, request number, whether the client presented a verified certificate)`.
+type Handler = Arc<dyn Fn(&str, usize, bool) -> (u16, Vec<u8>) + Send + Sync>;
 
 struct TestServer {
     addr: SocketAddr,
@@ -54,7 +55,7 @@ impl Drop for TestServer {
     }
 }
 
-/// Starts a server on 127.0.0.1; `handler(path, request_number)` answers each request.
+/// Starts a server on 127.0.0.1; `handler` answers each request.
 async fn serve(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -72,10 +73,11 @@ async fn serve(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Test
                 match tls {
                     Some(acceptor) => {
                         if let Ok(stream) = acceptor.accept(stream).await {
-                            answer(stream, handler, counter).await;
+                            let authed = stream.get_ref().1.peer_certificates().is_some();
+                            answer(stream, handler, counter, authed).await;
                         }
                     }
-                    None => answer(stream, handler, counter).await,
+                    None => answer(stream, handler, counter, false).await,
                 }
             });
         }
@@ -91,6 +93,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     handler: Handler,
     counter: Arc<AtomicUsize>,
+    authed: bool,
 ) {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
@@ -103,7 +106,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     let head = String::from_utf8_lossy(&request);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-    let (status, body) = handler(&path, n);
+    let (status, body) = handler(&path, n, authed);
     let response = format!(
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -113,7 +116,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-fn handler(f: impl Fn(&str, usize) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Handler {
+fn handler(f: impl Fn(&str, usize, bool) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Handler {
     Arc::new(f)
 }
 
@@ -190,7 +193,7 @@ async fn download_and_run_passes_install_env() {
     let version = "v1.30.2+rke2r1";
     let script = stand_in_installer(&fx.env_out, version);
     let body = script.clone().into_bytes();
-    let server = serve(handler(move |_, _| (200, body.clone())), None).await;
+    let server = serve(handler(move |_, _, _| (200, body.clone())), None).await;
     let artifacts = fx.state.join("artifacts");
     fs::create_dir_all(&artifacts).unwrap();
 
@@ -240,7 +243,7 @@ async fn server_type_defaults_leave_optional_env_unset() {
     let fx = install_fixture();
     let script = stand_in_installer(&fx.env_out, "v1.30.2+rke2r1");
     let server = serve(
-        handler(move |_, _| (200, script.clone().into_bytes())),
+        handler(move |_, _, _| (200, script.clone().into_bytes())),
         None,
     )
     .await;
@@ -263,7 +266,7 @@ async fn checksum_mismatch_is_an_error_and_nothing_runs() {
     let script = stand_in_installer(&fx.env_out, "v1");
     let actual = sha256_hex(script.as_bytes());
     let server = serve(
-        handler(move |_, _| (200, script.clone().into_bytes())),
+        handler(move |_, _, _| (200, script.clone().into_bytes())),
         None,
     )
     .await;
@@ -282,7 +285,7 @@ async fn checksum_mismatch_is_an_error_and_nothing_runs() {
 #[tokio::test]
 async fn plain_http_is_refused_without_the_flag() {
     let fx = install_fixture();
-    let server = serve(handler(|_, _| (200, b"#!/bin/sh\n".to_vec())), None).await;
+    let server = serve(handler(|_, _, _| (200, b"#!/bin/sh\n".to_vec())), None).await;
     let mut cfg = quick_config(&fx, format!("http://{}/", server.addr));
     cfg.allow_insecure_http = false;
     let err = format!("{:#}", installer::download(&cfg).await.unwrap_err());
@@ -313,7 +316,7 @@ async fn unreachable_url_is_retried_then_a_clear_error() {
 async fn server_errors_are_retried_and_can_recover() {
     let fx = install_fixture();
     let server = serve(
-        handler(|_, n| {
+        handler(|_, n, _| {
             if n < 3 {
                 (503, b"busy".to_vec())
             } else {
@@ -328,7 +331,7 @@ async fn server_errors_are_retried_and_can_recover() {
     assert_eq!(body, b"#!/bin/sh\nexit 0\n");
     assert_eq!(server.requests(), 3);
 
-    let always_busy = serve(handler(|_, _| (503, Vec::new())), None).await;
+    let always_busy = serve(handler(|_, _, _| (503, Vec::new())), None).await;
     let cfg = quick_config(&fx, format!("http://{}/", always_busy.addr));
     let err = format!("{:#}", installer::download(&cfg).await.unwrap_err());
     assert!(
@@ -341,7 +344,7 @@ async fn server_errors_are_retried_and_can_recover() {
 #[tokio::test]
 async fn not_found_is_not_retried() {
     let fx = install_fixture();
-    let server = serve(handler(|_, _| (404, Vec::new())), None).await;
+    let server = serve(handler(|_, _, _| (404, Vec::new())), None).await;
     let cfg = quick_config(&fx, format!("http://{}/", server.addr));
     let err = format!("{:#}", installer::download(&cfg).await.unwrap_err());
     assert!(err.contains("404"), "{err}");
@@ -351,7 +354,7 @@ async fn not_found_is_not_retried() {
 #[tokio::test]
 async fn oversized_body_is_refused() {
     let fx = install_fixture();
-    let server = serve(handler(|_, _| (200, vec![b'#'; 4096])), None).await;
+    let server = serve(handler(|_, _, _| (200, vec![b'#'; 4096])), None).await;
     let mut cfg = quick_config(&fx, format!("http://{}/", server.addr));
     cfg.max_script_bytes = 1024;
     let err = format!("{:#}", installer::download(&cfg).await.unwrap_err());
@@ -441,7 +444,11 @@ async fn missing_artifact_path_is_reported() {
 #[tokio::test]
 async fn installer_that_installs_nothing_is_an_error() {
     let fx = install_fixture();
-    let server = serve(handler(|_, _| (200, b"echo pretending\n".to_vec())), None).await;
+    let server = serve(
+        handler(|_, _, _| (200, b"echo pretending\n".to_vec())),
+        None,
+    )
+    .await;
     let cfg = quick_config(&fx, format!("http://{}/", server.addr));
     let err = format!("{:#}", ensure_installed(&cfg).await.unwrap_err());
     assert!(err.contains("no suitable rke2 binary"), "{err}");
@@ -676,35 +683,68 @@ async fn service_manager_exit_code_contract() {
 
 struct Pki {
     ca_pem: String,
+    /// A kubelet-style client certificate and key, issued by the cluster's client CA.
+    client_cert_pem: String,
+    client_key_pem: String,
     acceptor: tokio_rustls::TlsAcceptor,
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, as RKE2's supervisor has.
+fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    (params.self_signed(&key).unwrap(), key)
+}
+
+/// Like RKE2: a server CA that signs the serving certificate for 127.0.0.1, and a separate client
+/// CA whose certificates the server accepts (but does not require) from clients.
 fn pki() -> Pki {
     install_crypto_provider();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "rke2-server-ca@test");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let (server_ca, server_ca_key) = ca("rke2-server-ca@test");
+    let (client_ca, client_ca_key) = ca("rke2-client-ca@test");
 
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_params =
+    let mut leaf_params =
         rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
             .unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &server_ca, &server_ca_key)
+        .unwrap();
 
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:ha-w1");
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params
+        .signed_by(&client_key, &client_ca, &client_ca_key)
+        .unwrap();
+
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots.add(client_ca.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(client_roots))
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
     let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(
             vec![leaf.der().clone()],
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
     Pki {
-        ca_pem: ca.pem(),
+        ca_pem: server_ca.pem(),
+        client_cert_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     }
 }
@@ -713,7 +753,7 @@ fn pki() -> Pki {
 /// `/readyz` with `readyz_status`.
 async fn fake_rke2(pki: &Pki, served_ca: String, readyz_status: u16) -> (TestServer, TestServer) {
     let supervisor = serve(
-        handler(move |path, _| match path {
+        handler(move |path, _, _| match path {
             "/ping" => (200, b"pong".to_vec()),
             "/cacerts" => (200, served_ca.clone().into_bytes()),
             _ => (404, Vec::new()),
@@ -722,7 +762,7 @@ async fn fake_rke2(pki: &Pki, served_ca: String, readyz_status: u16) -> (TestSer
     )
     .await;
     let api = serve(
-        handler(move |path, _| match path {
+        handler(move |path, _, _| match path {
             "/readyz" => (readyz_status, b"ok".to_vec()),
             _ => (404, Vec::new()),
         }),
@@ -763,7 +803,7 @@ async fn ping_alone_is_not_ready() {
 async fn wrong_ping_answer_is_not_answering() {
     let pki = pki();
     let sup = serve(
-        handler(|_, _| (200, b"<html>welcome</html>".to_vec())),
+        handler(|_, _, _| (200, b"<html>welcome</html>".to_vec())),
         Some(pki.acceptor.clone()),
     )
     .await;
@@ -885,4 +925,52 @@ async fn non_pem_cacerts_is_an_error() {
     let prober = prober_for(sup.addr.port(), api.addr.port());
     let err = format!("{:#}", prober.fetch_cacerts("127.0.0.1").await.unwrap_err());
     assert!(err.contains("not a PEM"), "{err}");
+}
+
+#[tokio::test]
+async fn readyz_behind_anonymous_auth_false_needs_the_node_identity() {
+    init_logs();
+    let pki = pki();
+    let (sup, _) = fake_rke2(&pki, pki.ca_pem.clone(), 200).await;
+    // Like RKE2's kube-apiserver (--anonymous-auth=false): 401 unless a client certificate
+    // issued by the client CA was presented.
+    let api = serve(
+        handler(|path, _, authed| match (path, authed) {
+            ("/readyz", true) => (200, b"ok".to_vec()),
+            _ => (401, b"Unauthorized".to_vec()),
+        }),
+        Some(pki.acceptor.clone()),
+    )
+    .await;
+    let anonymous = prober_for(sup.addr.port(), api.addr.port());
+    assert!(!anonymous.has_client_identity());
+    assert!(anonymous.supervisor_ping(LOCALHOST).await);
+    assert!(!anonymous.api_readyz(LOCALHOST).await);
+    assert!(!anonymous.server_ready(LOCALHOST).await);
+
+    // The kubelet client identity as RKE2 lays it out under the node's root.
+    let root = tempfile::tempdir().unwrap();
+    let agent_dir = root.path().join("var/lib/rancher/rke2/agent");
+    fs::create_dir_all(&agent_dir).unwrap();
+    fs::write(agent_dir.join("client-kubelet.crt"), &pki.client_cert_pem).unwrap();
+    fs::write(agent_dir.join("client-kubelet.key"), &pki.client_key_pem).unwrap();
+    let identity = ClientIdentity::rke2_node(root.path()).unwrap();
+    assert!(!format!("{identity:?}").contains("PRIVATE KEY"));
+
+    let authed = anonymous.with_client_identity(&identity).unwrap();
+    assert!(authed.has_client_identity());
+    assert!(authed.api_readyz(LOCALHOST).await);
+    assert!(authed.server_ready(LOCALHOST).await);
+}
+
+#[test]
+fn missing_node_identity_names_the_file() {
+    let root = tempfile::tempdir().unwrap();
+    let err = format!("{:#}", ClientIdentity::rke2_node(root.path()).unwrap_err());
+    assert!(err.contains("client-kubelet.crt"), "{err}");
+    let err = format!(
+        "{:#}",
+        ClientIdentity::from_pem(b"not pem", b"not pem either").unwrap_err()
+    );
+    assert!(err.contains("not valid PEM"), "{err}");
 }

@@ -8,14 +8,28 @@
 //! own CA, which no host trusts in advance; trust in a cluster comes from the CA hash in the join
 //! token ([`Prober::verify_ca`]), never from a probe answering. Proxies from the environment are
 //! ignored: probes target node addresses and must measure those, not a proxy.
+//!
+//! Authentication for `/readyz`: upstream kube-apiserver lets anonymous clients read `/readyz`
+//! (the `system:public-info-viewer` role is bound to `system:unauthenticated`), but RKE2 starts
+//! kube-apiserver with `--anonymous-auth=false` (inherited from k3s's control-plane defaults), so an
+//! anonymous probe gets 401 on a perfectly ready server. The API probe therefore presents a
+//! [`ClientIdentity`]: on a node that has joined, the kubelet's client certificate
+//! ([`KUBELET_CLIENT_CERT`], [`KUBELET_CLIENT_KEY`]) is an authenticated identity, and every
+//! authenticated user may read `/readyz`. Without one, the probe still works against stand-ins and
+//! clusters that allow anonymous health checks, and warns once when it meets a 401.
 
+use std::fmt;
+use std::fs;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Once;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use super::token::{ca_hash, normalize_ca_hash};
+use crate::fsutil;
 
 /// Default per-probe timeout (connect, TLS, request and body together).
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,6 +47,60 @@ pub fn install_crypto_provider() {
         // Err means a provider is already installed, which is all we need.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// The kubelet client certificate RKE2 writes on every node (server or agent) once it has joined.
+pub const KUBELET_CLIENT_CERT: &str = "/var/lib/rancher/rke2/agent/client-kubelet.crt";
+/// The key for [`KUBELET_CLIENT_CERT`].
+pub const KUBELET_CLIENT_KEY: &str = "/var/lib/rancher/rke2/agent/client-kubelet.key";
+
+/// A TLS client certificate and key (PEM) the API probe presents. `Debug` hides the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pem: Vec<u8>,
+}
+
+impl ClientIdentity {
+    /// From PEM certificate (chain) and PEM private key (PKCS#8, PKCS#1 or SEC1). Checked now, so
+    /// a broken pair fails here rather than on every probe.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        let mut pem = cert_pem.to_vec();
+        if !pem.ends_with(b"\n") {
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(key_pem);
+        reqwest::Identity::from_pem(&pem).context("client certificate or key is not valid PEM")?;
+        Ok(Self { pem })
+    }
+
+    /// From a certificate file and a key file; errors name the file.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self> {
+        let cert_pem = fs::read(cert)
+            .with_context(|| format!("reading client certificate {}", cert.display()))?;
+        let key_pem =
+            fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
+        Self::from_pem(&cert_pem, &key_pem).with_context(|| {
+            format!(
+                "loading client identity from {} and {}",
+                cert.display(),
+                key.display()
+            )
+        })
+    }
+
+    /// The node's kubelet client identity under `root`; present only after the node joined.
+    pub fn rke2_node(root: &Path) -> Result<Self> {
+        Self::from_files(
+            &fsutil::under_root(root, KUBELET_CLIENT_CERT),
+            &fsutil::under_root(root, KUBELET_CLIENT_KEY),
+        )
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientIdentity(<redacted>)")
+    }
 }
 
 /// Ports probed. Defaults are RKE2's; tests and loopback demos may use others.
@@ -53,12 +121,16 @@ impl Default for ProbePorts {
     }
 }
 
-/// Issues probes with one shared HTTP client.
+/// Issues probes with shared HTTP clients.
 #[derive(Debug, Clone)]
 pub struct Prober {
     client: reqwest::Client,
+    /// Like `client`, plus the client identity when one is set; used for `/readyz`.
+    api_client: reqwest::Client,
+    has_identity: bool,
     ports: ProbePorts,
     timeout: Duration,
+    warned_unauthorized: Arc<AtomicBool>,
 }
 
 impl Prober {
@@ -75,10 +147,32 @@ impl Prober {
             .build()
             .context("building the probe HTTP client")?;
         Ok(Self {
+            api_client: client.clone(),
             client,
+            has_identity: false,
             ports,
             timeout,
+            warned_unauthorized: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// This prober presenting `identity` to the API's `/readyz` (see the module docs for why RKE2
+    /// needs it). Build a new prober when the certificate is renewed.
+    pub fn with_client_identity(mut self, identity: &ClientIdentity) -> Result<Self> {
+        let identity = reqwest::Identity::from_pem(&identity.pem)
+            .context("loading the probe client identity")?;
+        self.api_client = base_builder(self.timeout)
+            .danger_accept_invalid_certs(true)
+            .identity(identity)
+            .build()
+            .context("building the API probe HTTP client")?;
+        self.has_identity = true;
+        Ok(self)
+    }
+
+    /// Whether `/readyz` probes authenticate.
+    pub fn has_client_identity(&self) -> bool {
+        self.has_identity
     }
 
     /// The ports this prober uses.
@@ -96,14 +190,27 @@ impl Prober {
 
     /// `GET https://<ip>:6443/readyz` answers 200.
     ///
-    /// kube-apiserver serves `/readyz` (like `/healthz` and `/livez`) to unauthenticated clients
-    /// by default (the `system:public-info-viewer` role is bound to `system:unauthenticated`), so
-    /// no credentials are needed. A cluster started with `--anonymous-auth=false` answers 401 and
-    /// this probe reports not ready.
+    /// `/readyz` aggregates kube-apiserver's own checks (etcd reachable, informers synced,
+    /// post-start hooks done), which is what a joiner or the LB needs. RKE2 answers 401 to an
+    /// anonymous client; see the module docs and [`Prober::with_client_identity`]. 401 and 403
+    /// count as not ready.
     pub async fn api_readyz(&self, ip: IpAddr) -> bool {
         let url = url_for(&ip.to_string(), self.ports.api, "/readyz");
-        match self.get(&url, MAX_PROBE_BODY).await {
+        match get(&self.api_client, &url, MAX_PROBE_BODY).await {
             Ok((200, _)) => true,
+            Ok((status @ (401 | 403), _)) => {
+                if !self.has_identity && !self.warned_unauthorized.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %url,
+                        status,
+                        "kube-apiserver refuses anonymous /readyz; probe with the node's client \
+                         identity (kubelet client certificate) once it exists"
+                    );
+                } else {
+                    tracing::debug!(%url, status, "readyz probe: not authorized");
+                }
+                false
+            }
             Ok((status, _)) => {
                 tracing::debug!(%url, status, "readyz probe: not ready");
                 false
@@ -200,13 +307,17 @@ impl Prober {
         }
     }
 
-    /// One GET; returns the status and up to `limit` bytes of body (more is an error).
     async fn get(&self, url: &str, limit: usize) -> Result<(u16, Vec<u8>)> {
-        let mut response = self.client.get(url).send().await?;
-        let status = response.status().as_u16();
-        let body = read_limited(&mut response, limit).await?;
-        Ok((status, body))
+        get(&self.client, url, limit).await
     }
+}
+
+/// One GET; returns the status and up to `limit` bytes of body (more is an error).
+async fn get(client: &reqwest::Client, url: &str, limit: usize) -> Result<(u16, Vec<u8>)> {
+    let mut response = client.get(url).send().await?;
+    let status = response.status().as_u16();
+    let body = read_limited(&mut response, limit).await?;
+    Ok((status, body))
 }
 
 /// Settings shared by every probe client: bounded time, no proxy, no redirects, no roots from the
