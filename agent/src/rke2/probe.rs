@@ -232,7 +232,8 @@ impl Prober {
 
     /// Whether the registration address (the LB, or a server) has a live supervisor behind it:
     /// `GET https://<host>:9345/ping` answers 200 `pong`. An LB that accepts the TCP connection
-    /// but has no upstream closes it or never answers: not answering.
+    /// but has no upstream closes it or never answers: not answering. `host` is a DNS name or an
+    /// IP literal without a port (the port comes from [`ProbePorts`]).
     pub async fn registration_answers(&self, host: &str) -> bool {
         self.ping(host).await
     }
