@@ -48,9 +48,7 @@ impl Request {
     pub fn bearer(&self) -> Option<&str> {
         let value = self.header("authorization")?.trim();
         let (scheme, rest) = value.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(rest.trim())
+        scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
     }
 }
 

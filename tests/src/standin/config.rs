@@ -30,7 +30,10 @@ impl StandinConfig {
             _ => bail!("config.yaml is not a mapping"),
         };
         let get = |key: &str| map.get(Value::String(key.to_string()));
-        let token = get("token").map(scalar).transpose()?.filter(|t| !t.is_empty());
+        let token = get("token")
+            .map(scalar)
+            .transpose()?
+            .filter(|t| !t.is_empty());
         let server = get("server")
             .map(scalar)
             .transpose()?
@@ -137,8 +140,8 @@ mod tests {
         assert_eq!(cfg.node_ip, Some("127.3.0.2".parse().unwrap()));
         assert_eq!(cfg.tls_san, vec!["lb.test", "127.3.0.100"]);
 
-        let cfg = StandinConfig::parse("node-ip: 127.3.0.2,fd00::2\ntls-san: a.test,b.test\n")
-            .unwrap();
+        let cfg =
+            StandinConfig::parse("node-ip: 127.3.0.2,fd00::2\ntls-san: a.test,b.test\n").unwrap();
         assert_eq!(cfg.node_ip, Some("127.3.0.2".parse().unwrap()));
         assert_eq!(cfg.tls_san, vec!["a.test", "b.test"]);
         assert_eq!(StandinConfig::parse("").unwrap(), StandinConfig::default());

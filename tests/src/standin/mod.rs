@@ -121,7 +121,8 @@ impl Rke2Paths {
             return Ok(None);
         }
         Ok(Some(ClusterCa {
-            cert_pem: std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?,
+            cert_pem: std::fs::read(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
             key_pem: std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
         }))
     }
@@ -496,7 +497,11 @@ fn supervisor_route(request: &Request, state: &ServerState, peer: SocketAddr) ->
 
 fn api_route(request: &Request, state: &ServerState) -> Reply {
     if Instant::now() < state.api_ready_at {
-        return (503, TEXT, b"[-]etcd failed: not ready\nreadyz check failed\n".to_vec());
+        return (
+            503,
+            TEXT,
+            b"[-]etcd failed: not ready\nreadyz check failed\n".to_vec(),
+        );
     }
     match request.path.as_str() {
         "/readyz" | "/livez" | "/healthz" => {
@@ -549,7 +554,12 @@ async fn join_cluster(
     .await
 }
 
-async fn retry<T, F, Fut>(kind: Kind, base: &BaseUrl, timeout: Duration, mut attempt: F) -> Result<T>
+async fn retry<T, F, Fut>(
+    kind: Kind,
+    base: &BaseUrl,
+    timeout: Duration,
+    mut attempt: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, Attempt>>,
@@ -692,7 +702,10 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
     fsutil::write_file_atomic(&paths.agent_joined(), record.as_bytes(), 0o644)?;
     log(
         kind,
-        format!("joined the cluster at {base} (ca hash {})", ca_hash(&ca_pem)),
+        format!(
+            "joined the cluster at {base} (ca hash {})",
+            ca_hash(&ca_pem)
+        ),
     );
     mark_ready(kind, settings);
     std::future::pending::<()>().await;
