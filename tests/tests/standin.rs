@@ -371,6 +371,16 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
     // The supervisor answers while the API is still starting.
     let early = get(api(ip), "/readyz", &Trust::Any).unwrap();
     assert_eq!(early.status, 503, "{}", early.text());
+    // Nor does it serve joins yet.
+    let early_join = https_get_blocking(
+        supervisor(ip),
+        "/standin/ca-key",
+        &[("Authorization", "Bearer s3cret")],
+        &Trust::Any,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(early_join.status, 503);
 
     let cacerts = get(supervisor(ip), "/cacerts", &Trust::Any).unwrap();
     assert_eq!(cacerts.status, 200);
@@ -394,6 +404,20 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
     assert_eq!(
         get(supervisor(ip), "/standin/ca-key", &ca).unwrap().status,
         401
+    );
+    let key = https_get_blocking(
+        supervisor(ip),
+        "/standin/ca-key",
+        &[("Authorization", "Bearer s3cret")],
+        &ca,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(key.status, 200);
+    assert_eq!(
+        Some(key.body),
+        std::fs::read(host.rke2().ca_key()).ok(),
+        "the join endpoint hands out the cluster ca key"
     );
 
     // is-active / stop.
@@ -487,6 +511,42 @@ fn joiner_with_the_full_token_gets_the_same_ca() {
     assert_eq!(code(&systemctl(&joiner, &["start", SERVER], &[])), 0);
     assert_eq!(joiner.ca_hash(), first.ca_hash());
     assert_clean(third);
+    assert_clean(joiner);
+    assert_clean(first);
+}
+
+#[test]
+fn joiner_waits_until_the_first_server_serves_joins() {
+    let first_ip = loopback_ip(209, 1);
+    let first = host_with_config(
+        "first",
+        "server",
+        &server_config(first_ip, "s3cret", None, &[]),
+    );
+    let out = systemctl(
+        &first,
+        &["start", "--no-block", SERVER],
+        &[("STANDIN_API_DELAY_MS", "1500")],
+    );
+    assert_eq!(code(&out), 0, "{out:?}");
+    let joiner = host_with_config(
+        "joiner",
+        "server",
+        &server_config(
+            loopback_ip(209, 2),
+            "s3cret",
+            Some(supervisor(first_ip)),
+            &[],
+        ),
+    );
+    let out = systemctl(&joiner, &["start", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}\n{}", joiner.unit_log(SERVER));
+    assert_eq!(joiner.ca_hash(), first.ca_hash());
+    assert!(
+        joiner.unit_log(SERVER).contains("waiting for"),
+        "{}",
+        joiner.unit_log(SERVER)
+    );
     assert_clean(joiner);
     assert_clean(first);
 }

@@ -5,8 +5,8 @@
 //!
 //! Environment knobs (all optional):
 //! - `STANDIN_SUPERVISOR_PORT`, `STANDIN_API_PORT`: ports (9345, 6443).
-//! - `STANDIN_API_DELAY_MS`: how long after the listeners are up `/readyz` keeps answering 503
-//!   (300).
+//! - `STANDIN_API_DELAY_MS`: how long after the listeners are up `/readyz` (and the join endpoint
+//!   `/standin/ca-key`) keep answering 503 (300); `/ping` and `/cacerts` answer at once.
 //! - `STANDIN_JOIN_TIMEOUT_MS`: how long a joiner or agent retries reaching its server (60000).
 //! - `STANDIN_API_ANONYMOUS=deny`: once ready, `/readyz`, `/livez` and `/healthz` answer 401
 //!   without `Authorization: Bearer <secret>`, like an API server running with anonymous auth off.
@@ -479,6 +479,11 @@ fn supervisor_route(request: &Request, state: &ServerState, peer: SocketAddr) ->
     match request.path.as_str() {
         "/ping" => (200, TEXT, b"pong".to_vec()),
         "/cacerts" => (200, TEXT, state.ca_pem.clone()),
+        // Like RKE2's bootstrap endpoints, joins are served only once the node is up: /ping and
+        // /cacerts answer earlier.
+        "/standin/ca-key" if Instant::now() < state.api_ready_at => {
+            (503, TEXT, b"server is not ready\n".to_vec())
+        }
         "/standin/ca-key" => {
             if secret_matches(request.bearer(), &state.secret) {
                 log(Kind::Server, format!("handed the cluster ca to {peer}"));
@@ -741,7 +746,16 @@ mod tests {
                 .unwrap_or_default(),
         };
         assert_eq!(api_route(&req("/readyz", None), &state).0, 503);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let key = req("/standin/ca-key", Some("Bearer s"));
+        assert_eq!(supervisor_route(&req("/ping", None), &state, peer).0, 200);
+        assert_eq!(supervisor_route(&key, &state, peer).0, 503);
         state.api_ready_at = Instant::now();
+        assert_eq!(supervisor_route(&key, &state, peer).0, 200);
+        assert_eq!(
+            supervisor_route(&req("/standin/ca-key", Some("Bearer x")), &state, peer).0,
+            401
+        );
         assert_eq!(api_route(&req("/readyz", None), &state).0, 401);
         assert_eq!(api_route(&req("/readyz", Some("Bearer s")), &state).0, 200);
         state.api_anonymous = true;
