@@ -185,7 +185,8 @@ impl HostRoot {
         self.rke2().agent_joined().is_file()
     }
 
-    /// Live processes running with this root (stand-ins, service-manager calls).
+    /// Live processes started with `--root <this root>`: stand-ins, service-manager calls in
+    /// flight, and an agent if it takes its root that way.
     pub fn processes(&self) -> Vec<i32> {
         processes_under(&self.path)
     }

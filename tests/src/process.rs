@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 pub struct ChildGuard {
     child: Child,
     reaped: Option<ExitStatus>,
+    /// Whether the child leads its own process group (only then is the group signalled).
+    own_group: bool,
     roots: Vec<PathBuf>,
 }
 
@@ -29,12 +31,15 @@ impl ChildGuard {
         Ok(ChildGuard::new(child))
     }
 
-    /// Wraps a child that was spawned with `process_group(0)` (else only the child itself is
-    /// killed: killing the group of a child sharing the test's group would kill the test).
+    /// Wraps a child; its group is killed too if it leads one (spawned with `process_group(0)`),
+    /// else only the child itself, since its group would be the test's own.
     pub fn new(child: Child) -> ChildGuard {
+        let pid = Pid::from_raw(child.id() as i32);
+        let own_group = nix::unistd::getpgid(Some(pid)).is_ok_and(|pgid| pgid == pid);
         ChildGuard {
             child,
             reaped: None,
+            own_group,
             roots: Vec::new(),
         }
     }
@@ -97,10 +102,14 @@ impl ChildGuard {
         self.wait()
     }
 
-    /// SIGKILL to the child's whole process group.
+    /// SIGKILL to the child's whole process group (to the child alone if it leads none).
     pub fn kill_group(&mut self) {
-        let _ = killpg(self.pid(), Signal::SIGKILL);
-        let _ = kill(self.pid(), Signal::SIGKILL);
+        if self.own_group {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+        }
+        if self.reaped.is_none() {
+            let _ = kill(self.pid(), Signal::SIGKILL);
+        }
     }
 
     /// Waits for the child to exit.
@@ -121,7 +130,9 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         // The group may outlive its leader (an installer the child ran): kill it regardless.
-        let _ = killpg(self.pid(), Signal::SIGKILL);
+        if self.own_group {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+        }
         if self.reaped.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
