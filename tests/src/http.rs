@@ -188,6 +188,29 @@ impl std::fmt::Display for BaseUrl {
     }
 }
 
+/// A TLS client certificate (chain) and key, PEM.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity(<redacted>)")
+    }
+}
+
+impl ClientIdentity {
+    /// Reads a certificate file and a key file.
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self> {
+        Ok(ClientIdentity {
+            cert_pem: std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+        })
+    }
+}
+
 /// `GET <base><path>` over TLS, one request per connection, with an overall timeout.
 /// `headers` are extra request headers (`("Authorization", "Bearer x")`).
 pub async fn https_get(
@@ -197,9 +220,24 @@ pub async fn https_get(
     trust: &Trust,
     timeout: Duration,
 ) -> Result<Response> {
-    tokio::time::timeout(timeout, https_get_inner(base, path, headers, trust))
-        .await
-        .with_context(|| format!("{base}{path}: no answer within {timeout:?}"))?
+    https_get_as(base, path, headers, trust, None, timeout).await
+}
+
+/// [`https_get`], presenting a client certificate when `identity` is given.
+pub async fn https_get_as(
+    base: &BaseUrl,
+    path: &str,
+    headers: &[(&str, &str)],
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> Result<Response> {
+    tokio::time::timeout(
+        timeout,
+        https_get_inner(base, path, headers, trust, identity),
+    )
+    .await
+    .with_context(|| format!("{base}{path}: no answer within {timeout:?}"))?
 }
 
 async fn https_get_inner(
@@ -207,8 +245,9 @@ async fn https_get_inner(
     path: &str,
     headers: &[(&str, &str)],
     trust: &Trust,
+    identity: Option<&ClientIdentity>,
 ) -> Result<Response> {
-    let config = client_config(trust)?;
+    let config = client_config(trust, identity)?;
     let server_name = ServerName::try_from(base.host.clone())
         .with_context(|| format!("{:?} is not a valid server name", base.host))?;
     let tcp = TcpStream::connect((base.host.as_str(), base.port))
@@ -320,27 +359,42 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn client_config(trust: &Trust) -> Result<ClientConfig> {
+/// The certificates of a PEM bundle as a trust store.
+pub fn root_store(pem: &[u8]) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.context("parsing the ca pem")?)
+            .context("adding the ca to the trust store")?;
+    }
+    if roots.is_empty() {
+        bail!("the ca pem holds no certificate");
+    }
+    Ok(roots)
+}
+
+fn client_config(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<ClientConfig> {
     let provider = crypto_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("tls protocol versions")?;
-    let config = match trust {
+    let builder = match trust {
         Trust::Any => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth(),
-        Trust::CaPem(pem) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                roots
-                    .add(cert.context("parsing the ca pem")?)
-                    .context("adding the ca to the trust store")?;
-            }
-            if roots.is_empty() {
-                bail!("the ca pem holds no certificate");
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider))),
+        Trust::CaPem(pem) => builder.with_root_certificates(root_store(pem)?),
+    };
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .context("parsing the client certificate")?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&identity.key_pem)
+                .context("parsing the client key")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("the client certificate and key")?
         }
     };
     Ok(config)
@@ -405,6 +459,19 @@ pub fn https_get_blocking(
     trust: &Trust,
     timeout: Duration,
 ) -> Result<Response> {
+    https_get_blocking_as(addr, path, headers, trust, None, timeout)
+}
+
+/// [`https_get_blocking`], presenting a client certificate when `identity` is given.
+pub fn https_get_blocking_as(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> Result<Response> {
+    let identity = identity.cloned();
     let base = BaseUrl::https(addr.ip(), addr.port());
     let path = path.to_string();
     let headers: Vec<(String, String)> = headers
@@ -420,7 +487,14 @@ pub fn https_get_blocking(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        runtime.block_on(https_get(&base, &path, &headers, &trust, timeout))
+        runtime.block_on(https_get_as(
+            &base,
+            &path,
+            &headers,
+            &trust,
+            identity.as_ref(),
+            timeout,
+        ))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("https client thread panicked"))?

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rke2_bootstrap_tests::http::{https_get_blocking, Response, Trust};
+use rke2_bootstrap_tests::http::{
+    https_get_blocking, https_get_blocking_as, ClientIdentity, Response, Trust,
+};
 use rke2_bootstrap_tests::process::processes_under;
 use rke2_bootstrap_tests::standin::{ca_hash, Token};
 use rke2_bootstrap_tests::{
@@ -673,6 +675,7 @@ fn agent_joins_and_stays_running() {
     assert_eq!(code(&systemctl(&agent, &["is-active", AGENT], &[])), 0);
     assert_eq!(code(&systemctl(&agent, &["is-active", SERVER], &[])), 3);
     assert!(agent.server_ca_pem().is_none(), "agents hold no server CA");
+    assert!(agent.rke2().kubelet_client_cert().is_file());
 
     // An agent with a wrong token does not join.
     let stranger = HostRoot::new("stranger").unwrap();
@@ -754,5 +757,41 @@ fn api_can_deny_anonymous_probes() {
     )
     .unwrap();
     assert_eq!(authed.status, 200);
+
+    // The node's kubelet client certificate is an authenticated identity, as on RKE2.
+    let rke2 = host.rke2();
+    let identity =
+        ClientIdentity::from_files(&rke2.kubelet_client_cert(), &rke2.kubelet_client_key())
+            .unwrap();
+    let as_node = https_get_blocking_as(
+        api(ip),
+        "/readyz",
+        &[],
+        &Trust::Any,
+        Some(&identity),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(as_node.status, 200);
+
+    // A certificate from another cluster is refused outright.
+    let other = rke2_bootstrap_tests::standin::ClusterCa::generate().unwrap();
+    let (cert, key) = other.client_cert("system:node:x", "system:nodes").unwrap();
+    let stranger = ClientIdentity {
+        cert_pem: cert.into_bytes(),
+        key_pem: key.into_bytes(),
+    };
+    let refused = https_get_blocking_as(
+        api(ip),
+        "/readyz",
+        &[],
+        &Trust::Any,
+        Some(&stranger),
+        Duration::from_secs(5),
+    );
+    assert!(
+        refused.is_err() || refused.as_ref().unwrap().status != 200,
+        "{refused:?}"
+    );
     assert_clean(host);
 }

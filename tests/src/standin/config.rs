@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde_yaml_ng::Value;
+use serde_yaml_ng::{Mapping, Value};
 
 /// What the stand-in takes from config.yaml: `token`, `server`, `node-ip`, `tls-san`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,19 +16,40 @@ pub struct StandinConfig {
 }
 
 impl StandinConfig {
+    /// Reads `config.yaml`, then merges the drop-ins `config.yaml.d/*.yaml` in name order, as RKE2
+    /// does: a later file replaces a key, and `key+` appends to a list.
     pub fn load(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
+        let mut merged = Mapping::new();
+        merge(&mut merged, &text).with_context(|| format!("parsing {}", path.display()))?;
+        let drop_in_dir = path.with_file_name(format!(
+            "{}.d",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        if let Ok(entries) = std::fs::read_dir(&drop_in_dir) {
+            let mut files: Vec<_> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            files.sort();
+            for file in files {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                merge(&mut merged, &text).with_context(|| format!("parsing {}", file.display()))?;
+            }
+        }
+        Self::from_mapping(&merged)
     }
 
+    /// Parses one config.yaml text (no drop-ins).
     pub fn parse(text: &str) -> Result<Self> {
-        let value: Value = serde_yaml_ng::from_str(text)?;
-        let map = match value {
-            Value::Mapping(map) => map,
-            Value::Null => return Ok(Self::default()),
-            _ => bail!("config.yaml is not a mapping"),
-        };
+        let mut map = Mapping::new();
+        merge(&mut map, text)?;
+        Self::from_mapping(&map)
+    }
+
+    fn from_mapping(map: &Mapping) -> Result<Self> {
         let get = |key: &str| map.get(Value::String(key.to_string()));
         let token = get("token")
             .map(scalar)
@@ -56,6 +77,32 @@ impl StandinConfig {
             tls_san,
         })
     }
+}
+
+/// Merges one YAML mapping into `into`: keys replace, `key+` appends to the list under `key`.
+fn merge(into: &mut Mapping, text: &str) -> Result<()> {
+    let map = match serde_yaml_ng::from_str::<Value>(text)? {
+        Value::Mapping(map) => map,
+        Value::Null => return Ok(()),
+        _ => bail!("not a mapping"),
+    };
+    for (key, value) in map {
+        match key.as_str().and_then(|k| k.strip_suffix('+')) {
+            Some(base) => {
+                let base = Value::String(base.to_string());
+                let mut items = into.get(&base).map(list).transpose()?.unwrap_or_default();
+                items.extend(list(&value)?);
+                into.insert(
+                    base,
+                    Value::Sequence(items.into_iter().map(Value::String).collect()),
+                );
+            }
+            None => {
+                into.insert(key, value);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn scalar(value: &Value) -> Result<String> {
@@ -146,6 +193,29 @@ mod tests {
         assert_eq!(cfg.tls_san, vec!["a.test", "b.test"]);
         assert_eq!(StandinConfig::parse("").unwrap(), StandinConfig::default());
         assert!(StandinConfig::parse("node-ip: nope\n").is_err());
+    }
+
+    #[test]
+    fn merges_drop_ins_like_rke2() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.yaml");
+        std::fs::write(&main, "token: a\nnode-ip: 127.3.0.2\ntls-san: [x.test]\n").unwrap();
+        std::fs::create_dir(dir.path().join("config.yaml.d")).unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml.d/10-more.yaml"),
+            "tls-san+: [y.test]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml.d/20-ip.yaml"),
+            "node-ip: 127.3.0.9\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("config.yaml.d/ignored.txt"), "token: b\n").unwrap();
+        let cfg = StandinConfig::load(&main).unwrap();
+        assert_eq!(cfg.token.as_deref(), Some("a"));
+        assert_eq!(cfg.node_ip, Some("127.3.0.9".parse().unwrap()));
+        assert_eq!(cfg.tls_san, vec!["x.test", "y.test"]);
     }
 
     #[test]

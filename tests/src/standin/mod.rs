@@ -8,8 +8,11 @@
 //! - `STANDIN_API_DELAY_MS`: how long after the listeners are up `/readyz` (and the join endpoint
 //!   `/standin/ca-key`) keep answering 503 (300); `/ping` and `/cacerts` answer at once.
 //! - `STANDIN_JOIN_TIMEOUT_MS`: how long a joiner or agent retries reaching its server (60000).
-//! - `STANDIN_API_ANONYMOUS=deny`: once ready, `/readyz`, `/livez` and `/healthz` answer 401
-//!   without `Authorization: Bearer <secret>`, like an API server running with anonymous auth off.
+//! - `STANDIN_API_ANONYMOUS=deny`: once ready, `/readyz`, `/livez` and `/healthz` answer 401 to a
+//!   client that presents neither a certificate issued by the cluster CA (such as the kubelet
+//!   client certificate every node gets, see [`Rke2Paths::kubelet_client_cert`]) nor
+//!   `Authorization: Bearer <secret>`, like RKE2's kube-apiserver, which runs with anonymous auth
+//!   off.
 //! - `STANDIN_READY_FILE`: a file created once the service is ready (servers: API ready; agents:
 //!   joined) and removed on exit; the fake service manager uses it as systemd's `READY=1`.
 
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use rke2_bootstrap::fsutil;
+use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
@@ -112,6 +116,14 @@ impl Rke2Paths {
     }
     pub fn agent_joined(&self) -> PathBuf {
         self.at("/var/lib/rancher/rke2/agent/joined")
+    }
+    /// The kubelet client certificate RKE2 writes on every node once it is a member (the stand-in
+    /// signs it with the cluster CA; the API accepts it as an authenticated identity).
+    pub fn kubelet_client_cert(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/agent/client-kubelet.crt")
+    }
+    pub fn kubelet_client_key(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/agent/client-kubelet.key")
     }
 
     /// The persisted CA, if both halves are on disk.
@@ -220,6 +232,18 @@ fn mark_ready(kind: Kind, settings: &Settings) {
     }
 }
 
+/// Writes the node's kubelet client identity, signed by the cluster CA.
+fn write_kubelet_identity(paths: &Rke2Paths, ca: &ClusterCa, node: &str) -> Result<()> {
+    let (cert, key) = ca.client_cert(&format!("system:node:{node}"), "system:nodes")?;
+    fsutil::create_dir_with_mode(&paths.agent_dir(), fsutil::SECRET_DIR_MODE)?;
+    fsutil::write_file_atomic(
+        &paths.kubelet_client_key(),
+        key.as_bytes(),
+        fsutil::SECRET_FILE_MODE,
+    )?;
+    fsutil::write_file_atomic(&paths.kubelet_client_cert(), cert.as_bytes(), 0o644)
+}
+
 fn random_secret() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -325,6 +349,7 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         fsutil::SECRET_FILE_MODE,
     )?;
     fsutil::create_dir_with_mode(&paths.etcd_dir(), fsutil::SECRET_DIR_MODE)?;
+    write_kubelet_identity(paths, &ca, &node_ip.to_string())?;
 
     let mut sans = vec![node_ip.to_string()];
     for san in &cfg.tls_san {
@@ -359,13 +384,27 @@ async fn serve(
     settings: &Settings,
 ) -> Result<()> {
     let serving = ca.serving_cert(sans)?;
-    let tls = ServerConfig::builder_with_provider(http::crypto_provider())
+    let supervisor_tls = ServerConfig::builder_with_provider(http::crypto_provider())
         .with_safe_default_protocol_versions()
         .context("tls protocol versions")?
         .with_no_client_auth()
+        .with_single_cert(serving.chain.clone(), serving.key.clone_key())
+        .context("serving certificate")?;
+    // The API, like kube-apiserver, accepts (but does not require) client certificates issued by
+    // the cluster CA.
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(http::root_store(&ca.cert_pem)?),
+        http::crypto_provider(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")?;
+    let api_tls = ServerConfig::builder_with_provider(http::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .context("tls protocol versions")?
+        .with_client_cert_verifier(client_verifier)
         .with_single_cert(serving.chain, serving.key)
         .context("serving certificate")?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
 
     let supervisor_addr = SocketAddr::new(node_ip, settings.supervisor_port);
     let api_addr = SocketAddr::new(node_ip, settings.api_port);
@@ -393,11 +432,16 @@ async fn serve(
 
     let sup_task = tokio::spawn(accept_loop(
         supervisor,
-        acceptor.clone(),
+        TlsAcceptor::from(Arc::new(supervisor_tls)),
         state.clone(),
         Port::Supervisor,
     ));
-    let api_task = tokio::spawn(accept_loop(api, acceptor, state.clone(), Port::Api));
+    let api_task = tokio::spawn(accept_loop(
+        api,
+        TlsAcceptor::from(Arc::new(api_tls)),
+        state.clone(),
+        Port::Api,
+    ));
     tokio::time::sleep_until(state.api_ready_at.into()).await;
     log(kind, "api is ready");
     mark_ready(kind, settings);
@@ -445,9 +489,15 @@ async fn handle_connection(
     // Plain TCP health checks (connect, then close) end here without a log line.
     let mut tls = acceptor.accept(tcp).await?;
     let request = http::read_request(&mut tls).await?;
+    // Only certificates the verifier accepted get here.
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|certs| !certs.is_empty());
     let (status, content_type, body) = match port {
         Port::Supervisor => supervisor_route(&request, &state, peer),
-        Port::Api => api_route(&request, &state),
+        Port::Api => api_route(&request, &state, client_cert),
     };
     let with_body = request.method != "HEAD";
     http::write_response(&mut tls, status, content_type, &body, with_body).await?;
@@ -500,7 +550,8 @@ fn supervisor_route(request: &Request, state: &ServerState, peer: SocketAddr) ->
     }
 }
 
-fn api_route(request: &Request, state: &ServerState) -> Reply {
+/// `client_cert`: the client presented a certificate issued by the cluster CA.
+fn api_route(request: &Request, state: &ServerState, client_cert: bool) -> Reply {
     if Instant::now() < state.api_ready_at {
         return (
             503,
@@ -510,7 +561,8 @@ fn api_route(request: &Request, state: &ServerState) -> Reply {
     }
     match request.path.as_str() {
         "/readyz" | "/livez" | "/healthz" => {
-            if state.api_anonymous || secret_matches(request.bearer(), &state.secret) {
+            if state.api_anonymous || client_cert || secret_matches(request.bearer(), &state.secret)
+            {
                 (200, TEXT, b"ok".to_vec())
             } else {
                 (
@@ -681,7 +733,7 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
     .context("the token in config.yaml")?;
     let base = BaseUrl::parse(url).context("the server url in config.yaml")?;
     log(kind, format!("connecting to {base}"));
-    let ca_pem = retry(kind, &base, settings.join_timeout, || async {
+    let ca = retry(kind, &base, settings.join_timeout, || async {
         let ca_pem = fetch_cacerts(&base, &token).await?;
         let ping = http::https_get(
             &base,
@@ -698,19 +750,25 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
                 ping.status
             )));
         }
-        authenticate(&base, &token, &ca_pem).await?;
-        Ok(ca_pem)
+        let key_pem = authenticate(&base, &token, &ca_pem)
+            .await?
+            .ok_or_else(|| Attempt::Retry(anyhow::anyhow!("empty ca key")))?;
+        Ok(ClusterCa {
+            cert_pem: ca_pem,
+            key_pem,
+        })
     })
     .await?;
-    fsutil::create_dir_with_mode(&paths.agent_dir(), fsutil::SECRET_DIR_MODE)?;
-    let record = format!("server={base}\nca-hash={}\n", ca_hash(&ca_pem));
+    // Real agents get their kubelet certificate signed by the server; the stand-in signs its own.
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "agent".into());
+    write_kubelet_identity(paths, &ca, &node)?;
+    let record = format!("server={base}\nca-hash={}\n", ca.hash());
     fsutil::write_file_atomic(&paths.agent_joined(), record.as_bytes(), 0o644)?;
     log(
         kind,
-        format!(
-            "joined the cluster at {base} (ca hash {})",
-            ca_hash(&ca_pem)
-        ),
+        format!("joined the cluster at {base} (ca hash {})", ca.hash()),
     );
     mark_ready(kind, settings);
     std::future::pending::<()>().await;
@@ -745,7 +803,7 @@ mod tests {
                 .map(|a| [("authorization".to_string(), a.to_string())].into())
                 .unwrap_or_default(),
         };
-        assert_eq!(api_route(&req("/readyz", None), &state).0, 503);
+        assert_eq!(api_route(&req("/readyz", None), &state, false).0, 503);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let key = req("/standin/ca-key", Some("Bearer s"));
         assert_eq!(supervisor_route(&req("/ping", None), &state, peer).0, 200);
@@ -756,10 +814,14 @@ mod tests {
             supervisor_route(&req("/standin/ca-key", Some("Bearer x")), &state, peer).0,
             401
         );
-        assert_eq!(api_route(&req("/readyz", None), &state).0, 401);
-        assert_eq!(api_route(&req("/readyz", Some("Bearer s")), &state).0, 200);
+        assert_eq!(api_route(&req("/readyz", None), &state, false).0, 401);
+        assert_eq!(
+            api_route(&req("/readyz", Some("Bearer s")), &state, false).0,
+            200
+        );
+        assert_eq!(api_route(&req("/readyz", None), &state, true).0, 200);
         state.api_anonymous = true;
-        assert_eq!(api_route(&req("/livez", None), &state).0, 200);
-        assert_eq!(api_route(&req("/other", None), &state).0, 404);
+        assert_eq!(api_route(&req("/livez", None), &state, false).0, 200);
+        assert_eq!(api_route(&req("/other", None), &state, false).0, 404);
     }
 }

@@ -103,6 +103,33 @@ impl ClusterCa {
         })
     }
 
+    /// A client certificate (`CN=<common_name>, O=<organization>`, client auth) signed by this CA,
+    /// as PEM certificate and PEM key.
+    pub fn client_cert(&self, common_name: &str, organization: &str) -> Result<(String, String)> {
+        let issuer_key = KeyPair::from_pem(
+            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
+        )
+        .context("parsing the ca key")?;
+        let ca_der = self.cert_der()?;
+        let issuer = self.issuer(&ca_der, &issuer_key)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, organization);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().context("generating the client key")?;
+        let cert = params
+            .signed_by(&key, &issuer, &issuer_key)
+            .context("signing the client certificate")?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// Rebuilds an rcgen issuer equivalent to the stored CA: same subject (read back from the DER,
     /// with the same string types so it matches byte for byte) and same key.
     fn issuer(&self, ca_der: &[u8], key: &KeyPair) -> Result<Certificate> {
