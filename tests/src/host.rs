@@ -180,6 +180,17 @@ impl HostRoot {
         self.rke2().etcd_dir().is_dir()
     }
 
+    /// The node's kubelet client identity (written by the stand-in on servers and agents), for
+    /// authenticated `/readyz` requests.
+    pub fn kubelet_identity(&self) -> Option<crate::http::ClientIdentity> {
+        let rke2 = self.rke2();
+        crate::http::ClientIdentity::from_files(
+            &rke2.kubelet_client_cert(),
+            &rke2.kubelet_client_key(),
+        )
+        .ok()
+    }
+
     /// Whether the agent stand-in joined.
     pub fn agent_joined(&self) -> bool {
         self.rke2().agent_joined().is_file()

@@ -759,10 +759,7 @@ fn api_can_deny_anonymous_probes() {
     assert_eq!(authed.status, 200);
 
     // The node's kubelet client certificate is an authenticated identity, as on RKE2.
-    let rke2 = host.rke2();
-    let identity =
-        ClientIdentity::from_files(&rke2.kubelet_client_cert(), &rke2.kubelet_client_key())
-            .unwrap();
+    let identity = host.kubelet_identity().expect("kubelet client identity");
     let as_node = https_get_blocking_as(
         api(ip),
         "/readyz",
