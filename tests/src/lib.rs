@@ -1,1 +1,88 @@
-//! Test harness shared by the end-to-end tests and the benchmark.
+//! Test harness shared by the end-to-end tests and the benchmark, and the RKE2 stand-in's logic.
+//!
+//! - [`InstallerServer`]: serves the installer script over HTTP on 127.0.0.1, with fault injection.
+//! - [`HostRoot`]: one temp dir per simulated host, with readers for what the agent and the
+//!   stand-ins leave there.
+//! - [`ChildGuard`]: no process started by a test outlives it.
+//! - [`wait_until`] / [`wait_until_async`]: polling with a useful timeout message.
+//! - [`loopback_ip`]: per-test loopback addresses.
+//! - [`TcpProxy`]: a TCP forwarder standing for a load balancer (with or without an upstream).
+//! - [`standin`]: the stand-in for `rke2 server` / `rke2 agent` (the `rke2-standin` binary).
+//!
+//! Fixtures (in `fixtures/`): `install.sh` (the installer stand-in) and `fake-systemctl` (the
+//! service-manager stand-in); see the comments at the top of each.
+
+pub mod host;
+pub mod http;
+pub mod installer_server;
+pub mod process;
+pub mod proxy;
+pub mod standin;
+pub mod wait;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+pub use host::HostRoot;
+pub use installer_server::{FailMode, InstallerServer};
+pub use process::{kill_standins_under, pid_alive, ChildGuard};
+pub use proxy::TcpProxy;
+pub use wait::{wait_until, wait_until_async, Ready};
+
+/// Overrides the directory where [`workspace_bin`] looks for binaries.
+pub const BIN_DIR_ENV: &str = "RKE2_TEST_BIN_DIR";
+
+/// A file under `tests/fixtures/`.
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// The installer stand-in served in place of get.rke2.io.
+pub fn install_script() -> Vec<u8> {
+    let path = fixture_path("install.sh");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The `rke2-standin` binary.
+pub fn standin_bin() -> PathBuf {
+    workspace_bin("rke2-standin")
+}
+
+/// A binary of this workspace (`rke2-bootstrap`, `rke2-lb-sidecar`, `rke2-standin`), found next
+/// to the running test: tests run from `<target>/<profile>/deps/`, binaries sit in
+/// `<target>/<profile>/`. Panics, saying how to build them, when missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let dir = bin_dir();
+    let path = dir.join(name);
+    if !path.is_file() {
+        panic!(
+            "binary {name} not found in {}: run `cargo build --workspace --bins` first (or set {BIN_DIR_ENV})",
+            dir.display()
+        );
+    }
+    path
+}
+
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("locating the running test binary");
+    let mut dir = exe
+        .parent()
+        .expect("the test binary has a parent directory")
+        .to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    dir
+}
+
+/// `127.<test_id>.0.<host>`: the address of simulated host `host` in test `test_id`. Every test
+/// that binds addresses takes its own `test_id`, so tests running in parallel (in one binary or
+/// across binaries) never share one. `tests/tests/standin.rs` uses ids 200 to 229.
+pub fn loopback_ip(test_id: u8, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, test_id, 0, host))
+}

@@ -1,1 +1,71 @@
-fn main() {}
+//! `rke2-standin --root <root> --kind server|agent`: plays `rke2 server` / `rke2 agent` in the
+//! end-to-end tests. See the `standin` module of the test harness for what it does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use rke2_bootstrap_tests::standin::{self, Kind, Settings};
+
+fn parse_args() -> Result<(PathBuf, Kind)> {
+    let mut root = None;
+    let mut kind = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--root" => root = Some(PathBuf::from(value()?)),
+            "--kind" => kind = Some(value()?.parse::<Kind>()?),
+            "-h" | "--help" => {
+                println!("usage: rke2-standin --root <root> --kind server|agent");
+                std::process::exit(0);
+            }
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    let usage = "usage: rke2-standin --root <root> --kind server|agent";
+    let root = root.with_context(|| format!("--root is required; {usage}"))?;
+    let kind = kind.with_context(|| format!("--kind is required; {usage}"))?;
+    if root == std::path::Path::new("/") {
+        bail!("refusing to run with root /: the stand-in only runs under a temporary root");
+    }
+    Ok((root, kind))
+}
+
+fn main() -> ExitCode {
+    let (root, kind) = match parse_args() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("rke2-standin: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = (|| -> Result<()> {
+        let settings = Settings::from_env()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(standin::run(&root, kind, settings))
+    })();
+    match result {
+        Ok(()) => {
+            standin::log(kind, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            standin::log(kind, format!("fatal: {}", format!("{e:#}").to_lowercase()));
+            ExitCode::FAILURE
+        }
+    }
+}

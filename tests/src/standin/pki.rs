@@ -1,0 +1,325 @@
+//! The stand-in cluster CA: created by the first server, persisted, copied by joiners, and used to
+//! sign each node's serving certificate.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+/// The hash a `K10` token carries: sha256 (lowercase hex) of the exact CA PEM bytes served at
+/// `/cacerts`.
+pub fn ca_hash(ca_pem: &[u8]) -> String {
+    hex::encode(Sha256::digest(ca_pem))
+}
+
+/// A CA as persisted: the certificate and key in PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterCa {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// A serving certificate chain and its key, ready for rustls.
+pub struct ServingCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ClusterCa {
+    /// A new CA named like RKE2's (`rke2-server-ca@<unix seconds>`).
+    pub fn generate() -> Result<Self> {
+        let key = KeyPair::generate().context("generating the ca key")?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = ca_name(&format!("rke2-server-ca@{now}"));
+        ca_extensions(&mut params);
+        let cert = params.self_signed(&key).context("self-signing the ca")?;
+        Ok(ClusterCa {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        })
+    }
+
+    pub fn hash(&self) -> String {
+        ca_hash(&self.cert_pem)
+    }
+
+    /// Checks that the key belongs to the certificate, by signing a throw-away certificate and
+    /// verifying it against the CA.
+    pub fn validate(&self) -> Result<()> {
+        let serving = self.serving_cert(&["127.0.0.1".to_string()])?;
+        let ca_der = self.cert_der()?;
+        let anchor = webpki_anchor(&ca_der)?;
+        verify_chain(&serving.chain[0], &anchor).context("the ca key does not match the ca")
+    }
+
+    pub fn cert_der(&self) -> Result<CertificateDer<'static>> {
+        CertificateDer::from_pem_slice(&self.cert_pem).context("parsing the ca certificate pem")
+    }
+
+    /// A serving certificate for `sans` (IP addresses or DNS names) signed by this CA; the chain
+    /// holds the leaf, then the CA.
+    pub fn serving_cert(&self, sans: &[String]) -> Result<ServingCert> {
+        let issuer_key = KeyPair::from_pem(
+            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
+        )
+        .context("parsing the ca key")?;
+        let ca_der = self.cert_der()?;
+        let issuer = self.issuer(&ca_der, &issuer_key)?;
+
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "rke2");
+        dn.push(DnType::OrganizationName, "rke2");
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| san_type(san))
+            .collect::<Result<Vec<_>>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().context("generating the serving key")?;
+        let leaf = params
+            .signed_by(&key, &issuer, &issuer_key)
+            .context("signing the serving certificate")?;
+        Ok(ServingCert {
+            chain: vec![leaf.der().clone(), ca_der],
+            key: PrivateKeyDer::try_from(key.serialize_der())
+                .map_err(|e| anyhow::anyhow!("serving key: {e}"))?,
+        })
+    }
+
+    /// A client certificate (`CN=<common_name>, O=<organization>`, client auth) signed by this CA,
+    /// as PEM certificate and PEM key.
+    pub fn client_cert(&self, common_name: &str, organization: &str) -> Result<(String, String)> {
+        let issuer_key = KeyPair::from_pem(
+            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
+        )
+        .context("parsing the ca key")?;
+        let ca_der = self.cert_der()?;
+        let issuer = self.issuer(&ca_der, &issuer_key)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, organization);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().context("generating the client key")?;
+        let cert = params
+            .signed_by(&key, &issuer, &issuer_key)
+            .context("signing the client certificate")?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Rebuilds an rcgen issuer equivalent to the stored CA: same subject (read back from the DER,
+    /// with the same string types so it matches byte for byte) and same key.
+    fn issuer(&self, ca_der: &[u8], key: &KeyPair) -> Result<Certificate> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject_of(ca_der)?;
+        ca_extensions(&mut params);
+        params
+            .self_signed(key)
+            .context("rebuilding the ca as an issuer")
+    }
+}
+
+fn ca_name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn ca_extensions(params: &mut CertificateParams) {
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+}
+
+fn san_type(san: &str) -> Result<SanType> {
+    Ok(match san.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(
+            san.to_string()
+                .try_into()
+                .with_context(|| format!("{san:?} is neither an ip address nor a dns name"))?,
+        ),
+    })
+}
+
+fn webpki_anchor(ca_der: &CertificateDer<'_>) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der.clone()).context("adding the ca")?;
+    Ok(roots)
+}
+
+fn verify_chain(leaf: &CertificateDer<'_>, roots: &rustls::RootCertStore) -> Result<()> {
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots.clone()),
+        crate::http::crypto_provider(),
+    )
+    .build()
+    .context("building a verifier")?;
+    use rustls::client::danger::ServerCertVerifier;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    verifier
+        .verify_server_cert(leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+// --- a minimal DER reader, only to read back the subject name of our own CA ---------------------
+
+/// One tag-length-value; returns (tag, content, rest).
+fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first().context("der: unexpected end")?;
+    let (&first, rest) = rest.split_first().context("der: missing length")?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            bail!("der: unsupported length encoding");
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        bail!("der: length {len} past the end");
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+fn expect(input: &[u8], want: u8) -> Result<(&[u8], &[u8])> {
+    let (tag, content, rest) = tlv(input)?;
+    if tag != want {
+        bail!("der: expected tag {want:#04x}, found {tag:#04x}");
+    }
+    Ok((content, rest))
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+const UTF8_STRING: u8 = 0x0c;
+const PRINTABLE_STRING: u8 = 0x13;
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
+
+/// The subject distinguished name of a certificate (common name and organization only, which is
+/// all our CAs carry).
+fn subject_of(cert_der: &[u8]) -> Result<DistinguishedName> {
+    let (cert, _) = expect(cert_der, SEQUENCE)?;
+    let (tbs, _) = expect(cert, SEQUENCE)?;
+    let mut rest = tbs;
+    // [0] EXPLICIT version, optional.
+    if rest.first() == Some(&0xa0) {
+        rest = tlv(rest)?.2;
+    }
+    rest = tlv(rest)?.2; // serialNumber
+    rest = expect(rest, SEQUENCE)?.1; // signature algorithm
+    rest = expect(rest, SEQUENCE)?.1; // issuer
+    rest = expect(rest, SEQUENCE)?.1; // validity
+    let (mut rdns, _) = expect(rest, SEQUENCE)?; // subject
+
+    let mut dn = DistinguishedName::new();
+    while !rdns.is_empty() {
+        let (set, next) = expect(rdns, SET)?;
+        rdns = next;
+        let (attr, _) = expect(set, SEQUENCE)?;
+        let (oid, value) = expect(attr, OID)?;
+        let (tag, text, _) = tlv(value)?;
+        let text = std::str::from_utf8(text)
+            .context("der: name is not utf-8")?
+            .to_string();
+        let value = match tag {
+            UTF8_STRING => DnValue::Utf8String(text),
+            PRINTABLE_STRING => DnValue::PrintableString(
+                text.try_into()
+                    .map_err(|e| anyhow::anyhow!("der: printable string: {e}"))?,
+            ),
+            other => bail!("der: unsupported string type {other:#04x} in the ca name"),
+        };
+        let kind = match oid {
+            OID_COMMON_NAME => DnType::CommonName,
+            OID_ORGANIZATION => DnType::OrganizationName,
+            _ => bail!("der: unsupported attribute in the ca name"),
+        };
+        dn.push(kind, value);
+    }
+    Ok(dn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_certs_chain_to_the_stored_ca() {
+        let ca = ClusterCa::generate().unwrap();
+        ca.validate().unwrap();
+        // A copy made from the PEMs alone (what a joiner holds) signs certs that verify too.
+        let copy = ClusterCa {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: ca.key_pem.clone(),
+        };
+        copy.validate().unwrap();
+        assert_eq!(copy.hash(), ca.hash());
+        assert_eq!(ca.hash().len(), 64);
+    }
+
+    #[test]
+    fn a_foreign_key_is_rejected() {
+        let a = ClusterCa::generate().unwrap();
+        let b = ClusterCa::generate().unwrap();
+        let mixed = ClusterCa {
+            cert_pem: a.cert_pem,
+            key_pem: b.key_pem,
+        };
+        assert!(mixed.validate().is_err());
+    }
+
+    #[test]
+    fn reads_back_the_subject() {
+        let ca = ClusterCa::generate().unwrap();
+        let der = ca.cert_der().unwrap();
+        let dn = subject_of(&der).unwrap();
+        match dn.get(&DnType::CommonName) {
+            Some(DnValue::Utf8String(cn)) => assert!(cn.starts_with("rke2-server-ca@")),
+            other => panic!("unexpected common name {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sans_accept_ips_and_names() {
+        let ca = ClusterCa::generate().unwrap();
+        let cert = ca
+            .serving_cert(&["127.9.0.1".into(), "lb.example.test".into()])
+            .unwrap();
+        assert_eq!(cert.chain.len(), 2);
+        assert!(ca.serving_cert(&["n\u{f6}t-ascii".into()]).is_err());
+    }
+}
