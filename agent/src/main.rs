@@ -1,1 +1,148 @@
-fn main() {}
+//! `rke2-bootstrap`: the node agent and its companion commands.
+//!
+//! Exit codes are deliberate, for systemd and scripts: 0 done, 1 runtime failure, 2 bad
+//! configuration or usage (restarting will not help). The error chain is printed here, once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, FromArgMatches, Parser, Subcommand};
+use rke2_bootstrap::config::{layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX};
+
+#[derive(Parser)]
+#[command(name = "rke2-bootstrap", version, about = "Zero-touch HA RKE2: discover peers, elect one first server, install and join")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent on this host (long-running; leaves gossip gracefully on SIGTERM).
+    Agent(AgentArgs),
+    /// Print a fresh base64 gossip key (32 random bytes).
+    Keygen,
+    /// List the cluster's members as this host's agent sees them.
+    Members {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: AgentArgs,
+    },
+    /// Form a local demo cluster on this machine (no root paths needed).
+    Demo(rke2_bootstrap::demo::DemoArgs),
+}
+
+/// `--config FILE` plus one flag per configuration key.
+struct AgentArgs {
+    config: Option<PathBuf>,
+    flags: std::collections::BTreeMap<String, String>,
+}
+
+impl Args for AgentArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            clap::Arg::new("config")
+                .long("config")
+                .short('c')
+                .value_name("FILE")
+                .env(ENV_CONFIG_FILE)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("YAML config file (kebab-case keys, like RKE2's own config)"),
+        )
+        .args(layers::clap_args(AGENT_KEYS))
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for AgentArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(AgentArgs {
+            config: matches.get_one::<PathBuf>("config").cloned(),
+            flags: layers::flags_from_matches(AGENT_KEYS, matches),
+        })
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl AgentArgs {
+    fn load(&self) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::load(&Layers {
+            file: self.config.clone(),
+            env: layers::process_env(ENV_PREFIX),
+            kernel: Default::default(),
+            flags: self.flags.clone(),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Keygen => {
+            println!("{}", rke2_bootstrap::gossip::keyring::generate_key());
+            ExitCode::SUCCESS
+        }
+        Command::Members { json, config } => {
+            let cfg = match config.load() {
+                Ok(cfg) => cfg,
+                Err(err) => return config_error(err),
+            };
+            let outcome = rke2_bootstrap::status::fetch(&cfg.status_socket)
+                .and_then(|report| rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout()));
+            runtime_outcome(outcome)
+        }
+        Command::Agent(args) => {
+            let cfg = match args.load() {
+                Ok(cfg) => cfg,
+                Err(err) => return config_error(err),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+            runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(cfg, shutdown_signal())))
+        }
+        Command::Demo(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+            runtime_outcome(runtime.block_on(rke2_bootstrap::demo::run(args)))
+        }
+    }
+}
+
+fn config_error(err: ConfigError) -> ExitCode {
+    eprintln!("rke2-bootstrap: configuration error: {err}");
+    ExitCode::from(2)
+}
+
+fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rke2-bootstrap: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM (systemd stop) or SIGINT (a terminal): both mean "leave gracefully".
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(rke2_bootstrap::config::ENV_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

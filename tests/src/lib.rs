@@ -12,6 +12,7 @@
 //! Fixtures (in `fixtures/`): `install.sh` (the installer stand-in) and `fake-systemctl` (the
 //! service-manager stand-in); see the comments at the top of each.
 
+pub mod cluster;
 pub mod host;
 pub mod http;
 pub mod installer_server;

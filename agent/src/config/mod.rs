@@ -13,12 +13,16 @@ use serde::Deserialize;
 
 use crate::fsutil::under_root;
 use crate::gossip::schema::Role;
+use crate::rke2::config_yaml::ExistingConfigPolicy;
+use crate::rke2::installer::InstallMethod;
 pub use layers::{ConfigError, KeySpec, Layers, Source};
 
 /// Prefix of the environment variables that set config keys.
 pub const ENV_PREFIX: &str = "RKE2_BOOTSTRAP_";
 /// The config file path may come from the environment too; it is not a key.
 pub const ENV_CONFIG_FILE: &str = "RKE2_BOOTSTRAP_CONFIG";
+/// The log filter (tracing `EnvFilter` syntax); not a key either.
+pub const ENV_LOG: &str = "RKE2_BOOTSTRAP_LOG";
 /// Default gossip port (UDP).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7947;
 
@@ -45,11 +49,11 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "rke2-version", help: "INSTALL_RKE2_VERSION" },
     KeySpec { name: "rke2-channel", help: "INSTALL_RKE2_CHANNEL" },
     KeySpec { name: "rke2-install-method", help: "INSTALL_RKE2_METHOD (rpm or tar)" },
-    KeySpec { name: "airgap-artifact-path", help: "INSTALL_RKE2_ARTIFACT_PATH, for air-gapped installs" },
+    KeySpec { name: "installer-artifact-path", help: "INSTALL_RKE2_ARTIFACT_PATH, for air-gapped installs" },
     KeySpec { name: "installer-timeout", help: "How long the installer may run (default: 15m)" },
     KeySpec { name: "service-manager", help: "Service manager command (default: systemctl)" },
     KeySpec { name: "control-plane-taint", help: "Dedicated control plane: taint servers CriticalAddonsOnly=true:NoExecute (default: false)" },
-    KeySpec { name: "existing-config", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
+    KeySpec { name: "existing-config-policy", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
     KeySpec { name: "rke2-config", help: "Extra RKE2 config.yaml keys, passed through (a mapping)" },
     KeySpec { name: "gossip-interval", help: "Gossip round interval (default: 100ms)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
@@ -86,8 +90,9 @@ pub struct RawAgentConfig {
     pub allow_insecure_installer_url: Option<bool>,
     pub rke2_version: Option<String>,
     pub rke2_channel: Option<String>,
-    pub rke2_install_method: Option<String>,
-    pub airgap_artifact_path: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub rke2_install_method: Option<InstallMethod>,
+    pub installer_artifact_path: Option<PathBuf>,
     #[serde(default, deserialize_with = "lenient::duration")]
     pub installer_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "lenient::list_or_words")]
@@ -95,7 +100,7 @@ pub struct RawAgentConfig {
     #[serde(default, deserialize_with = "lenient::scalar")]
     pub control_plane_taint: Option<bool>,
     #[serde(default, deserialize_with = "lenient::scalar")]
-    pub existing_config: Option<ExistingConfig>,
+    pub existing_config_policy: Option<ExistingConfigPolicy>,
     #[serde(default, deserialize_with = "lenient::mapping")]
     pub rke2_config: Option<serde_yaml_ng::Mapping>,
     #[serde(default, deserialize_with = "lenient::duration")]
@@ -132,27 +137,6 @@ impl From<ConfiguredRole> for Role {
             ConfiguredRole::Server => Role::Server,
             ConfiguredRole::Agent => Role::Agent,
             ConfiguredRole::Auto => Role::Auto,
-        }
-    }
-}
-
-/// What to do when `/etc/rancher/rke2/config.yaml` exists and was not written by us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExistingConfig {
-    Refuse,
-    Backup,
-}
-
-impl std::str::FromStr for ExistingConfig {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "refuse" => Ok(ExistingConfig::Refuse),
-            "backup" => Ok(ExistingConfig::Backup),
-            other => Err(format!(
-                "unknown policy {other:?}, expected refuse or backup"
-            )),
         }
     }
 }
@@ -208,7 +192,7 @@ pub struct AgentConfig {
     pub installer: InstallerSettings,
     pub service_manager: Vec<String>,
     pub control_plane_taint: bool,
-    pub existing_config: ExistingConfig,
+    pub existing_config_policy: ExistingConfigPolicy,
     pub rke2_config: serde_yaml_ng::Mapping,
     pub gossip_interval: Duration,
     pub status_socket: PathBuf,
@@ -222,7 +206,7 @@ pub struct InstallerSettings {
     pub allow_insecure_http: bool,
     pub version: Option<String>,
     pub channel: Option<String>,
-    pub method: Option<String>,
+    pub method: Option<InstallMethod>,
     pub artifact_path: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -230,7 +214,7 @@ pub struct InstallerSettings {
 impl AgentConfig {
     /// Loads all layers (flag > env > kernel command line > file > default) and validates.
     pub fn load(layers: &Layers) -> Result<AgentConfig, ConfigError> {
-        let merged = layers::merge(layers, AGENT_KEYS, ENV_PREFIX, &[ENV_CONFIG_FILE])?;
+        let merged = layers::merge(layers, AGENT_KEYS, ENV_PREFIX, &[ENV_CONFIG_FILE, ENV_LOG])?;
         let raw: RawAgentConfig = merged.deserialize()?;
         AgentConfig::from_raw(raw, &merged)
     }
@@ -366,14 +350,14 @@ impl AgentConfig {
                 version: raw.rke2_version,
                 channel: raw.rke2_channel,
                 method: raw.rke2_install_method,
-                artifact_path: raw.airgap_artifact_path,
+                artifact_path: raw.installer_artifact_path,
                 timeout: raw
                     .installer_timeout
                     .unwrap_or(Duration::from_secs(15 * 60)),
             },
             service_manager,
             control_plane_taint: raw.control_plane_taint.unwrap_or(false),
-            existing_config: raw.existing_config.unwrap_or(ExistingConfig::Refuse),
+            existing_config_policy: raw.existing_config_policy.unwrap_or_default(),
             rke2_config: raw.rke2_config.unwrap_or_default(),
             gossip_interval,
         })

@@ -222,6 +222,17 @@ pub enum ExistingConfigPolicy {
     Backup,
 }
 
+impl std::str::FromStr for ExistingConfigPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refuse" => Ok(ExistingConfigPolicy::Refuse),
+            "backup" => Ok(ExistingConfigPolicy::Backup),
+            other => Err(format!("unknown policy {other:?}, expected refuse or backup")),
+        }
+    }
+}
+
 /// What [`write_config`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {

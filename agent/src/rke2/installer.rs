@@ -96,6 +96,17 @@ pub enum InstallMethod {
     Tar,
 }
 
+impl std::str::FromStr for InstallMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rpm" => Ok(InstallMethod::Rpm),
+            "tar" => Ok(InstallMethod::Tar),
+            other => Err(format!("unknown install method {other:?}, expected rpm or tar")),
+        }
+    }
+}
+
 impl InstallMethod {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,527 @@
+//! The agent's runtime: joins gossip, runs the election, brings RKE2 up step by step, and keeps
+//! publishing what it knows. Decisions are made by pure functions ([`crate::election`],
+//! [`crate::bringup`]); this module only does the I/O around them, persisting every decision
+//! before it is published.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
+use crate::config::{AgentConfig, ConfiguredRole};
+use crate::election::{self, Decision};
+use crate::gossip::cluster::{Cluster, GossipConfig};
+use crate::gossip::keyring::Keyring;
+use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role};
+use crate::rke2::config_yaml::{self, Rke2Config};
+use crate::rke2::installer::{self, InstallType, InstallerConfig};
+use crate::rke2::probe::{ClientIdentity, ProbePorts, Prober};
+use crate::rke2::service::{ServiceKind, ServiceManager};
+use crate::rke2::token::{self, JoinToken, Secret};
+use crate::state::{PersistedState, StateDir};
+use crate::status::{self, StatusReport};
+
+/// How often the agent re-evaluates when nothing changes. A whole rack boots at once, so every
+/// wait gets jitter: hosts must not probe and retry in lockstep.
+fn tick(phase: Phase) -> Duration {
+    let base = match phase {
+        Phase::Discovering | Phase::Voting | Phase::WaitingToJoin => Duration::from_millis(500),
+        Phase::Initializing | Phase::Joining => Duration::from_millis(250),
+        _ => Duration::from_secs(5),
+    };
+    let jitter = rand::thread_rng().gen_range(0..=base.as_millis() as u64 / 4);
+    base + Duration::from_millis(jitter)
+}
+
+/// Runs the agent until `shutdown` resolves, then leaves gossip gracefully.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let state_dir = StateDir::open(&cfg.state_dir)?;
+    let state = state_dir.load()?;
+    let keyring = Keyring::load(&cfg.gossip_key_file)?;
+    let advertise = advertise_addr(&cfg)?;
+    let role = state.role.unwrap_or_else(|| Role::from(cfg.role));
+    let mut announcement = Announcement::new(role, advertise.ip());
+    announcement.vote = state.election.vote.clone();
+    announcement.initializer = state.election.initializer_of.is_some();
+    announcement.abdicated = state.election.abdicated;
+    announcement.ca_hash = state.ca_hash.clone();
+
+    let gossip = GossipConfig::new(
+        cfg.cluster_name.clone(),
+        cfg.node_name.clone(),
+        cfg.bind_addr,
+        advertise,
+        cfg.seeds.clone(),
+        keyring,
+    )
+    .with_gossip_interval(cfg.gossip_interval);
+    let cluster = Cluster::join(gossip, &announcement).await?;
+    info!(node = %cfg.node_name, gossip_addr = %advertise, role = %role, "joined gossip");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
+    let status_task = status::serve(&cfg.status_socket, report.clone(), cluster.watch(), cluster.stats())?;
+
+    let mut agent = Agent {
+        probe: Prober::new(ProbePorts::default())?,
+        services: ServiceManager::new(cfg.service_manager.clone()),
+        cfg,
+        state_dir,
+        state,
+        view: cluster.watch(),
+        cluster,
+        announcement,
+        report,
+    };
+    let outcome = tokio::select! {
+        result = agent.bring_up() => result,
+        () = shutdown => Ok(()),
+    };
+    if let Err(err) = &outcome {
+        error!(error = %format!("{err:#}"), "bring-up stopped");
+        agent.set_phase(Phase::Failed, &format!("{err:#}")).await;
+    }
+    info!("leaving gossip");
+    agent.announcement.leaving = true;
+    agent.announcement.phase = Phase::Leaving;
+    let _ = agent.cluster.announce(&agent.announcement).await;
+    agent.cluster.leave().await;
+    status_task.abort();
+    outcome
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    state_dir: StateDir,
+    state: PersistedState,
+    cluster: Cluster,
+    view: watch::Receiver<Arc<Vec<Member>>>,
+    announcement: Announcement,
+    probe: Prober,
+    services: ServiceManager,
+    report: Arc<Mutex<StatusReport>>,
+}
+
+impl Agent {
+    async fn bring_up(&mut self) -> Result<()> {
+        let plan = self.decide().await?;
+        let role = self.state.role.unwrap_or(Role::Server);
+        match plan {
+            Plan::Initialize => self.initialize().await?,
+            Plan::Join if role == Role::Server => self.join_as_server().await?,
+            Plan::Join => self.join_as_agent().await?,
+        }
+        // Steady state: keep publishing readiness as it changes.
+        loop {
+            let ready = self.is_ready(role).await;
+            if ready != self.announcement.ready {
+                warn!(ready, "readiness changed");
+                self.announcement.ready = ready;
+                self.publish().await;
+            }
+            self.wait_for_change(tick(Phase::Ready)).await;
+        }
+    }
+
+    /// Election until this host knows whether it initializes the cluster or joins one.
+    async fn decide(&mut self) -> Result<Plan> {
+        if self.state.joined {
+            info!("this host already joined a cluster; resuming");
+            return Ok(if self.state.election.initializer_of.is_some() { Plan::Initialize } else { Plan::Join });
+        }
+        let mut last_reason = String::new();
+        let mut registration_checked_at: Option<tokio::time::Instant> = None;
+        let mut registration_answers = false;
+        loop {
+            let members = self.view.borrow().clone();
+            if let Some(host) = &self.cfg.registration_address {
+                let due = registration_checked_at.is_none_or(|t| t.elapsed() > Duration::from_secs(2));
+                if due {
+                    registration_answers = self.probe.registration_answers(host).await;
+                    registration_checked_at = Some(tokio::time::Instant::now());
+                }
+            }
+            let observation = election::Observation {
+                self_name: self.cfg.node_name.clone(),
+                config: election::ElectionConfig {
+                    role: self.cfg.role.into(),
+                    bootstrap_expect: self.cfg.bootstrap_expect,
+                    servers_target: self.cfg.servers,
+                },
+                local: election::LocalFacts {
+                    data_dir_present: self.rke2_data_dir_present(),
+                    registration_answers,
+                },
+                peers: members.iter().map(election::PeerView::from).collect(),
+            };
+            let decision = election::decide(&self.state.election, &observation);
+            match decision {
+                Decision::Wait { reason } => {
+                    if reason != last_reason {
+                        info!(reason = %reason, "waiting");
+                        last_reason = reason.clone();
+                    }
+                    let phase = if self.state.election.vote.is_some() { Phase::Voting } else { Phase::Discovering };
+                    self.set_phase(phase, &reason).await;
+                    self.wait_for_change(tick(phase)).await;
+                }
+                Decision::CastVote(vote) => {
+                    let mut next = self.state.clone();
+                    next.election = election::record_vote(&self.state.election, vote.clone())?;
+                    self.persist(next)?;
+                    info!(round = vote.round, candidate = %vote.candidate, "vote cast");
+                    self.announcement.vote = Some(vote);
+                    self.set_phase(Phase::Voting, "voted").await;
+                }
+                Decision::BecomeInitializer { round } => {
+                    let mut next = self.state.clone();
+                    next.election = election::record_initializer(&self.state.election, round)?;
+                    next.role = Some(Role::Server);
+                    self.persist(next)?;
+                    info!(round, "elected to initialize the cluster");
+                    self.announcement.initializer = true;
+                    self.announcement.role = Role::Server;
+                    return Ok(Plan::Initialize);
+                }
+                Decision::JoinExisting => {
+                    let role = match (self.state.role, self.cfg.role) {
+                        (Some(role), _) => role,
+                        (None, ConfiguredRole::Auto) => {
+                            let resolved = election::resolved_role(&observation)
+                                .map(Ok)
+                                .unwrap_or_else(|| bringup::late_auto_role(&self.cfg.node_name, &members, self.cfg.servers));
+                            match resolved {
+                                Ok(role) => role,
+                                Err(reason) => {
+                                    self.set_phase(Phase::Discovering, &reason).await;
+                                    self.wait_for_change(tick(Phase::Discovering)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        (None, configured) => Role::from(configured),
+                    };
+                    let mut next = self.state.clone();
+                    next.role = Some(role);
+                    self.persist(next)?;
+                    info!(role = %role, "a cluster exists or is forming: joining it");
+                    self.announcement.role = role;
+                    return Ok(Plan::Join);
+                }
+            }
+        }
+    }
+
+    async fn initialize(&mut self) -> Result<()> {
+        self.set_phase(Phase::Initializing, "bringing up the first server").await;
+        // A host that initialized before, lost its RKE2 data and sees the cluster alive must
+        // join it: starting without `server:` again would create a second cluster.
+        let members = self.view.borrow().clone();
+        let (identity, _) = cluster_identity(&members);
+        let others_ready = members.iter().any(|m| m.name != self.cfg.node_name && m.is_routable_server());
+        if self.state.joined && !self.rke2_data_dir_present() && others_ready && identity.is_some() {
+            warn!("rke2 data is gone but the cluster is alive: rejoining as a member, not re-initializing");
+            return self.join_as_server().await;
+        }
+        let secret = self.cluster_secret()?;
+        if !self.state.config_written {
+            let rke2 = self.rke2_config(Role::Server, JoinToken::from_secret(secret.clone()), None);
+            self.write_rke2_config(&rke2)?;
+        }
+        self.install_and_start(ServiceKind::Server).await?;
+        self.await_server_ready().await?;
+        let ca = self.probe.fetch_cacerts(&self.announcement.node_addr.to_string()).await?;
+        let ca_hash = token::ca_hash(&ca);
+        let mut next = self.state.clone();
+        next.joined = true;
+        next.ca_hash = Some(ca_hash.clone());
+        self.persist(next)?;
+        self.announcement.ca_hash = Some(ca_hash.clone());
+        self.announcement.token = Some(secret.expose().to_string());
+        self.announcement.ready = true;
+        info!(ca_hash = %ca_hash, "first server ready: the cluster exists");
+        self.set_phase(Phase::Ready, "first server ready").await;
+        Ok(())
+    }
+
+    async fn join_as_server(&mut self) -> Result<()> {
+        if !self.state.config_written {
+            let material = self.wait_for_join_material().await?;
+            self.set_phase(Phase::WaitingToJoin, "waiting for a join turn").await;
+            loop {
+                let members = self.view.borrow().clone();
+                match bringup::join_turn(&self.cfg.node_name, &members) {
+                    Ok(()) => break,
+                    Err(reason) => {
+                        self.set_phase(Phase::WaitingToJoin, &reason).await;
+                        self.wait_for_change(tick(Phase::WaitingToJoin)).await;
+                    }
+                }
+            }
+            self.set_phase(Phase::Joining, "joining").await;
+            let server = bringup::registration_host(&self.cfg, &material);
+            self.probe
+                .verify_ca(&server, &material.ca_hash)
+                .await
+                .with_context(|| format!("pinning the cluster CA at {server}"))?;
+            let token = JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+            let rke2 = self.rke2_config(Role::Server, token, Some(server));
+            self.write_rke2_config(&rke2)?;
+            self.announcement.ca_hash = Some(material.ca_hash.clone());
+        }
+        self.set_phase(Phase::Joining, "joining").await;
+        self.install_and_start(ServiceKind::Server).await?;
+        self.await_server_ready().await?;
+        let mut next = self.state.clone();
+        next.joined = true;
+        self.persist(next)?;
+        self.announcement.ready = true;
+        // Every ready server can hand the token to later joiners, so the first server is
+        // not a single point of failure for growing the cluster.
+        if let Some(material) = self.join_material_now() {
+            self.announcement.token = Some(material.secret);
+        }
+        info!("server joined and ready");
+        self.set_phase(Phase::Ready, "server ready").await;
+        Ok(())
+    }
+
+    async fn join_as_agent(&mut self) -> Result<()> {
+        if !self.state.config_written {
+            let material = self.wait_for_join_material().await?;
+            self.set_phase(Phase::Joining, "joining as a worker").await;
+            let server = bringup::registration_host(&self.cfg, &material);
+            self.probe
+                .verify_ca(&server, &material.ca_hash)
+                .await
+                .with_context(|| format!("pinning the cluster CA at {server}"))?;
+            let token = JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+            let rke2 = self.rke2_config(Role::Agent, token, Some(server));
+            self.write_rke2_config(&rke2)?;
+            self.announcement.ca_hash = Some(material.ca_hash);
+        }
+        self.set_phase(Phase::Joining, "joining as a worker").await;
+        self.install_and_start(ServiceKind::Agent).await?;
+        loop {
+            if self.is_ready(Role::Agent).await {
+                break;
+            }
+            self.wait_for_change(tick(Phase::Joining)).await;
+        }
+        let mut next = self.state.clone();
+        next.joined = true;
+        self.persist(next)?;
+        self.announcement.ready = true;
+        info!("worker joined and ready");
+        self.set_phase(Phase::Ready, "worker ready").await;
+        Ok(())
+    }
+
+    /// Waits until a ready server of the cluster publishes the identity and the token, and (when
+    /// an LB is configured) the registration address answers.
+    async fn wait_for_join_material(&mut self) -> Result<JoinMaterial> {
+        loop {
+            let members = self.view.borrow().clone();
+            let (identity, strays) = cluster_identity(&members);
+            if !strays.is_empty() {
+                error!(strays = ?strays, "members report another cluster identity; ignoring them");
+            }
+            let reason = match identity.as_deref().and_then(|id| bringup::join_material(&members, id)) {
+                None => "waiting for the first server to be ready".to_string(),
+                Some(material) => {
+                    let host = bringup::registration_host(&self.cfg, &material);
+                    if self.probe.registration_answers(&host).await {
+                        return Ok(material);
+                    }
+                    format!("waiting for the registration address {host} to answer")
+                }
+            };
+            let phase = self.announcement.phase;
+            self.set_phase(phase, &reason).await;
+            self.wait_for_change(tick(Phase::WaitingToJoin)).await;
+        }
+    }
+
+    /// The token secret: the operator's token file, else the one this host generated earlier,
+    /// else a fresh one (persisted before use).
+    fn cluster_secret(&mut self) -> Result<Secret> {
+        if let Some(path) = &self.cfg.token_file {
+            return Ok(token::read_token_file(path)?.secret().clone());
+        }
+        if let Some(secret) = self.state_dir.load_token()? {
+            return Secret::new(secret);
+        }
+        let secret = token::generate_secret();
+        self.state_dir.save_token(secret.expose())?;
+        info!("generated a cluster token");
+        Ok(secret)
+    }
+
+    fn rke2_config(&self, role: Role, token: JoinToken, server: Option<String>) -> Rke2Config {
+        let is_server = role == Role::Server;
+        Rke2Config {
+            token,
+            server: server.as_deref().map(config_yaml::server_url),
+            tls_san: if is_server { bringup::tls_sans(&self.cfg) } else { Vec::new() },
+            node_name: Some(self.cfg.node_name.clone()),
+            node_ip: Some(self.announcement.node_addr),
+            node_taint: if is_server && self.cfg.control_plane_taint {
+                vec![CONTROL_PLANE_TAINT.to_string()]
+            } else {
+                Vec::new()
+            },
+            extra: self
+                .cfg
+                .rke2_config
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.clone())))
+                .collect(),
+        }
+    }
+
+    fn write_rke2_config(&mut self, rke2: &Rke2Config) -> Result<()> {
+        let rendered = config_yaml::render(rke2)?;
+        let outcome = config_yaml::write_config(&self.cfg.root, &rendered, self.cfg.existing_config_policy)?;
+        let mut next = self.state.clone();
+        next.config_written = true;
+        self.persist(next)?;
+        info!(path = %self.cfg.host_path(config_yaml::CONFIG_PATH).display(), outcome = ?outcome, "rke2 config written");
+        Ok(())
+    }
+
+    async fn install_and_start(&mut self, kind: ServiceKind) -> Result<()> {
+        if !self.state.installed {
+            let install_type = match kind {
+                ServiceKind::Server => InstallType::Server,
+                ServiceKind::Agent => InstallType::Agent,
+            };
+            let settings = &self.cfg.installer;
+            let installer = InstallerConfig {
+                url: settings.url.clone(),
+                sha256: settings.sha256.clone(),
+                allow_insecure_http: settings.allow_insecure_http,
+                run_timeout: settings.timeout,
+                version: settings.version.clone(),
+                channel: settings.channel.clone(),
+                method: settings.method,
+                artifact_path: settings.artifact_path.clone(),
+                ..InstallerConfig::new(install_type, self.cfg.root.clone(), self.cfg.state_dir.join("installer"))
+            };
+            let outcome = installer::ensure_installed(&installer).await?;
+            let mut next = self.state.clone();
+            next.installed = true;
+            self.persist(next)?;
+            info!(outcome = ?outcome, "rke2 installed");
+        }
+        // `enable --now` is idempotent: after a reboot it is how the service comes back.
+        self.services.enable_now(kind.unit()).await?;
+        if !self.state.service_started {
+            let mut next = self.state.clone();
+            next.service_started = true;
+            self.persist(next)?;
+            info!(unit = kind.unit(), "service started");
+        }
+        Ok(())
+    }
+
+    async fn await_server_ready(&mut self) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        loop {
+            if self.is_ready(Role::Server).await {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30 * 60) {
+                bail!("rke2-server did not become ready within 30 minutes");
+            }
+            self.wait_for_change(tick(Phase::Joining)).await;
+        }
+    }
+
+    async fn is_ready(&mut self, role: Role) -> bool {
+        if role == Role::Server && !self.probe.has_client_identity() {
+            // Real RKE2 refuses anonymous /readyz: present the node's kubelet identity as soon
+            // as RKE2 has written it.
+            if let Ok(identity) = ClientIdentity::rke2_node(&self.cfg.root) {
+                match self.probe.clone().with_client_identity(&identity) {
+                    Ok(prober) => self.probe = prober,
+                    Err(err) => warn!(error = %format!("{err:#}"), "cannot use the node's client identity"),
+                }
+            }
+        }
+        match role {
+            Role::Server => self.probe.server_ready(self.announcement.node_addr).await,
+            _ => self.services.is_active(ServiceKind::Agent.unit()).await.unwrap_or(false),
+        }
+    }
+
+    fn join_material_now(&self) -> Option<JoinMaterial> {
+        let members = self.view.borrow().clone();
+        let identity = cluster_identity(&members).0?;
+        bringup::join_material(&members, &identity)
+    }
+
+    fn rke2_data_dir_present(&self) -> bool {
+        self.cfg.host_path("/var/lib/rancher/rke2/server/db/etcd").exists()
+            || self.cfg.host_path("/var/lib/rancher/rke2/agent/joined").exists()
+    }
+
+    /// Persists first, then adopts: nothing is published from a state that is not on disk.
+    fn persist(&mut self, next: PersistedState) -> Result<()> {
+        self.state_dir.save(&next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    async fn set_phase(&mut self, phase: Phase, reason: &str) {
+        self.announcement.phase = phase;
+        if let Ok(mut report) = self.report.lock() {
+            report.phase = phase;
+            report.reason = reason.to_string();
+            report.role = self.announcement.role;
+        }
+        self.publish().await;
+    }
+
+    async fn publish(&mut self) {
+        if let Err(err) = self.cluster.announce(&self.announcement).await {
+            warn!(error = %format!("{err:#}"), "could not publish announcement");
+        }
+    }
+
+    async fn wait_for_change(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.view.changed()).await;
+    }
+}
+
+enum Plan {
+    Initialize,
+    Join,
+}
+
+/// The advertised gossip address: configured, or the local address of the route to the first
+/// seed (a UDP `connect` sends nothing), or loopback for a lone host.
+fn advertise_addr(cfg: &AgentConfig) -> Result<SocketAddr> {
+    if let Some(addr) = cfg.advertise_addr {
+        return Ok(addr);
+    }
+    let port = cfg.bind_addr.port();
+    for seed in &cfg.seeds {
+        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(seed.as_str()) else { continue };
+        if let Some(target) = addrs.next() {
+            let socket = UdpSocket::bind(("0.0.0.0", 0)).context("probing the route to the seeds")?;
+            if socket.connect(target).is_ok() {
+                if let Ok(local) = socket.local_addr() {
+                    return Ok(SocketAddr::new(local.ip(), port));
+                }
+            }
+        }
+    }
+    warn!("no advertise-addr and no reachable seed: advertising 127.0.0.1");
+    Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port))
+}
