@@ -1,1 +1,393 @@
-//! TODO
+//! A chitchat transport that seals every datagram (see [`super::keyring`]) over a real UDP socket.
+//!
+//! # Why chitchat 0.11
+//!
+//! A transport outside the chitchat crate must turn a `ChitchatMessage` into bytes and back, so it
+//! needs chitchat's wire codec. In the 0.11 series the `Socket` trait carries a bare
+//! `ChitchatMessage`, and `chitchat::Serializable` / `chitchat::Deserializable` are public and
+//! implemented for it: an external transport can serialize, seal, open and parse. From 0.12 on the
+//! `Socket` trait carries a `ChitchatEnvelope` (message plus protocol version) whose encoder and
+//! decoder are `pub(crate)`: no transport outside the crate can produce or read the bytes, so it
+//! could only pass messages through in plaintext. Authenticated gossip is not optional for us (a
+//! forged vote or "initializer" could create a second cluster), so we stay on 0.11 until chitchat
+//! offers either a public envelope codec or a hook to wrap its own UDP transport.
+//!
+//! # Datagram size limit
+//!
+//! A sealed datagram adds [`SEAL_OVERHEAD`] (55) bytes to the chitchat message and must fit in one
+//! UDP payload of at most [`MAX_DATAGRAM_LEN`] (65 507) bytes. chitchat sizes its own messages for
+//! that same 65 507-byte limit, so only a message that nearly fills it (a cluster state of tens of
+//! thousands of keys, far beyond our dozen short keys per node, and compressed) cannot be sealed.
+//! Such a message is not sent: it is counted in [`TransportStats::send_failed`] and logged
+//! (rate-limited) with the size, instead of being truncated or sent in the clear.
+//!
+//! There is no plaintext mode.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::keyring::{
+    open, seal, unix_ms_now, Rejection, RejectionKind, ReplayGuard, SharedKeyring,
+    DEFAULT_REPLAY_WINDOW,
+};
+pub use super::keyring::{MAX_DATAGRAM_LEN, SEAL_OVERHEAD};
+
+/// How often at most one warning per rejection reason is logged.
+pub const REJECTION_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Counters of what the transport did, readable at any time (status endpoint, tests).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Datagrams sealed and handed to the socket.
+    pub sent: AtomicU64,
+    /// Datagrams that authenticated and parsed, and were passed to chitchat.
+    pub received: AtomicU64,
+    /// Not a sealed datagram: too short, wrong magic or unknown format version.
+    pub rejected_malformed: AtomicU64,
+    /// Sealed with a key we do not hold, for another cluster name, or altered in transit.
+    pub rejected_auth: AtomicU64,
+    /// Authentic, but outside the timestamp window or already received.
+    pub rejected_replay: AtomicU64,
+    /// Authentic and fresh, but not a chitchat message we can parse (a peer running an
+    /// incompatible version, or a bug).
+    pub rejected_decode: AtomicU64,
+    /// Messages not sent: too large to seal, or the socket refused them.
+    pub send_failed: AtomicU64,
+}
+
+/// A plain copy of [`TransportStats`] at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TransportStatsSnapshot {
+    pub sent: u64,
+    pub received: u64,
+    pub rejected_malformed: u64,
+    pub rejected_auth: u64,
+    pub rejected_replay: u64,
+    pub rejected_decode: u64,
+    pub send_failed: u64,
+}
+
+impl TransportStats {
+    pub fn snapshot(&self) -> TransportStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStatsSnapshot {
+            sent: get(&self.sent),
+            received: get(&self.received),
+            rejected_malformed: get(&self.rejected_malformed),
+            rejected_auth: get(&self.rejected_auth),
+            rejected_replay: get(&self.rejected_replay),
+            rejected_decode: get(&self.rejected_decode),
+            send_failed: get(&self.send_failed),
+        }
+    }
+
+    fn count_rejection(&self, kind: RejectionKind) {
+        let counter = match kind {
+            RejectionKind::Malformed => &self.rejected_malformed,
+            RejectionKind::Auth => &self.rejected_auth,
+            RejectionKind::Replay => &self.rejected_replay,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Lets one log line through per period and reports how many events it stands for. Used so a
+/// flood of bad datagrams (or a misconfigured neighbour) cannot flood the journal.
+#[derive(Debug)]
+pub(crate) struct RateLimitedLog {
+    period: Duration,
+    last_logged: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLimitedLog {
+    pub(crate) fn new(period: Duration) -> Self {
+        RateLimitedLog {
+            period,
+            last_logged: None,
+            pending: 0,
+        }
+    }
+
+    /// Records one event; returns `Some(count)` (events since the last log line, this one
+    /// included) when a line should be logged now.
+    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.period);
+        if !due {
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+/// The sealing transport handed to chitchat. Cheap to build; each `open` binds one socket.
+pub struct SealedTransport {
+    cluster_name: Arc<str>,
+    keyring: SharedKeyring,
+    stats: Arc<TransportStats>,
+    replay_window: Duration,
+    /// A socket bound in advance (so the caller learns the real port and bind errors early);
+    /// used by the first `open` for its address.
+    prebound: Mutex<Option<tokio::net::UdpSocket>>,
+}
+
+impl SealedTransport {
+    pub fn new(cluster_name: impl Into<Arc<str>>, keyring: SharedKeyring) -> Self {
+        SealedTransport {
+            cluster_name: cluster_name.into(),
+            keyring,
+            stats: Arc::default(),
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            prebound: Mutex::new(None),
+        }
+    }
+
+    /// Accepted clock difference between peers (and how long nonces are remembered).
+    pub fn with_replay_window(mut self, window: Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+
+    /// Uses an already bound socket for the first `open` of its local address.
+    pub fn with_socket(self, socket: tokio::net::UdpSocket) -> Self {
+        if let Ok(mut slot) = self.prebound.lock() {
+            *slot = Some(socket);
+        }
+        self
+    }
+
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
+    fn take_prebound(&self, addr: SocketAddr) -> Option<tokio::net::UdpSocket> {
+        let mut slot = self.prebound.lock().ok()?;
+        let matches = slot
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .is_some_and(|local| local == addr);
+        if matches {
+            slot.take()
+        } else {
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> Result<Box<dyn Socket>> {
+        let socket = match self.take_prebound(listen_addr) {
+            Some(socket) => socket,
+            None => tokio::net::UdpSocket::bind(listen_addr)
+                .await
+                .with_context(|| format!("binding gossip socket {listen_addr}/udp"))?,
+        };
+        Ok(Box::new(SealedSocket {
+            socket,
+            cluster_name: self.cluster_name.clone(),
+            keyring: self.keyring.clone(),
+            stats: self.stats.clone(),
+            replay: ReplayGuard::new(self.replay_window),
+            recv_buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
+            send_buf: Vec::new(),
+            logs: RejectionLogs::default(),
+        }))
+    }
+}
+
+/// One byte more than the largest valid datagram, so an oversized one is seen as such rather than
+/// silently truncated into something that might look valid.
+const RECV_BUF_LEN: usize = MAX_DATAGRAM_LEN + 1;
+
+struct RejectionLogs {
+    malformed: RateLimitedLog,
+    auth: RateLimitedLog,
+    replay: RateLimitedLog,
+    decode: RateLimitedLog,
+    send: RateLimitedLog,
+}
+
+impl Default for RejectionLogs {
+    fn default() -> Self {
+        let new = || RateLimitedLog::new(REJECTION_LOG_PERIOD);
+        RejectionLogs {
+            malformed: new(),
+            auth: new(),
+            replay: new(),
+            decode: new(),
+            send: new(),
+        }
+    }
+}
+
+struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    cluster_name: Arc<str>,
+    keyring: SharedKeyring,
+    stats: Arc<TransportStats>,
+    replay: ReplayGuard,
+    recv_buf: Box<[u8]>,
+    send_buf: Vec<u8>,
+    logs: RejectionLogs,
+}
+
+impl SealedSocket {
+    fn reject(&mut self, from: SocketAddr, rejection: Rejection) {
+        let kind = rejection.kind();
+        self.stats.count_rejection(kind);
+        let log = match kind {
+            RejectionKind::Malformed => &mut self.logs.malformed,
+            RejectionKind::Auth => &mut self.logs.auth,
+            RejectionKind::Replay => &mut self.logs.replay,
+        };
+        if let Some(count) = log.hit(Instant::now()) {
+            warn!(
+                reason = kind.as_str(),
+                count,
+                last_from = %from,
+                last_error = %rejection,
+                "dropped sealed gossip datagrams"
+            );
+        }
+    }
+
+    fn reject_decode(&mut self, from: SocketAddr, error: &anyhow::Error) {
+        self.stats.rejected_decode.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.logs.decode.hit(Instant::now()) {
+            warn!(
+                reason = "decode",
+                count,
+                last_from = %from,
+                last_error = %error,
+                "dropped authentic gossip datagrams that do not parse"
+            );
+        }
+    }
+
+    fn send_failed(&mut self, to: SocketAddr, error: &dyn std::fmt::Display) {
+        self.stats.send_failed.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.logs.send.hit(Instant::now()) {
+            warn!(count, last_to = %to, last_error = %error, "gossip datagrams not sent");
+        }
+    }
+
+    /// Handles one received datagram; `None` when it was dropped.
+    fn accept(&mut self, len: usize, from: SocketAddr) -> Option<ChitchatMessage> {
+        let keyring = self.keyring.current();
+        let opened = open(
+            &keyring,
+            &self.cluster_name,
+            &self.recv_buf[..len],
+            unix_ms_now(),
+            &mut self.replay,
+        );
+        let plaintext = match opened {
+            Ok(plaintext) => plaintext,
+            Err(rejection) => {
+                self.reject(from, rejection);
+                return None;
+            }
+        };
+        let mut cursor = plaintext.as_slice();
+        match ChitchatMessage::deserialize(&mut cursor) {
+            Ok(_) if !cursor.is_empty() => {
+                let error = anyhow::anyhow!("{} trailing bytes after the message", cursor.len());
+                self.reject_decode(from, &error);
+                None
+            }
+            Ok(message) => {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                Some(message)
+            }
+            Err(error) => {
+                self.reject_decode(from, &error);
+                None
+            }
+        }
+    }
+}
+
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::OutOfMemory
+            | io::ErrorKind::WouldBlock
+    ) || err.raw_os_error() == Some(nix::libc::ENOBUFS)
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> Result<()> {
+        self.send_buf.clear();
+        message.serialize(&mut self.send_buf);
+        let keyring = self.keyring.current();
+        let datagram = match seal(&keyring, &self.cluster_name, &self.send_buf, unix_ms_now()) {
+            Ok(datagram) => datagram,
+            Err(error) => {
+                // Not an error for chitchat (it would log every round); counted and logged here.
+                self.send_failed(to, &error);
+                return Ok(());
+            }
+        };
+        match self.socket.send_to(&datagram, to).await {
+            Ok(_) => {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.send_failed(to, &error);
+                Err(error).with_context(|| format!("sending sealed gossip datagram to {to}"))
+            }
+        }
+    }
+
+    /// Cancel-safe, as chitchat requires: the only await point is `recv_from`, and everything
+    /// after it runs to completion before returning.
+    async fn recv(&mut self) -> Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut self.recv_buf).await {
+                Ok(received) => received,
+                Err(error) if is_transient(&error) => continue,
+                Err(error) => return Err(error).context("gossip socket failed"),
+            };
+            if let Some(message) = self.accept(len, from) {
+                return Ok((from, message));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_reports_counts_since_last_line() {
+        let start = Instant::now();
+        let mut log = RateLimitedLog::new(Duration::from_secs(10));
+        assert_eq!(log.hit(start), Some(1));
+        for i in 1..=5 {
+            assert_eq!(log.hit(start + Duration::from_secs(i)), None);
+        }
+        assert_eq!(log.hit(start + Duration::from_secs(10)), Some(6));
+        assert_eq!(log.hit(start + Duration::from_secs(11)), None);
+    }
+}
