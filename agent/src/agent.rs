@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
-use crate::config::{AgentConfig, ConfiguredRole};
+use crate::config::AgentConfig;
 use crate::election::{self, Decision};
 use crate::gossip::cluster::{Cluster, GossipConfig};
 use crate::gossip::keyring::Keyring;
@@ -47,26 +47,22 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let advertise = advertise_addr(&cfg)?;
     let role = state.role.unwrap_or_else(|| Role::from(cfg.role));
     let mut announcement = Announcement::new(role, advertise.ip());
-    announcement.vote = state.election.vote.clone();
-    announcement.initializer = state.election.initializer_of.is_some();
-    announcement.abdicated = state.election.abdicated;
+    state.election.announce(&mut announcement);
     announcement.ca_hash = state.ca_hash.clone();
 
-    let gossip = GossipConfig::new(
-        cfg.cluster_name.clone(),
-        cfg.node_name.clone(),
-        cfg.bind_addr,
-        advertise,
-        cfg.seeds.clone(),
-        keyring,
-    )
-    .with_gossip_interval(cfg.gossip_interval);
+    let mut gossip = GossipConfig::new(cfg.cluster_name.clone(), cfg.node_name.clone(), cfg.bind_addr, keyring);
+    gossip.advertise_addr = Some(advertise);
+    gossip.seeds = cfg.seeds.clone();
+    gossip.gossip_interval = cfg.gossip_interval;
     let cluster = Cluster::join(gossip, &announcement).await?;
     info!(node = %cfg.node_name, gossip_addr = %advertise, role = %role, "joined gossip");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
-    let status_task = status::serve(&cfg.status_socket, report.clone(), cluster.watch(), cluster.stats())?;
+    let stats = cluster.stats();
+    let status_task = status::serve(&cfg.status_socket, report.clone(), cluster.watch(), move || {
+        serde_json::to_value(stats.snapshot()).unwrap_or_default()
+    })?;
 
     let mut agent = Agent {
         probe: Prober::new(ProbePorts::default())?,
@@ -90,8 +86,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     info!("leaving gossip");
     agent.announcement.leaving = true;
     agent.announcement.phase = Phase::Leaving;
-    let _ = agent.cluster.announce(&agent.announcement).await;
-    agent.cluster.leave().await;
+    agent.cluster.announce(&agent.announcement).await;
+    if let Err(err) = agent.cluster.leave().await {
+        warn!(error = %format!("{err:#}"), "graceful leave incomplete");
+    }
     status_task.abort();
     outcome
 }
@@ -151,61 +149,73 @@ impl Agent {
                 self_name: self.cfg.node_name.clone(),
                 config: election::ElectionConfig {
                     role: self.cfg.role.into(),
-                    bootstrap_expect: self.cfg.bootstrap_expect,
-                    servers_target: self.cfg.servers,
+                    bootstrap_expect: self.cfg.bootstrap_expect as usize,
+                    servers_target: self.cfg.servers as usize,
                 },
                 local: election::LocalFacts {
                     data_dir_present: self.rke2_data_dir_present(),
                     registration_answers,
+                    rke2_installed: self.state.installed,
                 },
                 peers: members.iter().map(election::PeerView::from).collect(),
             };
             let decision = election::decide(&self.state.election, &observation);
+            let reason = decision.reason();
+            if reason != last_reason {
+                info!(reason = %reason, "election");
+                last_reason = reason.clone();
+            }
             match decision {
-                Decision::Wait { reason } => {
-                    if reason != last_reason {
-                        info!(reason = %reason, "waiting");
-                        last_reason = reason.clone();
-                    }
+                Decision::Wait { .. } => {
                     let phase = if self.state.election.vote.is_some() { Phase::Voting } else { Phase::Discovering };
                     self.set_phase(phase, &reason).await;
                     self.wait_for_change(tick(phase)).await;
                 }
-                Decision::CastVote(vote) => {
+                Decision::CastVote { vote, state } => {
                     let mut next = self.state.clone();
-                    next.election = election::record_vote(&self.state.election, vote.clone())?;
+                    next.election = state;
                     self.persist(next)?;
                     info!(round = vote.round, candidate = %vote.candidate, "vote cast");
-                    self.announcement.vote = Some(vote);
-                    self.set_phase(Phase::Voting, "voted").await;
+                    self.state.election.announce(&mut self.announcement);
+                    self.set_phase(Phase::Voting, &reason).await;
                 }
-                Decision::BecomeInitializer { round } => {
+                Decision::Prepare { round, .. } => {
+                    // Install before claiming the win, so that an installer that keeps failing
+                    // ends in an abdication (and a new round) instead of a stuck cluster.
+                    self.set_phase(Phase::Voting, &reason).await;
+                    if let Err(err) = self.install(ServiceKind::Server).await {
+                        error!(round, error = %format!("{err:#}"), "cannot install rke2: giving up the first-server candidacy");
+                        let mut next = self.state.clone();
+                        next.election = election::abdicate(&self.state.election, round)?;
+                        self.persist(next)?;
+                        self.state.election.announce(&mut self.announcement);
+                        self.set_phase(Phase::Failed, &format!("abdicated round {round}: {err:#}")).await;
+                        return Err(err.context("installing rke2 as the first-server candidate"));
+                    }
+                }
+                Decision::BecomeInitializer { round, state } => {
                     let mut next = self.state.clone();
-                    next.election = election::record_initializer(&self.state.election, round)?;
+                    next.election = state;
                     next.role = Some(Role::Server);
                     self.persist(next)?;
                     info!(round, "elected to initialize the cluster");
-                    self.announcement.initializer = true;
+                    self.state.election.announce(&mut self.announcement);
                     self.announcement.role = Role::Server;
                     return Ok(Plan::Initialize);
                 }
-                Decision::JoinExisting => {
-                    let role = match (self.state.role, self.cfg.role) {
-                        (Some(role), _) => role,
-                        (None, ConfiguredRole::Auto) => {
-                            let resolved = election::resolved_role(&observation)
-                                .map(Ok)
-                                .unwrap_or_else(|| bringup::late_auto_role(&self.cfg.node_name, &members, self.cfg.servers));
-                            match resolved {
-                                Ok(role) => role,
-                                Err(reason) => {
-                                    self.set_phase(Phase::Discovering, &reason).await;
-                                    self.wait_for_change(tick(Phase::Discovering)).await;
-                                    continue;
-                                }
+                Decision::JoinExisting { role, .. } => {
+                    let role = self.state.role.unwrap_or(role);
+                    let role = if role == Role::Auto {
+                        match bringup::late_auto_role(&self.cfg.node_name, &members, self.cfg.servers) {
+                            Ok(role) => role,
+                            Err(reason) => {
+                                self.set_phase(Phase::Discovering, &reason).await;
+                                self.wait_for_change(tick(Phase::Discovering)).await;
+                                continue;
                             }
                         }
-                        (None, configured) => Role::from(configured),
+                    } else {
+                        role
                     };
                     let mut next = self.state.clone();
                     next.role = Some(role);
@@ -396,6 +406,19 @@ impl Agent {
     }
 
     async fn install_and_start(&mut self, kind: ServiceKind) -> Result<()> {
+        self.install(kind).await?;
+        // `enable --now` is idempotent: after a reboot it is how the service comes back.
+        self.services.enable_now(kind.unit()).await?;
+        if !self.state.service_started {
+            let mut next = self.state.clone();
+            next.service_started = true;
+            self.persist(next)?;
+            info!(unit = kind.unit(), "service started");
+        }
+        Ok(())
+    }
+
+    async fn install(&mut self, kind: ServiceKind) -> Result<()> {
         if !self.state.installed {
             let install_type = match kind {
                 ServiceKind::Server => InstallType::Server,
@@ -418,14 +441,6 @@ impl Agent {
             next.installed = true;
             self.persist(next)?;
             info!(outcome = ?outcome, "rke2 installed");
-        }
-        // `enable --now` is idempotent: after a reboot it is how the service comes back.
-        self.services.enable_now(kind.unit()).await?;
-        if !self.state.service_started {
-            let mut next = self.state.clone();
-            next.service_started = true;
-            self.persist(next)?;
-            info!(unit = kind.unit(), "service started");
         }
         Ok(())
     }
@@ -489,9 +504,7 @@ impl Agent {
     }
 
     async fn publish(&mut self) {
-        if let Err(err) = self.cluster.announce(&self.announcement).await {
-            warn!(error = %format!("{err:#}"), "could not publish announcement");
-        }
+        self.cluster.announce(&self.announcement).await;
     }
 
     async fn wait_for_change(&mut self, timeout: Duration) {

@@ -5,10 +5,14 @@
 //! Data flows one way: gossip state -> typed membership view ([`gossip::schema`]) -> election and
 //! bring-up decisions ([`election`], [`bringup`]) -> files and commands ([`rke2`], [`fsutil`]).
 
+pub mod agent;
+pub mod bringup;
 pub mod cmdline;
 pub mod config;
+pub mod demo;
 pub mod election;
 pub mod fsutil;
 pub mod gossip;
 pub mod rke2;
 pub mod state;
+pub mod status;
