@@ -247,12 +247,11 @@ impl Applier {
     /// The applier for a config; `stream_module` is the resolved nginx module path.
     pub fn from_config(config: &SidecarConfig, stream_module: Option<PathBuf>) -> Self {
         let nginx_wrapper = (config.lb == LbKind::Nginx
-            && config.nginx.layout != NginxLayout::WholeFile
-            && config.validate.is_none())
-        .then(|| NginxWrapper {
-            layout: config.nginx.layout,
-            stream_module,
-        });
+            && config.nginx.layout != NginxLayout::WholeFile)
+            .then_some(NginxWrapper {
+                layout: config.nginx.layout,
+                stream_module,
+            });
         Applier {
             live: config.config_file(),
             file_mode: config.file_mode,

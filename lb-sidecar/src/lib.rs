@@ -330,33 +330,7 @@ impl Sidecar {
     }
 
     fn render(&self, upstreams: &[Upstream]) -> Result<String> {
-        let listen = Listen {
-            lb_addr: self.config.lb_addr,
-            supervisor_port: self.config.supervisor_port,
-            api_port: self.config.api_port,
-        };
-        let text = if let Some(path) = &self.config.template {
-            let source = std::fs::read_to_string(path)
-                .with_context(|| format!("reading template {}", path.display()))?;
-            render::render_template(
-                upstreams,
-                &listen,
-                &self.config.pid_file(),
-                &path.display().to_string(),
-                &source,
-            )
-        } else {
-            match self.config.lb {
-                LbKind::Nginx => render::render_nginx(
-                    upstreams,
-                    &listen,
-                    &self.config.nginx,
-                    self.stream_module.as_deref(),
-                ),
-                LbKind::Haproxy => render::render_haproxy(upstreams, &listen, &self.config.haproxy),
-            }
-        };
-        text.map_err(|e: RenderError| anyhow::Error::new(e))
+        render_config(&self.config, self.stream_module.as_deref(), upstreams)
     }
 
     /// A short human reason for the change from what is live to `desired`.
@@ -432,4 +406,37 @@ impl Sidecar {
             }
         }
     }
+}
+
+/// Renders the complete LB config for `upstreams` the way the run loop does: the user template
+/// if one is configured (read from disk on every call, so a fixed template is picked up by the
+/// next retry), else the built-in renderer for the LB. `stream_module` is the resolved nginx
+/// module path ([`config::resolve_stream_module`]).
+pub fn render_config(
+    config: &SidecarConfig,
+    stream_module: Option<&std::path::Path>,
+    upstreams: &[Upstream],
+) -> Result<String> {
+    let listen = Listen {
+        lb_addr: config.lb_addr,
+        supervisor_port: config.supervisor_port,
+        api_port: config.api_port,
+    };
+    let text = if let Some(path) = &config.template {
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("reading template {}", path.display()))?;
+        render::render_template(
+            upstreams,
+            &listen,
+            &config.pid_file(),
+            &path.display().to_string(),
+            &source,
+        )
+    } else {
+        match config.lb {
+            LbKind::Nginx => render::render_nginx(upstreams, &listen, &config.nginx, stream_module),
+            LbKind::Haproxy => render::render_haproxy(upstreams, &listen, &config.haproxy),
+        }
+    };
+    text.map_err(|e: RenderError| anyhow::Error::new(e))
 }

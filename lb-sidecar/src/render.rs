@@ -173,12 +173,16 @@ impl Listen {
     }
 }
 
-/// nginx durations and HAProxy timeouts: whole seconds as `5s`, otherwise milliseconds.
+/// nginx durations and HAProxy timeouts, in the largest unit both understand (`h`, `m`, `s`,
+/// `ms`) that represents the value exactly.
 fn duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+    let secs = d.as_secs();
+    match (d.subsec_millis(), secs) {
+        (0, 0) => "0s".into(),
+        (0, s) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (0, s) if s % 60 == 0 => format!("{}m", s / 60),
+        (0, s) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
     }
 }
 
@@ -376,13 +380,55 @@ pub fn render_haproxy(
 /// What a user template sees. Deliberately free of volatile values (no timestamps): an
 /// unchanged membership must render the same bytes.
 #[derive(Debug, Clone, Serialize)]
-pub struct TemplateContext<'a> {
-    pub servers: &'a [Upstream],
+pub struct TemplateContext {
+    /// Sorted by name.
+    pub servers: Vec<TemplateServer>,
     pub supervisor_port: u16,
     pub api_port: u16,
     pub lb_addr: String,
+    /// `lb_addr:supervisor_port` and `lb_addr:api_port`, IPv6 bracketed: ready for `listen`/`bind`.
+    pub listen_supervisor: String,
+    pub listen_api: String,
     /// The LB's pid file, for templates that set it (HAProxy `pidfile`, nginx `pid`).
     pub pid_file: String,
+}
+
+/// One server as a template sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateServer {
+    pub name: String,
+    pub addr: String,
+    /// `addr:supervisor_port` and `addr:api_port`, IPv6 bracketed.
+    pub supervisor: String,
+    pub api: String,
+}
+
+impl TemplateContext {
+    pub fn new(
+        upstreams: &[Upstream],
+        listen: &Listen,
+        pid_file: &Path,
+    ) -> Result<Self, RenderError> {
+        validate_upstreams(upstreams)?;
+        let endpoint = |addr, port| SocketAddr::new(addr, port).to_string();
+        Ok(TemplateContext {
+            servers: upstreams
+                .iter()
+                .map(|u| TemplateServer {
+                    name: u.name.clone(),
+                    addr: u.addr.to_string(),
+                    supervisor: endpoint(u.addr, listen.supervisor_port),
+                    api: endpoint(u.addr, listen.api_port),
+                })
+                .collect(),
+            supervisor_port: listen.supervisor_port,
+            api_port: listen.api_port,
+            lb_addr: listen.lb_addr.to_string(),
+            listen_supervisor: endpoint(listen.lb_addr, listen.supervisor_port),
+            listen_api: endpoint(listen.lb_addr, listen.api_port),
+            pid_file: validate_path("pid file", pid_file)?,
+        })
+    }
 }
 
 /// Renders a user template (minijinja). Undefined variables are errors, not empty strings, so a
@@ -394,14 +440,7 @@ pub fn render_template(
     file: &str,
     source: &str,
 ) -> Result<String, RenderError> {
-    validate_upstreams(upstreams)?;
-    let context = TemplateContext {
-        servers: upstreams,
-        supervisor_port: listen.supervisor_port,
-        api_port: listen.api_port,
-        lb_addr: listen.lb_addr.to_string(),
-        pid_file: validate_path("pid file", pid_file)?,
-    };
+    let context = TemplateContext::new(upstreams, listen, pid_file)?;
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
@@ -532,6 +571,10 @@ mod tests {
     fn durations_render_in_lb_units() {
         assert_eq!(duration(Duration::from_secs(5)), "5s");
         assert_eq!(duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(duration(Duration::from_secs(120)), "2m");
+        assert_eq!(duration(Duration::from_secs(90)), "90s");
+        assert_eq!(duration(Duration::ZERO), "0s");
     }
 
     #[test]
@@ -566,11 +609,13 @@ mod tests {
 
     #[test]
     fn template_output_is_deterministic_and_keeps_trailing_newline() {
-        let src =
-            "{% for s in servers %}{{ s.name }}={{ s.addr }}:{{ supervisor_port }}\n{% endfor %}";
+        let src = "{% for s in servers %}{{ s.name }}={{ s.addr }}:{{ supervisor_port }} {{ s.api }}\n{% endfor %}";
         let a = render_template(&ups(2), &listen(), Path::new("/p"), "t", src).unwrap();
         let b = render_template(&ups(2), &listen(), Path::new("/p"), "t", src).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a, "m1=10.0.0.1:9345\nm2=10.0.0.2:9345\n");
+        assert_eq!(
+            a,
+            "m1=10.0.0.1:9345 10.0.0.1:6443\nm2=10.0.0.2:9345 10.0.0.2:6443\n"
+        );
     }
 }
