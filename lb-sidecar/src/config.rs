@@ -304,7 +304,7 @@ impl SidecarConfig {
     ///
     /// nginx: `nginx -t -q -e stderr [-p <prefix>] -c {file}`; in the include layouts `{file}` is
     /// a small wrapper main config that includes the candidate, because a fragment alone is not
-    /// a valid nginx.conf. HAProxy: `haproxy -c -q -f {file}`.
+    /// a valid nginx.conf. HAProxy: `haproxy -c -f {file}`.
     pub fn validate_argv(&self) -> Vec<String> {
         if let Some(argv) = &self.validate {
             return argv.clone();
@@ -319,10 +319,10 @@ impl SidecarConfig {
                 argv.extend(["-c".into(), "{file}".into()]);
                 argv
             }
+            // No `-q`: it silences the alerts that say what is wrong.
             LbKind::Haproxy => vec![
                 path_arg(&self.haproxy.binary),
                 "-c".into(),
-                "-q".into(),
                 "-f".into(),
                 "{file}".into(),
             ],
@@ -520,7 +520,7 @@ reload:
             lb: LbKind::Haproxy,
             ..SidecarConfig::default()
         };
-        assert_eq!(h.validate_argv(), ["haproxy", "-c", "-q", "-f", "{file}"]);
+        assert_eq!(h.validate_argv(), ["haproxy", "-c", "-f", "{file}"]);
         let bad = SidecarConfig {
             ca_hash: Some("xyz".into()),
             ..SidecarConfig::default()
