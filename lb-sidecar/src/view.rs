@@ -140,32 +140,45 @@ pub fn resolve_identity(
 /// Computes the routable set for a given cluster identity (see [`resolve_identity`]).
 pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView {
     let mut view = RoutableView::default();
-    // Candidates by name, the newest generation winning.
+    // Candidates by name: the newest generation wins, ties broken by the lower address, so the
+    // result does not depend on the order gossip listed the members in.
+    let rank = |m: &Member| (m.generation, std::cmp::Reverse(m.node_addr));
     let mut by_name: BTreeMap<&str, &Member> = BTreeMap::new();
+    let mut rejected: BTreeMap<&str, (&Member, Exclusion)> = BTreeMap::new();
     for m in members.iter().filter(|m| m.role == Role::Server) {
-        if let Some(reason) = exclusion(m, identity) {
-            if let Exclusion::ForeignCa { ca_hash } = &reason {
-                view.alarms.push(Alarm {
-                    name: m.name.clone(),
-                    addr: m.node_addr,
-                    ca_hash: ca_hash.clone(),
-                });
+        match exclusion(m, identity) {
+            Some(reason) => {
+                if let Exclusion::ForeignCa { ca_hash } = &reason {
+                    view.alarms.push(Alarm {
+                        name: m.name.clone(),
+                        addr: m.node_addr,
+                        ca_hash: ca_hash.clone(),
+                    });
+                }
+                match rejected.get(m.name.as_str()) {
+                    Some((other, _)) if rank(other) >= rank(m) => {}
+                    _ => {
+                        rejected.insert(&m.name, (m, reason));
+                    }
+                }
             }
-            // A routable generation of the same name must not be shadowed by a stale one.
-            view.excluded.entry(m.name.clone()).or_insert(reason);
-            continue;
+            None => match by_name.get(m.name.as_str()) {
+                Some(other) if rank(other) >= rank(m) => {}
+                _ => {
+                    by_name.insert(&m.name, m);
+                }
+            },
         }
-        match by_name.get(m.name.as_str()) {
-            Some(other) if other.generation >= m.generation => {}
-            _ => {
-                by_name.insert(&m.name, m);
-            }
+    }
+    // A routable generation of a name is not shadowed by a stale one.
+    for (name, (_, reason)) in rejected {
+        if !by_name.contains_key(name) {
+            view.excluded.insert(name.to_string(), reason);
         }
     }
     // Names are unique now; make addresses unique too, the lowest name keeping an address.
     let mut by_addr: BTreeMap<IpAddr, &str> = BTreeMap::new();
     for (name, m) in &by_name {
-        view.excluded.remove(*name);
         if let Some(kept) = by_addr.get(&m.node_addr) {
             view.excluded.insert(
                 name.to_string(),
