@@ -147,24 +147,27 @@ async fn nginx_flapping_server_is_held_out() {
     ];
     let mut config = sidecar_config(LbKind::Nginx, id, d);
     config.damping.flap_limit = 2;
-    config.damping.hold_down = Duration::from_secs(2);
+    config.damping.hold_down = Duration::from_secs(3);
     config.debounce.quiet = Duration::from_millis(50);
     let m1 = initializer("m1", ip(id, 1));
     let m2 = server("m2", ip(id, 2));
     write_initial(&config, std::slice::from_ref(&m1));
     let _lb = start_lb(&config, id, d, &config.config_file()).await;
     let driver = Driver::start(config, vec![m1.clone()]);
+    // Each flip waits until the sidecar saw it: a watch channel coalesces what it did not.
+    let has_m2 = |s: &rke2_lb_sidecar::Status| s.desired.iter().any(|u| u.name == "m2");
     for _ in 0..3 {
         driver.set(vec![m1.clone(), m2.clone()]);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        driver.wait_status("m2 added", has_m2).await;
         driver.set(vec![m1.clone(), dead(m2.clone())]);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        driver.wait_status("m2 removed", |s| !has_m2(s)).await;
     }
     driver.set(vec![m1.clone(), m2.clone()]);
     let status = driver
         .wait_status("m2 to be suppressed", |s| !s.suppressed.is_empty())
         .await;
     assert_eq!(status.suppressed[0].name, "m2");
+    assert!(!has_m2(&status), "held out although ready");
     assert_only(id, &["m1"], 20).await;
     // Stable for the hold-down: released.
     driver.wait_applied(&["m1", "m2"]).await;

@@ -268,6 +268,11 @@ pub struct Driver {
 
 impl Driver {
     pub fn start(config: SidecarConfig, members: Vec<Member>) -> Driver {
+        // `RUST_LOG=rke2_lb_sidecar=debug` shows the sidecar's decisions in a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let (view, view_rx) = watch::channel(Arc::new(members));
         let sidecar = Sidecar::new(config).expect("sidecar config");
         let status = sidecar.status();
@@ -618,6 +623,20 @@ pub async fn membership_scenario(kind: LbKind, id: u8) {
         serde_json::from_slice(&std::fs::read(d.join("status.json")).unwrap()).unwrap();
     assert_eq!(names(&on_disk), ["m3"]);
     assert_eq!(on_disk.reload_count, 4);
+
+    // The last server dies too: an empty list is never written; the last good file stays and
+    // the LB keeps serving it.
+    let live = std::fs::read_to_string(config.config_file()).unwrap();
+    driver.set(view(vec![dead(m1), left(m2), dead(m3)]));
+    let status = driver
+        .wait_status("the empty list to be refused", |s| {
+            s.outcome == rke2_lb_sidecar::Outcome::RefusedEmpty
+        })
+        .await;
+    assert_eq!(status.reload_count, 4);
+    assert_eq!(names(&status), ["m3"]);
+    assert_eq!(std::fs::read_to_string(config.config_file()).unwrap(), live);
+    assert_only(id, &["m3"], 10).await;
     driver.stop().await;
 }
 
