@@ -142,14 +142,25 @@ pub struct CommandOutput {
 }
 
 impl CommandOutput {
-    /// The most useful output for an error message: stderr, else stdout, trimmed.
+    /// The most useful output for an error message: stderr, else stdout; when the LB marks
+    /// its errors (`[ALERT]`, `[emerg]`), only those lines, so version banners and notices do
+    /// not bury the cause.
     pub fn diagnostics(&self) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
         } else {
             &self.stderr
         };
-        text.trim().to_string()
+        let marked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[ALERT]") || l.contains("[emerg]"))
+            .map(str::trim)
+            .collect();
+        if marked.is_empty() {
+            text.trim().to_string()
+        } else {
+            marked.join("; ")
+        }
     }
 }
 
@@ -605,6 +616,22 @@ mod tests {
         );
         std::fs::write(&pid_file, "1\n").unwrap();
         assert!(read_pid(&pid_file).is_err());
+    }
+
+    #[test]
+    fn diagnostics_keep_the_error_lines() {
+        let out = |stderr: &str| CommandOutput {
+            status: std::process::ExitStatus::default(),
+            stdout: "stdout text".into(),
+            stderr: stderr.into(),
+        };
+        let noisy = "[NOTICE]   (1) : haproxy version is 2.6\n[ALERT]    (1) : cannot bind socket\n[ALERT]    (1) : Exiting.\n";
+        assert_eq!(
+            out(noisy).diagnostics(),
+            "[ALERT]    (1) : cannot bind socket; [ALERT]    (1) : Exiting."
+        );
+        assert_eq!(out("  plain failure\n").diagnostics(), "plain failure");
+        assert_eq!(out("").diagnostics(), "stdout text");
     }
 
     #[test]

@@ -23,6 +23,21 @@ pub enum LbKind {
     Haproxy,
 }
 
+impl LbKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbKind::Nginx => "nginx",
+            LbKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+impl std::fmt::Display for LbKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the nginx output file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

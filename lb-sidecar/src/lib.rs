@@ -114,7 +114,7 @@ impl Sidecar {
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         info!(
-            lb = ?self.config.lb,
+            lb = %self.config.lb,
             config_file = %self.applier.live.display(),
             lb_addr = %self.config.lb_addr,
             "lb sidecar started"

@@ -33,8 +33,9 @@ async fn haproxy_config_failing_validation_leaves_lb_serving() {
     rejected_config_scenario(LbKind::Haproxy, 123, &template).await;
 }
 
-/// The validator accepts a file the LB then cannot start (a bind on an address this host does
-/// not have): the reload fails, the previous file is restored and reloaded, the LB keeps serving.
+/// The validator accepts a file the LB then cannot start (a bind on an address a stand-in server
+/// already holds): the reload fails, the previous file is restored and reloaded, the LB keeps
+/// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_failed_reload_rolls_back() {
     let id = 124;
@@ -48,7 +49,7 @@ async fn haproxy_failed_reload_rolls_back() {
     let mut config = sidecar_config(LbKind::Haproxy, id, d);
     let template = sample_template().replace(
         "{% for name, listen",
-        "{% if servers|length > 2 %}\nfrontend unbindable\n    bind 192.0.2.1:9345\n    \
+        "{% if servers|length > 2 %}\nfrontend unbindable\n    bind {{ servers[0].supervisor }}\n    \
          default_backend rke2_supervisor\n{% endif %}\n{% for name, listen",
     );
     let template_path = d.join("haproxy.cfg.j2");
