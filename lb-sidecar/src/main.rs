@@ -1,7 +1,4 @@
-//! `rke2-lb-sidecar`: wired to the gossip facade and the layered config loader once those land;
-//! everything it runs lives in the library (`rke2_lb_sidecar::run`).
+//! `rke2-lb-sidecar`. Wiring (config loader, gossip `Cluster::watch()`, signals) comes later;
+//! everything it will run lives in the library: `rke2_lb_sidecar::run(config, view_rx, shutdown)`.
 
-fn main() {
-    eprintln!("rke2-lb-sidecar: not wired yet; the library entry point is rke2_lb_sidecar::run");
-    std::process::exit(2);
-}
+fn main() {}
