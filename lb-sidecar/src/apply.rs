@@ -1,0 +1,643 @@
+//! Safe apply: the only place that touches the LB's files and processes.
+//!
+//! The live file only ever changes by an atomic rename of a candidate that the LB's own validator
+//! accepted, and a failed reload is rolled back to the previous file. A broken template, a
+//! validator that says no, or an LB that refuses the new file therefore never leaves the LB
+//! without a working config.
+//!
+//! Files next to the live one (`nginx.conf` shown):
+//! - `nginx.conf.candidate`: the file being checked; renamed over the live one on success.
+//! - `nginx.conf.candidate-check`: for the nginx include layouts, a wrapper main config that
+//!   includes the candidate so the validator sees a complete nginx.conf.
+//! - `nginx.conf.rejected`: the last candidate the validator refused, for an operator to inspect.
+//! - `nginx.conf.last-good`: the live file as it was before the last swap.
+//! - `nginx.conf.reload-pending`: exists from the swap until a reload succeeded, so a sidecar
+//!   that crashed in between reloads on its next start even though the file is unchanged.
+//!
+//! None of these end in `.conf`/`.cfg`, so an operator's `include *.conf` never picks them up.
+
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use rke2_bootstrap::fsutil::{sync_dir, write_file_atomic};
+use tokio::io::AsyncReadExt;
+
+use crate::config::{LbKind, NginxLayout, ReloadAction, SidecarConfig};
+use crate::render::nginx_check_wrapper;
+
+/// How much of a command's output we keep for an error report.
+const OUTPUT_CAP: usize = 16 * 1024;
+
+/// What a successful apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The candidate is byte-identical to the live file and no reload is pending.
+    Unchanged,
+    /// The candidate was validated, swapped in and the LB reloaded.
+    Reloaded,
+    /// The live file already matched but a previous swap was never followed by a successful
+    /// reload: reloaded now.
+    ReloadedPending,
+}
+
+/// Why an apply failed. In every case the LB keeps serving: either the live file was never
+/// touched, or it was put back.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The validator refused the candidate; the live file is untouched.
+    #[error("candidate rejected by the validator: {detail}")]
+    Rejected { detail: String },
+    /// The reload failed; the previous file was restored and the LB reloaded with it.
+    #[error("reload failed, rolled back to the last good config: {reload}")]
+    RolledBack { reload: String },
+    /// The reload failed and so did the rollback: the LB needs an operator.
+    #[error("reload failed ({reload}) and the rollback failed too ({rollback})")]
+    RollbackFailed { reload: String, rollback: String },
+    /// Reading or writing files failed before the live file was touched.
+    #[error("{0:#}")]
+    Io(anyhow::Error),
+}
+
+/// Placeholders in validate and reload argv templates:
+/// - `{file}`: the file to check (validate: the candidate, or its wrapper for nginx includes;
+///   reload: the live file);
+/// - `{candidate}`: the rendered candidate itself;
+/// - `{live}`: the live file;
+/// - `{pid_file}`: the LB's pid file;
+/// - `{pid}`: the pid read from it (the command fails if it cannot be read).
+pub struct Placeholders<'a> {
+    pub file: &'a Path,
+    pub candidate: &'a Path,
+    pub live: &'a Path,
+    pub pid_file: &'a Path,
+}
+
+impl Placeholders<'_> {
+    /// Expands every placeholder in every argument. Unknown `{...}` stay literal: an argv is
+    /// not a shell string and a literal brace is legitimate there.
+    pub fn expand(&self, argv: &[String]) -> Result<Vec<OsString>> {
+        let mut out = Vec::with_capacity(argv.len());
+        for arg in argv {
+            let mut arg = arg.clone();
+            if arg.contains("{pid}") {
+                arg = arg.replace("{pid}", &read_pid(self.pid_file)?.to_string());
+            }
+            for (key, path) in [
+                ("{file}", self.file),
+                ("{candidate}", self.candidate),
+                ("{live}", self.live),
+                ("{pid_file}", self.pid_file),
+            ] {
+                if arg.contains(key) {
+                    let path = path
+                        .to_str()
+                        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+                    arg = arg.replace(key, path);
+                }
+            }
+            out.push(OsString::from(arg));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a pid file: one positive integer.
+pub fn read_pid(pid_file: &Path) -> Result<i32> {
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("reading pid file {}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("pid file {} holds {:?}", pid_file.display(), text.trim()))?;
+    if pid <= 1 {
+        bail!("pid file {} holds pid {pid}", pid_file.display());
+    }
+    Ok(pid)
+}
+
+/// `HUP`, `SIGHUP`, `hup` -> SIGHUP.
+pub fn parse_signal(name: &str) -> Result<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| anyhow!("unknown signal {name:?}"))
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    /// The most useful output for an error message: stderr, else stdout; when the LB marks
+    /// its errors (`[ALERT]`, `[emerg]`), only those lines, so version banners and notices do
+    /// not bury the cause.
+    pub fn diagnostics(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let marked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[ALERT]") || l.contains("[emerg]"))
+            .map(str::trim)
+            .collect();
+        if marked.is_empty() {
+            text.trim().to_string()
+        } else {
+            marked.join("; ")
+        }
+    }
+}
+
+/// Runs `argv` (no shell) with stdin closed, capturing output, killed after `timeout`.
+///
+/// Waits for the process, not for its pipes to close: a reload command that daemonizes (HAProxy
+/// `-D`) may leave a grandchild holding them.
+pub async fn run_command(argv: &[OsString], timeout: Duration) -> Result<CommandOutput> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    let shown = || {
+        argv.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", shown()))?;
+    let stdout = tokio::spawn(read_capped(child.stdout.take()));
+    let stderr = tokio::spawn(read_capped(child.stderr.take()));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.with_context(|| format!("waiting for {}", shown()))?,
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            stdout.abort();
+            stderr.abort();
+            bail!("{} timed out after {timeout:?}", shown());
+        }
+    };
+    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        let grace = Duration::from_millis(500);
+        let abort = task.abort_handle();
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => {
+                abort.abort();
+                String::new()
+            }
+        }
+    };
+    Ok(CommandOutput {
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+    })
+}
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match pipe.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if buf.len() < OUTPUT_CAP => {
+                    let room = OUTPUT_CAP - buf.len();
+                    buf.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                // Keep draining so the writer is not blocked on a full pipe.
+                Ok(_) => {}
+            }
+        }
+    }
+    buf
+}
+
+/// Applies rendered configs to one live file.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pub live: PathBuf,
+    pub file_mode: u32,
+    /// Validator argv template; empty disables validation.
+    pub validate: Vec<String>,
+    pub reload: ReloadAction,
+    pub pid_file: PathBuf,
+    pub timeout: Duration,
+    /// For nginx include layouts: validate through a wrapper main config.
+    pub nginx_wrapper: Option<NginxWrapper>,
+}
+
+/// What the nginx check wrapper needs.
+#[derive(Debug, Clone)]
+pub struct NginxWrapper {
+    pub layout: NginxLayout,
+    pub stream_module: Option<PathBuf>,
+}
+
+impl Applier {
+    /// The applier for a config; `stream_module` is the resolved nginx module path.
+    pub fn from_config(config: &SidecarConfig, stream_module: Option<PathBuf>) -> Self {
+        let nginx_wrapper = (config.lb == LbKind::Nginx
+            && config.nginx.layout != NginxLayout::WholeFile)
+            .then_some(NginxWrapper {
+                layout: config.nginx.layout,
+                stream_module,
+            });
+        Applier {
+            live: config.config_file(),
+            file_mode: config.file_mode,
+            validate: config.validate_argv(),
+            reload: config.reload_action(),
+            pid_file: config.pid_file(),
+            timeout: config.command_timeout,
+            nginx_wrapper,
+        }
+    }
+
+    pub fn candidate_path(&self) -> PathBuf {
+        sibling(&self.live, "candidate")
+    }
+    pub fn check_path(&self) -> PathBuf {
+        sibling(&self.live, "candidate-check")
+    }
+    pub fn rejected_path(&self) -> PathBuf {
+        sibling(&self.live, "rejected")
+    }
+    pub fn last_good_path(&self) -> PathBuf {
+        sibling(&self.live, "last-good")
+    }
+    pub fn pending_path(&self) -> PathBuf {
+        sibling(&self.live, "reload-pending")
+    }
+
+    /// Validates, swaps in and reloads `candidate`, or does nothing if it is already live.
+    pub async fn apply(&self, candidate: &str) -> Result<Applied, ApplyError> {
+        let live_now = read_optional(&self.live).map_err(ApplyError::Io)?;
+        let pending = self.pending_path().exists();
+        if live_now.as_deref() == Some(candidate.as_bytes()) {
+            if !pending {
+                return Ok(Applied::Unchanged);
+            }
+            let previous = read_optional(&self.last_good_path()).map_err(ApplyError::Io)?;
+            return self
+                .reload_or_roll_back(previous)
+                .await
+                .map(|()| Applied::ReloadedPending);
+        }
+
+        let candidate_path = self.candidate_path();
+        write_file_atomic(&candidate_path, candidate.as_bytes(), self.file_mode)
+            .map_err(ApplyError::Io)?;
+        if let Err(detail) = self.validate(&candidate_path).await {
+            let _ = std::fs::rename(&candidate_path, self.rejected_path());
+            return Err(ApplyError::Rejected { detail });
+        }
+
+        if let Some(previous) = &live_now {
+            write_file_atomic(&self.last_good_path(), previous, self.file_mode)
+                .map_err(ApplyError::Io)?;
+        }
+        write_file_atomic(&self.pending_path(), b"", 0o644).map_err(ApplyError::Io)?;
+        std::fs::rename(&candidate_path, &self.live)
+            .with_context(|| {
+                format!(
+                    "renaming {} to {}",
+                    candidate_path.display(),
+                    self.live.display()
+                )
+            })
+            .and_then(|()| sync_dir(parent(&self.live)))
+            .map_err(ApplyError::Io)?;
+        self.reload_or_roll_back(live_now)
+            .await
+            .map(|()| Applied::Reloaded)
+    }
+
+    /// Reloads; on failure puts `previous` back (if there is one) and reloads again.
+    async fn reload_or_roll_back(&self, previous: Option<Vec<u8>>) -> Result<(), ApplyError> {
+        let reload = match self.reload_lb().await {
+            Ok(()) => {
+                self.clear_pending();
+                return Ok(());
+            }
+            Err(err) => format!("{err:#}"),
+        };
+        let Some(previous) = previous else {
+            return Err(ApplyError::RollbackFailed {
+                reload,
+                rollback: "no previous config to roll back to".into(),
+            });
+        };
+        let rollback = async {
+            write_file_atomic(&self.live, &previous, self.file_mode)?;
+            self.reload_lb().await
+        };
+        match rollback.await {
+            Ok(()) => {
+                self.clear_pending();
+                Err(ApplyError::RolledBack { reload })
+            }
+            Err(err) => Err(ApplyError::RollbackFailed {
+                reload,
+                rollback: format!("{err:#}"),
+            }),
+        }
+    }
+
+    fn clear_pending(&self) {
+        match std::fs::remove_file(self.pending_path()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(error = %err, "cannot remove the reload-pending marker"),
+        }
+    }
+
+    /// Runs the validator on the candidate; `Err` carries the validator's diagnostics.
+    async fn validate(&self, candidate: &Path) -> Result<(), String> {
+        if self.validate.is_empty() {
+            return Ok(());
+        }
+        let check_path = self.check_path();
+        let file = match &self.nginx_wrapper {
+            Some(wrapper) => {
+                let text = nginx_check_wrapper(
+                    wrapper.layout,
+                    wrapper.stream_module.as_deref(),
+                    &self.pid_file,
+                    candidate,
+                )
+                .map_err(|e| e.to_string())?;
+                write_file_atomic(&check_path, text.as_bytes(), self.file_mode)
+                    .map_err(|e| format!("{e:#}"))?;
+                check_path.as_path()
+            }
+            None => candidate,
+        };
+        let result = async {
+            let argv = Placeholders {
+                file,
+                candidate,
+                live: &self.live,
+                pid_file: &self.pid_file,
+            }
+            .expand(&self.validate)
+            .map_err(|e| format!("{e:#}"))?;
+            let out = run_command(&argv, self.timeout)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{}: {}", out.status, out.diagnostics()))
+            }
+        }
+        .await;
+        if self.nginx_wrapper.is_some() {
+            let _ = std::fs::remove_file(&check_path);
+        }
+        result
+    }
+
+    async fn reload_lb(&self) -> Result<()> {
+        match &self.reload {
+            ReloadAction::Signal(name) => {
+                let signal = parse_signal(name)?;
+                let pid = read_pid(&self.pid_file)?;
+                nix::sys::signal::kill(Pid::from_raw(pid), signal)
+                    .with_context(|| format!("sending {signal} to pid {pid}"))
+            }
+            ReloadAction::Command(argv) => {
+                let argv = Placeholders {
+                    file: &self.live,
+                    candidate: &self.candidate_path(),
+                    live: &self.live,
+                    pid_file: &self.pid_file,
+                }
+                .expand(argv)?;
+                let out = run_command(&argv, self.timeout).await?;
+                if !out.status.success() {
+                    bail!("reload command {}: {}", out.status, out.diagnostics());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `dir/name.conf` + `candidate` -> `dir/name.conf.candidate`.
+fn sibling(live: &Path, suffix: &str) -> PathBuf {
+    let mut name = live.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    live.with_file_name(name)
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into(), "sh".into()]
+    }
+
+    /// An applier whose validator rejects files containing `BAD` and whose reload fails for files
+    /// containing `NORELOAD`, counting reloads in `reloads`.
+    fn applier(dir: &Path) -> Applier {
+        let count = dir.join("reloads");
+        let mut validate = sh("! grep -q BAD \"$1\" || { echo 'bad line' >&2; exit 1; }");
+        validate.push("{file}".into());
+        let mut reload = sh(&format!(
+            "echo x >> {}; ! grep -q NORELOAD \"$1\" || {{ echo 'cannot bind' >&2; exit 1; }}",
+            count.display()
+        ));
+        reload.push("{file}".into());
+        Applier {
+            live: dir.join("lb.conf"),
+            file_mode: 0o644,
+            validate,
+            reload: ReloadAction::Command(reload),
+            pid_file: dir.join("lb.pid"),
+            timeout: Duration::from_secs(5),
+            nginx_wrapper: None,
+        }
+    }
+
+    fn reloads(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("reloads"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn identical_candidate_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        assert_eq!(a.apply("one\n").await.unwrap(), Applied::Reloaded);
+        assert_eq!(a.apply("one\n").await.unwrap(), Applied::Unchanged);
+        assert_eq!(reloads(dir.path()), 1);
+        assert!(!a.pending_path().exists());
+        assert!(!a.candidate_path().exists());
+    }
+
+    #[tokio::test]
+    async fn swap_keeps_the_previous_file_as_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        a.apply("one\n").await.unwrap();
+        a.apply("two\n").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "two\n");
+        assert_eq!(
+            std::fs::read_to_string(a.last_good_path()).unwrap(),
+            "one\n"
+        );
+        assert_eq!(reloads(dir.path()), 2);
+    }
+
+    #[tokio::test]
+    async fn rejected_candidate_leaves_live_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        a.apply("one\n").await.unwrap();
+        let err = a.apply("BAD\n").await.unwrap_err();
+        assert!(matches!(err, ApplyError::Rejected { .. }), "{err}");
+        assert!(err.to_string().contains("bad line"), "{err}");
+        assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(a.rejected_path()).unwrap(), "BAD\n");
+        assert_eq!(reloads(dir.path()), 1, "no reload for a rejected file");
+    }
+
+    #[tokio::test]
+    async fn failed_reload_rolls_back_and_reloads_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        a.apply("one\n").await.unwrap();
+        let err = a.apply("NORELOAD\n").await.unwrap_err();
+        assert!(matches!(err, ApplyError::RolledBack { .. }), "{err}");
+        assert!(err.to_string().contains("cannot bind"), "{err}");
+        assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "one\n");
+        assert_eq!(reloads(dir.path()), 3, "initial, failed, rollback");
+        assert!(!a.pending_path().exists());
+    }
+
+    #[tokio::test]
+    async fn first_file_failing_reload_cannot_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        let err = a.apply("NORELOAD\n").await.unwrap_err();
+        assert!(matches!(err, ApplyError::RollbackFailed { .. }), "{err}");
+        assert!(a.pending_path().exists(), "next start must reload");
+    }
+
+    #[tokio::test]
+    async fn pending_reload_is_retried_for_an_identical_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        a.apply("one\n").await.unwrap();
+        // As if the sidecar died between the swap and the reload.
+        std::fs::write(&a.live, "two\n").unwrap();
+        std::fs::write(a.pending_path(), "").unwrap();
+        assert_eq!(a.apply("two\n").await.unwrap(), Applied::ReloadedPending);
+        assert_eq!(a.apply("two\n").await.unwrap(), Applied::Unchanged);
+        assert_eq!(reloads(dir.path()), 2);
+    }
+
+    #[tokio::test]
+    async fn commands_time_out_and_do_not_wait_for_inherited_pipes() {
+        let argv: Vec<OsString> = sh("sleep 5").into_iter().map(OsString::from).collect();
+        let started = std::time::Instant::now();
+        let err = run_command(&argv, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The shell exits at once but a background child keeps stdout open.
+        let argv: Vec<OsString> = sh("sleep 3 & echo started")
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let started = std::time::Instant::now();
+        let out = run_command(&argv, Duration::from_secs(5)).await.unwrap();
+        assert!(out.status.success());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn placeholders_expand_and_pid_is_read_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("x.pid");
+        let p = Placeholders {
+            file: Path::new("/f"),
+            candidate: Path::new("/c"),
+            live: Path::new("/l"),
+            pid_file: &pid_file,
+        };
+        let argv = vec!["-c".to_string(), "{file}".into(), "x={live}".into()];
+        assert_eq!(p.expand(&argv).unwrap(), ["-c", "/f", "x=/l"]);
+        assert!(p.expand(&["{pid}".to_string()]).is_err(), "no pid file");
+        std::fs::write(&pid_file, "1234\n").unwrap();
+        assert_eq!(
+            p.expand(&["-sf".into(), "{pid}".into()]).unwrap(),
+            ["-sf", "1234"]
+        );
+        std::fs::write(&pid_file, "1\n").unwrap();
+        assert!(read_pid(&pid_file).is_err());
+    }
+
+    #[test]
+    fn diagnostics_keep_the_error_lines() {
+        let out = |stderr: &str| CommandOutput {
+            status: std::process::ExitStatus::default(),
+            stdout: "stdout text".into(),
+            stderr: stderr.into(),
+        };
+        let noisy = "[NOTICE]   (1) : haproxy version is 2.6\n[ALERT]    (1) : cannot bind socket\n[ALERT]    (1) : Exiting.\n";
+        assert_eq!(
+            out(noisy).diagnostics(),
+            "[ALERT]    (1) : cannot bind socket; [ALERT]    (1) : Exiting."
+        );
+        assert_eq!(out("  plain failure\n").diagnostics(), "plain failure");
+        assert_eq!(out("").diagnostics(), "stdout text");
+    }
+
+    #[test]
+    fn signals_parse_in_any_spelling() {
+        assert_eq!(parse_signal("HUP").unwrap(), Signal::SIGHUP);
+        assert_eq!(parse_signal("sigusr2").unwrap(), Signal::SIGUSR2);
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

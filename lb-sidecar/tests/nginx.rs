@@ -1,0 +1,176 @@
+//! The sidecar driving a real nginx (stream module) on loopback. Test ids 101-109.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rke2_lb_sidecar::config::{LbKind, NginxLayout};
+use rke2_lb_sidecar::Outcome;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_follows_membership() {
+    membership_scenario(LbKind::Nginx, 101).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_burst_of_changes_is_coalesced() {
+    burst_scenario(LbKind::Nginx, 102).await;
+}
+
+fn sample_template() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/sample-nginx.conf.j2"
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_config_failing_validation_leaves_lb_serving() {
+    let template = sample_template().replace(
+        "worker_processes 2;",
+        "worker_processes 2;\n{% if servers|length > 2 %}bogus_directive on;{% endif %}",
+    );
+    rejected_config_scenario(LbKind::Nginx, 103, &template).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_broken_template_leaves_lb_serving_until_fixed() {
+    let id = 104;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _standins = [
+        StandIn::start("m1", ip(id, 1)).await,
+        StandIn::start("m2", ip(id, 2)).await,
+        StandIn::start("m3", ip(id, 3)).await,
+    ];
+    let mut config = sidecar_config(LbKind::Nginx, id, d);
+    let template_path = d.join("lb.conf.j2");
+    std::fs::write(&template_path, sample_template()).unwrap();
+    config.template = Some(template_path.clone());
+    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
+    let live_before = write_initial(&config, &two);
+    let _lb = start_lb(&config, id, d, &config.config_file()).await;
+    let driver = Driver::start(config.clone(), two.clone());
+    driver.wait_applied(&["m1", "m2"]).await;
+
+    // An operator breaks the template (unclosed tag on line 3), then a server becomes ready.
+    std::fs::write(&template_path, "# ok\n# ok\n{{ servers\n").unwrap();
+    let three = [two, vec![server("m3", ip(id, 3))]].concat();
+    driver.set(three);
+    let status = driver
+        .wait_status("the render to fail", |s| s.outcome == Outcome::RenderFailed)
+        .await;
+    let error = status.last_error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("template {} line 3", template_path.display())),
+        "error names the template and line: {error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(config.config_file()).unwrap(),
+        live_before
+    );
+    wait_for_routing(id, &["m1", "m2"]).await;
+
+    // Fixed: the next retry picks it up without any membership change.
+    std::fs::write(&template_path, sample_template()).unwrap();
+    driver.wait_applied(&["m1", "m2", "m3"]).await;
+    wait_for_routing(id, &["m1", "m2", "m3"]).await;
+    driver.stop().await;
+}
+
+/// An operator keeps their own nginx.conf and includes the sidecar's file; validation goes
+/// through a wrapper main config, reload through the operator's nginx pid file.
+async fn include_scenario(id: u8, layout: NginxLayout) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _standins = [
+        StandIn::start("m1", ip(id, 1)).await,
+        StandIn::start("m2", ip(id, 2)).await,
+    ];
+    let mut config = sidecar_config(LbKind::Nginx, id, d);
+    config.nginx.layout = layout;
+    let fragment = d.join("rke2-lb.conf");
+    config.config_file = Some(fragment.clone());
+    let lb = lb_ip(id);
+    let include = match layout {
+        NginxLayout::StreamInclude => format!("include {};\n", fragment.display()),
+        _ => format!(
+            "stream {{\n    include {f};\n    server {{ listen {lb}:9345; proxy_pass rke2_supervisor; }}\n    \
+             server {{ listen {lb}:6443; proxy_pass rke2_api; }}\n}}\n",
+            f = fragment.display()
+        ),
+    };
+    let main = d.join("nginx.conf");
+    std::fs::write(
+        &main,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 2;\n\
+             pid {pid};\nerror_log stderr;\nevents {{ worker_connections 512; }}\n{include}",
+            pid = d.join("nginx.pid").display()
+        ),
+    )
+    .unwrap();
+    let one = vec![initializer("m1", ip(id, 1))];
+    write_initial(&config, &one);
+    let _lb = start_lb(&config, id, d, &main).await;
+    wait_for_routing(id, &["m1"]).await;
+    let driver = Driver::start(config, [one, vec![server("m2", ip(id, 2))]].concat());
+    driver.wait_applied(&["m1", "m2"]).await;
+    wait_for_routing(id, &["m1", "m2"]).await;
+    assert!(
+        !d.join("rke2-lb.conf.candidate-check").exists(),
+        "wrapper cleaned up"
+    );
+    driver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_stream_include_layout() {
+    include_scenario(105, NginxLayout::StreamInclude).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_upstreams_include_layout() {
+    include_scenario(106, NginxLayout::UpstreamsInclude).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_flapping_server_is_held_out() {
+    let id = 107;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _standins = [
+        StandIn::start("m1", ip(id, 1)).await,
+        StandIn::start("m2", ip(id, 2)).await,
+    ];
+    let mut config = sidecar_config(LbKind::Nginx, id, d);
+    config.damping.flap_limit = 2;
+    config.damping.hold_down = Duration::from_secs(3);
+    config.debounce.quiet = Duration::from_millis(50);
+    let m1 = initializer("m1", ip(id, 1));
+    let m2 = server("m2", ip(id, 2));
+    write_initial(&config, std::slice::from_ref(&m1));
+    let _lb = start_lb(&config, id, d, &config.config_file()).await;
+    let driver = Driver::start(config, vec![m1.clone()]);
+    // Each flip waits until the sidecar saw it: a watch channel coalesces what it did not.
+    let has_m2 = |s: &rke2_lb_sidecar::Status| s.desired.iter().any(|u| u.name == "m2");
+    for _ in 0..3 {
+        driver.set(vec![m1.clone(), m2.clone()]);
+        driver.wait_status("m2 added", has_m2).await;
+        driver.set(vec![m1.clone(), dead(m2.clone())]);
+        driver.wait_status("m2 removed", |s| !has_m2(s)).await;
+    }
+    driver.set(vec![m1.clone(), m2.clone()]);
+    let status = driver
+        .wait_status("m2 to be suppressed", |s| !s.suppressed.is_empty())
+        .await;
+    assert_eq!(status.suppressed[0].name, "m2");
+    assert!(!has_m2(&status), "held out although ready");
+    assert_only(id, &["m1"], 20).await;
+    // Stable for the hold-down: released.
+    driver.wait_applied(&["m1", "m2"]).await;
+    wait_for_routing(id, &["m1", "m2"]).await;
+    driver.stop().await;
+}
