@@ -413,19 +413,22 @@ done
 
 # --- RPM packages -------------------------------------------------------------------------------
 # rpm_contents RPM PKG CONFIG: modes, config flag and the scriptlets (a script path that did not
-# resolve would be packaged as the script's text).
+# resolve would be packaged as the path's text). The scriptlets themselves are not run here: rpm
+# runs them chrooted into the target root, which would need a whole distribution inside.
 rpm_contents() {
-	local rpm=$1 pkg=$2 config=$3 listing problems=()
+	local rpm=$1 pkg=$2 config=$3 listing scripts problems=()
 	listing=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
 	grep -qx -- "-rwxr-xr-x /usr/bin/$pkg" <<<"$listing" || problems+=("binary not 0755")
 	grep -qx -- "-rw-r--r-- /usr/lib/systemd/system/$pkg.service" <<<"$listing" ||
 		problems+=("unit missing")
-	grep -qx -- "drwx------ /etc/rke2-bootstrap" <<<"$listing" || problems+=("dir not 0700")
 	grep -qx -- "-rw------- /etc/rke2-bootstrap/$config" <<<"$listing" || problems+=("config not 0600")
 	rpm -qp --configfiles "$rpm" 2>/dev/null | grep -qx "/etc/rke2-bootstrap/$config" ||
 		problems+=("config not marked %config")
-	[ "$(rpm -qp --scripts "$rpm" 2>/dev/null | grep -c "systemctl")" -ge 3 ] ||
-		problems+=("scriptlets missing")
+	scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
+	[ "$(grep -c "systemctl" <<<"$scripts")" -ge 3 ] || problems+=("scriptlets missing")
+	# The packager cannot own a directory with a mode, so %post sets it.
+	grep -Eq '^[[:space:]]*chmod 0700 /etc/rke2-bootstrap$' <<<"$scripts" ||
+		problems+=("%post does not make /etc/rke2-bootstrap 0700")
 	((${#problems[@]} == 0)) || {
 		printf '%s; ' "${problems[@]}"
 		return 1

@@ -699,6 +699,32 @@ mod tests {
     }
 
     #[test]
+    fn documented_pxe_example_parses() {
+        // The example of packaging/pxe/README.md, as the kernel would show it.
+        let sum = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+        let line = format!(
+            "BOOT_IMAGE=/vmlinuz ro quiet ip=dhcp rke2_bootstrap.cluster-name=prod \
+             rke2_bootstrap.role=auto \
+             rke2_bootstrap.seeds=10.0.0.11:7946,10.0.0.12:7946,10.0.0.13:7946 \
+             rke2_bootstrap.node-name=node-52-54-00-12-34-56 \
+             rke2_bootstrap.config=https://boot.example.internal/rke2/prod.yaml \
+             rke2_bootstrap.config_sha256={sum}\n"
+        );
+        let got = ok(&line);
+        assert_eq!(got.overrides["cluster-name"], "prod");
+        assert_eq!(got.overrides["role"], "auto");
+        assert_eq!(got.overrides["node-name"], "node-52-54-00-12-34-56");
+        assert_eq!(got.list("seeds").map(|s| s.len()), Some(3));
+        assert_eq!(
+            got.config_url,
+            Some((
+                "https://boot.example.internal/rke2/prod.yaml".into(),
+                sum.into()
+            ))
+        );
+    }
+
+    #[test]
     fn first_error_in_line_order_wins() {
         let e = err("rke2_bootstrap.nope=1 rke2_bootstrap.role=");
         assert!(matches!(e, CmdlineError::UnknownKey { .. }));
