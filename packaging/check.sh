@@ -77,7 +77,6 @@ ensure_deps() {
 	command -v cloud-init >/dev/null || missing+=(cloud-init)
 	command -v dpkg-deb >/dev/null || missing+=(dpkg)
 	command -v shellcheck >/dev/null || missing+=(shellcheck)
-	command -v file >/dev/null || missing+=(file)
 	[ -x "$py" ] && "$py" -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 	((${#missing[@]})) || return 0
 	if [ "$(id -u)" -ne 0 ]; then
