@@ -1,0 +1,4 @@
+# %preun of rke2-lb-sidecar. $1: 0 on removal, 1 or more on upgrade.
+if [ "$1" -eq 0 ]; then
+	systemctl --no-reload disable --now rke2-lb-sidecar.service >/dev/null 2>&1 || :
+fi
