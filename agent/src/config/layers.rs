@@ -119,6 +119,37 @@ impl Merged {
         }
     }
 
+    /// Moves the given keys (and their sources) into a new mapping: for binaries whose config
+    /// file holds several typed sections side by side.
+    pub fn split_off(&mut self, keys: &[&str]) -> Merged {
+        let mut taken = Merged::default();
+        for key in keys {
+            if let Some(value) = self.values.remove(*key) {
+                taken.values.insert(Value::String(key.to_string()), value);
+            }
+            if let Some(source) = self.sources.remove(*key) {
+                taken.sources.insert(key.to_string(), source);
+            }
+        }
+        taken
+    }
+
+    /// Re-reads values that came as text (flags, environment, kernel command line) as YAML, so
+    /// `--port 9345` is a number and `--validate '[nginx, -t]'` a list. For typed structs without
+    /// lenient fields; text that is not valid YAML stays text.
+    pub fn parse_text_values(&mut self) {
+        for (key, source) in &self.sources {
+            if matches!(source, Source::File(_)) {
+                continue;
+            }
+            if let Some(Value::String(text)) = self.values.get(key.as_str()).cloned() {
+                if let Ok(value) = serde_yaml_ng::from_str::<Value>(&text) {
+                    self.values.insert(Value::String(key.clone()), value);
+                }
+            }
+        }
+    }
+
     /// Where `key` was set, if anywhere.
     pub fn source(&self, key: &str) -> Option<&Source> {
         self.sources.get(key)

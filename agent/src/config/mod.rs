@@ -215,8 +215,14 @@ impl AgentConfig {
     /// Loads all layers (flag > env > kernel command line > file > default) and validates.
     pub fn load(layers: &Layers) -> Result<AgentConfig, ConfigError> {
         let merged = layers::merge(layers, AGENT_KEYS, ENV_PREFIX, &[ENV_CONFIG_FILE, ENV_LOG])?;
+        AgentConfig::from_merged(&merged)
+    }
+
+    /// Validates merged layers holding (a subset of) the agent's keys; the LB sidecar uses this
+    /// for its gossip settings.
+    pub fn from_merged(merged: &layers::Merged) -> Result<AgentConfig, ConfigError> {
         let raw: RawAgentConfig = merged.deserialize()?;
-        AgentConfig::from_raw(raw, &merged)
+        AgentConfig::from_raw(raw, merged)
     }
 
     fn from_raw(raw: RawAgentConfig, merged: &layers::Merged) -> Result<AgentConfig, ConfigError> {
