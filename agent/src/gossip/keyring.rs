@@ -32,7 +32,9 @@
 //! the election or drop a healthy server from the load balancer. [`open`] rejects timestamps more
 //! than a window (default ±120 s, so hosts need loosely synchronized clocks, e.g. NTP) away from
 //! the local clock, and remembers every nonce it accepted until its timestamp leaves the window.
-//! Memory is bounded; see [`ReplayGuard`].
+//! Memory is bounded; see [`ReplayGuard`]. The nonce set lives in memory only, so a restarted
+//! node could be handed a datagram from the last window once more; what that can replay is
+//! authentic state at most a window old, which newer gossip supersedes within a round.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -229,6 +231,8 @@ impl Keyring {
             .collect()
     }
 
+    /// Keys carrying `id`. Normally one; two different keys may share a 4-byte id (odds about
+    /// 1 in 4 billion per pair), in which case each is tried.
     fn keys_with_id(&self, id: KeyId) -> impl Iterator<Item = &Key> {
         std::iter::once(&self.primary)
             .chain(self.others.iter())
