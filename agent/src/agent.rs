@@ -50,7 +50,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     state.election.announce(&mut announcement);
     announcement.ca_hash = state.ca_hash.clone();
 
-    let mut gossip = GossipConfig::new(cfg.cluster_name.clone(), cfg.node_name.clone(), cfg.bind_addr, keyring);
+    let mut gossip = GossipConfig::new(
+        cfg.cluster_name.clone(),
+        cfg.node_name.clone(),
+        cfg.bind_addr,
+        keyring,
+    );
     gossip.advertise_addr = Some(advertise);
     gossip.seeds = cfg.seeds.clone();
     gossip.gossip_interval = cfg.gossip_interval;
@@ -60,9 +65,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
     let stats = cluster.stats();
-    let status_task = status::serve(&cfg.status_socket, report.clone(), cluster.watch(), move || {
-        serde_json::to_value(stats.snapshot()).unwrap_or_default()
-    })?;
+    let status_task = status::serve(
+        &cfg.status_socket,
+        report.clone(),
+        cluster.watch(),
+        move || serde_json::to_value(stats.snapshot()).unwrap_or_default(),
+    )?;
 
     let mut agent = Agent {
         probe: Prober::new(ProbePorts::default())?,
@@ -131,7 +139,11 @@ impl Agent {
     async fn decide(&mut self) -> Result<Plan> {
         if self.state.joined {
             info!("this host already joined a cluster; resuming");
-            return Ok(if self.state.election.initializer_of.is_some() { Plan::Initialize } else { Plan::Join });
+            return Ok(if self.state.election.initializer_of.is_some() {
+                Plan::Initialize
+            } else {
+                Plan::Join
+            });
         }
         let mut last_reason = String::new();
         let mut registration_checked_at: Option<tokio::time::Instant> = None;
@@ -139,7 +151,8 @@ impl Agent {
         loop {
             let members = self.view.borrow().clone();
             if let Some(host) = &self.cfg.registration_address {
-                let due = registration_checked_at.is_none_or(|t| t.elapsed() > Duration::from_secs(2));
+                let due =
+                    registration_checked_at.is_none_or(|t| t.elapsed() > Duration::from_secs(2));
                 if due {
                     registration_answers = self.probe.registration_answers(host).await;
                     registration_checked_at = Some(tokio::time::Instant::now());
@@ -167,7 +180,11 @@ impl Agent {
             }
             match decision {
                 Decision::Wait { .. } => {
-                    let phase = if self.state.election.vote.is_some() { Phase::Voting } else { Phase::Discovering };
+                    let phase = if self.state.election.vote.is_some() {
+                        Phase::Voting
+                    } else {
+                        Phase::Discovering
+                    };
                     self.set_phase(phase, &reason).await;
                     self.wait_for_change(tick(phase)).await;
                 }
@@ -189,7 +206,8 @@ impl Agent {
                         next.election = election::abdicate(&self.state.election, round)?;
                         self.persist(next)?;
                         self.state.election.announce(&mut self.announcement);
-                        self.set_phase(Phase::Failed, &format!("abdicated round {round}: {err:#}")).await;
+                        self.set_phase(Phase::Failed, &format!("abdicated round {round}: {err:#}"))
+                            .await;
                         return Err(err.context("installing rke2 as the first-server candidate"));
                     }
                 }
@@ -206,7 +224,11 @@ impl Agent {
                 Decision::JoinExisting { role, .. } => {
                     let role = self.state.role.unwrap_or(role);
                     let role = if role == Role::Auto {
-                        match bringup::late_auto_role(&self.cfg.node_name, &members, self.cfg.servers) {
+                        match bringup::late_auto_role(
+                            &self.cfg.node_name,
+                            &members,
+                            self.cfg.servers,
+                        ) {
                             Ok(role) => role,
                             Err(reason) => {
                                 self.set_phase(Phase::Discovering, &reason).await;
@@ -229,13 +251,17 @@ impl Agent {
     }
 
     async fn initialize(&mut self) -> Result<()> {
-        self.set_phase(Phase::Initializing, "bringing up the first server").await;
+        self.set_phase(Phase::Initializing, "bringing up the first server")
+            .await;
         // A host that initialized before, lost its RKE2 data and sees the cluster alive must
         // join it: starting without `server:` again would create a second cluster.
         let members = self.view.borrow().clone();
         let (identity, _) = cluster_identity(&members);
-        let others_ready = members.iter().any(|m| m.name != self.cfg.node_name && m.is_routable_server());
-        if self.state.joined && !self.rke2_data_dir_present() && others_ready && identity.is_some() {
+        let others_ready = members
+            .iter()
+            .any(|m| m.name != self.cfg.node_name && m.is_routable_server());
+        if self.state.joined && !self.rke2_data_dir_present() && others_ready && identity.is_some()
+        {
             warn!("rke2 data is gone but the cluster is alive: rejoining as a member, not re-initializing");
             return self.join_as_server().await;
         }
@@ -246,7 +272,10 @@ impl Agent {
         }
         self.install_and_start(ServiceKind::Server).await?;
         self.await_server_ready().await?;
-        let ca = self.probe.fetch_cacerts(&self.announcement.node_addr.to_string()).await?;
+        let ca = self
+            .probe
+            .fetch_cacerts(&self.announcement.node_addr.to_string())
+            .await?;
         let ca_hash = token::ca_hash(&ca);
         let mut next = self.state.clone();
         next.joined = true;
@@ -263,7 +292,13 @@ impl Agent {
     async fn join_as_server(&mut self) -> Result<()> {
         if !self.state.config_written {
             let material = self.wait_for_join_material().await?;
-            self.set_phase(Phase::WaitingToJoin, "waiting for a join turn").await;
+            self.set_phase(Phase::WaitingToJoin, "waiting for a join turn")
+                .await;
+            // Servers usually become eligible together (the moment the first server is ready):
+            // give every waiting server's phase a few gossip rounds to spread before anyone
+            // takes the turn, so the lowest name really goes first.
+            let settle = self.cfg.gossip_interval * 5;
+            tokio::time::sleep(settle).await;
             loop {
                 let members = self.view.borrow().clone();
                 match bringup::join_turn(&self.cfg.node_name, &members) {
@@ -280,7 +315,8 @@ impl Agent {
                 .verify_ca(&server, &material.ca_hash)
                 .await
                 .with_context(|| format!("pinning the cluster CA at {server}"))?;
-            let token = JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+            let token =
+                JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
             let rke2 = self.rke2_config(Role::Server, token, Some(server));
             self.write_rke2_config(&rke2)?;
             self.announcement.ca_hash = Some(material.ca_hash.clone());
@@ -311,7 +347,8 @@ impl Agent {
                 .verify_ca(&server, &material.ca_hash)
                 .await
                 .with_context(|| format!("pinning the cluster CA at {server}"))?;
-            let token = JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+            let token =
+                JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
             let rke2 = self.rke2_config(Role::Agent, token, Some(server));
             self.write_rke2_config(&rke2)?;
             self.announcement.ca_hash = Some(material.ca_hash);
@@ -342,7 +379,10 @@ impl Agent {
             if !strays.is_empty() {
                 error!(strays = ?strays, "members report another cluster identity; ignoring them");
             }
-            let reason = match identity.as_deref().and_then(|id| bringup::join_material(&members, id)) {
+            let reason = match identity
+                .as_deref()
+                .and_then(|id| bringup::join_material(&members, id))
+            {
                 None => "waiting for the first server to be ready".to_string(),
                 Some(material) => {
                     let host = bringup::registration_host(&self.cfg, &material);
@@ -378,7 +418,11 @@ impl Agent {
         Rke2Config {
             token,
             server: server.as_deref().map(config_yaml::server_url),
-            tls_san: if is_server { bringup::tls_sans(&self.cfg) } else { Vec::new() },
+            tls_san: if is_server {
+                bringup::tls_sans(&self.cfg)
+            } else {
+                Vec::new()
+            },
             node_name: Some(self.cfg.node_name.clone()),
             node_ip: Some(self.announcement.node_addr),
             node_taint: if is_server && self.cfg.control_plane_taint {
@@ -397,7 +441,8 @@ impl Agent {
 
     fn write_rke2_config(&mut self, rke2: &Rke2Config) -> Result<()> {
         let rendered = config_yaml::render(rke2)?;
-        let outcome = config_yaml::write_config(&self.cfg.root, &rendered, self.cfg.existing_config_policy)?;
+        let outcome =
+            config_yaml::write_config(&self.cfg.root, &rendered, self.cfg.existing_config_policy)?;
         let mut next = self.state.clone();
         next.config_written = true;
         self.persist(next)?;
@@ -434,7 +479,11 @@ impl Agent {
                 channel: settings.channel.clone(),
                 method: settings.method,
                 artifact_path: settings.artifact_path.clone(),
-                ..InstallerConfig::new(install_type, self.cfg.root.clone(), self.cfg.state_dir.join("installer"))
+                ..InstallerConfig::new(
+                    install_type,
+                    self.cfg.root.clone(),
+                    self.cfg.state_dir.join("installer"),
+                )
             };
             let outcome = installer::ensure_installed(&installer).await?;
             let mut next = self.state.clone();
@@ -465,13 +514,19 @@ impl Agent {
             if let Ok(identity) = ClientIdentity::rke2_node(&self.cfg.root) {
                 match self.probe.clone().with_client_identity(&identity) {
                     Ok(prober) => self.probe = prober,
-                    Err(err) => warn!(error = %format!("{err:#}"), "cannot use the node's client identity"),
+                    Err(err) => {
+                        warn!(error = %format!("{err:#}"), "cannot use the node's client identity")
+                    }
                 }
             }
         }
         match role {
             Role::Server => self.probe.server_ready(self.announcement.node_addr).await,
-            _ => self.services.is_active(ServiceKind::Agent.unit()).await.unwrap_or(false),
+            _ => self
+                .services
+                .is_active(ServiceKind::Agent.unit())
+                .await
+                .unwrap_or(false),
         }
     }
 
@@ -482,8 +537,13 @@ impl Agent {
     }
 
     fn rke2_data_dir_present(&self) -> bool {
-        self.cfg.host_path("/var/lib/rancher/rke2/server/db/etcd").exists()
-            || self.cfg.host_path("/var/lib/rancher/rke2/agent/joined").exists()
+        self.cfg
+            .host_path("/var/lib/rancher/rke2/server/db/etcd")
+            .exists()
+            || self
+                .cfg
+                .host_path("/var/lib/rancher/rke2/agent/joined")
+                .exists()
     }
 
     /// Persists first, then adopts: nothing is published from a state that is not on disk.
@@ -525,9 +585,12 @@ fn advertise_addr(cfg: &AgentConfig) -> Result<SocketAddr> {
     }
     let port = cfg.bind_addr.port();
     for seed in &cfg.seeds {
-        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(seed.as_str()) else { continue };
+        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(seed.as_str()) else {
+            continue;
+        };
         if let Some(target) = addrs.next() {
-            let socket = UdpSocket::bind(("0.0.0.0", 0)).context("probing the route to the seeds")?;
+            let socket =
+                UdpSocket::bind(("0.0.0.0", 0)).context("probing the route to the seeds")?;
             if socket.connect(target).is_ok() {
                 if let Ok(local) = socket.local_addr() {
                     return Ok(SocketAddr::new(local.ip(), port));

@@ -36,7 +36,9 @@ impl std::fmt::Debug for JoinMaterial {
 pub fn join_material(members: &[Member], identity: &str) -> Option<JoinMaterial> {
     let mut candidates: Vec<&Member> = members
         .iter()
-        .filter(|m| m.is_routable_server() && m.ca_hash.as_deref() == Some(identity) && m.token.is_some())
+        .filter(|m| {
+            m.is_routable_server() && m.ca_hash.as_deref() == Some(identity) && m.token.is_some()
+        })
         .collect();
     candidates.sort_by_key(|m| (!m.initializer, m.name.clone()));
     let source = candidates.first()?;
@@ -66,14 +68,20 @@ pub fn join_turn(me: &str, members: &[Member]) -> Result<(), String> {
         }
     }
     match ahead.first() {
-        Some(first) => Err(format!("waiting for {} to join first ({} ahead)", first, ahead.len())),
+        Some(first) => Err(format!(
+            "waiting for {} to join first ({} ahead)",
+            first,
+            ahead.len()
+        )),
         None => Ok(()),
     }
 }
 
 /// The host nodes register through: the configured LB, or a ready server of the cluster.
 pub fn registration_host(cfg: &AgentConfig, material: &JoinMaterial) -> String {
-    cfg.registration_address.clone().unwrap_or_else(|| material.fallback_server.to_string())
+    cfg.registration_address
+        .clone()
+        .unwrap_or_else(|| material.fallback_server.to_string())
 }
 
 /// `tls-san` for servers: the registration address and the LB's IP, as in the manual procedure.
@@ -103,7 +111,11 @@ pub fn late_auto_role(me: &str, members: &[Member], servers_target: u32) -> Resu
         .iter()
         .filter(|m| m.name != me && m.liveness == Liveness::Alive && m.role == Role::Server)
         .count() as u32;
-    Ok(if live_servers < servers_target { Role::Server } else { Role::Agent })
+    Ok(if live_servers < servers_target {
+        Role::Server
+    } else {
+        Role::Agent
+    })
 }
 
 #[cfg(test)]
@@ -115,10 +127,19 @@ mod tests {
         let mut a = Announcement::new(role, "127.0.0.1".parse().unwrap());
         a.phase = phase;
         a.ready = phase == Phase::Ready;
-        let kvs: Vec<(&str, String)> = a.to_key_values().into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
-        let (mut m, _) =
-            Member::from_key_values(name, 1, "127.0.0.1:7947".parse().unwrap(), true, kvs.iter().map(|(k, v)| (*k, v.as_str())))
-                .unwrap();
+        let kvs: Vec<(&str, String)> = a
+            .to_key_values()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let (mut m, _) = Member::from_key_values(
+            name,
+            1,
+            "127.0.0.1:7947".parse().unwrap(),
+            true,
+            kvs.iter().map(|(k, v)| (*k, v.as_str())),
+        )
+        .unwrap();
         m.name = name.into();
         m
     }
@@ -132,8 +153,13 @@ mod tests {
         ];
         assert_eq!(join_turn("b", &members), Ok(()));
         assert!(join_turn("c", &members).unwrap_err().contains("b"));
-        let members = vec![member("b", Role::Server, Phase::Joining), member("c", Role::Server, Phase::WaitingToJoin)];
-        assert!(join_turn("c", &members).unwrap_err().contains("finish joining"));
+        let members = vec![
+            member("b", Role::Server, Phase::Joining),
+            member("c", Role::Server, Phase::WaitingToJoin),
+        ];
+        assert!(join_turn("c", &members)
+            .unwrap_err()
+            .contains("finish joining"));
         // A dead joiner does not hold the lease forever.
         let mut dead = member("b", Role::Server, Phase::Joining);
         dead.liveness = Liveness::Dead;
@@ -167,7 +193,11 @@ mod tests {
         ];
         assert_eq!(late_auto_role("x", &members, 3), Ok(Role::Server));
         assert!(late_auto_role("y", &members, 3).is_err());
-        let members = vec![member("s1", Role::Server, Phase::Ready), member("s2", Role::Server, Phase::Ready), member("s3", Role::Server, Phase::Ready)];
+        let members = vec![
+            member("s1", Role::Server, Phase::Ready),
+            member("s2", Role::Server, Phase::Ready),
+            member("s3", Role::Server, Phase::Ready),
+        ];
         assert_eq!(late_auto_role("y", &members, 3), Ok(Role::Agent));
     }
 }

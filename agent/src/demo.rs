@@ -126,16 +126,30 @@ impl Drop for Processes {
             stop_child(host.child.take());
             for unit in ["rke2-server.service", "rke2-agent.service"] {
                 let _ = Command::new(&self.systemctl)
-                    .args(["--root", &host.root.to_string_lossy(), "--standin", &self.standin.to_string_lossy(), "stop", unit])
+                    .args([
+                        "--root",
+                        &host.root.to_string_lossy(),
+                        "--standin",
+                        &self.standin.to_string_lossy(),
+                        "stop",
+                        unit,
+                    ])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
             }
         }
         stop_child(self.sidecar.take());
-        if let Some(pid) = self.lb_pid_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        if let Some(pid) = self
+            .lb_pid_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
             if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
     }
@@ -164,9 +178,16 @@ macro_rules! progress {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     if args.nodes == 0 || args.servers == 0 || args.servers % 2 == 0 || args.servers > args.nodes {
-        bail!("--servers must be odd and at most --nodes (got {} of {})", args.servers, args.nodes);
+        bail!(
+            "--servers must be odd and at most --nodes (got {} of {})",
+            args.servers,
+            args.nodes
+        );
     }
-    let bin_dir = std::env::current_exe()?.parent().context("locating the binaries")?.to_path_buf();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("locating the binaries")?
+        .to_path_buf();
     let binary = |name: &str| -> Result<PathBuf> {
         let path = bin_dir.join(name);
         if !path.exists() {
@@ -201,13 +222,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // Shared secrets and stand-ins.
     let key_file = dir.join("gossip.key");
-    fsutil::write_file_atomic(&key_file, format!("{}\n", crate::gossip::keyring::generate_key()).as_bytes(), SECRET_FILE_MODE)?;
+    fsutil::write_file_atomic(
+        &key_file,
+        format!("{}\n", crate::gossip::keyring::generate_key()).as_bytes(),
+        SECRET_FILE_MODE,
+    )?;
     let systemctl = dir.join("fake-systemctl");
     fsutil::write_file_atomic(&systemctl, FAKE_SYSTEMCTL.as_bytes(), 0o755)?;
     let installer_url = serve_installer().await?;
     progress!("installer stand-in at {installer_url}");
 
-    let lb_ip: IpAddr = format!("{}.10", args.ip_prefix).parse().context("--ip-prefix must be three octets, e.g. 127.77.0")?;
+    let lb_ip: IpAddr = format!("{}.10", args.ip_prefix)
+        .parse()
+        .context("--ip-prefix must be three octets, e.g. 127.77.0")?;
     let seed = format!("{lb_ip}:7947");
     let mut procs = Processes {
         hosts: Vec::new(),
@@ -221,25 +248,49 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // The LB host: the sidecar joins gossip as an observer and is every agent's seed.
     let lb_dir = dir.join("lb");
     std::fs::create_dir_all(&lb_dir)?;
-    let lb_config_path = (args.lb != LbKind::None).then(|| lb_dir.join(format!("{}.conf", lb_kind_name(args.lb))));
-    let mut sidecar = Command::new(&sidecar_bin);
-    sidecar
-        .args(["--cluster-name", "demo", "--node-name", "lb", "--bind-addr", &seed, "--seeds", &seed])
-        .arg("--gossip-key-file")
-        .arg(&key_file)
-        .arg("--state-dir")
-        .arg(lb_dir.join("state"))
-        .args(["--lb-addr", &lb_ip.to_string()]);
+    let lb_config_path =
+        (args.lb != LbKind::None).then(|| lb_dir.join(format!("{}.conf", lb_kind_name(args.lb))));
     if let Some(path) = &lb_config_path {
-        let (validate, reload, pid_file) = lb_commands(args.lb, lb_program.as_deref(), &lb_dir, path);
-        sidecar.args(["--lb", lb_kind_name(args.lb)]).arg("--output-file").arg(path);
-        sidecar.args(["--validate-command", &validate, "--reload-command", &reload]);
-        sidecar.arg("--run-dir").arg(&lb_dir);
-        procs.lb_pid_file = Some(pid_file);
-    } else {
-        sidecar.args(["--lb", "none"]);
+        let mut sidecar = Command::new(&sidecar_bin);
+        sidecar
+            .args([
+                "--cluster-name",
+                "demo",
+                "--node-name",
+                "lb",
+                "--bind-addr",
+                &seed,
+                "--seeds",
+                &seed,
+            ])
+            .arg("--gossip-key-file")
+            .arg(&key_file)
+            .arg("--state-dir")
+            .arg(lb_dir.join("state"))
+            .args([
+                "--lb",
+                lb_kind_name(args.lb),
+                "--lb-addr",
+                &lb_ip.to_string(),
+            ])
+            .arg("--config-file")
+            .arg(path);
+        let lb = lb_dir.display();
+        match args.lb {
+            LbKind::Nginx => sidecar.args([
+                "--nginx",
+                &format!("{{prefix: {lb}, pid-file: {lb}/nginx.pid, error-log: {lb}/error.log, worker-processes: 1, worker-connections: 256}}"),
+            ]),
+            _ => sidecar.args(["--haproxy", &format!("{{run-dir: {lb}}}")]),
+        };
+        match &lb_program {
+            Some(program) => procs.lb_pid_file = Some(start_lb(args.lb, program, &lb_dir, path)?),
+            None => {
+                sidecar.args(["--validate", "[]", "--reload", "{command: [true]}"]);
+            }
+        }
+        procs.sidecar = Some(spawn_logged(&mut sidecar, &lb_dir.join("sidecar.log"))?);
     }
-    procs.sidecar = Some(spawn_logged(&mut sidecar, &lb_dir.join("sidecar.log"))?);
 
     for i in 0..args.nodes {
         let name = format!("node-{}", i + 1);
@@ -247,26 +298,58 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let root = dir.join(&name);
         let state_dir = root.join("var/lib/rke2-bootstrap");
         std::fs::create_dir_all(&root)?;
-        let service_manager =
-            format!("{} --root {} --standin {}", systemctl.display(), root.display(), standin_bin.display());
+        let service_manager = format!(
+            "{} --root {} --standin {}",
+            systemctl.display(),
+            root.display(),
+            standin_bin.display()
+        );
         let mut cmd = Command::new(&agent_bin);
         cmd.arg("agent")
-            .args(["--cluster-name", "demo", "--node-name", &name, "--role", "auto"])
+            .args([
+                "--cluster-name",
+                "demo",
+                "--node-name",
+                &name,
+                "--role",
+                "auto",
+            ])
             .args(["--bind-addr", &format!("{ip}:7947"), "--seeds", &seed])
             .arg("--gossip-key-file")
             .arg(&key_file)
             .arg("--root")
             .arg(&root)
-            .args(["--bootstrap-expect", &args.nodes.to_string(), "--servers", &args.servers.to_string()])
-            .args(["--installer-url", &installer_url, "--allow-insecure-installer-url", "true"])
+            .args([
+                "--bootstrap-expect",
+                &args.nodes.to_string(),
+                "--servers",
+                &args.servers.to_string(),
+            ])
+            .args([
+                "--installer-url",
+                &installer_url,
+                "--allow-insecure-installer-url",
+                "true",
+            ])
             .args(["--service-manager", &service_manager]);
         if args.lb != LbKind::None {
             cmd.args(["--registration-address", &lb_ip.to_string()]);
         }
         let child = spawn_logged(&mut cmd, &root.join("agent.log"))?;
-        procs.hosts.push(Host { name, ip, root, state_dir, child: Some(child) });
+        procs.hosts.push(Host {
+            name,
+            ip,
+            root,
+            state_dir,
+            child: Some(child),
+        });
     }
-    progress!("started {} hosts on {}.11-{} and the LB host on {lb_ip}", args.nodes, args.ip_prefix, 10 + args.nodes);
+    progress!(
+        "started {} hosts on {}.11-{} and the LB host on {lb_ip}",
+        args.nodes,
+        args.ip_prefix,
+        10 + args.nodes
+    );
 
     let started = Instant::now();
     let deadline = started + args.timeout;
@@ -276,22 +359,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let reports = poll_reports(&procs.hosts);
         for (name, report) in &reports {
             if phases.get(name) != Some(&report.phase) {
-                progress!("{name:<8} {:<16} {}", report.phase.to_string(), report.reason);
+                progress!(
+                    "{name:<8} {:<16} {}",
+                    report.phase.to_string(),
+                    report.reason
+                );
                 phases.insert(name.clone(), report.phase);
             }
         }
         let members: Vec<_> = reports.values().flat_map(|r| r.members.iter()).collect();
-        let initializers: std::collections::BTreeSet<&str> =
-            members.iter().filter(|m| m.initializer).map(|m| m.name.as_str()).collect();
+        let initializers: std::collections::BTreeSet<&str> = members
+            .iter()
+            .filter(|m| m.initializer)
+            .map(|m| m.name.as_str())
+            .collect();
         if initializers.len() > 1 {
             bail!("more than one first server: {initializers:?}");
         }
         let first_ready = members.iter().any(|m| m.initializer && m.ready);
         if first_ready && formed_at.is_none() {
             formed_at = Some(started.elapsed());
-            progress!("cluster formed: {} is the first server", initializers.iter().next().unwrap_or(&"?"));
+            progress!(
+                "cluster formed: {} is the first server",
+                initializers.iter().next().unwrap_or(&"?")
+            );
         }
-        let all_ready = reports.len() == procs.hosts.len() && reports.values().all(|r| r.phase == Phase::Ready);
+        let all_ready =
+            reports.len() == procs.hosts.len() && reports.values().all(|r| r.phase == Phase::Ready);
         if all_ready {
             let ready_servers = server_ips(&reports);
             let lb_ok = match &lb_config_path {
@@ -299,18 +393,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 None => true,
             };
             if lb_ok {
-                let init = initializers.iter().next().map(|s| s.to_string()).unwrap_or_default();
+                let init = initializers
+                    .iter()
+                    .next()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 break (init, started.elapsed(), reports);
             }
         }
         if Instant::now() > deadline {
-            bail!("the cluster did not form within {:?}; logs are under {}", args.timeout, dir.display());
+            bail!(
+                "the cluster did not form within {:?}; logs are under {}",
+                args.timeout,
+                dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    progress!("all {} hosts ready in {} ms", procs.hosts.len(), all_ready_at.as_millis());
+    progress!(
+        "all {} hosts ready in {} ms",
+        procs.hosts.len(),
+        all_ready_at.as_millis()
+    );
 
-    let lb_before = lb_config_path.as_ref().map(|p| lb_servers(p, lb_ip)).unwrap_or_default();
+    let lb_before = lb_config_path
+        .as_ref()
+        .map(|p| lb_servers(p, lb_ip))
+        .unwrap_or_default();
     if let Some(path) = &lb_config_path {
         progress!("lb config {} lists {:?}", path.display(), lb_before);
     }
@@ -331,24 +440,48 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if !args.json {
         for node in &nodes {
             let config = std::fs::read_to_string(&node.config_path).unwrap_or_default();
-            eprintln!("--- {} ({}) {}\n{}", node.name, node.role, node.config_path.display(), redact_token(&config));
+            eprintln!(
+                "--- {} ({}) {}\n{}",
+                node.name,
+                node.role,
+                node.config_path.display(),
+                redact_token(&config)
+            );
         }
         if let Some(path) = &lb_config_path {
-            eprintln!("--- lb {}\n{}", path.display(), std::fs::read_to_string(path).unwrap_or_default());
+            eprintln!(
+                "--- lb {}\n{}",
+                path.display(),
+                std::fs::read_to_string(path).unwrap_or_default()
+            );
         }
     }
 
     // Stop one server that is not the first one, as a host going away would.
-    let victim = nodes.iter().filter(|n| n.role == Role::Server && n.name != initializer).map(|n| n.name.clone()).last();
+    let victim = nodes
+        .iter()
+        .rfind(|n| n.role == Role::Server && n.name != initializer)
+        .map(|n| n.name.clone());
     let mut lb_after = lb_before.clone();
     let mut lb_updated_after_kill = None;
     if let Some(victim) = &victim {
-        let host = procs.hosts.iter_mut().find(|h| &h.name == victim).expect("victim is a host");
+        let host = procs
+            .hosts
+            .iter_mut()
+            .find(|h| &h.name == victim)
+            .expect("victim is a host");
         progress!("stopping {victim} ({})", host.ip);
         let stop_started = Instant::now();
         stop_child(host.child.take());
         let _ = Command::new(&systemctl)
-            .args(["--root", &host.root.to_string_lossy(), "--standin", &standin_bin.to_string_lossy(), "stop", "rke2-server.service"])
+            .args([
+                "--root",
+                &host.root.to_string_lossy(),
+                "--standin",
+                &standin_bin.to_string_lossy(),
+                "stop",
+                "rke2-server.service",
+            ])
             .status();
         if let Some(path) = &lb_config_path {
             let victim_ip = host.ip.to_string();
@@ -361,14 +494,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            progress!("lb config now lists {:?} ({} ms after the stop)", lb_after, lb_updated_after_kill.unwrap_or(0));
+            progress!(
+                "lb config now lists {:?} ({} ms after the stop)",
+                lb_after,
+                lb_updated_after_kill.unwrap_or(0)
+            );
         }
     }
 
     let summary = DemoSummary {
         initializer,
         nodes,
-        lb: LbSummary { kind: args.lb, live: lb_program.is_some(), config_path: lb_config_path.clone(), servers: lb_before },
+        lb: LbSummary {
+            kind: args.lb,
+            live: lb_program.is_some(),
+            config_path: lb_config_path.clone(),
+            servers: lb_before,
+        },
         lb_servers_after_kill: lb_after,
         stopped_server: victim.unwrap_or_default(),
         timings_ms: Timings {
@@ -390,7 +532,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         );
     }
     if args.keep {
-        progress!("left running under {}; try: rke2-bootstrap members --status-socket {}", dir.display(), procs.hosts[0].state_dir.join("status.sock").display());
+        progress!(
+            "left running under {}; try: rke2-bootstrap members --status-socket {}",
+            dir.display(),
+            procs.hosts[0].state_dir.join("status.sock").display()
+        );
         std::mem::forget(_tmp);
     }
     Ok(())
@@ -400,7 +546,12 @@ fn poll_reports(hosts: &[Host]) -> BTreeMap<String, status::StatusReport> {
     hosts
         .iter()
         .filter(|h| h.child.is_some())
-        .filter_map(|h| Some((h.name.clone(), status::fetch(&h.state_dir.join("status.sock")).ok()?)))
+        .filter_map(|h| {
+            Some((
+                h.name.clone(),
+                status::fetch(&h.state_dir.join("status.sock")).ok()?,
+            ))
+        })
         .collect()
 }
 
@@ -423,7 +574,11 @@ pub fn lb_servers(path: &Path, lb_ip: IpAddr) -> Vec<String> {
         .lines()
         .filter(|line| !line.trim_start().starts_with('#'))
         .flat_map(|line| line.split_whitespace())
-        .filter_map(|word| word.trim_end_matches(';').strip_suffix(":9345").map(str::to_string))
+        .filter_map(|word| {
+            word.trim_end_matches(';')
+                .strip_suffix(":9345")
+                .map(str::to_string)
+        })
         .filter(|ip| ip.parse::<IpAddr>().is_ok() && *ip != lb_ip.to_string())
         .collect();
     ips.sort();
@@ -434,7 +589,13 @@ pub fn lb_servers(path: &Path, lb_ip: IpAddr) -> Vec<String> {
 fn redact_token(config: &str) -> String {
     config
         .lines()
-        .map(|line| if line.starts_with("token:") { "token: <redacted>" } else { line })
+        .map(|line| {
+            if line.starts_with("token:") {
+                "token: <redacted>"
+            } else {
+                line
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -447,46 +608,60 @@ fn lb_kind_name(kind: LbKind) -> &'static str {
     }
 }
 
-/// Validate and reload commands for the demo's LB, which the demo does not start itself: the
-/// first successful reload starts it (nothing to reload yet), later ones reload it.
-fn lb_commands(kind: LbKind, program: Option<&Path>, lb_dir: &Path, config: &Path) -> (String, String, PathBuf) {
+/// Starts the LB with a config that routes nothing yet (an empty upstream is invalid), so that
+/// the sidecar's first render is a plain reload, exactly as on a real LB host. Returns the pid
+/// file.
+fn start_lb(kind: LbKind, program: &Path, lb_dir: &Path, config: &Path) -> Result<PathBuf> {
     let lb = lb_dir.display();
-    let file = config.display();
-    match (kind, program) {
-        (LbKind::Nginx, Some(nginx)) => {
-            let nginx = nginx.display();
-            (
-                format!("{nginx} -t -q -p {lb} -c {{file}}"),
-                format!("sh -c '{nginx} -p {lb} -c {file} -s reload 2>/dev/null || {nginx} -p {lb} -c {file}'"),
-                lb_dir.join("nginx.pid"),
-            )
-        }
-        (LbKind::Haproxy, Some(haproxy)) => {
-            let haproxy = haproxy.display();
-            let pid = lb_dir.join("haproxy.pid");
-            let pid = pid.display();
-            (
-                format!("{haproxy} -c -q -f {{file}}"),
-                format!("sh -c 'if [ -s {pid} ]; then {haproxy} -D -f {file} -p {pid} -sf $(cat {pid}); else {haproxy} -D -f {file} -p {pid}; fi'"),
-                lb_dir.join("haproxy.pid"),
-            )
-        }
-        _ => ("true".into(), "true".into(), lb_dir.join("none.pid")),
+    let (bootstrap, pid_file, args): (String, PathBuf, Vec<String>) = match kind {
+        LbKind::Nginx => (
+            format!("pid {lb}/nginx.pid;\nerror_log {lb}/error.log;\nevents {{}}\n"),
+            lb_dir.join("nginx.pid"),
+            vec!["-p".into(), lb.to_string(), "-c".into(), config.display().to_string()],
+        ),
+        _ => (
+            "global\n    log stderr local0 notice\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n".to_string(),
+            lb_dir.join("haproxy.pid"),
+            vec!["-D".into(), "-f".into(), config.display().to_string(), "-p".into(), lb_dir.join("haproxy.pid").display().to_string()],
+        ),
+    };
+    fsutil::write_file_atomic(config, bootstrap.as_bytes(), 0o644)?;
+    let status = Command::new(program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("starting {}", program.display()))?;
+    if !status.success() {
+        bail!(
+            "{} exited with {status} on its bootstrap config",
+            program.display()
+        );
     }
+    Ok(pid_file)
 }
 
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))
+    cmd.spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.exists())
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(program))
+    .find(|p| p.exists())
 }
 
 /// The stand-in for get.rke2.io: serves the installer script to every GET on 127.0.0.1.
@@ -495,7 +670,9 @@ async fn serve_installer() -> Result<String> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf).await;

@@ -7,10 +7,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, FromArgMatches, Parser, Subcommand};
-use rke2_bootstrap::config::{layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX};
+use rke2_bootstrap::config::{
+    layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX,
+};
 
 #[derive(Parser)]
-#[command(name = "rke2-bootstrap", version, about = "Zero-touch HA RKE2: discover peers, elect one first server, install and join")]
+#[command(
+    name = "rke2-bootstrap",
+    version,
+    about = "Zero-touch HA RKE2: discover peers, elect one first server, install and join"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,8 +101,9 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(err) => return config_error(err),
             };
-            let outcome = rke2_bootstrap::status::fetch(&cfg.status_socket)
-                .and_then(|report| rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout()));
+            let outcome = rke2_bootstrap::status::fetch(&cfg.status_socket).and_then(|report| {
+                rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout())
+            });
             runtime_outcome(outcome)
         }
         Command::Agent(args) => {
@@ -144,5 +151,10 @@ async fn shutdown_signal() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(rke2_bootstrap::config::ENV_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }

@@ -48,7 +48,9 @@ impl StateDir {
     pub fn open(dir: &Path) -> Result<StateDir> {
         fsutil::create_dir_with_mode(dir, SECRET_DIR_MODE)
             .with_context(|| format!("preparing state dir {}", dir.display()))?;
-        Ok(StateDir { dir: dir.to_path_buf() })
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -97,7 +99,11 @@ impl StateDir {
     }
 
     pub fn save_token(&self, token: &str) -> Result<()> {
-        fsutil::write_file_atomic(&self.dir.join(TOKEN_FILE), token.as_bytes(), SECRET_FILE_MODE)
+        fsutil::write_file_atomic(
+            &self.dir.join(TOKEN_FILE),
+            token.as_bytes(),
+            SECRET_FILE_MODE,
+        )
     }
 }
 
@@ -112,7 +118,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(&tmp.path().join("state")).unwrap();
         assert_eq!(dir.load().unwrap().version, 1);
-        let state = PersistedState { version: 1, installed: true, joined: true, role: Some(Role::Server), ..Default::default() };
+        let state = PersistedState {
+            version: 1,
+            installed: true,
+            joined: true,
+            role: Some(Role::Server),
+            ..Default::default()
+        };
         dir.save(&state).unwrap();
         assert_eq!(dir.load().unwrap(), state);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -56,16 +56,23 @@ where
     S: Fn() -> serde_json::Value + Send + 'static,
 {
     if path.exists() {
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding status socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding status socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting permissions of {}", path.display()))?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             let snapshot = {
-                let mut snapshot = report.lock().map(|r| r.clone()).unwrap_or_else(|p| p.into_inner().clone());
+                let mut snapshot = report
+                    .lock()
+                    .map(|r| r.clone())
+                    .unwrap_or_else(|p| p.into_inner().clone());
                 snapshot.members = view.borrow().iter().map(MemberSummary::from).collect();
                 snapshot.transport = stats();
                 snapshot
@@ -80,11 +87,17 @@ where
 
 /// Reads the status document from the socket at `path`.
 pub fn fetch(path: &Path) -> Result<StatusReport> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path)
-        .with_context(|| format!("connecting to the agent's status socket {} (is the agent running?)", path.display()))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to the agent's status socket {} (is the agent running?)",
+            path.display()
+        )
+    })?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut body = Vec::new();
-    stream.read_to_end(&mut body).context("reading the status document")?;
+    stream
+        .read_to_end(&mut body)
+        .context("reading the status document")?;
     serde_json::from_slice(&body).context("decoding the status document")
 }
 
@@ -95,14 +108,30 @@ pub fn print_members(report: &StatusReport, json: bool, out: &mut impl Write) ->
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<20} {:<22} {:<9} {:<16} {:<6} {:<6}", "NAME", "GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY")?;
+    writeln!(
+        out,
+        "{:<20} {:<22} {:<9} {:<16} {:<6} {:<6}",
+        "NAME", "GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY"
+    )?;
     for m in &report.members {
-        let status = if m.left { "left" } else if m.alive { "alive" } else { "dead" };
+        let status = if m.left {
+            "left"
+        } else if m.alive {
+            "alive"
+        } else {
+            "dead"
+        };
         let marker = if m.initializer { " (first server)" } else { "" };
         writeln!(
             out,
             "{:<20} {:<22} {:<9} {:<16} {:<6} {:<6}{}",
-            m.name, m.gossip_addr, m.role, m.phase, status, if m.ready { "yes" } else { "no" }, marker
+            m.name,
+            m.gossip_addr,
+            m.role,
+            m.phase,
+            status,
+            if m.ready { "yes" } else { "no" },
+            marker
         )?;
     }
     Ok(())

@@ -1,4 +1,206 @@
-//! `rke2-lb-sidecar`. Wiring (config loader, gossip `Cluster::watch()`, signals) comes later;
-//! everything it will run lives in the library: `rke2_lb_sidecar::run(config, view_rx, shutdown)`.
+//! `rke2-lb-sidecar`: joins gossip as an observer and keeps the LB's upstream list equal to the
+//! ready RKE2 servers.
+//!
+//! One config file holds the gossip settings (the agent's keys, validated by the agent's own
+//! config code) and the LB settings ([`SidecarConfig`]) side by side; flags and environment
+//! variables (`RKE2_LB_SIDECAR_<KEY>`) override both. Exit codes: 0 stopped, 1 runtime failure, 2
+//! bad configuration.
 
-fn main() {}
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::{Arg, ArgAction, Command};
+use rke2_bootstrap::config::{layers, AgentConfig, ConfigError, KeySpec, Layers, AGENT_KEYS};
+use rke2_bootstrap::gossip::cluster::{Cluster, GossipConfig};
+use rke2_bootstrap::gossip::keyring::Keyring;
+use rke2_bootstrap::gossip::schema::{Announcement, Role};
+use rke2_bootstrap::status::{self, StatusReport};
+use rke2_lb_sidecar::{Sidecar, SidecarConfig};
+use tracing::info;
+
+const ENV_PREFIX: &str = "RKE2_LB_SIDECAR_";
+const ENV_CONFIG_FILE: &str = "RKE2_LB_SIDECAR_CONFIG";
+const ENV_LOG: &str = "RKE2_LB_SIDECAR_LOG";
+
+/// The agent keys that make sense for an observer.
+const GOSSIP_KEYS: &[&str] = &[
+    "cluster-name",
+    "node-name",
+    "bind-addr",
+    "advertise-addr",
+    "seeds",
+    "gossip-key-file",
+    "state-dir",
+    "gossip-interval",
+    "status-socket",
+];
+
+const LB_KEYS: &[KeySpec] = &[
+    KeySpec { name: "lb", help: "nginx or haproxy (default: nginx)" },
+    KeySpec { name: "lb-addr", help: "Address the LB listens on for 9345 and 6443 (default: 0.0.0.0)" },
+    KeySpec { name: "supervisor-port", help: "RKE2 supervisor port (default: 9345)" },
+    KeySpec { name: "api-port", help: "Kubernetes API port (default: 6443)" },
+    KeySpec { name: "config-file", help: "The live LB config file (default: /etc/nginx/nginx.conf or /etc/haproxy/haproxy.cfg)" },
+    KeySpec { name: "file-mode", help: "Mode of the written config file (default: 0644)" },
+    KeySpec { name: "template", help: "A minijinja template replacing the built-in renderer" },
+    KeySpec { name: "nginx", help: "nginx settings (a mapping: binary, layout, stream-module, prefix, pid-file, error-log, ...)" },
+    KeySpec { name: "haproxy", help: "HAProxy settings (a mapping: binary, run-dir, timeouts, checks)" },
+    KeySpec { name: "validate", help: "Validator argv ({file} placeholder); [] disables validation" },
+    KeySpec { name: "reload", help: "Reload action: {command: [argv]} or {signal: HUP}" },
+    KeySpec { name: "command-timeout", help: "Upper bound for each validate or reload command (default: 10s)" },
+    KeySpec { name: "damping", help: "Flap damping (add-after, flap-limit, flap-window, hold-down)" },
+    KeySpec { name: "debounce", help: "Change coalescing (quiet, max-wait)" },
+    KeySpec { name: "retry", help: "Retry of failed applies (initial, max)" },
+    KeySpec { name: "status-file", help: "Where the JSON status record is written" },
+    KeySpec { name: "ca-hash", help: "Pin the cluster CA hash instead of learning it from gossip" },
+];
+
+fn all_keys() -> &'static [KeySpec] {
+    static KEYS: std::sync::OnceLock<Vec<KeySpec>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        AGENT_KEYS
+            .iter()
+            .filter(|k| GOSSIP_KEYS.contains(&k.name))
+            .chain(LB_KEYS)
+            .copied()
+            .collect()
+    })
+}
+
+fn cli() -> Command {
+    Command::new("rke2-lb-sidecar")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Keeps nginx or HAProxy in front of the ready RKE2 servers seen over gossip")
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .short('c')
+                .value_name("FILE")
+                .env(ENV_CONFIG_FILE)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("YAML config file: gossip keys and LB keys side by side"),
+        )
+        .arg(
+            Arg::new("render-once")
+                .long("render-once")
+                .action(ArgAction::SetTrue)
+                .hide(true),
+        )
+        .args(layers::clap_args(all_keys()))
+}
+
+struct Settings {
+    gossip: AgentConfig,
+    lb: SidecarConfig,
+}
+
+fn load(matches: &clap::ArgMatches) -> Result<Settings, ConfigError> {
+    let layers = Layers {
+        file: matches.get_one::<PathBuf>("config").cloned(),
+        env: layers::process_env(ENV_PREFIX),
+        kernel: BTreeMap::new(),
+        flags: layers::flags_from_matches(all_keys(), matches),
+    };
+    let mut merged = layers::merge(&layers, all_keys(), ENV_PREFIX, &[ENV_CONFIG_FILE, ENV_LOG])?;
+    let gossip_part = merged.split_off(GOSSIP_KEYS);
+    let mut gossip = AgentConfig::from_merged(&gossip_part)?;
+    if gossip_part.source("state-dir").is_none() {
+        // The sidecar's own state dir, not the agent's, when both run on one host.
+        gossip.state_dir = PathBuf::from("/var/lib/rke2-lb-sidecar");
+        if gossip_part.source("status-socket").is_none() {
+            gossip.status_socket = gossip.state_dir.join("status.sock");
+        }
+    }
+    merged.parse_text_values();
+    let lb: SidecarConfig = merged.deserialize()?;
+    Ok(Settings { gossip, lb })
+}
+
+fn main() -> ExitCode {
+    let matches = cli().get_matches();
+    let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let settings = match load(&matches) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("rke2-lb-sidecar: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rke2-lb-sidecar: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let Settings { gossip: cfg, lb } = settings;
+    let sidecar = Sidecar::new(lb)?;
+    let state_dir = rke2_bootstrap::state::StateDir::open(&cfg.state_dir)?;
+    let keyring = Keyring::load(&cfg.gossip_key_file)?;
+    let advertise = cfg
+        .advertise_addr
+        .context("advertise-addr (or a concrete bind-addr) is required for the sidecar")?;
+    let mut gossip = GossipConfig::new(
+        cfg.cluster_name.clone(),
+        cfg.node_name.clone(),
+        cfg.bind_addr,
+        keyring,
+    );
+    gossip.advertise_addr = Some(advertise);
+    gossip.seeds = cfg.seeds.clone();
+    gossip.gossip_interval = cfg.gossip_interval;
+    let cluster = Cluster::join(gossip, &Announcement::new(Role::Observer, advertise.ip())).await?;
+    info!(node = %cfg.node_name, gossip_addr = %advertise, "lb sidecar joined gossip");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    // The same status endpoint as the agent, with the sidecar's status as the reason line.
+    let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
+    if let Ok(mut r) = report.lock() {
+        r.role = Role::Observer;
+        r.phase = rke2_bootstrap::gossip::schema::Phase::Observing;
+    }
+    let stats = cluster.stats();
+    let mut sidecar_status = sidecar.status();
+    let status_for_report = report.clone();
+    tokio::spawn(async move {
+        while sidecar_status.changed().await.is_ok() {
+            let line = serde_json::to_string(&*sidecar_status.borrow()).unwrap_or_default();
+            if let Ok(mut r) = status_for_report.lock() {
+                r.reason = line;
+            }
+        }
+    });
+    let status_task = status::serve(&cfg.status_socket, report, cluster.watch(), move || {
+        serde_json::to_value(stats.snapshot()).unwrap_or_default()
+    })?;
+    let outcome = sidecar.run(cluster.watch(), shutdown_signal()).await;
+    status_task.abort();
+    cluster.leave().await.ok();
+    drop(state_dir);
+    outcome
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutdown requested");
+}

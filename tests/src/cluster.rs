@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use rke2_bootstrap::gossip::schema::{MemberSummary, Phase, Role};
 use rke2_bootstrap::status::{self, StatusReport};
 
-use crate::{loopback_ip, standin_bin, wait_until, workspace_bin, ChildGuard, HostRoot, InstallerServer};
+use crate::{
+    loopback_ip, standin_bin, wait_until, workspace_bin, ChildGuard, HostRoot, InstallerServer,
+};
 
 /// Gossip port of every simulated host (each has its own address).
 pub const GOSSIP_PORT: u16 = 7947;
@@ -52,7 +54,8 @@ impl TestHost {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.root.join(format!("/var/log/rke2-bootstrap.{}.log", self.restarts))
+        self.root
+            .join(format!("/var/log/rke2-bootstrap.{}.log", self.restarts))
     }
 }
 
@@ -78,7 +81,11 @@ impl ClusterSpec {
             test_id,
             hosts: hosts.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
             bootstrap_expect: servers,
-            servers: if servers % 2 == 1 { servers } else { servers.saturating_sub(1).max(1) },
+            servers: if servers % 2 == 1 {
+                servers
+            } else {
+                servers.saturating_sub(1).max(1)
+            },
             registration_address: None,
             seeds: None,
         }
@@ -99,7 +106,9 @@ impl TestCluster {
     pub fn new(spec: ClusterSpec) -> Result<TestCluster> {
         let keys = tempfile::tempdir()?;
         let key_file = keys.path().join("gossip.key");
-        let key = Command::new(workspace_bin("rke2-bootstrap")).arg("keygen").output()?;
+        let key = Command::new(workspace_bin("rke2-bootstrap"))
+            .arg("keygen")
+            .output()?;
         anyhow::ensure!(key.status.success(), "keygen failed");
         rke2_bootstrap::fsutil::write_file_atomic(&key_file, &key.stdout, 0o600)?;
         let installer = InstallerServer::start(crate::install_script())?;
@@ -119,21 +128,36 @@ impl TestCluster {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(TestCluster { spec, hosts, installer, key_file, _keys: keys })
+        Ok(TestCluster {
+            spec,
+            hosts,
+            installer,
+            key_file,
+            _keys: keys,
+        })
     }
 
     pub fn host(&self, name: &str) -> &TestHost {
-        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
     }
 
     fn index(&self, name: &str) -> usize {
-        self.hosts.iter().position(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
     }
 
     /// The agent command line of a host.
     pub fn agent_command(&self, host: &TestHost) -> Command {
         let seeds = self.spec.seeds.clone().unwrap_or_else(|| {
-            self.hosts.iter().map(|h| format!("{}:{GOSSIP_PORT}", h.ip)).collect()
+            self.hosts
+                .iter()
+                .map(|h| format!("{}:{GOSSIP_PORT}", h.ip))
+                .collect()
         });
         let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
         cmd.arg("agent")
@@ -145,10 +169,21 @@ impl TestCluster {
             .arg(&self.key_file)
             .arg("--root")
             .arg(host.root.path())
-            .args(["--bootstrap-expect", &self.spec.bootstrap_expect.to_string()])
+            .args([
+                "--bootstrap-expect",
+                &self.spec.bootstrap_expect.to_string(),
+            ])
             .args(["--servers", &self.spec.servers.to_string()])
-            .args(["--installer-url", &self.installer.url(), "--allow-insecure-installer-url", "true"])
-            .args(["--service-manager", &host.root.service_manager_command(&standin_bin()).join(" ")])
+            .args([
+                "--installer-url",
+                &self.installer.url(),
+                "--allow-insecure-installer-url",
+                "true",
+            ])
+            .args([
+                "--service-manager",
+                &host.root.service_manager_command(&standin_bin()).join(" "),
+            ])
             .env("RKE2_BOOTSTRAP_LOG", "info,rke2_bootstrap=debug");
         if let Some(lb) = self.spec.registration_address {
             cmd.args(["--registration-address", &lb.to_string()]);
@@ -168,8 +203,11 @@ impl TestCluster {
         let log_path = host.log_path();
         std::fs::create_dir_all(log_path.parent().expect("log dir"))?;
         let log = std::fs::File::create(&log_path)?;
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = ChildGuard::spawn(&mut cmd).with_context(|| format!("starting agent {name}"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child =
+            ChildGuard::spawn(&mut cmd).with_context(|| format!("starting agent {name}"))?;
         host.child = Some(child.with_root(host.root.path()));
         Ok(())
     }
@@ -210,12 +248,18 @@ impl TestCluster {
 
     /// Every running host's status, by host name.
     pub fn statuses(&self) -> Vec<(String, StatusReport)> {
-        self.hosts.iter().filter_map(|h| Some((h.name.clone(), h.status()?))).collect()
+        self.hosts
+            .iter()
+            .filter_map(|h| Some((h.name.clone(), h.status()?)))
+            .collect()
     }
 
     /// The union of every running host's view: each member as its freshest reporter sees it.
     pub fn members_seen_by(&self, name: &str) -> Vec<MemberSummary> {
-        self.host(name).status().map(|s| s.members).unwrap_or_default()
+        self.host(name)
+            .status()
+            .map(|s| s.members)
+            .unwrap_or_default()
     }
 
     /// Waits until every named host reports `phase`.
@@ -227,7 +271,11 @@ impl TestCluster {
                 .filter(|n| self.host(n).status().map(|s| s.phase) != Some(phase))
                 .map(|n| {
                     let s = self.host(n).status();
-                    format!("{n}: {:?} ({})", s.as_ref().map(|s| s.phase), s.map(|s| s.reason).unwrap_or_default())
+                    format!(
+                        "{n}: {:?} ({})",
+                        s.as_ref().map(|s| s.phase),
+                        s.map(|s| s.reason).unwrap_or_default()
+                    )
                 })
                 .collect();
             if pending.is_empty() {

@@ -12,14 +12,27 @@ const FORMATION: Duration = Duration::from_secs(60);
 fn three_servers_and_two_agents_form_one_cluster() {
     let spec = ClusterSpec::new(
         10,
-        &[("server-3", "server"), ("agent-1", "agent"), ("server-1", "server"), ("agent-2", "agent"), ("server-2", "server")],
+        &[
+            ("server-3", "server"),
+            ("agent-1", "agent"),
+            ("server-1", "server"),
+            ("agent-2", "agent"),
+            ("server-2", "server"),
+        ],
     );
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
     let all = ["server-1", "server-2", "server-3", "agent-1", "agent-2"];
-    cluster.wait_for_phase(&all, Phase::Ready, FORMATION).unwrap();
+    cluster
+        .wait_for_phase(&all, Phase::Ready, FORMATION)
+        .unwrap();
 
-    assert_eq!(cluster.initializers(), ["server-1"], "{}", cluster.logs_tail());
+    assert_eq!(
+        cluster.initializers(),
+        ["server-1"],
+        "{}",
+        cluster.logs_tail()
+    );
     assert_eq!(cluster.hosts_that_initialized(), ["server-1"]);
     for name in ["server-1", "server-2", "server-3"] {
         assert_eq!(cluster.role_of(name), Some(Role::Server));

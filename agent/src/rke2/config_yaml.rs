@@ -228,7 +228,9 @@ impl std::str::FromStr for ExistingConfigPolicy {
         match s {
             "refuse" => Ok(ExistingConfigPolicy::Refuse),
             "backup" => Ok(ExistingConfigPolicy::Backup),
-            other => Err(format!("unknown policy {other:?}, expected refuse or backup")),
+            other => Err(format!(
+                "unknown policy {other:?}, expected refuse or backup"
+            )),
         }
     }
 }

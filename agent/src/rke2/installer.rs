@@ -102,7 +102,9 @@ impl std::str::FromStr for InstallMethod {
         match s {
             "rpm" => Ok(InstallMethod::Rpm),
             "tar" => Ok(InstallMethod::Tar),
-            other => Err(format!("unknown install method {other:?}, expected rpm or tar")),
+            other => Err(format!(
+                "unknown install method {other:?}, expected rpm or tar"
+            )),
         }
     }
 }
