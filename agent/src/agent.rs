@@ -27,6 +27,10 @@ use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
 use crate::status::{self, StatusReport};
 
+/// Failed install rounds (each with its own download retries) before a first-server candidate
+/// gives up its candidacy for good.
+const MAX_INSTALL_FAILURES_BEFORE_ABDICATING: u32 = 3;
+
 /// How often the agent re-evaluates when nothing changes. A whole rack boots at once, so every
 /// wait gets jitter: hosts must not probe and retry in lockstep.
 fn tick(phase: Phase) -> Duration {
@@ -59,7 +63,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     gossip.advertise_addr = Some(advertise);
     gossip.seeds = cfg.seeds.clone();
     gossip.gossip_interval = cfg.gossip_interval;
+    let keyring_handle = gossip.keyring.clone();
     let cluster = Cluster::join(gossip, &announcement).await?;
+    let reload_task = tokio::spawn(reload_keyring_on_sighup(
+        cfg.gossip_key_file.clone(),
+        keyring_handle,
+    ));
     info!(node = %cfg.node_name, gossip_addr = %advertise, role = %role, "joined gossip");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -99,7 +108,32 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         warn!(error = %format!("{err:#}"), "graceful leave incomplete");
     }
     status_task.abort();
+    reload_task.abort();
     outcome
+}
+
+/// Key rotation in a live cluster: add the new key everywhere, make it primary everywhere, drop
+/// the old one; after each step, `systemctl reload` (SIGHUP) makes every agent re-read its file.
+/// A file that does not load leaves the running keyring untouched.
+pub async fn reload_keyring_on_sighup(
+    path: std::path::PathBuf,
+    keyring: crate::gossip::keyring::SharedKeyring,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Keyring::load(&path) {
+            Ok(next) => {
+                info!(primary = %next.primary_id(), keys = next.key_ids().len(), "gossip keyring reloaded");
+                keyring.replace(next);
+            }
+            Err(err) => {
+                error!(error = %err, "gossip keyring reload failed; keeping the current keys")
+            }
+        }
+    }
 }
 
 struct Agent {
@@ -148,6 +182,7 @@ impl Agent {
         let mut last_reason = String::new();
         let mut registration_checked_at: Option<tokio::time::Instant> = None;
         let mut registration_answers = false;
+        let mut install_failures = 0u32;
         loop {
             let members = self.view.borrow().clone();
             if let Some(host) = &self.cfg.registration_address {
@@ -201,6 +236,23 @@ impl Agent {
                     // ends in an abdication (and a new round) instead of a stuck cluster.
                     self.set_phase(Phase::Voting, &reason).await;
                     if let Err(err) = self.install(ServiceKind::Server).await {
+                        install_failures += 1;
+                        // Abdication is forever: give a flaky network a few chances first, and
+                        // never abdicate when no other candidate could take over.
+                        if install_failures < MAX_INSTALL_FAILURES_BEFORE_ABDICATING
+                            || self.cfg.bootstrap_expect <= 1
+                        {
+                            let delay =
+                                Duration::from_secs(5 * u64::from(install_failures.min(12)));
+                            warn!(round, attempt = install_failures, retry_in_s = delay.as_secs(), error = %format!("{err:#}"), "installing rke2 failed; retrying");
+                            self.set_phase(
+                                Phase::Voting,
+                                &format!("installer failed ({err:#}); retrying"),
+                            )
+                            .await;
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
                         error!(round, error = %format!("{err:#}"), "cannot install rke2: giving up the first-server candidacy");
                         let mut next = self.state.clone();
                         next.election = election::abdicate(&self.state.election, round)?;
