@@ -206,6 +206,15 @@ fn start_error(err: StartError) -> ExitCode {
 fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // A key file that does not load is a configuration problem: restarting will not help.
+        Err(err)
+            if err
+                .downcast_ref::<rke2_bootstrap::gossip::keyring::KeyringError>()
+                .is_some() =>
+        {
+            eprintln!("rke2-bootstrap: configuration error: {err:#}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("rke2-bootstrap: error: {err:#}");
             ExitCode::from(1)
