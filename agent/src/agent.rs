@@ -305,17 +305,24 @@ impl Agent {
     async fn initialize(&mut self) -> Result<()> {
         self.set_phase(Phase::Initializing, "bringing up the first server")
             .await;
-        // A host that initialized before, lost its RKE2 data and sees the cluster alive must
-        // join it: starting without `server:` again would create a second cluster.
-        let members = self.view.borrow().clone();
-        let (identity, _) = cluster_identity(&members);
-        let others_ready = members
-            .iter()
-            .any(|m| m.name != self.cfg.node_name && m.is_routable_server());
-        if self.state.joined && !self.rke2_data_dir_present() && others_ready && identity.is_some()
-        {
-            warn!("rke2 data is gone but the cluster is alive: rejoining as a member, not re-initializing");
-            return self.join_as_server().await;
+        // After the cluster formed, the first server is just a member: when it comes back (a
+        // reboot, a crash) while other servers are ready, its config points at the cluster like
+        // every joiner's. Should its RKE2 data be gone, it then joins instead of creating a
+        // second cluster; with its data in place RKE2 simply restarts its etcd member.
+        if self.state.joined {
+            if let Some(material) = self.join_material_now() {
+                let server = bringup::registration_host(&self.cfg, &material);
+                if !self.rke2_data_dir_present() {
+                    warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");
+                }
+                let token = JoinToken::full_server(
+                    Secret::new(material.secret.clone())?,
+                    &material.ca_hash,
+                )?;
+                let rke2 = self.rke2_config(Role::Server, token, Some(server));
+                self.write_rke2_config(&rke2)?;
+                info!("first server restarting as a member of its cluster");
+            }
         }
         let secret = self.cluster_secret()?;
         if !self.state.config_written {

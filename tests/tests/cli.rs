@@ -144,8 +144,10 @@ fn members_json_lists_every_member_with_the_documented_fields() {
                 .output()
                 .unwrap();
             let members: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-            let all_alive = members.iter().all(|m| m["alive"] == serde_json::Value::Bool(true));
-        (members.len() == 2 && all_alive).then_some(members)
+            let all_alive = members
+                .iter()
+                .all(|m| m["alive"] == serde_json::Value::Bool(true));
+            (members.len() == 2 && all_alive).then_some(members)
         },
     )
     .unwrap();
