@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
 use crate::config::AgentConfig;
 use crate::election::{self, Decision};
-use crate::gossip::cluster::{Cluster, GossipConfig};
+use crate::gossip::cluster::Cluster;
 use crate::gossip::keyring::Keyring;
 use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role};
 use crate::rke2::config_yaml::{self, Rke2Config};
@@ -54,15 +54,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     state.election.announce(&mut announcement);
     announcement.ca_hash = state.ca_hash.clone();
 
-    let mut gossip = GossipConfig::new(
-        cfg.cluster_name.clone(),
-        cfg.node_name.clone(),
-        cfg.bind_addr,
-        keyring,
-    );
-    gossip.advertise_addr = Some(advertise);
-    gossip.seeds = cfg.seeds.clone();
-    gossip.gossip_interval = cfg.gossip_interval;
+    let gossip = cfg.gossip_config(advertise, keyring);
     let keyring_handle = gossip.keyring.clone();
     let cluster = Cluster::join(gossip, &announcement).await?;
     let reload_task = tokio::spawn(reload_keyring_on_sighup(
@@ -160,6 +152,14 @@ impl Agent {
         // Steady state: keep publishing readiness as it changes.
         loop {
             let ready = self.is_ready(role).await;
+            if ready && role == Role::Server && self.announcement.token.is_none() {
+                // A restarted member learns the token back from its peers, so any ready server
+                // can hand it to later joiners.
+                if let Some(material) = self.join_material_now() {
+                    self.announcement.token = Some(material.secret);
+                    self.publish().await;
+                }
+            }
             if ready != self.announcement.ready {
                 warn!(ready, "readiness changed");
                 self.announcement.ready = ready;
@@ -369,16 +369,7 @@ impl Agent {
                 }
             }
             self.set_phase(Phase::Joining, "joining").await;
-            let server = bringup::registration_host(&self.cfg, &material);
-            self.probe
-                .verify_ca(&server, &material.ca_hash)
-                .await
-                .with_context(|| format!("pinning the cluster CA at {server}"))?;
-            let token =
-                JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
-            let rke2 = self.rke2_config(Role::Server, token, Some(server));
-            self.write_rke2_config(&rke2)?;
-            self.announcement.ca_hash = Some(material.ca_hash.clone());
+            self.write_join_config(Role::Server, &material).await?;
         }
         self.set_phase(Phase::Joining, "joining").await;
         self.install_and_start(ServiceKind::Server).await?;
@@ -401,16 +392,7 @@ impl Agent {
         if !self.state.config_written {
             let material = self.wait_for_join_material().await?;
             self.set_phase(Phase::Joining, "joining as a worker").await;
-            let server = bringup::registration_host(&self.cfg, &material);
-            self.probe
-                .verify_ca(&server, &material.ca_hash)
-                .await
-                .with_context(|| format!("pinning the cluster CA at {server}"))?;
-            let token =
-                JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
-            let rke2 = self.rke2_config(Role::Agent, token, Some(server));
-            self.write_rke2_config(&rke2)?;
-            self.announcement.ca_hash = Some(material.ca_hash);
+            self.write_join_config(Role::Agent, &material).await?;
         }
         self.set_phase(Phase::Joining, "joining as a worker").await;
         self.install_and_start(ServiceKind::Agent).await?;
@@ -426,6 +408,27 @@ impl Agent {
         self.announcement.ready = true;
         info!("worker joined and ready");
         self.set_phase(Phase::Ready, "worker ready").await;
+        Ok(())
+    }
+
+    /// Pins the cluster CA at the registration address (before any secret is sent there), then
+    /// writes the joiner's config with the full `K10<ca-hash>::server:<secret>` token, so RKE2
+    /// checks the CA too. The cluster identity is persisted with the config: a restarted member
+    /// must keep announcing which cluster it belongs to.
+    async fn write_join_config(&mut self, role: Role, material: &JoinMaterial) -> Result<()> {
+        let server = bringup::registration_host(&self.cfg, material);
+        self.probe
+            .verify_ca(&server, &material.ca_hash)
+            .await
+            .with_context(|| format!("pinning the cluster CA at {server}"))?;
+        let token =
+            JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+        let rke2 = self.rke2_config(role, token, Some(server));
+        let mut next = self.state.clone();
+        next.ca_hash = Some(material.ca_hash.clone());
+        self.persist(next)?;
+        self.write_rke2_config(&rke2)?;
+        self.announcement.ca_hash = Some(material.ca_hash.clone());
         Ok(())
     }
 

@@ -284,7 +284,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             _ => sidecar.args(["--haproxy", &format!("{{run-dir: {lb}}}")]),
         };
         match &lb_program {
-            Some(program) => procs.lb_pid_file = Some(start_lb(args.lb, program, &lb_dir, path)?),
+            Some(program) => {
+                procs.lb_pid_file = Some(start_lb(args.lb, program, &lb_dir, lb_ip, path)?)
+            }
             None => {
                 sidecar.args(["--validate", "[]", "--reload", "{command: [true]}"]);
             }
@@ -292,6 +294,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         procs.sidecar = Some(spawn_logged(&mut sidecar, &lb_dir.join("sidecar.log"))?);
     }
 
+    // Every host is given the same seed list: the LB host when there is one (as in production,
+    // where it is the one stable address), else every host.
+    let agent_seeds = if args.lb == LbKind::None {
+        (0..args.nodes)
+            .map(|i| format!("{}.{}:7947", args.ip_prefix, 11 + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        seed.clone()
+    };
     for i in 0..args.nodes {
         let name = format!("node-{}", i + 1);
         let ip: IpAddr = format!("{}.{}", args.ip_prefix, 11 + i).parse()?;
@@ -314,7 +326,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 "--role",
                 "auto",
             ])
-            .args(["--bind-addr", &format!("{ip}:7947"), "--seeds", &seed])
+            .args([
+                "--bind-addr",
+                &format!("{ip}:7947"),
+                "--seeds",
+                &agent_seeds,
+            ])
             .arg("--gossip-key-file")
             .arg(&key_file)
             .arg("--root")
@@ -611,7 +628,13 @@ fn lb_kind_name(kind: LbKind) -> &'static str {
 /// Starts the LB with a config that routes nothing yet (an empty upstream is invalid), so that
 /// the sidecar's first render is a plain reload, exactly as on a real LB host. Returns the pid
 /// file.
-fn start_lb(kind: LbKind, program: &Path, lb_dir: &Path, config: &Path) -> Result<PathBuf> {
+fn start_lb(
+    kind: LbKind,
+    program: &Path,
+    lb_dir: &Path,
+    lb_ip: IpAddr,
+    config: &Path,
+) -> Result<PathBuf> {
     let lb = lb_dir.display();
     let (bootstrap, pid_file, args): (String, PathBuf, Vec<String>) = match kind {
         LbKind::Nginx => (
@@ -620,7 +643,11 @@ fn start_lb(kind: LbKind, program: &Path, lb_dir: &Path, config: &Path) -> Resul
             vec!["-p".into(), lb.to_string(), "-c".into(), config.display().to_string()],
         ),
         _ => (
-            "global\n    log stderr local0 notice\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n".to_string(),
+            // HAProxy refuses to run without a listener: hold the supervisor port and turn
+            // every connection away until the sidecar's first render takes over.
+            format!(
+                "global\n    log stderr local0 notice\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\nfrontend placeholder\n    bind {lb_ip}:9345\n    tcp-request connection reject\n"
+            ),
             lb_dir.join("haproxy.pid"),
             vec!["-D".into(), "-f".into(), config.display().to_string(), "-p".into(), lb_dir.join("haproxy.pid").display().to_string()],
         ),

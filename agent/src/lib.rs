@@ -13,6 +13,7 @@ pub mod demo;
 pub mod election;
 pub mod fsutil;
 pub mod gossip;
+pub mod process;
 pub mod rke2;
 pub mod state;
 pub mod status;

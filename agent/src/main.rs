@@ -162,7 +162,7 @@ fn fetch_config(url: &str, sha256: &str) -> anyhow::Result<PathBuf> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    rke2_bootstrap::process::init_logging(rke2_bootstrap::config::ENV_LOG);
     match cli.command {
         Command::Keygen => {
             println!("{}", rke2_bootstrap::gossip::keyring::generate_key());
@@ -184,7 +184,10 @@ fn main() -> ExitCode {
                 Err(err) => return start_error(err),
             };
             let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-            runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(cfg, shutdown_signal())))
+            runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(
+                cfg,
+                rke2_bootstrap::process::shutdown_signal(),
+            )))
         }
         Command::Demo(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
@@ -220,27 +223,4 @@ fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// SIGTERM (systemd stop) or SIGINT (a terminal): both mean "leave gracefully".
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown requested");
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(rke2_bootstrap::config::ENV_LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

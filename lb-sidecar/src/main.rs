@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::{Arg, ArgAction, Command};
 use rke2_bootstrap::config::{layers, AgentConfig, ConfigError, KeySpec, Layers, AGENT_KEYS};
-use rke2_bootstrap::gossip::cluster::{Cluster, GossipConfig};
+use rke2_bootstrap::gossip::cluster::Cluster;
 use rke2_bootstrap::gossip::keyring::Keyring;
 use rke2_bootstrap::gossip::schema::{Announcement, Role};
 use rke2_bootstrap::status::{self, StatusReport};
@@ -122,14 +122,7 @@ fn load(matches: &clap::ArgMatches) -> Result<Settings, ConfigError> {
 
 fn main() -> ExitCode {
     let matches = cli().get_matches();
-    let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    rke2_bootstrap::process::init_logging(ENV_LOG);
     let settings = match load(&matches) {
         Ok(settings) => settings,
         Err(err) => {
@@ -155,15 +148,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let advertise = cfg
         .advertise_addr
         .context("advertise-addr (or a concrete bind-addr) is required for the sidecar")?;
-    let mut gossip = GossipConfig::new(
-        cfg.cluster_name.clone(),
-        cfg.node_name.clone(),
-        cfg.bind_addr,
-        keyring,
-    );
-    gossip.advertise_addr = Some(advertise);
-    gossip.seeds = cfg.seeds.clone();
-    gossip.gossip_interval = cfg.gossip_interval;
+    let gossip = cfg.gossip_config(advertise, keyring);
     let reload_task = tokio::spawn(rke2_bootstrap::agent::reload_keyring_on_sighup(
         cfg.gossip_key_file.clone(),
         gossip.keyring.clone(),
@@ -192,21 +177,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let status_task = status::serve(&cfg.status_socket, report, cluster.watch(), move || {
         serde_json::to_value(stats.snapshot()).unwrap_or_default()
     })?;
-    let outcome = sidecar.run(cluster.watch(), shutdown_signal()).await;
+    let outcome = sidecar
+        .run(cluster.watch(), rke2_bootstrap::process::shutdown_signal())
+        .await;
     status_task.abort();
     reload_task.abort();
     cluster.leave().await.ok();
     drop(state_dir);
     outcome
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    info!("shutdown requested");
 }

@@ -369,6 +369,24 @@ impl AgentConfig {
         })
     }
 
+    /// The gossip settings of this host, for an agent or an observer.
+    pub fn gossip_config(
+        &self,
+        advertise: SocketAddr,
+        keyring: crate::gossip::keyring::Keyring,
+    ) -> crate::gossip::cluster::GossipConfig {
+        let mut gossip = crate::gossip::cluster::GossipConfig::new(
+            self.cluster_name.clone(),
+            self.node_name.clone(),
+            self.bind_addr,
+            keyring,
+        );
+        gossip.advertise_addr = Some(advertise);
+        gossip.seeds = self.seeds.clone();
+        gossip.gossip_interval = self.gossip_interval;
+        gossip
+    }
+
     /// A host path (such as `/etc/rancher/rke2/config.yaml`) under this agent's root.
     pub fn host_path(&self, path: impl AsRef<Path>) -> PathBuf {
         under_root(&self.root, path)

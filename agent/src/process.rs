@@ -1,0 +1,30 @@
+//! Process plumbing shared by both binaries: logging and the shutdown signal.
+
+use std::io::IsTerminal;
+
+use tracing::info;
+
+/// Structured logs on stderr (journald adds the timestamp and unit); the filter comes from the
+/// environment variable `env_var` in tracing's `EnvFilter` syntax, `info` by default.
+pub fn init_logging(env_var: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env_var)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (a terminal): both mean "leave gracefully".
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutdown requested");
+}
