@@ -48,13 +48,18 @@ pub const KNOWN_KEYS: &[&str] = &[
     "token-file",
     "installer-url",
     "installer-sha256",
+    "allow-insecure-installer-url",
     "rke2-version",
     "rke2-channel",
-    "airgap-artifact-path",
+    "rke2-install-method",
+    "installer-artifact-path",
+    "installer-timeout",
     "service-manager",
     "control-plane-taint",
-    "existing-config",
+    "existing-config-policy",
     "rke2-config",
+    "gossip-interval",
+    "status-socket",
 ];
 
 /// Keys whose value is a list; on the command line, a comma-separated one.
@@ -425,6 +430,15 @@ mod tests {
         ] {
             assert_eq!(ok(line).overrides, one("cluster-name", "a"), "{line}");
         }
+    }
+
+    #[test]
+    fn known_keys_are_exactly_the_agent_config_keys() {
+        let mut ours: Vec<&str> = KNOWN_KEYS.to_vec();
+        let mut agent: Vec<&str> = crate::config::AGENT_KEYS.iter().map(|k| k.name).collect();
+        ours.sort_unstable();
+        agent.sort_unstable();
+        assert_eq!(ours, agent);
     }
 
     #[test]
