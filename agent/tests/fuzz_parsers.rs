@@ -78,11 +78,11 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     prop_oneof![
-        4 => (at.clone(), 1u8..=255).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
-        2 => (at.clone(), any::<u8>()).prop_map(|(at, byte)| Mutation::Set { at, byte }),
-        1 => (at.clone(), prop::collection::vec(any::<u8>(), 1..8))
+        4 => (at, 1u8..=255).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
+        2 => (at, any::<u8>()).prop_map(|(at, byte)| Mutation::Set { at, byte }),
+        1 => (at, prop::collection::vec(any::<u8>(), 1..8))
             .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        1 => (at.clone(), 1usize..16).prop_map(|(at, len)| Mutation::Remove { at, len }),
+        1 => (at, 1usize..16).prop_map(|(at, len)| Mutation::Remove { at, len }),
         1 => any::<usize>().prop_map(|len| Mutation::Truncate { len }),
         2 => (at, prop_oneof![Just(0u16), Just(1), Just(0x7fff), Just(0xffff), any::<u16>()])
             .prop_map(|(at, value)| Mutation::Len16 { at, value }),

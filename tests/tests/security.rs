@@ -311,6 +311,9 @@ fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
 // ---------------------------------------------------------------------------------------------
 // Disk full when the vote must be persisted.
 
+/// What the observer saw of the agent: its phase and its published vote.
+type Sighting = (Phase, Option<String>);
+
 /// The agent runs with a file-size limit of 64 bytes (`RLIMIT_FSIZE`, which binds root too,
 /// with SIGXFSZ ignored so writes fail with EFBIG like on a full disk): the state file holding
 /// its vote cannot be written. An observer in gossip must never see that vote, and the agent
@@ -354,7 +357,7 @@ fn vote_that_cannot_be_persisted_is_never_published() {
             .await
             .unwrap()
     });
-    let seen: Arc<Mutex<Vec<(Phase, Option<String>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Sighting>>> = Arc::default();
     let recorder = {
         let seen = seen.clone();
         let mut view = observer.watch();
