@@ -433,6 +433,15 @@ mod tests {
     }
 
     #[test]
+    fn known_keys_are_exactly_the_agent_config_keys() {
+        let mut ours: Vec<&str> = KNOWN_KEYS.to_vec();
+        let mut agent: Vec<&str> = crate::config::AGENT_KEYS.iter().map(|k| k.name).collect();
+        ours.sort_unstable();
+        agent.sort_unstable();
+        assert_eq!(ours, agent);
+    }
+
+    #[test]
     fn every_known_key_but_maps_is_settable() {
         for key in KNOWN_KEYS {
             let value = match *key {

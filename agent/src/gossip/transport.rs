@@ -307,6 +307,10 @@ impl SealedSocket {
                 return None;
             }
         };
+        if let Err(error) = check_delta(&plaintext) {
+            self.reject_decode(from, &anyhow::anyhow!(error));
+            return None;
+        }
         let mut cursor = plaintext.as_slice();
         match ChitchatMessage::deserialize(&mut cursor) {
             Ok(_) if !cursor.is_empty() => {
@@ -321,6 +325,150 @@ impl SealedSocket {
             Err(error) => {
                 self.reject_decode(from, &error);
                 None
+            }
+        }
+    }
+}
+
+/// Upper bound on the decompressed size of one message's delta. chitchat sizes the *compressed*
+/// stream for one datagram; gossip state compresses a few times at most, so a legitimate delta
+/// stays far below this, while a stream of tiny blocks that each inflate to 64 KiB (which
+/// chitchat's decoder would happily expand to ~190 MiB per datagram) is refused.
+const MAX_DELTA_DECOMPRESSED: usize = 4 << 20;
+
+/// Checks an authentic message for what chitchat 0.11's decoder accepts but its state machine
+/// cannot survive, before chitchat sees it:
+///
+/// - a `SetMaxVersion` that lowers a node's max version below a key-value version of the same
+///   node delta: chitchat asserts `node_delta.max_version >= self.max_version` while applying it,
+///   and the panic stops its gossip task for good (this node then looks dead to everyone);
+/// - a delta that decompresses to more than [`MAX_DELTA_DECOMPRESSED`].
+///
+/// Only authenticated peers can send such a message (a bug or a compromised host), but one
+/// datagram would silence a node. Anything this walker cannot follow is left to chitchat's own
+/// decoder, which refuses malformed input by itself.
+fn check_delta(message: &[u8]) -> std::result::Result<(), String> {
+    let mut r = Reader(message);
+    let Some(header) = r.take(4) else {
+        return Ok(());
+    };
+    let has_digest = match header[3] {
+        1 => true,  // SynAck: digest, then delta
+        2 => false, // Ack: delta
+        _ => return Ok(()),
+    };
+    if has_digest && r.skip_digest().is_none() {
+        return Ok(());
+    }
+    let Some(ops) = r.delta_stream()? else {
+        return Ok(());
+    };
+    let mut ops = Reader(&ops);
+    // Highest key-value version in the current node delta.
+    let mut node_max = 0u64;
+    while !ops.0.is_empty() {
+        let Some(tag) = ops.u8() else {
+            return Ok(());
+        };
+        let step = match tag {
+            0 => ops.skip_id().and_then(|()| ops.take(16)).map(|_| node_max = 0),
+            1 => (|| {
+                ops.skip_str()?;
+                ops.skip_str()?;
+                node_max = node_max.max(ops.u64()?);
+                ops.u8().map(|_| ())
+            })(),
+            2 => match ops.u64() {
+                Some(max_version) if max_version < node_max => {
+                    return Err(format!(
+                        "delta lowers a node's max version to {max_version} below its key-value version {node_max}"
+                    ))
+                }
+                other => other.map(|_| ()),
+            },
+            _ => None,
+        };
+        if step.is_none() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A cursor over chitchat's little-endian wire format.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Some(u64::from_le_bytes(bytes))
+    }
+    fn skip_str(&mut self) -> Option<()> {
+        let len = self.u16()? as usize;
+        self.take(len).map(|_| ())
+    }
+    /// Node id, generation, gossip address (ip version byte, 4 or 16 bytes, port).
+    fn skip_id(&mut self) -> Option<()> {
+        self.skip_str()?;
+        self.take(8)?;
+        let ip_len = match self.u8()? {
+            4 => 4,
+            6 => 16,
+            _ => return None,
+        };
+        self.take(ip_len + 2).map(|_| ())
+    }
+    fn skip_digest(&mut self) -> Option<()> {
+        for _ in 0..self.u16()? {
+            self.skip_id()?;
+            self.take(24)?;
+        }
+        Some(())
+    }
+    /// The concatenated (decompressed) blocks of a delta stream; `Ok(None)` when the stream
+    /// cannot be followed.
+    fn delta_stream(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
+        let mut out = Vec::new();
+        let mut block = vec![0u8; u16::MAX as usize];
+        loop {
+            let Some(kind) = self.u8() else {
+                return Ok(None);
+            };
+            let bytes = match kind {
+                0 => return Ok(Some(out)),
+                1 | 2 => match self.u16().and_then(|len| self.take(len as usize)) {
+                    Some(bytes) => bytes,
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
+            };
+            if kind == 1 {
+                match zstd::bulk::decompress_to_buffer(bytes, &mut block[..]) {
+                    Ok(n) => out.extend_from_slice(&block[..n]),
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                out.extend_from_slice(bytes);
+            }
+            if out.len() > MAX_DELTA_DECOMPRESSED {
+                return Err(format!(
+                    "delta decompresses to more than {MAX_DELTA_DECOMPRESSED} bytes"
+                ));
             }
         }
     }
@@ -382,6 +530,71 @@ impl Socket for SealedSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An Ack whose single node delta holds one key-value at `kv_version`, then sets the max
+    /// version to `max_version`; compressed when asked, as chitchat's own writer does.
+    fn ack(kv_version: u64, max_version: u64, compress: bool) -> Vec<u8> {
+        let mut ops = vec![0u8];
+        ops.extend_from_slice(&2u16.to_le_bytes());
+        ops.extend_from_slice(b"n1");
+        ops.extend_from_slice(&7u64.to_le_bytes());
+        ops.extend_from_slice(&[4, 127, 0, 0, 1, 0x0b, 0x1f]);
+        ops.extend_from_slice(&[0; 16]);
+        ops.push(1);
+        ops.extend_from_slice(&1u16.to_le_bytes());
+        ops.push(b'k');
+        ops.extend_from_slice(&1u16.to_le_bytes());
+        ops.push(b'v');
+        ops.extend_from_slice(&kv_version.to_le_bytes());
+        ops.push(0);
+        ops.push(2);
+        ops.extend_from_slice(&max_version.to_le_bytes());
+        let (kind, block) = if compress {
+            (1u8, zstd::bulk::compress(&ops, 3).unwrap())
+        } else {
+            (2u8, ops)
+        };
+        let mut message = 45_139u16.to_le_bytes().to_vec();
+        message.extend_from_slice(&[0, 2, kind]);
+        message.extend_from_slice(&(block.len() as u16).to_le_bytes());
+        message.extend_from_slice(&block);
+        message.push(0);
+        message
+    }
+
+    #[test]
+    fn deltas_that_would_crash_chitchat_are_refused() {
+        for compress in [false, true] {
+            let bad = ack(1_000, 5, compress);
+            let mut cursor = bad.as_slice();
+            assert!(
+                ChitchatMessage::deserialize(&mut cursor).is_ok(),
+                "chitchat decodes it"
+            );
+            let err = check_delta(&bad).unwrap_err();
+            assert!(err.contains("below its key-value version 1000"), "{err}");
+            assert_eq!(check_delta(&ack(5, 1_000, compress)), Ok(()));
+            assert_eq!(check_delta(&ack(5, 5, compress)), Ok(()));
+        }
+        // Not followable: left to chitchat's decoder.
+        assert_eq!(check_delta(b"\x53\xb0\x00\x02\x07"), Ok(()));
+        assert_eq!(check_delta(&[]), Ok(()));
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused() {
+        let block = zstd::bulk::compress(&[0u8; 65_535], 19).unwrap();
+        let mut message = 45_139u16.to_le_bytes().to_vec();
+        message.extend_from_slice(&[0, 2]);
+        while message.len() + block.len() + 4 < MAX_DATAGRAM_LEN - SEAL_OVERHEAD {
+            message.push(1);
+            message.extend_from_slice(&(block.len() as u16).to_le_bytes());
+            message.extend_from_slice(&block);
+        }
+        message.push(0);
+        let err = check_delta(&message).unwrap_err();
+        assert!(err.contains("decompresses to more than"), "{err}");
+    }
 
     #[test]
     fn rate_limited_log_reports_counts_since_last_line() {
