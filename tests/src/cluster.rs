@@ -354,11 +354,38 @@ impl TestCluster {
         Ok(())
     }
 
+    /// The agent crashes (`kill -9`) and its service manager cleans up what the agent had
+    /// running, such as an installer (systemd kills the rest of the unit's cgroup before the
+    /// restart). RKE2, in its own unit, keeps running.
+    pub fn crash_agent(&mut self, name: &str) -> Result<()> {
+        self.kill_agent(name)?;
+        kill_programs_run_from(self.hosts[self.index(name)].root.path());
+        Ok(())
+    }
+
     /// A power cut: the agent and everything it started die at once.
     pub fn power_off(&mut self, name: &str) -> Result<()> {
-        self.kill_agent(name)?;
+        self.crash_agent(name)?;
         self.hosts[self.index(name)].root.kill_standins();
         Ok(())
+    }
+
+    /// Hosts whose RKE2 (stand-in) created a new cluster, with how many times: the ground truth
+    /// for "exactly one initialization, ever", across restarts.
+    pub fn new_cluster_events(&self) -> Vec<(String, usize)> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let n = h
+                    .root
+                    .unit_log("rke2-server.service")
+                    .lines()
+                    .filter(|l| l.contains("initializing a new cluster"))
+                    .count();
+                (h.name.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// SIGTERM: the agent leaves gossip gracefully.
@@ -749,4 +776,34 @@ pub fn test_seed(test: &str) -> u64 {
         .unwrap_or_else(rand::random);
     eprintln!("{test}: random seed {seed} (replay with RKE2_TEST_SEED={seed})");
     seed
+}
+
+/// SIGKILLs (with their process groups) the processes whose command line names a file under
+/// `root`: an installer script run from the agent's state dir, and what it started.
+fn kill_programs_run_from(root: &Path) {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    let prefix = format!("{}/", root.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                raw.split(|b| *b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).starts_with(&prefix))
+            })
+        })
+        .collect();
+    for &pid in &pids {
+        let pid = Pid::from_raw(pid);
+        if nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid) {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let _ = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        pids.iter().all(|&p| !crate::pid_alive(p))
+    });
 }
