@@ -282,38 +282,42 @@ impl TestCluster {
                 .map(|h| format!("{}:{GOSSIP_PORT}", h.ip))
                 .collect()
         });
-        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-        cmd.arg("agent")
-            .args(["--cluster-name", &format!("test-{}", self.spec.test_id)])
-            .args(["--node-name", &host.name, "--role", host.role])
-            .args(["--bind-addr", &format!("{}:{GOSSIP_PORT}", host.ip)])
-            .args(["--seeds", &seeds.join(",")])
-            .arg("--gossip-key-file")
-            .arg(&self.key_file)
-            .arg("--root")
-            .arg(host.root.path())
-            .args([
-                "--bootstrap-expect",
-                &self.spec.bootstrap_expect.to_string(),
-            ])
-            .args(["--servers", &self.spec.servers.to_string()])
-            .args([
-                "--installer-url",
-                &self.installer.url(),
-                "--allow-insecure-installer-url",
-                "true",
-            ])
-            .args([
-                "--service-manager",
-                &host.root.service_manager_command(&standin_bin()).join(" "),
-            ])
-            .env("RKE2_BOOTSTRAP_LOG", "info,rke2_bootstrap=debug");
+        let mut flags: Vec<(String, String)> = [
+            ("cluster-name", format!("test-{}", self.spec.test_id)),
+            ("node-name", host.name.clone()),
+            ("role", host.role.to_string()),
+            ("bind-addr", format!("{}:{GOSSIP_PORT}", host.ip)),
+            ("seeds", seeds.join(",")),
+            ("gossip-key-file", self.key_file.display().to_string()),
+            ("root", host.root.path().display().to_string()),
+            ("bootstrap-expect", self.spec.bootstrap_expect.to_string()),
+            ("servers", self.spec.servers.to_string()),
+            ("installer-url", self.installer.url()),
+            ("allow-insecure-installer-url", "true".to_string()),
+            (
+                "service-manager",
+                host.root.service_manager_command(&standin_bin()).join(" "),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         if let Some(lb) = self.spec.registration_address {
-            cmd.args(["--registration-address", &lb.to_string()]);
+            flags.push(("registration-address".into(), lb.to_string()));
         }
+        // A host's own settings replace the defaults above (a flag may be given only once).
         for (key, value) in &host.extra {
+            match flags.iter_mut().find(|(k, _)| k == key) {
+                Some(flag) => flag.1 = value.clone(),
+                None => flags.push((key.clone(), value.clone())),
+            }
+        }
+        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+        cmd.arg("agent");
+        for (key, value) in &flags {
             cmd.arg(format!("--{key}")).arg(value);
         }
+        cmd.env("RKE2_BOOTSTRAP_LOG", "info,rke2_bootstrap=debug");
         cmd.envs(host.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
@@ -321,6 +325,12 @@ impl TestCluster {
     /// Starts (or restarts) one host's agent.
     pub fn start(&mut self, name: &str) -> Result<()> {
         let i = self.index(name);
+        // A previous run that exited on its own: its guard must not be dropped, which would kill
+        // whatever runs with this root (this host's RKE2, and the new agent).
+        if let Some(mut old) = self.hosts[i].child.take() {
+            anyhow::ensure!(old.try_wait()?.is_some(), "{name} is already running");
+            std::mem::forget(old);
+        }
         let mut cmd = self.agent_command(&self.hosts[i]);
         let host = &mut self.hosts[i];
         host.restarts += 1;
