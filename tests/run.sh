@@ -12,6 +12,7 @@ command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
 command -v serf >/dev/null 2>&1 || need_pkgs+=(serf)
 command -v cloud-init >/dev/null 2>&1 || need_pkgs+=(cloud-init)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

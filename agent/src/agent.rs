@@ -27,6 +27,10 @@ use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
 use crate::status::{self, StatusReport};
 
+/// Failed install rounds (each with its own download retries) before a first-server candidate
+/// gives up its candidacy for good.
+const MAX_INSTALL_FAILURES_BEFORE_ABDICATING: u32 = 3;
+
 /// How often the agent re-evaluates when nothing changes. A whole rack boots at once, so every
 /// wait gets jitter: hosts must not probe and retry in lockstep.
 fn tick(phase: Phase) -> Duration {
@@ -59,7 +63,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     gossip.advertise_addr = Some(advertise);
     gossip.seeds = cfg.seeds.clone();
     gossip.gossip_interval = cfg.gossip_interval;
+    let keyring_handle = gossip.keyring.clone();
     let cluster = Cluster::join(gossip, &announcement).await?;
+    let reload_task = tokio::spawn(reload_keyring_on_sighup(
+        cfg.gossip_key_file.clone(),
+        keyring_handle,
+    ));
     info!(node = %cfg.node_name, gossip_addr = %advertise, role = %role, "joined gossip");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -99,7 +108,32 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         warn!(error = %format!("{err:#}"), "graceful leave incomplete");
     }
     status_task.abort();
+    reload_task.abort();
     outcome
+}
+
+/// Key rotation in a live cluster: add the new key everywhere, make it primary everywhere, drop
+/// the old one; after each step, `systemctl reload` (SIGHUP) makes every agent re-read its file.
+/// A file that does not load leaves the running keyring untouched.
+pub async fn reload_keyring_on_sighup(
+    path: std::path::PathBuf,
+    keyring: crate::gossip::keyring::SharedKeyring,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Keyring::load(&path) {
+            Ok(next) => {
+                info!(primary = %next.primary_id(), keys = next.key_ids().len(), "gossip keyring reloaded");
+                keyring.replace(next);
+            }
+            Err(err) => {
+                error!(error = %err, "gossip keyring reload failed; keeping the current keys")
+            }
+        }
+    }
 }
 
 struct Agent {
@@ -148,6 +182,7 @@ impl Agent {
         let mut last_reason = String::new();
         let mut registration_checked_at: Option<tokio::time::Instant> = None;
         let mut registration_answers = false;
+        let mut install_failures = 0u32;
         loop {
             let members = self.view.borrow().clone();
             if let Some(host) = &self.cfg.registration_address {
@@ -201,6 +236,23 @@ impl Agent {
                     // ends in an abdication (and a new round) instead of a stuck cluster.
                     self.set_phase(Phase::Voting, &reason).await;
                     if let Err(err) = self.install(ServiceKind::Server).await {
+                        install_failures += 1;
+                        // Abdication is forever: give a flaky network a few chances first, and
+                        // never abdicate when no other candidate could take over.
+                        if install_failures < MAX_INSTALL_FAILURES_BEFORE_ABDICATING
+                            || self.cfg.bootstrap_expect <= 1
+                        {
+                            let delay =
+                                Duration::from_secs(5 * u64::from(install_failures.min(12)));
+                            warn!(round, attempt = install_failures, retry_in_s = delay.as_secs(), error = %format!("{err:#}"), "installing rke2 failed; retrying");
+                            self.set_phase(
+                                Phase::Voting,
+                                &format!("installer failed ({err:#}); retrying"),
+                            )
+                            .await;
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
                         error!(round, error = %format!("{err:#}"), "cannot install rke2: giving up the first-server candidacy");
                         let mut next = self.state.clone();
                         next.election = election::abdicate(&self.state.election, round)?;
@@ -253,17 +305,24 @@ impl Agent {
     async fn initialize(&mut self) -> Result<()> {
         self.set_phase(Phase::Initializing, "bringing up the first server")
             .await;
-        // A host that initialized before, lost its RKE2 data and sees the cluster alive must
-        // join it: starting without `server:` again would create a second cluster.
-        let members = self.view.borrow().clone();
-        let (identity, _) = cluster_identity(&members);
-        let others_ready = members
-            .iter()
-            .any(|m| m.name != self.cfg.node_name && m.is_routable_server());
-        if self.state.joined && !self.rke2_data_dir_present() && others_ready && identity.is_some()
-        {
-            warn!("rke2 data is gone but the cluster is alive: rejoining as a member, not re-initializing");
-            return self.join_as_server().await;
+        // After the cluster formed, the first server is just a member: when it comes back (a
+        // reboot, a crash) while other servers are ready, its config points at the cluster like
+        // every joiner's. Should its RKE2 data be gone, it then joins instead of creating a
+        // second cluster; with its data in place RKE2 simply restarts its etcd member.
+        if self.state.joined {
+            if let Some(material) = self.join_material_now() {
+                let server = bringup::registration_host(&self.cfg, &material);
+                if !self.rke2_data_dir_present() {
+                    warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");
+                }
+                let token = JoinToken::full_server(
+                    Secret::new(material.secret.clone())?,
+                    &material.ca_hash,
+                )?;
+                let rke2 = self.rke2_config(Role::Server, token, Some(server));
+                self.write_rke2_config(&rke2)?;
+                info!("first server restarting as a member of its cluster");
+            }
         }
         let secret = self.cluster_secret()?;
         if !self.state.config_written {

@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 
-/// Every config key, kebab-case, as in the config file (`cluster-name: ...`), the flags
+/// Every config key (the same list as `config::AGENT_KEYS`, checked by a test), kebab-case, as in the config file (`cluster-name: ...`), the flags
 /// (`--cluster-name`) and the environment (`RKE2_BOOTSTRAP_CLUSTER_NAME`).
 pub const KNOWN_KEYS: &[&str] = &[
     "cluster-name",
@@ -48,13 +48,18 @@ pub const KNOWN_KEYS: &[&str] = &[
     "token-file",
     "installer-url",
     "installer-sha256",
+    "allow-insecure-installer-url",
     "rke2-version",
     "rke2-channel",
-    "airgap-artifact-path",
+    "rke2-install-method",
+    "installer-artifact-path",
+    "installer-timeout",
     "service-manager",
     "control-plane-taint",
-    "existing-config",
+    "existing-config-policy",
     "rke2-config",
+    "gossip-interval",
+    "status-socket",
 ];
 
 /// Keys whose value is a list; on the command line, a comma-separated one.

@@ -40,9 +40,10 @@ enum Command {
     Demo(rke2_bootstrap::demo::DemoArgs),
 }
 
-/// `--config FILE` plus one flag per configuration key.
+/// `--config FILE`, `--kernel-cmdline FILE` and one flag per configuration key.
 struct AgentArgs {
     config: Option<PathBuf>,
+    kernel_cmdline: PathBuf,
     flags: std::collections::BTreeMap<String, String>,
 }
 
@@ -57,6 +58,14 @@ impl Args for AgentArgs {
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("YAML config file (kebab-case keys, like RKE2's own config)"),
         )
+        .arg(
+            clap::Arg::new("kernel-cmdline")
+                .long("kernel-cmdline")
+                .value_name("FILE")
+                .default_value("/proc/cmdline")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Where to read rke2_bootstrap.<key>=<value> overrides (PXE); a missing file is no overrides"),
+        )
         .args(layers::clap_args(AGENT_KEYS))
     }
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
@@ -68,6 +77,10 @@ impl FromArgMatches for AgentArgs {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
         Ok(AgentArgs {
             config: matches.get_one::<PathBuf>("config").cloned(),
+            kernel_cmdline: matches
+                .get_one::<PathBuf>("kernel-cmdline")
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from("/proc/cmdline")),
             flags: layers::flags_from_matches(AGENT_KEYS, matches),
         })
     }
@@ -78,14 +91,73 @@ impl FromArgMatches for AgentArgs {
 }
 
 impl AgentArgs {
-    fn load(&self) -> Result<AgentConfig, ConfigError> {
+    /// All layers: the file, a config fetched at boot, the kernel command line, the environment
+    /// and the flags.
+    fn load(&self) -> Result<AgentConfig, StartError> {
+        let kernel = match std::fs::read_to_string(&self.kernel_cmdline) {
+            Ok(line) => rke2_bootstrap::cmdline::parse(&line)
+                .map_err(|e| StartError::Config(e.to_string()))?,
+            Err(_) => Default::default(),
+        };
+        let fetched_file = match &kernel.config_url {
+            Some((url, sha256)) => Some(fetch_config(url, sha256).map_err(StartError::Runtime)?),
+            None => None,
+        };
         AgentConfig::load(&Layers {
             file: self.config.clone(),
+            fetched_file,
             env: layers::process_env(ENV_PREFIX),
-            kernel: Default::default(),
+            kernel: kernel.overrides,
             flags: self.flags.clone(),
         })
+        .map_err(|e: ConfigError| StartError::Config(e.to_string()))
     }
+}
+
+enum StartError {
+    Config(String),
+    Runtime(anyhow::Error),
+}
+
+/// Fetches the config named on the kernel command line, pinned by its SHA-256 (checked before
+/// a byte of it is parsed), into a private file. The command-line parser already refused plain
+/// http unless it was explicitly allowed.
+fn fetch_config(url: &str, sha256: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    use sha2::Digest;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let body = runtime
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?;
+            let mut last = None;
+            for attempt in 0..5u32 {
+                match client
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                {
+                    Ok(response) => return Ok(response.bytes().await?),
+                    Err(err) => last = Some(err),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1 << attempt)).await;
+            }
+            Err(anyhow::Error::from(last.expect("at least one attempt")))
+        })
+        .with_context(|| format!("fetching config {url}"))?;
+    let actual = hex::encode(sha2::Sha256::digest(&body));
+    if !actual.eq_ignore_ascii_case(sha256) {
+        anyhow::bail!("config {url} has sha256 {actual}, the kernel command line pins {sha256}");
+    }
+    let path = std::env::temp_dir().join(format!("rke2-bootstrap-config-{}.yaml", &actual[..12]));
+    rke2_bootstrap::fsutil::write_file_atomic(
+        &path,
+        &body,
+        rke2_bootstrap::fsutil::SECRET_FILE_MODE,
+    )?;
+    Ok(path)
 }
 
 fn main() -> ExitCode {
@@ -99,7 +171,7 @@ fn main() -> ExitCode {
         Command::Members { json, config } => {
             let cfg = match config.load() {
                 Ok(cfg) => cfg,
-                Err(err) => return config_error(err),
+                Err(err) => return start_error(err),
             };
             let outcome = rke2_bootstrap::status::fetch(&cfg.status_socket).and_then(|report| {
                 rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout())
@@ -109,7 +181,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => {
             let cfg = match args.load() {
                 Ok(cfg) => cfg,
-                Err(err) => return config_error(err),
+                Err(err) => return start_error(err),
             };
             let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
             runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(cfg, shutdown_signal())))
@@ -121,14 +193,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_error(err: ConfigError) -> ExitCode {
-    eprintln!("rke2-bootstrap: configuration error: {err}");
-    ExitCode::from(2)
+fn start_error(err: StartError) -> ExitCode {
+    match err {
+        StartError::Config(err) => {
+            eprintln!("rke2-bootstrap: configuration error: {err}");
+            ExitCode::from(2)
+        }
+        StartError::Runtime(err) => runtime_outcome(Err(err)),
+    }
 }
 
 fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // A key file that does not load is a configuration problem: restarting will not help.
+        Err(err)
+            if err
+                .downcast_ref::<rke2_bootstrap::gossip::keyring::KeyringError>()
+                .is_some() =>
+        {
+            eprintln!("rke2-bootstrap: configuration error: {err:#}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("rke2-bootstrap: error: {err:#}");
             ExitCode::from(1)

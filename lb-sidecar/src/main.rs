@@ -100,6 +100,7 @@ struct Settings {
 fn load(matches: &clap::ArgMatches) -> Result<Settings, ConfigError> {
     let layers = Layers {
         file: matches.get_one::<PathBuf>("config").cloned(),
+        fetched_file: None,
         env: layers::process_env(ENV_PREFIX),
         kernel: BTreeMap::new(),
         flags: layers::flags_from_matches(all_keys(), matches),
@@ -163,6 +164,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     gossip.advertise_addr = Some(advertise);
     gossip.seeds = cfg.seeds.clone();
     gossip.gossip_interval = cfg.gossip_interval;
+    let reload_task = tokio::spawn(rke2_bootstrap::agent::reload_keyring_on_sighup(
+        cfg.gossip_key_file.clone(),
+        gossip.keyring.clone(),
+    ));
     let cluster = Cluster::join(gossip, &Announcement::new(Role::Observer, advertise.ip())).await?;
     info!(node = %cfg.node_name, gossip_addr = %advertise, "lb sidecar joined gossip");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -189,6 +194,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
     let outcome = sidecar.run(cluster.watch(), shutdown_signal()).await;
     status_task.abort();
+    reload_task.abort();
     cluster.leave().await.ok();
     drop(state_dir);
     outcome

@@ -66,6 +66,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Layers {
     pub file: Option<PathBuf>,
+    /// A config fetched at boot (PXE: `rke2_bootstrap.config=<url>`), layered over `file`: one
+    /// image carries a generic file, the boot entry points at the host group's config.
+    pub fetched_file: Option<PathBuf>,
     /// The process environment (or a test's map); only variables with the prefix are looked at.
     pub env: BTreeMap<String, String>,
     /// Overrides from the kernel command line (PXE), between the file and the environment.
@@ -177,7 +180,7 @@ pub fn merge(
         merged.sources.insert(key, origin);
     };
 
-    if let Some(path) = &layers.file {
+    for path in layers.file.iter().chain(&layers.fetched_file) {
         for (key, value) in read_file(path)? {
             let key = match key {
                 Value::String(key) => key,

@@ -416,6 +416,7 @@ mod tests {
         };
         AgentConfig::load(&Layers {
             file: file.map(Path::to_path_buf),
+            fetched_file: None,
             env: to_map(env),
             kernel: BTreeMap::new(),
             flags: to_map(flags),
@@ -602,6 +603,12 @@ mod tests {
             err.contains("not valid YAML") && err.contains(&f.path().display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kernel_command_line_knows_exactly_the_config_keys() {
+        let names: Vec<&str> = AGENT_KEYS.iter().map(|k| k.name).collect();
+        assert_eq!(names, crate::cmdline::KNOWN_KEYS);
     }
 
     #[test]
