@@ -310,7 +310,15 @@ impl Agent {
         // every joiner's. Should its RKE2 data be gone, it then joins instead of creating a
         // second cluster; with its data in place RKE2 simply restarts its etcd member.
         if self.state.joined {
-            if let Some(material) = self.join_material_now() {
+            let material = if self.rke2_data_dir_present() {
+                self.join_material_now()
+            } else {
+                // Gossip may not have shown anyone yet: starting now, as the first server without
+                // data, would create a second cluster. Wait for the cluster, however long.
+                warn!("rke2 data is gone: waiting for the cluster to rejoin it, never re-initializing");
+                Some(self.wait_for_join_material().await?)
+            };
+            if let Some(material) = material {
                 let server = bringup::registration_host(&self.cfg, &material);
                 if !self.rke2_data_dir_present() {
                     warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");
