@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::Phase;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::wait_until;
 
 const HOST: &str = "solo";
 const EXIT: Duration = Duration::from_secs(60);
@@ -85,8 +86,35 @@ fn restart_fixed_and_expect_ready(cluster: &mut TestCluster, remove_flag: Option
     assert_eq!(cluster.new_cluster_events(), [(HOST.to_string(), 1)]);
 }
 
+/// Waits until the host's status says it failed to install for `needle` and retries, and
+/// returns that reason.
+fn wait_for_install_retry(cluster: &TestCluster, needle: &str, timeout: Duration) -> String {
+    wait_until(timeout, Duration::from_millis(100), || {
+        let status = cluster.host(HOST).status();
+        let reason = status
+            .as_ref()
+            .map(|s| s.reason.clone())
+            .unwrap_or_default();
+        match status {
+            Some(s)
+                if s.phase == Phase::Voting
+                    && reason.contains("installer failed")
+                    && reason.contains(needle)
+                    && reason.ends_with("retrying") =>
+            {
+                Ok(reason)
+            }
+            _ => Err(reason),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()))
+}
+
+/// The installer is unreachable: every download is retried with backoff, the failure is shown
+/// in the host's status, and the only candidate keeps its candidacy and tries again (a cluster of
+/// one has nobody to hand over to). Nothing is written meanwhile.
 #[test]
-fn unreachable_installer_url_is_retried_then_fails() {
+fn unreachable_installer_url_is_retried() {
     // A port nobody listens on.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,64 +124,128 @@ fn unreachable_installer_url_is_retried_then_fails() {
     let url = format!("http://127.0.0.1:{port}/");
     let mut cluster = solo(20, &[("installer-url", &url)]);
     cluster.start(HOST).unwrap();
-    let status = cluster.wait_exit(HOST, EXIT).unwrap();
-    assert_exit(status, 1, &cluster);
-    let line = error_line(&cluster);
-    assert!(
-        line.contains(&format!("downloading installer from {url} failed after")),
-        "{line}"
+    let reason = wait_for_install_retry(
+        &cluster,
+        &format!("downloading installer from {url} failed after 5 attempts"),
+        Duration::from_secs(60),
     );
+    eprintln!("status: {reason}");
     let log = cluster.host(HOST).log();
     assert!(
         log.contains("installer download failed; retrying"),
-        "not retried:\n{log}"
+        "each download is retried:\n{log}"
     );
+    assert!(!log.contains("abdicat"), "{log}");
+    assert!(cluster.host(HOST).status().is_some(), "the agent stopped");
     assert_eq!(cluster.installer.requests(), 0);
     assert!(cluster.host(HOST).root.install_env_records().is_empty());
     assert_nothing_half_written(&cluster);
 
+    // The operator fixes the URL and restarts the agent.
+    cluster.stop(HOST).unwrap();
     restart_fixed_and_expect_ready(&mut cluster, Some("installer-url"));
 }
 
+/// A pinned checksum that does not match: the script is never run.
 #[test]
 fn installer_checksum_mismatch_is_never_run() {
     let wrong = "0".repeat(64);
     let mut cluster = solo(21, &[("installer-sha256", &wrong)]);
     cluster.start(HOST).unwrap();
-    let status = cluster.wait_exit(HOST, EXIT).unwrap();
-    assert_exit(status, 1, &cluster);
-    let line = error_line(&cluster);
-    assert!(
-        line.contains("does not match `installer-sha256`") && line.contains(&wrong),
-        "{line}"
+    let reason = wait_for_install_retry(
+        &cluster,
+        "does not match `installer-sha256`",
+        Duration::from_secs(30),
     );
-    assert!(line.contains("not running it"), "{line}");
-    // Downloaded once (a wrong answer is not retried), never run.
-    assert_eq!(cluster.installer.served(), 1);
+    assert!(
+        reason.contains(&wrong) && reason.contains("not running it"),
+        "{reason}"
+    );
+    assert!(cluster.installer.served() >= 1);
     assert!(cluster.host(HOST).root.install_env_records().is_empty());
     assert_nothing_half_written(&cluster);
 
+    cluster.stop(HOST).unwrap();
     restart_fixed_and_expect_ready(&mut cluster, Some("installer-sha256"));
 }
 
+/// The installer runs and exits non-zero: its exit code and last stderr lines are shown.
 #[test]
-fn installer_exiting_non_zero_fails_with_its_code() {
+fn installer_exiting_non_zero_is_reported_and_retried() {
     let mut cluster = solo(22, &[]);
     cluster
         .host_mut(HOST)
         .env
         .push(("STANDIN_INSTALL_FAIL".into(), "7".into()));
     cluster.start(HOST).unwrap();
-    let status = cluster.wait_exit(HOST, EXIT).unwrap();
-    assert_exit(status, 1, &cluster);
-    let line = error_line(&cluster);
-    assert!(line.contains('7'), "exit code not named: {line}");
-    assert!(line.contains("failing on purpose"), "no stderr tail: {line}");
-    // It ran (and recorded its environment) once.
-    assert_eq!(cluster.host(HOST).root.install_env_records().len(), 1);
+    let reason = wait_for_install_retry(&cluster, "exited with code 7", Duration::from_secs(30));
+    assert!(
+        reason.contains("failing on purpose"),
+        "no stderr tail: {reason}"
+    );
+    assert!(!cluster.host(HOST).root.install_env_records().is_empty());
     assert_nothing_half_written(&cluster);
 
+    cluster.stop(HOST).unwrap();
     restart_fixed_and_expect_ready(&mut cluster, None);
+}
+
+/// The same broken installer on every server (one image for all): candidates hand over after
+/// repeated failures, but the last one never abdicates, so the cluster still forms once the
+/// installer is fixed. Abdication is forever; abdicating the last candidate would strand the
+/// cluster for good.
+#[test]
+fn the_last_candidate_never_abdicates() {
+    let names = ["server-1", "server-2", "server-3"];
+    let hosts: Vec<(&str, &'static str)> = names.iter().map(|n| (*n, "server")).collect();
+    let mut cluster = TestCluster::new(ClusterSpec::new(28, &hosts)).unwrap();
+    for name in names {
+        cluster
+            .host_mut(name)
+            .env
+            .push(("STANDIN_INSTALL_FAIL".into(), "7".into()));
+    }
+    cluster.start_all().unwrap();
+    // The first two give up their candidacy in turn, and their agents stop.
+    for name in ["server-1", "server-2"] {
+        let status = cluster.wait_exit(name, Duration::from_secs(60)).unwrap();
+        assert_eq!(status.code(), Some(1), "{}", cluster.host(name).log());
+        assert!(
+            cluster
+                .host(name)
+                .log()
+                .contains("giving up the first-server candidacy"),
+            "{}",
+            cluster.host(name).log()
+        );
+    }
+    // The last one keeps trying, past the failures after which the others gave up.
+    wait_until(Duration::from_secs(90), Duration::from_millis(200), || {
+        let log = cluster.host("server-3").log();
+        log.lines()
+            .any(|l| l.contains("installing rke2 failed; retrying") && l.contains("attempt=3"))
+            || log.contains("giving up")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    let log = cluster.host("server-3").log();
+    assert!(
+        !log.contains("giving up"),
+        "the last candidate abdicated:\n{log}"
+    );
+    assert!(log.contains("no other candidate could take over"), "{log}");
+
+    // The installer is fixed: every agent is (re)started with it, and the cluster forms around
+    // the candidate that kept its candidacy.
+    cluster.stop("server-3").unwrap();
+    for name in names {
+        cluster.host_mut(name).env.clear();
+        cluster.start(name).unwrap();
+    }
+    cluster
+        .wait_for_phase(&names, Phase::Ready, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(cluster.initializers(), ["server-3"]);
+    assert_eq!(cluster.new_cluster_events(), [("server-3".to_string(), 1)]);
 }
 
 const OPERATOR_CONFIG: &str = "token: my-shared-secret\ntls-san:\n  - rke2.demo.rancher.cn\n";
@@ -168,7 +260,8 @@ fn operator_config_yaml_is_refused_by_default() {
     assert_exit(status, 1, &cluster);
     let line = error_line(&cluster);
     assert!(
-        line.contains("was not written by rke2-bootstrap") && line.contains("existing-config-policy"),
+        line.contains("was not written by rke2-bootstrap")
+            && line.contains("existing-config-policy: backup"),
         "{line}"
     );
     let host = cluster.host(HOST);
@@ -177,8 +270,17 @@ fn operator_config_yaml_is_refused_by_default() {
         OPERATOR_CONFIG,
         "the operator's file was changed"
     );
-    assert!(host.service_calls().is_empty(), "{:?}", host.service_calls());
-    assert!(!host.root.etcd_dir_exists());
+    // Refused before taking part in anything: nothing downloaded, installed or started.
+    assert_eq!(cluster.installer.requests(), 0);
+    assert!(host
+        .persisted_state()
+        .is_none_or(|s| s["election"]["vote"].is_null()));
+    assert!(!host.root.join("/usr/local/bin/rke2").exists());
+    assert!(
+        host.service_calls().is_empty(),
+        "{:?}",
+        host.service_calls()
+    );
 
     // The operator opts in to having it moved aside.
     cluster
@@ -209,7 +311,11 @@ fn operator_config_yaml_is_backed_up_when_asked() {
     let backups: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("config.yaml.bak."))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("config.yaml.bak.")
+        })
         .collect();
     assert_eq!(backups.len(), 1, "{backups:?}");
     assert_eq!(
