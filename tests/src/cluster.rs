@@ -1,6 +1,11 @@
 //! [`TestCluster`]: several simulated hosts, each a real `rke2-bootstrap agent` process on its own
 //! loopback address with its own [`HostRoot`], sharing one gossip key and one installer server,
-//! optionally behind a real `rke2-lb-sidecar`.
+//! optionally behind a real `rke2-lb-sidecar` and nginx ([`LbHost`]), with loopback partitions
+//! ([`Partition`]).
+//!
+//! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
+//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-28, partition 30, lb_membership 40, demo 50.
+//! Hosts are `.11` and up, the LB host `.10`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
