@@ -47,6 +47,7 @@ fn tick(phase: Phase) -> Duration {
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let state_dir = StateDir::open(&cfg.state_dir)?;
     let state = state_dir.load()?;
+    preflight(&cfg)?;
     let keyring = Keyring::load(&cfg.gossip_key_file)?;
     let advertise = advertise_addr(&cfg)?;
     let role = state.role.unwrap_or_else(|| Role::from(cfg.role));
@@ -126,6 +127,30 @@ pub async fn reload_keyring_on_sighup(
             }
         }
     }
+}
+
+/// What the operator gave this host that can be checked before it takes part in anything: a
+/// host that failed on it only once elected first server would have held up the election first,
+/// and would leave an installed RKE2 and a persisted win behind.
+fn preflight(cfg: &AgentConfig) -> Result<()> {
+    if let Some(path) = &cfg.token_file {
+        token::read_token_file(path)?;
+    }
+    if cfg.existing_config_policy == config_yaml::ExistingConfigPolicy::Refuse {
+        let path = cfg.host_path(config_yaml::CONFIG_PATH);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            if !config_yaml::is_managed(&existing) {
+                bail!(
+                    "{} was not written by rke2-bootstrap; refusing to take it over. Move your \
+                     settings to /etc/rancher/rke2/config.yaml.d/*.yaml and remove the file, or set \
+                     `{}: backup` to have it renamed aside",
+                    path.display(),
+                    config_yaml::EXISTING_CONFIG_POLICY_KEY
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Agent {
@@ -239,11 +264,18 @@ impl Agent {
                         install_failures += 1;
                         // Abdication is forever: give a flaky network a few chances first, and
                         // never abdicate when no other candidate could take over.
+                        let successor = bringup::successor_candidate(
+                            &self.cfg.node_name,
+                            &self.view.borrow().clone(),
+                        );
                         if install_failures < MAX_INSTALL_FAILURES_BEFORE_ABDICATING
-                            || self.cfg.bootstrap_expect <= 1
+                            || successor.is_none()
                         {
                             let delay =
                                 Duration::from_secs(5 * u64::from(install_failures.min(12)));
+                            if successor.is_none() {
+                                warn!(round, "no other candidate could take over: keeping the first-server candidacy");
+                            }
                             warn!(round, attempt = install_failures, retry_in_s = delay.as_secs(), error = %format!("{err:#}"), "installing rke2 failed; retrying");
                             self.set_phase(
                                 Phase::Voting,
@@ -310,7 +342,15 @@ impl Agent {
         // every joiner's. Should its RKE2 data be gone, it then joins instead of creating a
         // second cluster; with its data in place RKE2 simply restarts its etcd member.
         if self.state.joined {
-            if let Some(material) = self.join_material_now() {
+            let material = if self.rke2_data_dir_present() {
+                self.join_material_now()
+            } else {
+                // Gossip may not have shown anyone yet: starting now, as the first server without
+                // data, would create a second cluster. Wait for the cluster, however long.
+                warn!("rke2 data is gone: waiting for the cluster to rejoin it, never re-initializing");
+                Some(self.wait_for_join_material().await?)
+            };
+            if let Some(material) = material {
                 let server = bringup::registration_host(&self.cfg, &material);
                 if !self.rke2_data_dir_present() {
                     warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");

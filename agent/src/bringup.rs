@@ -77,6 +77,23 @@ pub fn join_turn(me: &str, members: &[Member]) -> Result<(), String> {
     }
 }
 
+/// The candidate that would take over if first-server candidate `me` abdicated: the lowest-named
+/// live server candidate above it that has not abdicated (the election's next round). `None`
+/// means abdicating would leave no candidate at all, for good, over what may be a passing outage
+/// (every host has the same installer URL): the candidate keeps retrying instead.
+pub fn successor_candidate(me: &str, members: &[Member]) -> Option<String> {
+    members
+        .iter()
+        .filter(|m| {
+            m.name.as_str() > me
+                && m.liveness == Liveness::Alive
+                && matches!(m.role, Role::Server | Role::Auto)
+                && m.abdicated.is_none()
+        })
+        .map(|m| m.name.clone())
+        .min()
+}
+
 /// The host nodes register through: the configured LB, or a ready server of the cluster.
 pub fn registration_host(cfg: &AgentConfig, material: &JoinMaterial) -> String {
     cfg.registration_address
@@ -164,6 +181,26 @@ mod tests {
         let mut dead = member("b", Role::Server, Phase::Joining);
         dead.liveness = Liveness::Dead;
         assert_eq!(join_turn("c", &[dead]), Ok(()));
+    }
+
+    #[test]
+    fn only_a_live_candidate_above_that_has_not_abdicated_can_take_over() {
+        let mut gave_up = member("c", Role::Server, Phase::Failed);
+        gave_up.abdicated = Some(2);
+        let mut dead = member("d", Role::Server, Phase::Voting);
+        dead.liveness = Liveness::Dead;
+        let members = vec![
+            member("a", Role::Server, Phase::Voting),
+            member("b", Role::Server, Phase::Voting),
+            gave_up,
+            dead,
+            member("e", Role::Agent, Phase::Discovering),
+        ];
+        assert_eq!(successor_candidate("a", &members).as_deref(), Some("b"));
+        assert_eq!(successor_candidate("b", &members), None);
+        let mut members = members;
+        members.push(member("f", Role::Auto, Phase::Voting));
+        assert_eq!(successor_candidate("b", &members).as_deref(), Some("f"));
     }
 
     #[test]

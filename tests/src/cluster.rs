@@ -1,10 +1,15 @@
 //! [`TestCluster`]: several simulated hosts, each a real `rke2-bootstrap agent` process on its own
 //! loopback address with its own [`HostRoot`], sharing one gossip key and one installer server,
-//! optionally behind a real `rke2-lb-sidecar`.
+//! optionally behind a real `rke2-lb-sidecar` and nginx ([`LbHost`]), with loopback partitions
+//! ([`Partition`]).
+//!
+//! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
+//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-28, partition 30, lb_membership 40, demo 50.
+//! Hosts are `.11` and up, the LB host `.10`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,6 +31,8 @@ pub struct TestHost {
     /// Extra `--key value` arguments of this host.
     pub extra: Vec<(String, String)>,
     pub role: &'static str,
+    /// Extra environment of this host's agent process (the installer it runs inherits it).
+    pub env: Vec<(String, String)>,
     child: Option<ChildGuard>,
     restarts: u32,
 }
@@ -53,6 +60,23 @@ impl TestHost {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The logs of every run of this host's agent so far, oldest first.
+    pub fn all_logs(&self) -> String {
+        (1..=self.restarts)
+            .map(|n| {
+                std::fs::read_to_string(self.root.join(format!("/var/log/rke2-bootstrap.{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// `<root>/var/lib/rke2-bootstrap/state.json`, parsed, if present.
+    pub fn persisted_state(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.state_dir().join("state.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.root
             .join(format!("/var/log/rke2-bootstrap.{}.log", self.restarts))
@@ -72,6 +96,9 @@ pub struct ClusterSpec {
     pub registration_address: Option<IpAddr>,
     /// Gossip seeds; default: every host.
     pub seeds: Option<Vec<String>>,
+    /// Whether the cluster has an LB host (see [`TestCluster::start_lb`]); then it is every
+    /// host's registration address.
+    pub lb: bool,
 }
 
 impl ClusterSpec {
@@ -88,8 +115,22 @@ impl ClusterSpec {
             },
             registration_address: None,
             seeds: None,
+            lb: false,
         }
     }
+
+    /// Puts an LB host (real sidecar and nginx, on `127.<id>.0.10`) in front of the servers: it
+    /// is every host's registration address and `tls-san`.
+    pub fn with_lb(mut self) -> ClusterSpec {
+        self.lb = true;
+        self.registration_address = Some(lb_ip(self.test_id));
+        self
+    }
+}
+
+/// The LB host's address in test `test_id`.
+pub fn lb_ip(test_id: u8) -> IpAddr {
+    loopback_ip(test_id, 10)
 }
 
 /// A set of agent processes forming (or failing to form) one cluster.
@@ -98,6 +139,8 @@ pub struct TestCluster {
     pub hosts: Vec<TestHost>,
     pub installer: InstallerServer,
     pub key_file: PathBuf,
+    /// The LB host, once started.
+    pub lb: Option<LbHost>,
     _keys: tempfile::TempDir,
 }
 
@@ -123,6 +166,7 @@ impl TestCluster {
                     root: HostRoot::new(name)?,
                     extra: Vec::new(),
                     role,
+                    env: Vec::new(),
                     child: None,
                     restarts: 0,
                 })
@@ -133,8 +177,92 @@ impl TestCluster {
             hosts,
             installer,
             key_file,
+            lb: None,
             _keys: keys,
         })
+    }
+
+    /// Adds a host that was not in the spec (a late joiner), on the next free address; it is
+    /// not started.
+    pub fn add_host(&mut self, name: &str, role: &'static str) -> Result<()> {
+        anyhow::ensure!(
+            self.hosts.iter().all(|h| h.name != name),
+            "host {name} exists"
+        );
+        let ip = loopback_ip(self.spec.test_id, 11 + self.hosts.len() as u8);
+        self.hosts.push(TestHost {
+            name: name.to_string(),
+            ip,
+            root: HostRoot::new(name)?,
+            extra: Vec::new(),
+            role,
+            env: Vec::new(),
+            child: None,
+            restarts: 0,
+        });
+        Ok(())
+    }
+
+    pub fn host_mut(&mut self, name: &str) -> &mut TestHost {
+        let i = self.index(name);
+        &mut self.hosts[i]
+    }
+
+    /// Starts the LB host: nginx (stream module) on its bootstrap config and the real
+    /// `rke2-lb-sidecar`, which rewrites nginx.conf from gossip and reloads it.
+    pub fn start_lb(&mut self) -> Result<()> {
+        anyhow::ensure!(self.spec.lb, "the spec has no LB (ClusterSpec::with_lb)");
+        let seeds: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| format!("{}:{GOSSIP_PORT}", h.ip))
+            .collect();
+        let lb = LbHost::start(
+            lb_ip(self.spec.test_id),
+            &format!("test-{}", self.spec.test_id),
+            &self.key_file,
+            &seeds,
+        )?;
+        self.lb = Some(lb);
+        Ok(())
+    }
+
+    /// The LB host (panics when it was not started).
+    pub fn lb(&self) -> &LbHost {
+        self.lb.as_ref().expect("the LB host was not started")
+    }
+
+    /// Waits until the LB's nginx.conf routes exactly to the addresses of `names` (on both ports).
+    #[track_caller]
+    pub fn wait_for_lb_servers(&self, names: &[&str], timeout: Duration) -> Result<()> {
+        let mut want: Vec<IpAddr> = names.iter().map(|n| self.host(n).ip).collect();
+        want.sort();
+        let lb = self.lb();
+        wait_until(timeout, Duration::from_millis(50), || {
+            let got = lb.upstream_addrs();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("lb routes to {got:?}, want {want:?}"))
+            }
+        })
+        .with_context(|| format!("{}\n--- lb\n{}", self.logs_tail(), lb.log_tail()))
+    }
+
+    /// Waits for a host's agent to exit on its own (a fatal error), returning its exit status.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> Result<ExitStatus> {
+        let i = self.index(name);
+        let child = self.hosts[i]
+            .child
+            .as_mut()
+            .with_context(|| format!("{name} is not running"))?;
+        match child.wait_timeout(timeout)? {
+            Some(status) => Ok(status),
+            None => anyhow::bail!(
+                "{name} still running after {timeout:?}:\n{}",
+                self.hosts[i].log()
+            ),
+        }
     }
 
     pub fn host(&self, name: &str) -> &TestHost {
@@ -159,44 +287,55 @@ impl TestCluster {
                 .map(|h| format!("{}:{GOSSIP_PORT}", h.ip))
                 .collect()
         });
-        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-        cmd.arg("agent")
-            .args(["--cluster-name", &format!("test-{}", self.spec.test_id)])
-            .args(["--node-name", &host.name, "--role", host.role])
-            .args(["--bind-addr", &format!("{}:{GOSSIP_PORT}", host.ip)])
-            .args(["--seeds", &seeds.join(",")])
-            .arg("--gossip-key-file")
-            .arg(&self.key_file)
-            .arg("--root")
-            .arg(host.root.path())
-            .args([
-                "--bootstrap-expect",
-                &self.spec.bootstrap_expect.to_string(),
-            ])
-            .args(["--servers", &self.spec.servers.to_string()])
-            .args([
-                "--installer-url",
-                &self.installer.url(),
-                "--allow-insecure-installer-url",
-                "true",
-            ])
-            .args([
-                "--service-manager",
-                &host.root.service_manager_command(&standin_bin()).join(" "),
-            ])
-            .env("RKE2_BOOTSTRAP_LOG", "info,rke2_bootstrap=debug");
+        let mut flags: Vec<(String, String)> = [
+            ("cluster-name", format!("test-{}", self.spec.test_id)),
+            ("node-name", host.name.clone()),
+            ("role", host.role.to_string()),
+            ("bind-addr", format!("{}:{GOSSIP_PORT}", host.ip)),
+            ("seeds", seeds.join(",")),
+            ("gossip-key-file", self.key_file.display().to_string()),
+            ("root", host.root.path().display().to_string()),
+            ("bootstrap-expect", self.spec.bootstrap_expect.to_string()),
+            ("servers", self.spec.servers.to_string()),
+            ("installer-url", self.installer.url()),
+            ("allow-insecure-installer-url", "true".to_string()),
+            (
+                "service-manager",
+                host.root.service_manager_command(&standin_bin()).join(" "),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         if let Some(lb) = self.spec.registration_address {
-            cmd.args(["--registration-address", &lb.to_string()]);
+            flags.push(("registration-address".into(), lb.to_string()));
         }
+        // A host's own settings replace the defaults above (a flag may be given only once).
         for (key, value) in &host.extra {
+            match flags.iter_mut().find(|(k, _)| k == key) {
+                Some(flag) => flag.1 = value.clone(),
+                None => flags.push((key.clone(), value.clone())),
+            }
+        }
+        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+        cmd.arg("agent");
+        for (key, value) in &flags {
             cmd.arg(format!("--{key}")).arg(value);
         }
+        cmd.env("RKE2_BOOTSTRAP_LOG", "info,rke2_bootstrap=debug");
+        cmd.envs(host.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
     /// Starts (or restarts) one host's agent.
     pub fn start(&mut self, name: &str) -> Result<()> {
         let i = self.index(name);
+        // A previous run that exited on its own: its guard must not be dropped, which would kill
+        // whatever runs with this root (this host's RKE2, and the new agent).
+        if let Some(mut old) = self.hosts[i].child.take() {
+            anyhow::ensure!(old.try_wait()?.is_some(), "{name} is already running");
+            std::mem::forget(old);
+        }
         let mut cmd = self.agent_command(&self.hosts[i]);
         let host = &mut self.hosts[i];
         host.restarts += 1;
@@ -230,11 +369,38 @@ impl TestCluster {
         Ok(())
     }
 
+    /// The agent crashes (`kill -9`) and its service manager cleans up what the agent had
+    /// running, such as an installer (systemd kills the rest of the unit's cgroup before the
+    /// restart). RKE2, in its own unit, keeps running.
+    pub fn crash_agent(&mut self, name: &str) -> Result<()> {
+        self.kill_agent(name)?;
+        kill_programs_run_from(self.hosts[self.index(name)].root.path());
+        Ok(())
+    }
+
     /// A power cut: the agent and everything it started die at once.
     pub fn power_off(&mut self, name: &str) -> Result<()> {
-        self.kill_agent(name)?;
+        self.crash_agent(name)?;
         self.hosts[self.index(name)].root.kill_standins();
         Ok(())
+    }
+
+    /// Hosts whose RKE2 (stand-in) created a new cluster, with how many times: the ground truth
+    /// for "exactly one initialization, ever", across restarts.
+    pub fn new_cluster_events(&self) -> Vec<(String, usize)> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let n = h
+                    .root
+                    .unit_log("rke2-server.service")
+                    .lines()
+                    .filter(|l| l.contains("initializing a new cluster"))
+                    .count();
+                (h.name.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// SIGTERM: the agent leaves gossip gracefully.
@@ -338,4 +504,321 @@ impl TestCluster {
     pub fn root_of(&self, name: &str) -> &Path {
         self.host(name).root.path()
     }
+}
+
+/// The LB host of the manual procedure: real nginx with the stream module, whose nginx.conf is
+/// owned by the real `rke2-lb-sidecar` (an observing gossip member). Both die with the guard.
+pub struct LbHost {
+    pub ip: IpAddr,
+    /// nginx.conf, as the sidecar writes it.
+    pub config_file: PathBuf,
+    dir: tempfile::TempDir,
+    sidecar: Option<ChildGuard>,
+    nginx: ChildGuard,
+}
+
+impl LbHost {
+    fn start(ip: IpAddr, cluster_name: &str, key_file: &Path, seeds: &[String]) -> Result<LbHost> {
+        let nginx_bin = find_program("nginx").context(
+            "nginx is not installed (tests/run.sh installs nginx-light and libnginx-mod-stream)",
+        )?;
+        let dir = tempfile::Builder::new().prefix("rke2-lb-").tempdir()?;
+        let d = crate::process::canonical(dir.path());
+        let config_file = d.join("nginx.conf");
+        let pid_file = d.join("nginx.pid");
+        let error_log = d.join("error.log");
+        // Routes nothing yet: an empty upstream is invalid, so the sidecar's first render is a
+        // reload, as on a real LB host that was set up before the cluster.
+        let bootstrap = format!(
+            "pid {};\nerror_log {};\nevents {{}}\n",
+            pid_file.display(),
+            error_log.display()
+        );
+        rke2_bootstrap::fsutil::write_file_atomic(&config_file, bootstrap.as_bytes(), 0o644)?;
+        let out = std::fs::File::create(d.join("nginx.out"))?;
+        let mut nginx_cmd = Command::new(&nginx_bin);
+        nginx_cmd
+            .arg("-p")
+            .arg(&d)
+            .arg("-c")
+            .arg(&config_file)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let nginx = ChildGuard::spawn(&mut nginx_cmd).context("starting nginx")?;
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            pid_file.is_file()
+        })
+        .context("nginx did not write its pid file")?;
+
+        let log = std::fs::File::create(d.join("sidecar.log"))?;
+        let mut cmd = Command::new(workspace_bin("rke2-lb-sidecar"));
+        cmd.args(["--cluster-name", cluster_name, "--node-name", "lb"])
+            .args(["--bind-addr", &format!("{ip}:{GOSSIP_PORT}")])
+            .args(["--seeds", &seeds.join(",")])
+            .arg("--gossip-key-file")
+            .arg(key_file)
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .args(["--lb", "nginx", "--lb-addr", &ip.to_string()])
+            .arg("--config-file")
+            .arg(&config_file)
+            .args([
+                "--nginx",
+                &format!(
+                    "{{prefix: {}, pid-file: {}, error-log: {}, worker-processes: 1, worker-connections: 256}}",
+                    d.display(),
+                    pid_file.display(),
+                    error_log.display()
+                ),
+            ])
+            .args(["--retry", "{initial: 200ms, max: 2s}"])
+            .env("RKE2_LB_SIDECAR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let sidecar = ChildGuard::spawn(&mut cmd).context("starting the lb sidecar")?;
+        Ok(LbHost {
+            ip,
+            config_file,
+            dir,
+            sidecar: Some(sidecar),
+            nginx,
+        })
+    }
+
+    /// The nginx.conf currently in place.
+    pub fn nginx_conf(&self) -> String {
+        std::fs::read_to_string(&self.config_file).unwrap_or_default()
+    }
+
+    /// `(supervisor, api)`: the backend addresses of the upstreams on 9345 and 6443, sorted.
+    pub fn upstreams(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let conf = self.nginx_conf();
+        let by_port = |port: &str| {
+            let mut addrs: Vec<IpAddr> = conf
+                .lines()
+                .map(str::trim)
+                .filter_map(|l| l.strip_prefix("server "))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .filter_map(|addr| addr.trim_end_matches(';').strip_suffix(port))
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            addrs.sort();
+            addrs
+        };
+        (by_port(":9345"), by_port(":6443"))
+    }
+
+    /// The servers the LB routes to, when both upstreams agree (else the difference is shown).
+    pub fn upstream_addrs(&self) -> Vec<IpAddr> {
+        let (supervisor, api) = self.upstreams();
+        assert_eq!(
+            supervisor,
+            api,
+            "the 9345 and 6443 upstreams differ:\n{}",
+            self.nginx_conf()
+        );
+        supervisor
+    }
+
+    /// Whether the nginx started by this guard still runs.
+    pub fn nginx_running(&mut self) -> bool {
+        matches!(self.nginx.try_wait(), Ok(None))
+    }
+
+    /// The last lines of the sidecar's and nginx's logs.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for file in ["sidecar.log", "nginx.out", "error.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {file}\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for LbHost {
+    fn drop(&mut self) {
+        // The sidecar first, so it never signals an nginx that is gone.
+        drop(self.sidecar.take());
+        self.nginx.kill_group();
+    }
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(name))
+    .find(|p| p.is_file())
+}
+
+/// Whether `nft` (Debian package `nftables`) is installed.
+pub fn nft_available() -> bool {
+    find_program("nft").is_some()
+}
+
+/// A network partition on loopback: a dedicated nftables table that drops UDP (gossip) between
+/// two groups of addresses, in both directions. Deleted on drop, also when the test panics.
+pub struct Partition {
+    table: String,
+}
+
+impl Partition {
+    /// `table`: letters, digits and `_` (name it after the test).
+    pub fn new(table: &str, side_a: &[IpAddr], side_b: &[IpAddr]) -> Result<Partition> {
+        anyhow::ensure!(
+            !table.is_empty()
+                && table
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "bad table name {table:?}"
+        );
+        let set = |ips: &[IpAddr]| {
+            ips.iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (a, b) = (set(side_a), set(side_b));
+        // A table left behind by a run that was killed outright goes first.
+        let _ = nft(&["delete", "table", "inet", table], None);
+        let script = format!(
+            "table inet {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+             ip saddr {{ {a} }} ip daddr {{ {b} }} meta l4proto udp drop\n    \
+             ip saddr {{ {b} }} ip daddr {{ {a} }} meta l4proto udp drop\n  }}\n}}\n"
+        );
+        nft(&["-f", "-"], Some(&script)).context("installing the partition")?;
+        Ok(Partition {
+            table: table.to_string(),
+        })
+    }
+
+    /// Removes the partition now (the same as dropping it).
+    pub fn heal(self) {}
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if let Err(err) = nft(&["delete", "table", "inet", &self.table], None) {
+            eprintln!("could not delete nftables table {}: {err:#}", self.table);
+        }
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(find_program("nft").context("nft is not installed")?)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .as_mut()
+            .expect("piped stdin")
+            .write_all(text.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "nft {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+impl TestHost {
+    /// `(unix ms, arguments)` of every service-manager call this host's agent made, without
+    /// `--no-block` (whether a call waits is not what the tests compare).
+    pub fn service_calls(&self) -> Vec<(u64, String)> {
+        self.root
+            .systemctl_log()
+            .into_iter()
+            .map(|(ms, args)| {
+                let args: Vec<&str> = args
+                    .split_whitespace()
+                    .filter(|a| *a != "--no-block")
+                    .collect();
+                (ms, args.join(" "))
+            })
+            .collect()
+    }
+
+    /// When the service manager was first asked to `enable --now` `unit`, in unix ms.
+    pub fn enabled_at(&self, unit: &str) -> Option<u64> {
+        self.service_calls()
+            .into_iter()
+            .find(|(_, args)| args == &format!("enable --now {unit}"))
+            .map(|(ms, _)| ms)
+    }
+
+    /// Unix ms of the RKE2 stand-in's log lines (of `unit`) that end with `message`, such as
+    /// `api is ready`.
+    pub fn unit_events(&self, unit: &str, message: &str) -> Vec<u64> {
+        self.root
+            .unit_log(unit)
+            .lines()
+            .filter(|l| l.ends_with(message))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// A seed for a test's random choices: `RKE2_TEST_SEED` to replay a run, else fresh. Printed, so
+/// a failing run can be replayed.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("RKE2_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{test}: random seed {seed} (replay with RKE2_TEST_SEED={seed})");
+    seed
+}
+
+/// SIGKILLs (with their process groups) the processes whose command line names a file under
+/// `root`: an installer script run from the agent's state dir, and what it started.
+fn kill_programs_run_from(root: &Path) {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    let prefix = format!("{}/", root.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                raw.split(|b| *b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).starts_with(&prefix))
+            })
+        })
+        .collect();
+    for &pid in &pids {
+        let pid = Pid::from_raw(pid);
+        if nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid) {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let _ = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        pids.iter().all(|&p| !crate::pid_alive(p))
+    });
 }
