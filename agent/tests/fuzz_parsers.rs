@@ -783,8 +783,8 @@ proptest! {
         let result = AgentConfig::load(&Layers {
             file: Some(path),
             env,
-            kernel: BTreeMap::new(),
             flags,
+            ..Layers::default()
         });
         check_config_outcome(&result)?;
     }
@@ -841,10 +841,9 @@ proptest! {
                 let mut flags = BTreeMap::new();
                 flags.insert("node-name".to_string(), "fuzz-node".to_string());
                 let result = AgentConfig::load(&Layers {
-                    file: None,
-                    env: BTreeMap::new(),
                     kernel: parsed.overrides.clone(),
                     flags,
+                    ..Layers::default()
                 });
                 check_config_outcome(&result)?;
             }
