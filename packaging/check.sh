@@ -334,6 +334,14 @@ deb_install() {
 		grep -qF '/etc/rke2-bootstrap/gossip.key' <<<"$out" ||
 			problems+=("postinst does not explain the gossip key")
 	fi
+	# Programs the unit runs that come from the base system (e.g. /bin/kill for ExecReload) are
+	# not in a scratch root: stub them, as above; the package's own binary stays the real one.
+	while read -r prog; do
+		[ -e "$root$prog" ] && continue
+		mkdir -p "$root$(dirname "$prog")"
+		printf '#!/bin/sh\nexit 0\n' >"$root$prog"
+		chmod 755 "$root$prog"
+	done < <(exec_paths "$unit")
 	verify_in "$root" "$pkg.service" >/dev/null || problems+=("installed unit fails verify")
 	# The binary runs on this host (same architecture, libraries present).
 	"$root/usr/bin/$pkg" --help >/dev/null 2>&1 || problems+=("$pkg --help fails")
