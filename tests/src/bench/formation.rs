@@ -1,13 +1,18 @@
 //! Formation: N members start and every one of them sees all N up. Gossip only (our agents wait
-//! for an election that cannot complete, so no RKE2 work is involved), polled on every member.
-//! The first repetition at the bandwidth size also counts bytes on the wire once converged.
+//! for an election that cannot complete, so no RKE2 work is involved), polled on every member (on
+//! an evenly spread sample of 50 in larger clusters, see [`crate::bench::swarm`]).
+//!
+//! The first repetition at the bandwidth size also counts, once converged, the bytes the members
+//! send and the CPU they use; then one more run of ours with a longer gossip interval shows what
+//! that knob buys.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use crate::bench::proc::{cpu_ticks, rss_kib, ticks_per_second};
 use crate::bench::report::{Report, Target, Unit};
 use crate::bench::sniff::{ByteCounter, Traffic};
 use crate::bench::swarm::{wait_converged, OurSwarm, SerfSwarm, Swarm};
@@ -18,21 +23,29 @@ use crate::progress;
 const OURS_BLOCK: u8 = 140;
 const SERF_BLOCK: u8 = 141;
 
+/// The gossip interval of the variant run (the shipped default is 100 ms).
+const VARIANT_INTERVAL: &str = "1s";
+
 /// What one run measured.
 struct Outcome {
     converged: Duration,
-    bandwidth: Option<Bandwidth>,
+    /// CPU used by all members from start to convergence, in cores.
+    cores: f64,
+    steady: Option<Steady>,
 }
 
-struct Bandwidth {
+/// The converged cluster over a measurement window.
+struct Steady {
     traffic: Traffic,
     window: Duration,
     nodes: usize,
     /// Our own datagram counters over the same window, as a cross-check of the packet count.
     datagrams: Option<u64>,
+    cpu_pct: Vec<f64>,
+    rss_mib: Vec<f64>,
 }
 
-impl Bandwidth {
+impl Steady {
     fn kbit_per_node(&self) -> f64 {
         self.traffic.bytes() as f64 * 8.0 / 1000.0 / self.window.as_secs_f64() / self.nodes as f64
     }
@@ -51,11 +64,13 @@ pub fn run(ctx: &Ctx, report: &mut Report, n: usize) {
         200 => Target::below(2000.0),
         _ => None,
     };
-    let timeout = Duration::from_secs(30) + Duration::from_millis(300) * n as u32;
+    // Far above any target: a run that has not converged by then is a failure, not a figure.
+    let timeout = Duration::from_secs(20) + Duration::from_millis(50) * n as u32;
+    let bandwidth_here = ctx.plan.bandwidth_n == Some(n);
     for rep in 0..ctx.plan.reps {
         for kind in Kind::BOTH {
-            let measure_bandwidth = rep == 0 && ctx.plan.bandwidth_n == Some(n);
-            let result = run_one(ctx, kind, n, rep, timeout, measure_bandwidth);
+            let steady = rep == 0 && bandwidth_here;
+            let result = run_one(ctx, kind, &[], n, rep, timeout, steady);
             let row = report.row(
                 &scenario,
                 "start -> every member sees all N",
@@ -63,19 +78,30 @@ pub fn run(ctx: &Ctx, report: &mut Report, n: usize) {
                 target,
                 true,
             );
-            let samples = row.samples_mut(kind);
             match result {
                 Ok(outcome) => {
                     progress!(
-                        "{scenario} rep {}/{} {}: {} ms",
+                        "{scenario} rep {}/{} {}: {} ms ({:.2} cores busy)",
                         rep + 1,
                         ctx.plan.reps,
                         kind.name(),
-                        outcome.converged.as_millis()
+                        outcome.converged.as_millis(),
+                        outcome.cores
                     );
-                    samples.values.push(ms(outcome.converged));
-                    if let Some(bw) = outcome.bandwidth {
-                        record_bandwidth(report, n, kind, &bw);
+                    row.samples_mut(kind).values.push(ms(outcome.converged));
+                    report
+                        .row(
+                            &scenario,
+                            "CPU used by all members while forming",
+                            Unit::Cores,
+                            None,
+                            true,
+                        )
+                        .samples_mut(kind)
+                        .values
+                        .push(outcome.cores);
+                    if let Some(steady) = outcome.steady {
+                        record_steady(report, &format!("steady N={n}"), kind, &steady, n == 50);
                     }
                 }
                 Err(err) => {
@@ -84,8 +110,29 @@ pub fn run(ctx: &Ctx, report: &mut Report, n: usize) {
                         rep + 1,
                         kind.name()
                     );
-                    samples.failures.push(format!("rep {}: {err:#}", rep + 1));
+                    row.samples_mut(kind)
+                        .failures
+                        .push(format!("rep {}: {err:#}", rep + 1));
                 }
+            }
+        }
+    }
+    if bandwidth_here {
+        let extra = [("gossip-interval".to_string(), VARIANT_INTERVAL.to_string())];
+        let scenario = format!("steady N={n}, ours with gossip-interval {VARIANT_INTERVAL}");
+        match run_one(ctx, Kind::Ours, &extra, n, ctx.plan.reps, timeout, true) {
+            Ok(outcome) => {
+                if let Some(steady) = outcome.steady {
+                    record_steady(report, &scenario, Kind::Ours, &steady, n == 50);
+                }
+            }
+            Err(err) => {
+                progress!("{scenario}: failed: {err:#}");
+                report
+                    .row(&scenario, BANDWIDTH_METRIC, Unit::KbitPerSec, None, false)
+                    .ours
+                    .failures
+                    .push(format!("{err:#}"));
             }
         }
     }
@@ -94,10 +141,11 @@ pub fn run(ctx: &Ctx, report: &mut Report, n: usize) {
 fn run_one(
     ctx: &Ctx,
     kind: Kind,
+    extra: &[(String, String)],
     n: usize,
     rep: usize,
     timeout: Duration,
-    measure_bandwidth: bool,
+    steady: bool,
 ) -> Result<Outcome> {
     let dir = ctx.scratch(&format!("formation-{n}-{}-{rep}", kind.name()))?;
     let block = match kind {
@@ -109,7 +157,7 @@ fn run_one(
         .collect();
     let (mut swarm, t0): (Box<dyn Swarm>, _) = match kind {
         Kind::Ours => {
-            let (s, t0) = OurSwarm::start(&ctx.ours, &ips, &dir)?;
+            let (s, t0) = OurSwarm::start(&ctx.ours, &ips, &dir, extra)?;
             (Box::new(s), t0)
         }
         Kind::Serf => {
@@ -117,9 +165,12 @@ fn run_one(
             (Box::new(s), t0)
         }
     };
-    let converged = wait_converged(swarm.as_mut(), t0, timeout)?;
-    let bandwidth = if measure_bandwidth {
-        Some(measure(swarm.as_mut(), ctx.plan.bandwidth_window)?)
+    let converged = wait_converged(swarm.as_mut(), t0, timeout);
+    // The members are fresh processes: all their CPU time was spent since t0.
+    let cores = total_ticks(&swarm.pids()) as f64 / ticks_per_second() / t0.elapsed().as_secs_f64();
+    let converged = converged.with_context(|| format!("the members kept {cores:.2} cores busy"))?;
+    let steady = if steady {
+        Some(measure_steady(swarm.as_mut(), ctx.plan.bandwidth_window)?)
     } else {
         None
     };
@@ -127,72 +178,106 @@ fn run_one(
     ctx.discard(&dir);
     Ok(Outcome {
         converged,
-        bandwidth,
+        cores,
+        steady,
     })
 }
 
-/// Bytes sent by the members over `window`, after a short settling time.
-fn measure(swarm: &mut dyn Swarm, window: Duration) -> Result<Bandwidth> {
+fn total_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
+}
+
+/// Bytes sent by the members, their CPU and memory, over `window`, after a short settling time.
+fn measure_steady(swarm: &mut dyn Swarm, window: Duration) -> Result<Steady> {
     nap(Duration::from_secs(2));
     let sources: HashSet<_> = swarm.ips().into_iter().collect();
+    let pids = swarm.pids();
     let counter = ByteCounter::start(sources)?;
     let sent_before = swarm.datagrams_sent();
+    let ticks_before: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let start = Instant::now();
     nap(window);
+    let elapsed = start.elapsed();
+    let ticks_after: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let sent_after = swarm.datagrams_sent();
     let traffic = counter.finish()?;
-    Ok(Bandwidth {
+    let hz = ticks_per_second();
+    let cpu_pct = ticks_before
+        .iter()
+        .zip(&ticks_after)
+        .filter_map(|(b, a)| Some(a.as_ref()?.saturating_sub(*b.as_ref()?)))
+        .map(|t| t as f64 / hz / elapsed.as_secs_f64() * 100.0)
+        .collect();
+    let rss_mib = pids
+        .iter()
+        .filter_map(|&p| rss_kib(p))
+        .map(|k| k as f64 / 1024.0)
+        .collect();
+    Ok(Steady {
         traffic,
-        window,
+        window: elapsed,
         nodes: swarm.len(),
         datagrams: sent_before
             .zip(sent_after)
             .map(|(b, a)| a.saturating_sub(b)),
+        cpu_pct,
+        rss_mib,
     })
 }
 
-fn record_bandwidth(report: &mut Report, n: usize, kind: Kind, bw: &Bandwidth) {
-    let scenario = format!("bandwidth N={n}");
-    let target = if n == 50 { Target::below(100.0) } else { None };
-    let rows = [
-        (
-            "sent per node, IP bytes",
-            Unit::KbitPerSec,
-            target,
-            bw.kbit_per_node(),
-        ),
-        (
-            "packets sent per node per s",
+const BANDWIDTH_METRIC: &str = "sent per member, IP bytes";
+
+fn record_steady(report: &mut Report, scenario: &str, kind: Kind, s: &Steady, targeted: bool) {
+    let compared = !scenario.contains("ours with");
+    let bandwidth_target = if targeted { Target::below(100.0) } else { None };
+    let t = &s.traffic;
+    let detail = format!(
+        "{}: {:.0} s window, udp {} B in {} packets, tcp {} B in {} packets{}{}",
+        kind.name(),
+        s.window.as_secs_f64(),
+        t.udp_bytes,
+        t.udp_packets,
+        t.tcp_bytes,
+        t.tcp_packets,
+        if t.dropped > 0 {
+            format!(", {} packets missed by the counter", t.dropped)
+        } else {
+            String::new()
+        },
+        s.datagrams
+            .map(|d| format!(", own counters: {d} datagrams sent"))
+            .unwrap_or_default()
+    );
+    let row = report.row(
+        scenario,
+        BANDWIDTH_METRIC,
+        Unit::KbitPerSec,
+        bandwidth_target,
+        compared,
+    );
+    row.samples_mut(kind).values.push(s.kbit_per_node());
+    row.notes.push(detail);
+    report
+        .row(
+            scenario,
+            "packets sent per member per s",
             Unit::Count,
             None,
-            bw.packets_per_node(),
-        ),
-    ];
-    for (metric, unit, target, value) in rows {
-        let row = report.row(&scenario, metric, unit, target, true);
-        row.samples_mut(kind).values.push(value);
-        let t = &bw.traffic;
-        row.notes.push(format!(
-            "{}: {:.0} s window, udp {} B / {} pkts, tcp {} B / {} pkts{}{}",
-            kind.name(),
-            bw.window.as_secs_f64(),
-            t.udp_bytes,
-            t.udp_packets,
-            t.tcp_bytes,
-            t.tcp_packets,
-            if t.dropped > 0 {
-                format!(", {} packets missed by the counter", t.dropped)
-            } else {
-                String::new()
-            },
-            bw.datagrams
-                .map(|d| format!(", own counters: {d} datagrams sent"))
-                .unwrap_or_default()
-        ));
-        if metric.starts_with("packets") {
-            // The detail note is on the bytes row already.
-            row.notes.pop();
-        }
-    }
+            compared,
+        )
+        .samples_mut(kind)
+        .values
+        .push(s.packets_per_node());
+    report
+        .row(scenario, "CPU per member", Unit::PctCore, None, compared)
+        .samples_mut(kind)
+        .values
+        .extend_from_slice(&s.cpu_pct);
+    report
+        .row(scenario, "RSS per member", Unit::MiB, None, compared)
+        .samples_mut(kind)
+        .values
+        .extend_from_slice(&s.rss_mib);
 }
 
 pub fn ms(d: Duration) -> f64 {

@@ -111,6 +111,7 @@ fn run(args: Args) -> Result<()> {
         .or_else(|| find_in_path("serf"))
         .context("serf not found: install it (Debian package serf) or pass --serf")?;
     let work = tempfile::Builder::new().prefix("rke2-bench-").tempdir()?;
+    registry::remove_on_interrupt((!args.keep).then(|| work.path()));
     let ctx = Ctx {
         plan,
         ours,

@@ -82,6 +82,8 @@ pub struct MemberSetup<'a> {
     pub key_file: &'a Path,
     pub seed: IpAddr,
     pub dir: &'a Path,
+    /// Extra `--key value` flags (e.g. another gossip interval).
+    pub extra: &'a [(String, String)],
 }
 
 /// More server candidates than any benchmark starts: the election never completes.
@@ -113,6 +115,9 @@ impl MemberAgent {
             .args(["--allow-insecure-installer-url", "true"])
             .args(["--service-manager", "true"])
             .env_remove(rke2_bootstrap::config::ENV_LOG);
+        for (key, value) in setup.extra {
+            cmd.arg(format!("--{key}")).arg(value);
+        }
         let child = Tracked::spawn_logged(&mut cmd, &root.join("agent.log"))
             .with_context(|| format!("starting agent {name}"))?;
         Ok(MemberAgent {
@@ -126,6 +131,10 @@ impl MemberAgent {
     pub fn status(&self) -> Option<StatusLite> {
         self.child.as_ref()?;
         fetch_status(&self.socket).ok()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Tracked::id)
     }
 
     pub fn pause(&self, on: bool) {

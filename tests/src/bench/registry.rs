@@ -18,6 +18,12 @@ use rke2_bootstrap_tests::{kill_standins_under, ChildGuard};
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static GROUPS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 static ROOTS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// A directory to remove when interrupted (the normal path removes it by dropping its guard).
+pub fn remove_on_interrupt(dir: Option<&Path>) {
+    *lock(&SCRATCH) = dir.map(Path::to_path_buf);
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -54,6 +60,9 @@ fn kill_everything() {
     let roots: Vec<PathBuf> = lock(&ROOTS).keys().cloned().collect();
     for root in roots {
         kill_standins_under(&root);
+    }
+    if let Some(dir) = lock(&SCRATCH).take() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

@@ -16,6 +16,8 @@ pub enum Unit {
     MiB,
     /// Percent of one CPU core.
     PctCore,
+    /// CPU cores kept busy (CPU seconds per second).
+    Cores,
     KbitPerSec,
     Count,
 }
@@ -26,6 +28,7 @@ impl Unit {
             Unit::Ms => "ms",
             Unit::MiB => "MiB",
             Unit::PctCore => "% core",
+            Unit::Cores => "cores",
             Unit::KbitPerSec => "kbit/s",
             Unit::Count => "",
         }
@@ -35,7 +38,7 @@ impl Unit {
         match self {
             Unit::Ms | Unit::Count => format!("{v:.0}"),
             Unit::MiB => format!("{v:.1}"),
-            Unit::PctCore => format!("{v:.2}"),
+            Unit::PctCore | Unit::Cores => format!("{v:.2}"),
             Unit::KbitPerSec => format!("{v:.1}"),
         }
     }

@@ -53,9 +53,9 @@ struct SoakOutput {
 /// Runs the soak in a child process inside a fresh network namespace and adds its rows.
 pub fn run(ctx: &Ctx, report: &mut Report, plan: &SoakPlan) {
     let scenario = format!(
-        "soak N={} {:.0} min, {}% UDP loss, {} x {} s pause",
+        "soak N={} {}, {}% UDP loss, {} x {} s pause",
         plan.nodes,
-        plan.duration.as_secs_f64() / 60.0,
+        humantime::format_duration(plan.duration),
         plan.loss_pct,
         plan.pauses,
         plan.pause_len.as_secs()
@@ -164,6 +164,7 @@ fn inner(args: &Args, out: &Path) -> Result<()> {
     };
     let serf = args.serf.clone().context("--serf is required")?;
     let work = tempfile::Builder::new().prefix("rke2-soak-").tempdir()?;
+    registry::remove_on_interrupt(Some(work.path()));
     let mut output = SoakOutput::default();
     for kind in Kind::BOTH {
         let dir = work.path().join(kind.name());
@@ -177,7 +178,7 @@ fn inner(args: &Args, out: &Path) -> Result<()> {
             .collect();
         let dropped_before = dropped_packets();
         let result = match kind {
-            Kind::Ours => OurSwarm::start(&bins, &ips, &dir)
+            Kind::Ours => OurSwarm::start(&bins, &ips, &dir, &[])
                 .and_then(|(mut s, t0)| soak(&mut s, t0, &plan, kind)),
             Kind::Serf => SerfSwarm::start(&serf, &ips, &dir).and_then(|(mut s, t0)| {
                 let mut r = soak(&mut s, t0, &plan, kind)?;

@@ -19,6 +19,7 @@ pub trait Swarm {
     fn up_seen_by(&mut self, i: usize) -> Option<Vec<String>>;
     fn name(&self, i: usize) -> String;
     fn ips(&self) -> Vec<Ipv4Addr>;
+    fn pids(&self) -> Vec<u32>;
     /// Datagrams sent by all members, by their own count, if they keep one.
     fn datagrams_sent(&mut self) -> Option<u64>;
     /// SIGSTOP / SIGCONT of member `i`.
@@ -44,8 +45,14 @@ pub struct OurSwarm {
 }
 
 impl OurSwarm {
-    /// Starts `ips.len()` agents; returns the swarm and the instant the clock started.
-    pub fn start(bins: &OurBinaries, ips: &[IpAddr], dir: &Path) -> Result<(OurSwarm, Instant)> {
+    /// Starts `ips.len()` agents with the given extra flags; returns the swarm and the instant
+    /// the clock started.
+    pub fn start(
+        bins: &OurBinaries,
+        ips: &[IpAddr],
+        dir: &Path,
+        extra: &[(String, String)],
+    ) -> Result<(OurSwarm, Instant)> {
         let key_file = ours::write_key_file(dir)?;
         let setup = MemberSetup {
             bins,
@@ -53,6 +60,7 @@ impl OurSwarm {
             key_file: &key_file,
             seed: ips[0],
             dir,
+            extra,
         };
         let t0 = Instant::now();
         let seed = MemberAgent::start(&setup, "node-1", ips[0])?;
@@ -88,6 +96,10 @@ impl Swarm for OurSwarm {
 
     fn ips(&self) -> Vec<Ipv4Addr> {
         self.members.iter().filter_map(|m| v4(m.ip)).collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(MemberAgent::pid).collect()
     }
 
     fn datagrams_sent(&mut self) -> Option<u64> {
@@ -170,6 +182,10 @@ impl Swarm for SerfSwarm {
         self.nodes.iter().filter_map(|n| v4(n.ip)).collect()
     }
 
+    fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(SerfNode::pid).collect()
+    }
+
     fn datagrams_sent(&mut self) -> Option<u64> {
         None
     }
@@ -186,14 +202,33 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
-/// Polls every member until each has seen all `len()` members up at least once; returns the time
-/// from `t0` until the last one did. Members already converged are not asked again, so the cost
-/// of polling shrinks as the cluster converges.
+/// Up to this many members are polled; in larger clusters an evenly spread sample (always with
+/// the seed and the last member started) stands for all, so that polling hundreds of members does
+/// not itself load the machine the members share.
+pub const MAX_POLLED: usize = 50;
+
+/// The members whose views are polled.
+pub fn polled_members(n: usize) -> Vec<usize> {
+    if n <= MAX_POLLED {
+        return (0..n).collect();
+    }
+    let mut picked: Vec<usize> = (0..MAX_POLLED)
+        .map(|k| k * (n - 1) / (MAX_POLLED - 1))
+        .collect();
+    picked.dedup();
+    picked
+}
+
+/// Polls the (sampled) members until each has seen all `len()` members up at least once; returns
+/// the time from `t0` until the last one did. Members already converged are not asked again, so
+/// the cost of polling shrinks as the cluster converges.
 pub fn wait_converged(swarm: &mut dyn Swarm, t0: Instant, timeout: Duration) -> Result<Duration> {
     let n = swarm.len();
-    let mut converged: Vec<Option<Duration>> = vec![None; n];
+    let polled = polled_members(n);
+    let mut converged: Vec<Option<Duration>> = vec![None; polled.len()];
+    let mut next_report = t0 + Duration::from_secs(10);
     loop {
-        for (i, slot) in converged.iter_mut().enumerate() {
+        for (slot, &i) in converged.iter_mut().zip(&polled) {
             if slot.is_none() && swarm.up_seen_by(i).is_some_and(|up| up.len() == n) {
                 *slot = Some(t0.elapsed());
             }
@@ -201,10 +236,35 @@ pub fn wait_converged(swarm: &mut dyn Swarm, t0: Instant, timeout: Duration) -> 
         if converged.iter().all(Option::is_some) {
             return Ok(converged.into_iter().flatten().max().unwrap_or_default());
         }
+        let done = converged.iter().filter(|c| c.is_some()).count();
         if t0.elapsed() > timeout || interrupted() {
-            let done = converged.iter().filter(|c| c.is_some()).count();
-            bail!("{done} of {n} members saw all {n} within {timeout:?}");
+            bail!(
+                "{done} of {} polled members saw all {n} within {timeout:?}",
+                polled.len()
+            );
+        }
+        if Instant::now() >= next_report {
+            crate::progress!(
+                "  {done} of {} polled members see all {n} after {:.0} s",
+                polled.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(10);
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_large_clusters_evenly() {
+        assert_eq!(polled_members(5), vec![0, 1, 2, 3, 4]);
+        let p = polled_members(200);
+        assert_eq!(p.len(), MAX_POLLED);
+        assert_eq!((p[0], p[MAX_POLLED - 1]), (0, 199));
+        assert!(p.windows(2).all(|w| w[0] < w[1]));
     }
 }
