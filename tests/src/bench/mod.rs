@@ -36,6 +36,9 @@ use cli::{Args, Plan};
 use ours::OurBinaries;
 use report::{Report, Target, Unit};
 
+/// Formation sizes above this run after the churn scenario.
+const LARGE_CLUSTER: usize = 100;
+
 /// Which implementation a run is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -135,11 +138,21 @@ fn run(args: Args) -> Result<()> {
         ctx.work.path().display()
     );
     sizes(&ctx, &mut report);
-    for &n in &ctx.plan.formation_sizes {
+    // Large clusters last: the load they leave behind (hundreds of exiting processes) must not
+    // reach the latency figures of the smaller scenarios.
+    let (small, large): (Vec<usize>, Vec<usize>) = ctx
+        .plan
+        .formation_sizes
+        .iter()
+        .partition(|&&n| n <= LARGE_CLUSTER);
+    for n in small {
         formation::run(&ctx, &mut report, n);
     }
     if ctx.plan.churn {
         churn::run(&ctx, &mut report);
+    }
+    for n in large {
+        formation::run(&ctx, &mut report, n);
     }
     if let Some(soak) = &ctx.plan.soak {
         soak::run(&ctx, &mut report, soak);

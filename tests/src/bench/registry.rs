@@ -129,6 +129,9 @@ impl Tracked {
 
     pub fn spawn(cmd: &mut Command) -> Result<Tracked> {
         use std::os::unix::process::CommandExt;
+        if interrupted() {
+            anyhow::bail!("interrupted");
+        }
         // Should the benchmark itself be killed outright, its children follow (everything is
         // spawned from the main thread, whose exit is what the kernel watches).
         // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
