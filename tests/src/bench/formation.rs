@@ -29,7 +29,7 @@ const GIVE_UP_AFTER: u32 = 2;
 
 /// Members that kept this share of the machine's cores busy and still did not converge were
 /// starved of CPU: a property of the machine, not a figure of the implementation.
-const SATURATED: f64 = 0.9;
+const SATURATED: f64 = 0.85;
 
 /// A run that failed on a saturated machine.
 #[derive(Debug)]
@@ -210,11 +210,11 @@ fn run_one(
         .collect();
     let (mut swarm, t0): (Box<dyn Swarm>, _) = match kind {
         Kind::Ours => {
-            let (s, t0) = OurSwarm::start(&ctx.ours, &ips, &dir, extra)?;
+            let (s, t0) = OurSwarm::start(&ctx.ours, &ips, &dir, extra, timeout)?;
             (Box::new(s), t0)
         }
         Kind::Serf => {
-            let (s, t0) = SerfSwarm::start(&ctx.serf, &ips, &dir)?;
+            let (s, t0) = SerfSwarm::start(&ctx.serf, &ips, &dir, timeout)?;
             (Box::new(s), t0)
         }
     };

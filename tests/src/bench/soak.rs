@@ -24,6 +24,9 @@ use crate::bench::swarm::{wait_converged, OurSwarm, SerfSwarm, Swarm};
 use crate::bench::{bin_path, nap, Ctx, Kind};
 use crate::progress;
 
+/// How long starting the members may take.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How often every member's view is read.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -178,13 +181,15 @@ fn inner(args: &Args, out: &Path) -> Result<()> {
             .collect();
         let dropped_before = dropped_packets();
         let result = match kind {
-            Kind::Ours => OurSwarm::start(&bins, &ips, &dir, &[])
+            Kind::Ours => OurSwarm::start(&bins, &ips, &dir, &[], START_TIMEOUT)
                 .and_then(|(mut s, t0)| soak(&mut s, t0, &plan, kind)),
-            Kind::Serf => SerfSwarm::start(&serf, &ips, &dir).and_then(|(mut s, t0)| {
-                let mut r = soak(&mut s, t0, &plan, kind)?;
-                r.failed_events = Some(s.failed_events() as u64);
-                Ok(r)
-            }),
+            Kind::Serf => {
+                SerfSwarm::start(&serf, &ips, &dir, START_TIMEOUT).and_then(|(mut s, t0)| {
+                    let mut r = soak(&mut s, t0, &plan, kind)?;
+                    r.failed_events = Some(s.failed_events() as u64);
+                    Ok(r)
+                })
+            }
         };
         let mut result = result.unwrap_or_else(|err| SoakResult {
             error: Some(format!("{err:#}")),

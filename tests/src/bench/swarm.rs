@@ -52,6 +52,7 @@ impl OurSwarm {
         ips: &[IpAddr],
         dir: &Path,
         extra: &[(String, String)],
+        timeout: Duration,
     ) -> Result<(OurSwarm, Instant)> {
         let key_file = ours::write_key_file(dir)?;
         let setup = MemberSetup {
@@ -67,6 +68,7 @@ impl OurSwarm {
         wait_for("the seed agent", SEED_TIMEOUT, || seed.status().is_some())?;
         let mut members = vec![seed];
         for (i, ip) in ips.iter().enumerate().skip(1) {
+            check_start_time(t0, timeout, i, ips.len())?;
             members.push(MemberAgent::start(&setup, &format!("node-{}", i + 1), *ip)?);
         }
         Ok((OurSwarm { members }, t0))
@@ -120,7 +122,12 @@ pub struct SerfSwarm {
 }
 
 impl SerfSwarm {
-    pub fn start(serf: &Path, ips: &[IpAddr], dir: &Path) -> Result<(SerfSwarm, Instant)> {
+    pub fn start(
+        serf: &Path,
+        ips: &[IpAddr],
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<(SerfSwarm, Instant)> {
         let setup = SerfSetup::new(serf, dir)?;
         let t0 = Instant::now();
         let mut seed = SerfNode::start(&setup, "node-1", ips[0], "server", None, dir)?;
@@ -129,6 +136,7 @@ impl SerfSwarm {
         })?;
         let mut nodes = vec![seed];
         for (i, ip) in ips.iter().enumerate().skip(1) {
+            check_start_time(t0, timeout, i, ips.len())?;
             nodes.push(SerfNode::start(
                 &setup,
                 &format!("node-{}", i + 1),
@@ -193,6 +201,15 @@ impl Swarm for SerfSwarm {
     fn pause(&self, i: usize, on: bool) {
         self.nodes[i].pause(on);
     }
+}
+
+/// On a saturated machine even starting the members can take minutes: past the run's timeout,
+/// give up.
+fn check_start_time(t0: Instant, timeout: Duration, started: usize, n: usize) -> Result<()> {
+    if t0.elapsed() > timeout {
+        bail!("only {started} of {n} members started within {timeout:?}");
+    }
+    Ok(())
 }
 
 fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
