@@ -1,0 +1,169 @@
+//! Flags, and the plan they make.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+/// Our agents and LB sidecar against Serf agents with an LB event handler, on loopback: same N,
+/// same machine, runs interleaved. Prints a table (stdout); progress goes to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+pub struct Args {
+    /// N=5 only, one repetition, short measurement windows (for CI: about a minute).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write every sample as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Repetitions of every scenario and implementation (default 5; 1 with --quick).
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Formation cluster sizes (default 5,50,200; 5 with --quick). At most 250.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Option<Vec<usize>>,
+    /// Run only these scenarios: formation, churn, soak (default: formation and churn, plus soak
+    /// with --soak).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
+    /// Opt in to the false-positive soak (minutes; runs in a network namespace it creates, needs
+    /// root and nft).
+    #[arg(long)]
+    pub soak: bool,
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub soak_duration: Duration,
+    #[arg(long, default_value_t = 20)]
+    pub soak_nodes: usize,
+    /// Percentage of gossip datagrams dropped during the soak.
+    #[arg(long, default_value_t = 1.0)]
+    pub soak_loss: f64,
+    /// How many times the soak pauses one observing member (SIGSTOP) for 2 s.
+    #[arg(long, default_value_t = 5)]
+    pub soak_pauses: u32,
+    /// The serf binary (default: from PATH).
+    #[arg(long)]
+    pub serf: Option<PathBuf>,
+    /// Where our binaries are (default: next to this one).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the scratch directory (every process's log) after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Internal: run the soak inside the network namespace, writing its result to this file.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub soak_inner: Option<PathBuf>,
+}
+
+/// The false-positive soak.
+#[derive(Debug, Clone)]
+pub struct SoakPlan {
+    pub duration: Duration,
+    pub nodes: usize,
+    pub loss_pct: f64,
+    pub pauses: u32,
+    pub pause_len: Duration,
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub reps: usize,
+    pub formation_sizes: Vec<usize>,
+    /// The formation size whose first repetition also measures bandwidth.
+    pub bandwidth_n: Option<usize>,
+    pub bandwidth_window: Duration,
+    pub churn: bool,
+    /// How long idle CPU is measured (in the first churn repetition).
+    pub idle_window: Duration,
+    pub soak: Option<SoakPlan>,
+}
+
+/// The largest cluster: one address block per run, hosts .1 to .250.
+pub const MAX_NODES: usize = 250;
+
+impl Args {
+    pub fn plan(&self) -> Result<Plan> {
+        let reps = self.reps.unwrap_or(if self.quick { 1 } else { 5 });
+        if reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        let sizes = self.sizes.clone().unwrap_or_else(|| {
+            if self.quick {
+                vec![5]
+            } else {
+                vec![5, 50, 200]
+            }
+        });
+        if let Some(n) = sizes.iter().find(|&&n| !(2..=MAX_NODES).contains(&n)) {
+            bail!("cluster size {n} is out of range (2 to {MAX_NODES})");
+        }
+        let wants = |name: &str, default: bool| match &self.only {
+            Some(only) => only.iter().any(|o| o == name),
+            None => default,
+        };
+        if let Some(only) = &self.only {
+            if let Some(bad) = only
+                .iter()
+                .find(|o| !["formation", "churn", "soak"].contains(&o.as_str()))
+            {
+                bail!("unknown scenario {bad:?} (formation, churn, soak)");
+            }
+        }
+        let formation_sizes = if wants("formation", true) {
+            sizes
+        } else {
+            Vec::new()
+        };
+        // Bandwidth at N=50 (the target's size) when it runs, else at the largest size run.
+        let bandwidth_n = if formation_sizes.contains(&50) {
+            Some(50)
+        } else {
+            formation_sizes.iter().copied().max()
+        };
+        let soak = wants("soak", self.soak).then(|| SoakPlan {
+            duration: self.soak_duration,
+            nodes: self.soak_nodes.clamp(3, MAX_NODES),
+            loss_pct: self.soak_loss.clamp(0.0, 100.0),
+            pauses: self.soak_pauses,
+            pause_len: Duration::from_secs(2),
+        });
+        Ok(Plan {
+            reps,
+            formation_sizes,
+            bandwidth_n,
+            bandwidth_window: Duration::from_secs(if self.quick { 5 } else { 30 }),
+            churn: wants("churn", true),
+            idle_window: Duration::from_secs(if self.quick { 5 } else { 20 }),
+            soak,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("bench").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn default_quick_and_selected_plans() {
+        let p = args(&[]).plan().unwrap();
+        assert_eq!((p.reps, p.formation_sizes.clone()), (5, vec![5, 50, 200]));
+        assert_eq!(p.bandwidth_n, Some(50));
+        assert!(p.churn && p.soak.is_none());
+        let q = args(&["--quick"]).plan().unwrap();
+        assert_eq!((q.reps, q.formation_sizes.clone()), (1, vec![5]));
+        assert_eq!(q.bandwidth_n, Some(5));
+        let s = args(&["--only", "soak", "--soak-duration", "30s"])
+            .plan()
+            .unwrap();
+        assert!(s.formation_sizes.is_empty() && !s.churn);
+        assert_eq!(s.soak.unwrap().duration, Duration::from_secs(30));
+        assert!(args(&["--sizes", "1000"]).plan().is_err());
+        assert!(args(&["--only", "nope"]).plan().is_err());
+        assert!(args(&["--reps", "0"]).plan().is_err());
+    }
+}

@@ -1,0 +1,287 @@
+//! Gossip-only clusters of N members, ours or Serf's, started the same way: the seed (member 1)
+//! first, and once it answers locally, every other member with the seed as its only join address.
+//! The clock starts before the seed is spawned, so start-up time counts for both.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::bench::ours::{self, MemberAgent, MemberSetup, OurBinaries};
+use crate::bench::registry::interrupted;
+use crate::bench::serf::{SerfNode, SerfSetup};
+
+/// A running gossip-only cluster.
+pub trait Swarm {
+    fn len(&self) -> usize;
+    /// The names of the members member `i` sees up (itself included), if it answers.
+    fn up_seen_by(&mut self, i: usize) -> Option<Vec<String>>;
+    fn name(&self, i: usize) -> String;
+    fn ips(&self) -> Vec<Ipv4Addr>;
+    fn pids(&self) -> Vec<u32>;
+    /// Datagrams sent by all members, by their own count, if they keep one.
+    fn datagrams_sent(&mut self) -> Option<u64>;
+    /// SIGSTOP / SIGCONT of member `i`.
+    fn pause(&self, i: usize, on: bool);
+}
+
+/// How long the seed may take to answer before the start counts as failed.
+const SEED_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline || interrupted() {
+            bail!("{what} did not answer within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+pub struct OurSwarm {
+    members: Vec<MemberAgent>,
+}
+
+impl OurSwarm {
+    /// Starts `ips.len()` agents with the given extra flags; returns the swarm and the instant
+    /// the clock started.
+    pub fn start(
+        bins: &OurBinaries,
+        ips: &[IpAddr],
+        dir: &Path,
+        extra: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(OurSwarm, Instant)> {
+        let key_file = ours::write_key_file(dir)?;
+        let setup = MemberSetup {
+            bins,
+            cluster: "bench".into(),
+            key_file: &key_file,
+            seed: ips[0],
+            dir,
+            extra,
+        };
+        let t0 = Instant::now();
+        let seed = MemberAgent::start(&setup, "node-1", ips[0])?;
+        wait_for("the seed agent", SEED_TIMEOUT, || seed.status().is_some())?;
+        let mut members = vec![seed];
+        for (i, ip) in ips.iter().enumerate().skip(1) {
+            check_start_time(t0, timeout, i, ips.len())?;
+            members.push(MemberAgent::start(&setup, &format!("node-{}", i + 1), *ip)?);
+        }
+        Ok((OurSwarm { members }, t0))
+    }
+}
+
+impl Swarm for OurSwarm {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn up_seen_by(&mut self, i: usize) -> Option<Vec<String>> {
+        let status = self.members[i].status()?;
+        Some(
+            status
+                .members
+                .into_iter()
+                .filter(|m| m.is_up())
+                .map(|m| m.name)
+                .collect(),
+        )
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.members[i].name.clone()
+    }
+
+    fn ips(&self) -> Vec<Ipv4Addr> {
+        self.members.iter().filter_map(|m| v4(m.ip)).collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(MemberAgent::pid).collect()
+    }
+
+    fn datagrams_sent(&mut self) -> Option<u64> {
+        let mut total = 0;
+        for m in &self.members {
+            total += m.status()?.sent()?;
+        }
+        Some(total)
+    }
+
+    fn pause(&self, i: usize, on: bool) {
+        self.members[i].pause(on);
+    }
+}
+
+pub struct SerfSwarm {
+    nodes: Vec<SerfNode>,
+}
+
+impl SerfSwarm {
+    pub fn start(
+        serf: &Path,
+        ips: &[IpAddr],
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<(SerfSwarm, Instant)> {
+        let setup = SerfSetup::new(serf, dir)?;
+        let t0 = Instant::now();
+        let mut seed = SerfNode::start(&setup, "node-1", ips[0], "server", None, dir)?;
+        wait_for("the seed serf agent", SEED_TIMEOUT, || {
+            seed.members().is_ok()
+        })?;
+        let mut nodes = vec![seed];
+        for (i, ip) in ips.iter().enumerate().skip(1) {
+            check_start_time(t0, timeout, i, ips.len())?;
+            nodes.push(SerfNode::start(
+                &setup,
+                &format!("node-{}", i + 1),
+                *ip,
+                "server",
+                Some(ips[0]),
+                dir,
+            )?);
+        }
+        Ok((SerfSwarm { nodes }, t0))
+    }
+}
+
+impl SerfSwarm {
+    /// How many `member-failed` notices the event handlers received, over all members.
+    pub fn failed_events(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(n.events())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.split_whitespace().nth(1) == Some("member-failed"))
+                    .count()
+            })
+            .sum()
+    }
+}
+
+impl Swarm for SerfSwarm {
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn up_seen_by(&mut self, i: usize) -> Option<Vec<String>> {
+        let members = self.nodes[i].members().ok()?;
+        Some(
+            members
+                .into_iter()
+                .filter(|m| m.is_alive())
+                .map(|m| m.name)
+                .collect(),
+        )
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.nodes[i].name.clone()
+    }
+
+    fn ips(&self) -> Vec<Ipv4Addr> {
+        self.nodes.iter().filter_map(|n| v4(n.ip)).collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(SerfNode::pid).collect()
+    }
+
+    fn datagrams_sent(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn pause(&self, i: usize, on: bool) {
+        self.nodes[i].pause(on);
+    }
+}
+
+/// On a saturated machine even starting the members can take minutes: past the run's timeout,
+/// give up.
+fn check_start_time(t0: Instant, timeout: Duration, started: usize, n: usize) -> Result<()> {
+    if t0.elapsed() > timeout {
+        bail!("only {started} of {n} members started within {timeout:?}");
+    }
+    Ok(())
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Up to this many members are polled; in larger clusters an evenly spread sample (always with
+/// the seed and the last member started) stands for all, so that polling hundreds of members does
+/// not itself load the machine the members share.
+pub const MAX_POLLED: usize = 50;
+
+/// The members whose views are polled.
+pub fn polled_members(n: usize) -> Vec<usize> {
+    if n <= MAX_POLLED {
+        return (0..n).collect();
+    }
+    let mut picked: Vec<usize> = (0..MAX_POLLED)
+        .map(|k| k * (n - 1) / (MAX_POLLED - 1))
+        .collect();
+    picked.dedup();
+    picked
+}
+
+/// Polls the (sampled) members until each has seen all `len()` members up at least once; returns
+/// the time from `t0` until the last one did. Members already converged are not asked again, so
+/// the cost of polling shrinks as the cluster converges.
+pub fn wait_converged(swarm: &mut dyn Swarm, t0: Instant, timeout: Duration) -> Result<Duration> {
+    let n = swarm.len();
+    let polled = polled_members(n);
+    let mut converged: Vec<Option<Duration>> = vec![None; polled.len()];
+    let mut next_report = t0 + Duration::from_secs(10);
+    loop {
+        for (slot, &i) in converged.iter_mut().zip(&polled) {
+            if slot.is_none() && swarm.up_seen_by(i).is_some_and(|up| up.len() == n) {
+                *slot = Some(t0.elapsed());
+            }
+        }
+        if converged.iter().all(Option::is_some) {
+            return Ok(converged.into_iter().flatten().max().unwrap_or_default());
+        }
+        let done = converged.iter().filter(|c| c.is_some()).count();
+        if t0.elapsed() > timeout || interrupted() {
+            bail!(
+                "{done} of {} polled members saw all {n} within {timeout:?}",
+                polled.len()
+            );
+        }
+        if Instant::now() >= next_report {
+            crate::progress!(
+                "  {done} of {} polled members see all {n} after {:.0} s",
+                polled.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(10);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_large_clusters_evenly() {
+        assert_eq!(polled_members(5), vec![0, 1, 2, 3, 4]);
+        let p = polled_members(200);
+        assert_eq!(p.len(), MAX_POLLED);
+        assert_eq!((p[0], p[MAX_POLLED - 1]), (0, 199));
+        assert!(p.windows(2).all(|w| w[0] < w[1]));
+    }
+}
