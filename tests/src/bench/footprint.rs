@@ -91,8 +91,8 @@ mod tests {
         assert!(idle.cpu_pct[0] >= 0.0);
         let exe = std::env::current_exe().unwrap();
         assert!(size_mib(&exe).unwrap() > 0.0);
-        // A test binary is built with symbols.
-        assert_eq!(has_symbols(&exe), Some(true));
+        // This very binary is an ELF file (with or without symbols, by profile).
+        assert!(has_symbols(&exe).is_some());
         assert_eq!(elf_has_section(b"not an elf", b".symtab"), None);
     }
 }
