@@ -38,23 +38,39 @@ pub fn list<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrText {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Option::<ListOrText>::deserialize(deserializer)? {
-        None => None,
-        Some(ListOrText::List(items)) => Some(items),
-        Some(ListOrText::Text(text)) => Some(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        ),
+    list_split_by(deserializer, |text| {
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     })
+}
+
+/// A command line given as a YAML list or as whitespace-separated words.
+pub fn list_or_words<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    list_split_by(deserializer, |text| {
+        text.split_whitespace().map(String::from).collect()
+    })
+}
+
+fn list_split_by<'de, D>(
+    deserializer: D,
+    split: fn(&str) -> Vec<String>,
+) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(
+        match Option::<NativeOrText<Vec<String>>>::deserialize(deserializer)? {
+            None => None,
+            Some(NativeOrText::Native(items)) => Some(items),
+            Some(NativeOrText::Text(text)) => Some(split(&text)),
+        },
+    )
 }
 
 /// A duration in humantime form (`500ms`, `2s`, `1m`).
@@ -82,22 +98,4 @@ where
             .map(Some)
             .map_err(|err| serde::de::Error::custom(format!("expected a mapping: {err}"))),
     }
-}
-
-/// A command line given as a YAML list or as whitespace-separated words.
-pub fn list_or_words<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrText {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Option::<ListOrText>::deserialize(deserializer)? {
-        None => None,
-        Some(ListOrText::List(items)) => Some(items),
-        Some(ListOrText::Text(text)) => Some(text.split_whitespace().map(String::from).collect()),
-    })
 }
