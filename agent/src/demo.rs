@@ -288,7 +288,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 procs.lb_pid_file = Some(start_lb(args.lb, program, &lb_dir, lb_ip, path)?)
             }
             None => {
-                sidecar.args(["--validate", "[]", "--reload", "{command: [true]}"]);
+                sidecar.args(["--validate", "[]", "--reload", "{command: [\"true\"]}"]);
             }
         }
         procs.sidecar = Some(spawn_logged(&mut sidecar, &lb_dir.join("sidecar.log"))?);

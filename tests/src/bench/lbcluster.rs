@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster, GOSSIP_PORT};
 use rke2_bootstrap_tests::loopback_ip;
@@ -75,6 +75,7 @@ pub struct OurLbCluster {
     pub sidecar: Sidecar,
     /// A second sidecar with another configuration, for a variant measured alongside.
     pub variant: Option<Sidecar>,
+    bins: OurBinaries,
     dir: PathBuf,
 }
 
@@ -117,6 +118,7 @@ impl OurLbCluster {
                 agents,
                 sidecar,
                 variant: None,
+                bins: bins.clone(),
                 dir: dir.to_path_buf(),
             },
             t0,
@@ -127,10 +129,7 @@ impl OurLbCluster {
     pub fn start_variant(&mut self, extra: Vec<(String, String)>) -> Result<()> {
         let lb_ip = loopback_ip(self.cluster.spec.test_id, 9);
         let setup = SidecarSetup {
-            bins: &OurBinaries {
-                agent: PathBuf::new(),
-                sidecar: self.sidecar_binary()?,
-            },
+            bins: &self.bins,
             cluster: format!("test-{}", self.cluster.spec.test_id),
             key_file: &self.cluster.key_file,
             seeds: vec![SocketAddr::new(self.sidecar.ip, GOSSIP_PORT)],
@@ -143,11 +142,6 @@ impl OurLbCluster {
             &self.dir.join("lb-variant"),
         )?);
         Ok(())
-    }
-
-    fn sidecar_binary(&self) -> Result<PathBuf> {
-        let pid = self.sidecar.pid().context("the sidecar is not running")?;
-        std::fs::read_link(format!("/proc/{pid}/exe")).context("locating the sidecar binary")
     }
 
     /// The tail of every agent's log, for failure messages.

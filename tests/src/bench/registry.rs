@@ -60,6 +60,8 @@ fn kill_everything() {
     let roots: Vec<PathBuf> = lock(&ROOTS).keys().cloned().collect();
     for root in roots {
         kill_standins_under(&root);
+        // The host roots live outside the scratch directory; nothing will drop their guards.
+        let _ = std::fs::remove_dir_all(&root);
     }
     if let Some(dir) = lock(&SCRATCH).take() {
         let _ = std::fs::remove_dir_all(dir);
