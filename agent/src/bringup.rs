@@ -144,21 +144,7 @@ mod tests {
         let mut a = Announcement::new(role, "127.0.0.1".parse().unwrap());
         a.phase = phase;
         a.ready = phase == Phase::Ready;
-        let kvs: Vec<(&str, String)> = a
-            .to_key_values()
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        let (mut m, _) = Member::from_key_values(
-            name,
-            1,
-            "127.0.0.1:7947".parse().unwrap(),
-            true,
-            kvs.iter().map(|(k, v)| (*k, v.as_str())),
-        )
-        .unwrap();
-        m.name = name.into();
-        m
+        Member::from_announcement(name, 1, "127.0.0.1:7947".parse().unwrap(), true, &a)
     }
 
     #[test]

@@ -808,19 +808,13 @@ mod tests {
 
     fn member(name: &str, liveness: Liveness) -> Member {
         let announcement = Announcement::new(Role::Server, "127.0.0.1".parse().unwrap());
-        let kvs: Vec<(&str, String)> = announcement
-            .to_key_values()
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        let (mut m, _) = Member::from_key_values(
+        let mut m = Member::from_announcement(
             name,
             1,
             "127.0.0.1:7946".parse().unwrap(),
             true,
-            kvs.iter().map(|(k, v)| (*k, v.as_str())),
-        )
-        .unwrap();
+            &announcement,
+        );
         m.liveness = liveness;
         m
     }

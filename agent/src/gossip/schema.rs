@@ -374,6 +374,31 @@ impl Member {
         Some((member, errors))
     }
 
+    /// What peers see of `announcement`: the same key-value round trip gossip makes. For tests
+    /// and for showing this node in its own view.
+    pub fn from_announcement(
+        name: &str,
+        generation: u64,
+        gossip_addr: SocketAddr,
+        alive: bool,
+        announcement: &Announcement,
+    ) -> Member {
+        let kvs: Vec<(&str, String)> = announcement
+            .to_key_values()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let (member, _) = Member::from_key_values(
+            name,
+            generation,
+            gossip_addr,
+            alive,
+            kvs.iter().map(|(k, v)| (*k, v.as_str())),
+        )
+        .expect("an announcement always carries the announced key");
+        member
+    }
+
     /// A member whose role we cannot read: listed (so an operator sees it) but never trusted.
     fn unknown(name: &str, generation: u64, gossip_addr: SocketAddr) -> Member {
         Member {
