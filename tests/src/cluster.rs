@@ -501,6 +501,11 @@ impl TestCluster {
         out
     }
 
+    /// The pid of a host's agent process, while it runs.
+    pub fn agent_pid(&self, name: &str) -> Option<u32> {
+        self.host(name).child.as_ref().map(ChildGuard::id)
+    }
+
     pub fn root_of(&self, name: &str) -> &Path {
         self.host(name).root.path()
     }
@@ -586,6 +591,16 @@ impl LbHost {
             sidecar: Some(sidecar),
             nginx,
         })
+    }
+
+    /// Process ids of the sidecar (while it runs) and of nginx's master process.
+    pub fn pids(&self) -> (Option<u32>, u32) {
+        (self.sidecar.as_ref().map(ChildGuard::id), self.nginx.id())
+    }
+
+    /// The sidecar's status socket (its JSON status document).
+    pub fn status_socket(&self) -> PathBuf {
+        self.dir.path().join("state").join("status.sock")
     }
 
     /// The nginx.conf currently in place.

@@ -23,8 +23,8 @@ pub struct Args {
     /// Formation cluster sizes (default 5,50,200; 5 with --quick). At most 250.
     #[arg(long, value_delimiter = ',')]
     pub sizes: Option<Vec<usize>>,
-    /// Run only these scenarios: formation, churn, soak (default: formation and churn, plus soak
-    /// with --soak).
+    /// Run only these scenarios: formation, churn, soak, churn-soak (default: formation and
+    /// churn, plus soak with --soak and churn-soak with --churn-soak).
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
     /// Opt in to the false-positive soak (minutes; runs in a network namespace it creates, needs
@@ -41,6 +41,15 @@ pub struct Args {
     /// How many times the soak pauses one observing member (SIGSTOP) for 2 s.
     #[arg(long, default_value_t = 5)]
     pub soak_pauses: u32,
+    /// Opt in to the churn soak: 20 hosts behind nginx and the sidecar while hosts go away and
+    /// come back (30 minutes by default; uses the shared loopback, block 170).
+    #[arg(long)]
+    pub churn_soak: bool,
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub churn_soak_duration: Duration,
+    /// How often (on average) a host goes away during the churn soak.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub churn_every: Duration,
     /// The serf binary (default: from PATH).
     #[arg(long)]
     pub serf: Option<PathBuf>,
@@ -65,6 +74,14 @@ pub struct SoakPlan {
     pub pause_len: Duration,
 }
 
+/// The churn soak.
+#[derive(Debug, Clone)]
+pub struct ChurnSoakPlan {
+    pub duration: Duration,
+    /// Mean time between two hosts going away.
+    pub every: Duration,
+}
+
 /// What a run does.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -77,7 +94,11 @@ pub struct Plan {
     /// How long idle CPU is measured (in the first churn repetition).
     pub idle_window: Duration,
     pub soak: Option<SoakPlan>,
+    pub churn_soak: Option<ChurnSoakPlan>,
 }
+
+/// Scenario names for `--only`.
+const SCENARIOS: [&str; 4] = ["formation", "churn", "soak", "churn-soak"];
 
 /// The largest cluster: one address block per run, hosts .1 to .250.
 pub const MAX_NODES: usize = 250;
@@ -103,11 +124,8 @@ impl Args {
             None => default,
         };
         if let Some(only) = &self.only {
-            if let Some(bad) = only
-                .iter()
-                .find(|o| !["formation", "churn", "soak"].contains(&o.as_str()))
-            {
-                bail!("unknown scenario {bad:?} (formation, churn, soak)");
+            if let Some(bad) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+                bail!("unknown scenario {bad:?} ({})", SCENARIOS.join(", "));
             }
         }
         let formation_sizes = if wants("formation", true) {
@@ -128,6 +146,10 @@ impl Args {
             pauses: self.soak_pauses,
             pause_len: Duration::from_secs(2),
         });
+        let churn_soak = wants("churn-soak", self.churn_soak).then(|| ChurnSoakPlan {
+            duration: self.churn_soak_duration,
+            every: self.churn_every.max(Duration::from_secs(1)),
+        });
         Ok(Plan {
             reps,
             formation_sizes,
@@ -136,6 +158,7 @@ impl Args {
             churn: wants("churn", true),
             idle_window: Duration::from_secs(if self.quick { 5 } else { 20 }),
             soak,
+            churn_soak,
         })
     }
 }
@@ -164,6 +187,18 @@ mod tests {
         assert_eq!(s.soak.unwrap().duration, Duration::from_secs(30));
         assert!(args(&["--sizes", "1000"]).plan().is_err());
         assert!(args(&["--only", "nope"]).plan().is_err());
+        let c = args(&[
+            "--churn-soak",
+            "--only",
+            "churn-soak",
+            "--churn-soak-duration",
+            "5m",
+        ])
+        .plan()
+        .unwrap();
+        assert!(c.formation_sizes.is_empty() && c.soak.is_none());
+        assert_eq!(c.churn_soak.unwrap().duration, Duration::from_secs(300));
+        assert!(args(&[]).plan().unwrap().churn_soak.is_none());
         assert!(args(&["--reps", "0"]).plan().is_err());
     }
 }

@@ -5,12 +5,14 @@
 //! - [`cli`]: flags and the plan they make.
 //! - [`swarm`]: gossip-only clusters of N members (formation, bandwidth, the soak).
 //! - [`lbcluster`]: five hosts behind an LB host that keeps an upstream file (churn, footprint).
-//! - [`formation`], [`churn`], [`soak`]: the scenarios, each adding rows to the [`report`].
+//! - [`formation`], [`churn`], [`soak`], [`churn_soak`]: the scenarios, each adding rows to the
+//!   [`report`].
 //! - [`ours`], [`serf`]: how each side's processes are started and read.
 //! - [`sniff`], [`footprint`], [`proc`]: what is measured from outside the processes.
 //! - [`registry`]: every started process dies with the benchmark, even on Ctrl-C.
 
 pub mod churn;
+pub mod churn_soak;
 pub mod cli;
 pub mod footprint;
 pub mod formation;
@@ -156,6 +158,9 @@ fn run(args: Args) -> Result<()> {
     }
     if let Some(soak) = &ctx.plan.soak {
         soak::run(&ctx, &mut report, soak);
+    }
+    if let Some(plan) = &ctx.plan.churn_soak {
+        churn_soak::run(&mut report, plan);
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     println!("{}", report.table());

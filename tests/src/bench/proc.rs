@@ -19,6 +19,12 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Open file descriptors (entries of `/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> Option<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.count() as u64)
+}
+
 /// User plus system CPU time in clock ticks, of the process and of the children it waited for
 /// (fields 14 to 17 of `/proc/<pid>/stat`: a handler script a Serf agent runs counts as Serf's).
 pub fn cpu_ticks(pid: u32) -> Option<u64> {

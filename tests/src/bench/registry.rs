@@ -103,10 +103,12 @@ pub struct Tracked {
 }
 
 /// The registration of one process group; removed on drop.
-struct GroupEntry(u32);
+pub struct GroupEntry(u32);
 
 impl GroupEntry {
-    fn new(pgid: u32) -> GroupEntry {
+    /// Registers the group led by `pgid` (a process started elsewhere, e.g. by a test harness
+    /// guard that made it a group leader), so an interruption kills it.
+    pub fn new(pgid: u32) -> GroupEntry {
         lock(&GROUPS).insert(pgid);
         GroupEntry(pgid)
     }

@@ -20,6 +20,8 @@ pub enum Unit {
     Cores,
     KbitPerSec,
     Count,
+    /// A relative change, in percent.
+    Pct,
 }
 
 impl Unit {
@@ -31,6 +33,7 @@ impl Unit {
             Unit::Cores => "cores",
             Unit::KbitPerSec => "kbit/s",
             Unit::Count => "",
+            Unit::Pct => "%",
         }
     }
 
@@ -39,7 +42,7 @@ impl Unit {
             Unit::Ms | Unit::Count => format!("{v:.0}"),
             Unit::MiB => format!("{v:.1}"),
             Unit::PctCore | Unit::Cores => format!("{v:.2}"),
-            Unit::KbitPerSec => format!("{v:.1}"),
+            Unit::KbitPerSec | Unit::Pct => format!("{v:.1}"),
         }
     }
 }
