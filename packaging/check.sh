@@ -180,15 +180,43 @@ for unit in rke2-bootstrap.service rke2-lb-sidecar.service; do
 done
 
 # --- cloud-init examples and default configs ----------------------------------------------------
-# Config keys the agent knows: the list in the kernel command line parser. The sidecar's keys.
-agent_keys=$(sed -n '/^pub const KNOWN_KEYS/,/^];/p' "$repo/agent/src/cmdline.rs" |
-	sed -n 's/^ *"\([a-z0-9-]*\)",$/\1/p' | tr '\n' ' ')
-sidecar_keys="cluster-name node-name bind-addr advertise-addr seeds gossip-key-file state-dir lb
-output-file template-file lb-addr validate-command reload-command"
-if [ -z "$agent_keys" ]; then
-	fail "agent config keys" "could not read KNOWN_KEYS from agent/src/cmdline.rs"
-fi
-export AGENT_KEYS=$agent_keys SIDECAR_KEYS=$sidecar_keys
+# Configs are validated by the binaries themselves (`check-config`), so the key tables and value
+# rules live in one place: the code that loads them at boot.
+built_bin() {
+	local dir
+	for dir in "${CARGO_TARGET_DIR:-$repo/target}"/debug "${CARGO_TARGET_DIR:-$repo/target}"/release; do
+		[ -x "$dir/$1" ] && {
+			echo "$dir/$1"
+			return
+		}
+	done
+	command -v "$1" || true
+}
+agent_bin=$(built_bin rke2-bootstrap)
+sidecar_bin=$(built_bin rke2-lb-sidecar)
+
+# config_check FILE agent|sidecar: FILE loads as that binary's configuration. The environment is
+# emptied (an RKE2_BOOTSTRAP_* variable of this shell must not decide) and no kernel command line
+# is read.
+config_check() {
+	local file=$1 kind=$2
+	case $kind in
+	agent)
+		[ -n "$agent_bin" ] || {
+			echo "rke2-bootstrap is not built (cargo build --workspace --bins)"
+			return 1
+		}
+		env -i "$agent_bin" check-config --kernel-cmdline /dev/null --config "$file" >/dev/null
+		;;
+	sidecar)
+		[ -n "$sidecar_bin" ] || {
+			echo "rke2-lb-sidecar is not built (cargo build --workspace --bins)"
+			return 1
+		}
+		env -i "$sidecar_bin" --check-config --config "$file" >/dev/null
+		;;
+	esac
+}
 
 # content_check FILE: what the schema does not check. Unknown top-level keys (the schema lets
 # `write_file:` through), the files written under /etc/rke2-bootstrap (root-owned, 0600), the
@@ -207,8 +235,6 @@ for ref in schema["allOf"]:
     known |= set(schema["$defs"][ref["$ref"].rsplit("/", 1)[1]].get("properties", {}))
 problems = [f"unknown top-level key {k!r}" for k in doc if k not in known]
 
-agent_keys = set(os.environ["AGENT_KEYS"].split())
-sidecar_keys = set(os.environ["SIDECAR_KEYS"].split())
 files = {f["path"]: f for f in doc.get("write_files", [])}
 is_lb = os.path.basename(path).startswith("lb-")
 config = "/etc/rke2-bootstrap/lb-sidecar.yaml" if is_lb else "/etc/rke2-bootstrap/config.yaml"
@@ -222,13 +248,10 @@ for p in (config, "/etc/rke2-bootstrap/gossip.key"):
         problems.append(f"{p} is not root:root 0600")
     if f.get("defer"):
         problems.append(f"{p} is deferred: it must exist before the service starts")
-if config in files:
-    cfg = yaml.safe_load(files[config]["content"])
-    if not isinstance(cfg, dict):
-        problems.append(f"{config} is not a YAML mapping")
-    else:
-        allowed = sidecar_keys if is_lb else agent_keys
-        problems += [f"{config}: unknown key {k!r}" for k in cfg if k not in allowed]
+if config in files and os.environ.get("EMBEDDED_CONFIG"):
+    # The binary itself validates the embedded config (embedded_config_check).
+    with open(os.environ["EMBEDDED_CONFIG"], "w") as out:
+        out.write(files[config]["content"])
 key = files.get("/etc/rke2-bootstrap/gossip.key", {}).get("content", "")
 key_lines = [l for l in key.splitlines() if l.strip() and not l.startswith("#")]
 if key_lines != ["REPLACE-WITH-THE-OUTPUT-OF-rke2-bootstrap-keygen"]:
@@ -244,26 +267,25 @@ if problems:
 PY
 }
 
-# config_check FILE KEYS: a packaged default config is a YAML mapping of known keys.
-config_check() {
-	KEYS=$2 "$py" - "$1" <<'PY'
-import os, sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1]))
-if not isinstance(cfg, dict):
-    sys.exit("not a YAML mapping")
-bad = [k for k in cfg if k not in os.environ["KEYS"].split()]
-if bad:
-    sys.exit(f"unknown keys {bad}")
-PY
+# embedded_config_check FILE: the config a cloud-init example writes loads in its binary.
+embedded_config_check() {
+	local embedded kind=agent rc=0
+	embedded=$(mktemp)
+	[[ $(basename "$1") == lb-* ]] && kind=sidecar
+	EMBEDDED_CONFIG=$embedded content_check "$1" >/dev/null 2>&1 || true
+	config_check "$embedded" "$kind" || rc=$?
+	rm -f "$embedded"
+	return "$rc"
 }
 
 for example in "$here"/cloud-init/*.yaml; do
 	name=$(basename "$example")
 	check "cloud-init schema $name" cloud-init schema --config-file "$example"
 	check "cloud-init content $name" content_check "$example"
+	check "cloud-init embedded config $name" embedded_config_check "$example"
 done
-check "default config config.yaml" config_check "$here/config/config.yaml" "$agent_keys"
-check "default config lb-sidecar.yaml" config_check "$here/config/lb-sidecar.yaml" "$sidecar_keys"
+check "default config config.yaml" config_check "$here/config/config.yaml" agent
+check "default config lb-sidecar.yaml" config_check "$here/config/lb-sidecar.yaml" sidecar
 
 # --- Scripts ------------------------------------------------------------------------------------
 check "shellcheck build and check scripts" shellcheck "$here"/*.sh

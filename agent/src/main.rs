@@ -10,6 +10,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use rke2_bootstrap::config::{
     layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX,
 };
+use rke2_bootstrap::gossip::schema::Role;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,9 @@ enum Command {
     },
     /// Form a local demo cluster on this machine (no root paths needed).
     Demo(rke2_bootstrap::demo::DemoArgs),
+    /// Load the configuration exactly as `agent` would (file, kernel command line, environment,
+    /// flags) and report the first problem; nothing is started or written. Exit 0 or 2.
+    CheckConfig(AgentArgs),
 }
 
 /// `--config FILE`, `--kernel-cmdline FILE` and one flag per configuration key.
@@ -189,6 +193,18 @@ fn main() -> ExitCode {
                 rke2_bootstrap::process::shutdown_signal(),
             )))
         }
+        Command::CheckConfig(args) => match args.load() {
+            Ok(cfg) => {
+                println!(
+                    "rke2-bootstrap: configuration ok (node {}, role {}, cluster {})",
+                    cfg.node_name,
+                    Role::from(cfg.role).as_str(),
+                    cfg.cluster_name
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => start_error(err),
+        },
         Command::Demo(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
             runtime_outcome(runtime.block_on(rke2_bootstrap::demo::run(args)))

@@ -84,6 +84,12 @@ fn cli() -> Command {
                 .help("YAML config file: gossip keys and LB keys side by side"),
         )
         .arg(
+            Arg::new("check-config")
+                .long("check-config")
+                .action(ArgAction::SetTrue)
+                .help("Load and validate the configuration (file, environment, flags), report the first problem and exit (0 or 2)"),
+        )
+        .arg(
             Arg::new("render-once")
                 .long("render-once")
                 .action(ArgAction::SetTrue)
@@ -130,6 +136,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches.get_flag("check-config") {
+        println!(
+            "rke2-lb-sidecar: configuration ok (node {}, cluster {}, lb {})",
+            settings.gossip.node_name,
+            settings.gossip.cluster_name,
+            settings.lb.lb.as_str()
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,

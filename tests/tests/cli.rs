@@ -175,3 +175,112 @@ fn members_json_lists_every_member_with_the_documented_fields() {
         "{table}"
     );
 }
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// `check-config` (agent) and `--check-config` (sidecar): the configuration as the service would
+/// load it, without starting anything.
+fn check_config(sidecar: bool, file: &std::path::Path) -> Output {
+    let mut cmd = if sidecar {
+        let mut cmd = Command::new(workspace_bin("rke2-lb-sidecar"));
+        cmd.arg("--check-config");
+        cmd
+    } else {
+        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+        cmd.args(["check-config", "--kernel-cmdline", "/nonexistent"]);
+        cmd
+    };
+    cmd.arg("--config")
+        .arg(file)
+        .env_clear()
+        .output()
+        .expect("running check-config")
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every config a cloud-init example writes, and the packaged defaults.
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(repo_file("packaging/cloud-init")).unwrap() {
+        let path = entry.unwrap().path();
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for file in doc["write_files"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let sidecar = match file["path"].as_str() {
+                Some("/etc/rke2-bootstrap/config.yaml") => false,
+                Some("/etc/rke2-bootstrap/lb-sidecar.yaml") => true,
+                _ => continue,
+            };
+            let embedded = dir.path().join(path.file_name().unwrap());
+            std::fs::write(&embedded, file["content"].as_str().unwrap()).unwrap();
+            let out = check_config(sidecar, &embedded);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked.push((path.clone(), sidecar));
+        }
+    }
+    assert!(
+        checked.iter().filter(|(_, s)| *s).count() >= 2,
+        "{checked:?}"
+    );
+    assert!(
+        checked.iter().filter(|(_, s)| !*s).count() >= 3,
+        "{checked:?}"
+    );
+    for (file, sidecar) in [("config.yaml", false), ("lb-sidecar.yaml", true)] {
+        let out = check_config(sidecar, &repo_file(&format!("packaging/config/{file}")));
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A key an older draft of the examples used: refused, naming the key and the file.
+    let bad = dir.path().join("lb.yaml");
+    std::fs::write(&bad, "lb: nginx\noutput-file: /etc/nginx/rke2.conf\n").unwrap();
+    assert_config_error(&check_config(true, &bad), &["output-file", "lb.yaml"]);
+    let bad = dir.path().join("agent.yaml");
+    std::fs::write(&bad, "servers: two\n").unwrap();
+    assert_config_error(&check_config(false, &bad), &["servers", "agent.yaml"]);
+}
+
+/// Every `# key: ...` example at the top level of the packaged sidecar config names a real key
+/// (one the sidecar accepts as a flag), so uncommenting it cannot fail with "unknown key".
+#[test]
+fn packaged_sidecar_config_examples_use_real_keys() {
+    let help = Command::new(workspace_bin("rke2-lb-sidecar"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let text = std::fs::read_to_string(repo_file("packaging/config/lb-sidecar.yaml")).unwrap();
+    let mut seen = 0;
+    for line in text.lines() {
+        let Some((key, _)) = line.strip_prefix("# ").and_then(|l| l.split_once(':')) else {
+            continue;
+        };
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            continue;
+        }
+        seen += 1;
+        assert!(
+            help.contains(&format!("--{key} <")),
+            "example line {line:?} uses `{key}`, which the sidecar does not know"
+        );
+    }
+    assert!(seen >= 5, "only {seen} example keys found");
+}
