@@ -33,6 +33,12 @@ while [ $# -gt 0 ]; do
 done
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 
+# libfuzzer-sys compiles libFuzzer's C++ sources.
+if ! command -v c++ >/dev/null 2>&1; then
+    echo "fuzz: installing g++ (libFuzzer is C++)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
+fi
+
 # The instrumentation cargo-fuzz asks rustc for, spelled as stable codegen options: libFuzzer's
 # inline 8-bit edge counters and PC table (coverage feedback), comparison tracing (so it can solve
 # magic values and lengths), stack depth, plus debug assertions and overflow checks so that

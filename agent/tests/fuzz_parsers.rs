@@ -1401,8 +1401,6 @@ mod seeds {
     #[test]
     #[ignore = "writes agent/fuzz seeds; run by hand when a format changes"]
     fn write_fuzz_seeds() {
-        let ring = Keyring::new(KEY);
-
         // datagram_open: mode byte, then the datagram / plaintext and edits
         let messages = gossip_messages();
         // a key the receiver holds (see the target), but another cluster name: the tag check

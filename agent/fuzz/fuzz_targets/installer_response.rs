@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!(200..300).contains(&status));
                     assert_eq!(
                         retry,
-                        status >= 500 && status < 600 || status == 408 || status == 429
+                        (500..600).contains(&status) || status == 408 || status == 429
                     );
                 }
             }
