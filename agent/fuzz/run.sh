@@ -36,6 +36,7 @@ done
 # libfuzzer-sys compiles libFuzzer's C++ sources.
 if ! command -v c++ >/dev/null 2>&1; then
     echo "fuzz: installing g++ (libFuzzer is C++)"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
 fi
 
