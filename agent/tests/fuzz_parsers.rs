@@ -1254,3 +1254,423 @@ mod live {
         .await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Seeds and dictionaries of the coverage-guided targets in agent/fuzz, written from the same
+// encoder and the real types, so they stay valid as the formats change:
+//   cargo test -p rke2-bootstrap --test fuzz_parsers write_fuzz_seeds -- --ignored
+
+mod seeds {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    use rke2_bootstrap::election::ElectionState;
+    use rke2_bootstrap::gossip::schema::{Announcement, Phase, Role, Vote};
+    use rke2_bootstrap::state::PersistedState;
+
+    use super::*;
+
+    const HASH: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+    fn fuzz_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+    }
+
+    fn seed(target: &str, name: &str, bytes: impl AsRef<[u8]>) {
+        let dir = fuzz_dir().join("corpus").join(target);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+    }
+
+    /// A libFuzzer dictionary: one quoted token a line, bytes outside printable ASCII escaped.
+    fn dict(name: &str, tokens: impl IntoIterator<Item = Vec<u8>>) {
+        let mut text = String::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for token in tokens {
+            if token.is_empty() || !seen.insert(token.clone()) {
+                continue;
+            }
+            text.push('"');
+            for b in token {
+                match b {
+                    b'"' | b'\\' => text.push_str(&format!("\\{}", b as char)),
+                    0x20..=0x7e => text.push(b as char),
+                    _ => text.push_str(&format!("\\x{b:02x}")),
+                }
+            }
+            text.push_str("\"\n");
+        }
+        fs::write(fuzz_dir().join(format!("{name}.dict")), text).unwrap();
+    }
+
+    fn announcement(role: Role, last: u8) -> Announcement {
+        let mut a = Announcement::new(role, IpAddr::from([10, 0, 0, last]));
+        a.phase = Phase::Ready;
+        a.ready = true;
+        a.ca_hash = Some(HASH.into());
+        a.vote = Some(Vote {
+            round: 1,
+            candidate: "n1".into(),
+        });
+        a.initializer = last == 1;
+        a.token = Some(format!("K10{HASH}::server:s3cret-token"));
+        a
+    }
+
+    /// The member framing of agent/fuzz/src/lib.rs.
+    fn member(flags: u8, name: &str, kvs: &[(&str, String)]) -> Vec<u8> {
+        let mut out = vec![flags];
+        out.extend_from_slice(name.as_bytes());
+        for (k, v) in kvs {
+            out.push(0x1f);
+            out.extend_from_slice(format!("{k}={v}").as_bytes());
+        }
+        out
+    }
+
+    fn announced(a: &Announcement) -> Vec<(&'static str, String)> {
+        a.to_key_values()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect()
+    }
+
+    /// One record of the transport target's script.
+    fn record(op: u8, skew: i16, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![op];
+        out.extend_from_slice(&skew.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn gossip_messages() -> Vec<(&'static str, Vec<u8>)> {
+        let addr: SocketAddr = "10.0.0.3:7947".parse().unwrap();
+        let digest = vec![NodeDigest {
+            name: "n3".into(),
+            generation: 1,
+            addr,
+            heartbeat: 5,
+            last_gc: 0,
+            max_version: 3,
+        }];
+        let mut ops = vec![Op::Node {
+            name: "n3".into(),
+            generation: 1,
+            addr,
+            last_gc: 0,
+            from: 0,
+        }];
+        for (i, (key, value)) in announced(&announcement(Role::Server, 3))
+            .into_iter()
+            .enumerate()
+        {
+            ops.push(Op::Kv {
+                key: key.into(),
+                value,
+                version: i as u64 + 1,
+                status: 0,
+            });
+        }
+        let n = ops.len() as u64;
+        ops.push(Op::MaxVersion(n));
+        // the same delta in one zstd block, as chitchat sends larger deltas
+        let mut plain = Vec::new();
+        put_delta(&mut plain, &ops, false);
+        let payload = &plain[3..plain.len() - 1];
+        let block = zstd_compress(payload);
+        let mut compressed = CHITCHAT_MAGIC.to_le_bytes().to_vec();
+        compressed.extend_from_slice(&[0, 2, 1]);
+        compressed.extend_from_slice(&(block.len() as u16).to_le_bytes());
+        compressed.extend_from_slice(&block);
+        compressed.push(0);
+        vec![
+            ("syn", encode(&Msg::Syn(digest.clone(), CLUSTER.into()))),
+            ("synack", encode(&Msg::SynAck(digest, ops.clone(), false))),
+            ("ack-split", encode(&Msg::Ack(ops, true))),
+            ("ack-zstd", compressed),
+            ("badcluster", encode(&Msg::BadCluster)),
+        ]
+    }
+
+    /// A single raw zstd frame, through chitchat's own dependency (it is what it decodes).
+    fn zstd_compress(bytes: &[u8]) -> Vec<u8> {
+        zstd::bulk::compress(bytes, 3).unwrap()
+    }
+
+    #[test]
+    #[ignore = "writes agent/fuzz seeds; run by hand when a format changes"]
+    fn write_fuzz_seeds() {
+        // datagram_open: mode byte, then the datagram / plaintext and edits
+        let messages = gossip_messages();
+        // a key the receiver holds (see the target), but another cluster name: the tag check
+        let mut sealed = vec![0u8];
+        let old_key = Keyring::new([0x11; 32]);
+        sealed.extend(seal(&old_key, "another-cluster", &messages[0].1, NOW).unwrap());
+        seed("datagram_open", "our-key-other-cluster", &sealed);
+        seed("datagram_open", "short", b"\0RB\x01\0\0\0\0");
+        let mut edits = vec![1u8, 8];
+        edits.extend_from_slice(b"syn-body");
+        edits.extend_from_slice(&[3, 0, 0x01, 40, 0, 0x80]);
+        seed("datagram_open", "tampered", &edits);
+        seed(
+            "datagram_open",
+            "other-key",
+            [&[0x82u8][..], &messages[1].1].concat(),
+        );
+
+        // datagram_transport: capacity, then records
+        for (name, message) in &messages {
+            let mut script = vec![15u8];
+            script.extend(record(0, 0, message));
+            seed("datagram_transport", name, &script);
+        }
+        let mut script = vec![3u8];
+        for (_, message) in &messages[..4] {
+            script.extend(record(0, 1, message));
+        }
+        script.extend(record(1, 0, &[]));
+        script.extend(record(0, -121, &messages[0].1));
+        seed("datagram_transport", "session", &script);
+
+        // gossip_member and lb_upstreams: members
+        let mut view = Vec::new();
+        for (flags, name, role) in [
+            (0x13u8, "n1", Role::Server),
+            (0x23, "n2", Role::Server),
+            (0x31, "n3", Role::Auto),
+            (0x41, "w1", Role::Agent),
+            (0x51, "lb", Role::Observer),
+        ] {
+            let kvs = announced(&announcement(role, flags >> 4));
+            if !view.is_empty() {
+                view.push(0x1e);
+            }
+            view.extend(member(flags, name, &kvs));
+        }
+        seed("gossip_member", "cluster", &view);
+        seed("lb_upstreams", "cluster", &view);
+        let odd = member(
+            0x11,
+            "n1",
+            &[
+                ("role", "server".into()),
+                ("announced", "true".into()),
+                ("vote", "4294967296:a".into()),
+                ("ca-hash", "xyz".into()),
+                ("node-addr", "fd00::1%eth0".into()),
+            ],
+        );
+        seed("gossip_member", "odd-values", &odd);
+        seed("lb_upstreams", "odd-values", &odd);
+
+        // key_file
+        let key = base64_key(&KEY);
+        seed("key_file", "one", format!("{key}\n"));
+        seed(
+            "key_file",
+            "rotation",
+            format!("# new primary\n{}\n\n{key}\n", base64_key(&[0x11; 32])),
+        );
+
+        // config_load: file, 0x00, environment, 0x00, fetched file
+        let packaged =
+            fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/config.yaml"))
+                .unwrap();
+        seed("config_load", "packaged", &packaged);
+        seed(
+            "config_load",
+            "layers",
+            "cluster-name: prod\nrole: auto\nseeds: [10.0.0.1:7947, lb.example]\nbootstrap-expect: 3\n\
+             installer-sha256: \"sha256:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\"\n\
+             rke2-config:\n  cni: cilium\n  tls-san: [a.example]\n\0servers=5\ngossip-interval=2s\n\
+             !RKE2_BOOTSTRAP_CONFIG=/x\n\0registration-address: lb.example\nexisting-config-policy: backup\n",
+        );
+
+        // kernel_cmdline
+        seed(
+            "kernel_cmdline",
+            "pxe",
+            format!(
+                "BOOT_IMAGE=/vmlinuz ro quiet rke2_bootstrap.cluster-name=prod \
+                 rke2_bootstrap.seeds=10.0.0.1:7947,10.0.0.2 rke2-bootstrap.role=auto \
+                 \"rke2_bootstrap.registration-address=lb.example\" \
+                 rke2_bootstrap.config=https://boot.example/c.yaml rke2_bootstrap.config-sha256={HASH}\n"
+            ),
+        );
+        seed(
+            "kernel_cmdline",
+            "insecure",
+            format!(
+                "rke2_bootstrap.config=http://10.0.0.1/c.yaml rke2_bootstrap.config_sha256={HASH} \
+                 rke2_bootstrap.allow_insecure_config_url=1 rke2_bootstrap.installer-timeout=20m"
+            ),
+        );
+
+        // installer_response: selector, status (u16 LE), body
+        let answer = |selector: u8, status: u16, body: &[u8]| {
+            [&[selector][..], &status.to_le_bytes(), body].concat()
+        };
+        seed(
+            "installer_response",
+            "script",
+            answer(0, 200, b"#!/bin/sh\nset -e\necho install\n"),
+        );
+        seed("installer_response", "retry", answer(0, 503, b""));
+        seed(
+            "installer_response",
+            "url",
+            answer(1, 0, b"https://get.rke2.io"),
+        );
+        seed(
+            "installer_response",
+            "pin",
+            answer(1, 1, format!("sha256:{HASH}").as_bytes()),
+        );
+        seed("installer_response", "pong", answer(2, 200, b"pong\n"));
+        let ca = rcgen::generate_simple_self_signed(vec!["rke2".into()]).unwrap();
+        seed(
+            "installer_response",
+            "cacerts",
+            answer(3, 200, ca.cert.pem().as_bytes()),
+        );
+
+        // token_and_state: selector, then text or file contents
+        seed(
+            "token_and_state",
+            "full-token",
+            format!("\0K10{HASH}::server:s3cret"),
+        );
+        seed(
+            "token_and_state",
+            "bootstrap-token",
+            "\0K10::abcdef.0123456789abcdef",
+        );
+        seed("token_and_state", "token-file", "\x01s3cret-token\n");
+        let state = PersistedState {
+            version: 1,
+            election: ElectionState {
+                round: 2,
+                vote: Some(Vote {
+                    round: 2,
+                    candidate: "n1".into(),
+                }),
+                initializer_of: Some(2),
+                abdicated: None,
+            },
+            role: Some(Role::Server),
+            config_written: true,
+            ca_hash: Some(HASH.into()),
+            ..PersistedState::default()
+        };
+        let mut state_seed = vec![2u8];
+        state_seed.extend(serde_json::to_vec_pretty(&state).unwrap());
+        seed("token_and_state", "state", &state_seed);
+
+        // dictionaries
+        let text = |items: &[&str]| {
+            items
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let schema = text(&[
+            "role",
+            "phase",
+            "node-addr",
+            "ready",
+            "ca-hash",
+            "vote",
+            "initializer",
+            "abdicated",
+            "token",
+            "leaving",
+            "agent-version",
+            "rke2-version",
+            "announced",
+            "server",
+            "agent",
+            "auto",
+            "observer",
+            "discovering",
+            "voting",
+            "ready",
+            "true",
+            "=",
+            "\x1e",
+            "\x1f",
+        ]);
+        dict("gossip", schema.clone());
+        let mut chitchat = schema;
+        chitchat.extend([
+            CHITCHAT_MAGIC.to_le_bytes().to_vec(),
+            b"RB\x01".to_vec(),
+            vec![0x28, 0xb5, 0x2f, 0xfd],
+            CLUSTER.as_bytes().to_vec(),
+        ]);
+        dict("chitchat", chitchat);
+        let mut config: Vec<Vec<u8>> = AGENT_KEYS
+            .iter()
+            .flat_map(|k| {
+                [
+                    format!("{}: ", k.name).into_bytes(),
+                    k.name.as_bytes().to_vec(),
+                ]
+            })
+            .collect();
+        config.extend(text(&[
+            "~",
+            "null",
+            "true",
+            "false",
+            "[",
+            "]",
+            "{",
+            "}",
+            "- ",
+            ": ",
+            "&a",
+            "*a",
+            "!!str",
+            "\"",
+            "'",
+            "|",
+            ">",
+            "---",
+            "\x00",
+            "https://",
+            "http://",
+            "sha256:",
+            "backup",
+            "refuse",
+            "tar",
+            "rpm",
+            "1s",
+            "10m",
+            "RKE2_BOOTSTRAP_",
+        ]));
+        dict("config", config);
+        let mut cmdline: Vec<Vec<u8>> = cmdline::KNOWN_KEYS
+            .iter()
+            .map(|k| format!("rke2_bootstrap.{k}=").into_bytes())
+            .collect();
+        cmdline.extend(text(&[
+            "rke2_bootstrap.config=",
+            "rke2_bootstrap.config-sha256=",
+            "rke2_bootstrap.allow-insecure-config-url=1",
+            "rke2-bootstrap.",
+            "\"",
+            " ",
+            "=",
+            ",",
+            "https://",
+            "http://",
+        ]));
+        dict("cmdline", cmdline);
+    }
+
+    fn base64_key(key: &[u8; 32]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(key)
+    }
+}

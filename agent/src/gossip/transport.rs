@@ -307,17 +307,7 @@ impl SealedSocket {
                 return None;
             }
         };
-        if let Err(error) = check_delta(&plaintext) {
-            self.reject_decode(from, &anyhow::anyhow!(error));
-            return None;
-        }
-        let mut cursor = plaintext.as_slice();
-        match ChitchatMessage::deserialize(&mut cursor) {
-            Ok(_) if !cursor.is_empty() => {
-                let error = anyhow::anyhow!("{} trailing bytes after the message", cursor.len());
-                self.reject_decode(from, &error);
-                None
-            }
+        match decode_authentic(&plaintext) {
             Ok(message) => {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
                 Some(message)
@@ -328,6 +318,19 @@ impl SealedSocket {
             }
         }
     }
+}
+
+/// What the transport does with the plaintext of an authentic, fresh datagram before chitchat
+/// sees it: refuse what chitchat would decode but not survive ([`check_delta`]), decode, refuse
+/// trailing bytes. Public so the fuzz targets (`agent/fuzz`) run exactly this step.
+pub fn decode_authentic(plaintext: &[u8]) -> Result<ChitchatMessage> {
+    check_delta(plaintext).map_err(|error| anyhow::anyhow!(error))?;
+    let mut cursor = plaintext;
+    let message = ChitchatMessage::deserialize(&mut cursor)?;
+    if !cursor.is_empty() {
+        anyhow::bail!("{} trailing bytes after the message", cursor.len());
+    }
+    Ok(message)
 }
 
 /// Upper bound on the decompressed size of one message's delta. chitchat sizes the *compressed*
@@ -342,6 +345,10 @@ const MAX_DELTA_DECOMPRESSED: usize = 4 << 20;
 /// - a `SetMaxVersion` that lowers a node's max version below a key-value version of the same
 ///   node delta: chitchat asserts `node_delta.max_version >= self.max_version` while applying it,
 ///   and the panic stops its gossip task for good (this node then looks dead to everyone);
+/// - a key-value whose key starts with a character outside ASCII: chitchat slices the key's first
+///   byte (`key[0..1]`, `listener.rs:110`) to notify listeners of the change, which panics in the
+///   middle of a multi-byte character, with the same effect (found by the `datagram_transport`
+///   fuzz target; our schema keys are ASCII);
 /// - a delta that decompresses to more than [`MAX_DELTA_DECOMPRESSED`].
 ///
 /// Only authenticated peers can send such a message (a bug or a compromised host), but one
@@ -372,12 +379,19 @@ fn check_delta(message: &[u8]) -> std::result::Result<(), String> {
         };
         let step = match tag {
             0 => ops.skip_id().and_then(|()| ops.take(16)).map(|_| node_max = 0),
-            1 => (|| {
-                ops.skip_str()?;
-                ops.skip_str()?;
-                node_max = node_max.max(ops.u64()?);
-                ops.u8().map(|_| ())
-            })(),
+            1 => {
+                let key = ops.str_bytes();
+                if key.is_some_and(|key| key.first().is_some_and(|b| !b.is_ascii())) {
+                    return Err("delta sets a key whose first character is not ASCII".into());
+                }
+                key.and_then(|_| ops.skip_str())
+                    .and_then(|()| ops.u64())
+                    .and_then(|version| {
+                        node_max = node_max.max(version);
+                        ops.u8()
+                    })
+                    .map(|_| ())
+            }
             2 => match ops.u64() {
                 Some(max_version) if max_version < node_max => {
                     return Err(format!(
@@ -418,9 +432,12 @@ impl<'a> Reader<'a> {
         bytes.copy_from_slice(self.take(8)?);
         Some(u64::from_le_bytes(bytes))
     }
-    fn skip_str(&mut self) -> Option<()> {
+    fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let len = self.u16()? as usize;
-        self.take(len).map(|_| ())
+        self.take(len)
+    }
+    fn skip_str(&mut self) -> Option<()> {
+        self.str_bytes().map(|_| ())
     }
     /// Node id, generation, gossip address (ip version byte, 4 or 16 bytes, port).
     fn skip_id(&mut self) -> Option<()> {
@@ -579,6 +596,30 @@ mod tests {
         // Not followable: left to chitchat's decoder.
         assert_eq!(check_delta(b"\x53\xb0\x00\x02\x07"), Ok(()));
         assert_eq!(check_delta(&[]), Ok(()));
+    }
+
+    #[test]
+    fn keys_chitchat_cannot_slice_are_refused() {
+        // the ack of `ack()` with its one-byte key `k` replaced by `é` (two bytes)
+        let mut bad = ack(1, 1, false);
+        let at = bad.windows(4).position(|w| w == [1, 1, 0, b'k']).unwrap() + 1;
+        bad.splice(at..at + 3, [2, 0, 0xc3, 0xa9]);
+        let block_len = u16::from_le_bytes([bad[5], bad[6]]) + 1;
+        bad[5..7].copy_from_slice(&block_len.to_le_bytes());
+        let mut cursor = bad.as_slice();
+        assert!(
+            ChitchatMessage::deserialize(&mut cursor).is_ok(),
+            "chitchat decodes it"
+        );
+        let err = decode_authentic(&bad).unwrap_err().to_string();
+        assert!(err.contains("not ASCII"), "{err}");
+        // a non-ASCII character later in a key is harmless to chitchat and passes
+        let mut fine = ack(1, 1, false);
+        let at = fine.windows(4).position(|w| w == [1, 1, 0, b'k']).unwrap() + 1;
+        fine.splice(at..at + 3, [3, 0, b'k', 0xc3, 0xa9]);
+        let block_len = u16::from_le_bytes([fine[5], fine[6]]) + 2;
+        fine[5..7].copy_from_slice(&block_len.to_le_bytes());
+        assert!(decode_authentic(&fine).is_ok());
     }
 
     #[test]

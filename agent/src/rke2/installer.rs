@@ -230,7 +230,7 @@ pub enum InstallOutcome {
 /// with exponential backoff and full jitter on transient failures, checked against the pinned
 /// sha256. A checksum mismatch is not retried: the server answered, with the wrong thing.
 pub async fn download(cfg: &InstallerConfig) -> Result<Vec<u8>> {
-    let url = check_url(cfg)?;
+    let url = check_url(&cfg.url, cfg.allow_insecure_http)?;
     let expected = cfg.sha256.as_deref().map(normalize_sha256).transpose()?;
     let client = download_client(cfg)?;
     let attempts = cfg.attempts.max(1);
@@ -238,15 +238,11 @@ pub async fn download(cfg: &InstallerConfig) -> Result<Vec<u8>> {
     for attempt in 1..=attempts {
         match fetch_once(&client, &url, cfg.max_script_bytes).await {
             Ok(body) => {
-                let actual = hex::encode(Sha256::digest(&body));
-                if let Some(expected) = &expected {
-                    if *expected != actual {
-                        bail!(
-                            "installer downloaded from {url} does not match `{INSTALLER_SHA256_KEY}`: \
-                             expected sha256 {expected}, got {actual}; not running it"
-                        );
-                    }
-                } else {
+                let actual = match check_script(&body, expected.as_deref()) {
+                    Ok(actual) => actual,
+                    Err(mismatch) => bail!("installer downloaded from {url} {mismatch}"),
+                };
+                if expected.is_none() {
                     tracing::warn!(
                         %url,
                         sha256 = %actual,
@@ -485,13 +481,13 @@ fn installed_binary(cfg: &InstallerConfig) -> Option<PathBuf> {
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-/// The URL, checked against the scheme policy before any network access.
-fn check_url(cfg: &InstallerConfig) -> Result<reqwest::Url> {
-    let url = reqwest::Url::parse(cfg.url.trim())
-        .with_context(|| format!("`{INSTALLER_URL_KEY}` {:?} is not a valid URL", cfg.url))?;
+/// The installer URL, checked against the scheme policy before any network access.
+pub fn check_url(raw: &str, allow_insecure_http: bool) -> Result<reqwest::Url> {
+    let url = reqwest::Url::parse(raw.trim())
+        .with_context(|| format!("`{INSTALLER_URL_KEY}` {raw:?} is not a valid URL"))?;
     match url.scheme() {
         "https" => Ok(url),
-        "http" if cfg.allow_insecure_http => {
+        "http" if allow_insecure_http => {
             tracing::warn!(%url, "downloading the installer over plain http (allowed by {ALLOW_INSECURE_INSTALLER_URL_KEY})");
             Ok(url)
         }
@@ -504,7 +500,8 @@ fn check_url(cfg: &InstallerConfig) -> Result<reqwest::Url> {
     }
 }
 
-fn normalize_sha256(raw: &str) -> Result<String> {
+/// The pinned installer checksum as 64 lowercase hex digits (a `sha256:` prefix is accepted).
+pub fn normalize_sha256(raw: &str) -> Result<String> {
     let hash = raw.trim();
     let hash = hash.strip_prefix("sha256:").unwrap_or(hash);
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -554,16 +551,16 @@ async fn fetch_once(
         .send()
         .await
         .map_err(|e| classify(anyhow::Error::new(e)))?;
-    let status = response.status();
-    if !status.is_success() {
-        let error = anyhow!("HTTP status {status}");
-        return Err(
-            if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+    match status_retryable(response.status().as_u16()) {
+        None => {}
+        Some(retry) => {
+            let error = anyhow!("HTTP status {}", response.status());
+            return Err(if retry {
                 Fetch::Transient(error)
             } else {
                 Fetch::Permanent(error)
-            },
-        );
+            });
+        }
     }
     let body = read_limited(&mut response, limit).await.map_err(|e| {
         if e.downcast_ref::<reqwest::Error>().is_some() {
@@ -578,6 +575,33 @@ async fn fetch_once(
         return Err(Fetch::Transient(anyhow!("empty response body")));
     }
     Ok(body)
+}
+
+/// How the download loop treats an HTTP status: `None` for success (read the body), otherwise
+/// whether another attempt could help (5xx, 408 and 429 may; other codes, redirects that were
+/// not followed included, will not).
+pub fn status_retryable(status: u16) -> Option<bool> {
+    match status {
+        200..=299 => None,
+        408 | 429 | 500..=599 => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// The downloaded script's sha256 (hex), checked against the pin (already normalized by
+/// [`normalize_sha256`]) when there is one. A mismatch is final: the server answered, with the
+/// wrong thing.
+pub fn check_script(body: &[u8], pinned: Option<&str>) -> Result<String> {
+    let actual = hex::encode(Sha256::digest(body));
+    if let Some(expected) = pinned {
+        if expected != actual {
+            bail!(
+                "does not match `{INSTALLER_SHA256_KEY}`: expected sha256 {expected}, got \
+                 {actual}; not running it"
+            );
+        }
+    }
+    Ok(actual)
 }
 
 fn classify(error: anyhow::Error) -> Fetch {
@@ -710,17 +734,29 @@ mod tests {
 
     #[test]
     fn url_policy() {
-        let mut c = cfg("/");
-        assert!(check_url(&c).is_ok());
-        c.url = "http://mirror.local/install.sh".into();
-        let err = check_url(&c).unwrap_err().to_string();
+        assert!(check_url(DEFAULT_INSTALLER_URL, false).is_ok());
+        let http = "http://mirror.local/install.sh";
+        let err = check_url(http, false).unwrap_err().to_string();
         assert!(err.contains(INSTALLER_URL_KEY) && err.contains(ALLOW_INSECURE_INSTALLER_URL_KEY));
-        c.allow_insecure_http = true;
-        assert!(check_url(&c).is_ok());
-        c.url = "ftp://mirror.local/install.sh".into();
-        assert!(check_url(&c).is_err());
-        c.url = "not a url".into();
-        assert!(check_url(&c).is_err());
+        assert!(check_url(http, true).is_ok());
+        assert!(check_url("ftp://mirror.local/install.sh", true).is_err());
+        assert!(check_url("not a url", true).is_err());
+    }
+
+    #[test]
+    fn status_and_pin_verdicts() {
+        assert_eq!(status_retryable(200), None);
+        assert_eq!(status_retryable(204), None);
+        for retry in [408, 429, 500, 503, 599] {
+            assert_eq!(status_retryable(retry), Some(true), "{retry}");
+        }
+        for fatal in [100, 301, 304, 400, 403, 404, 600] {
+            assert_eq!(status_retryable(fatal), Some(false), "{fatal}");
+        }
+        let sum = check_script(b"#!/bin/sh\n", None).unwrap();
+        assert_eq!(check_script(b"#!/bin/sh\n", Some(&sum)).unwrap(), sum);
+        let err = check_script(b"#!/bin/sh\nevil\n", Some(&sum)).unwrap_err();
+        assert!(err.to_string().contains(INSTALLER_SHA256_KEY), "{err}");
     }
 
     #[test]

@@ -250,10 +250,7 @@ impl Prober {
         if status != 200 {
             bail!("fetching the cluster CA from {url}: HTTP status {status}");
         }
-        if !body
-            .windows(b"-----BEGIN CERTIFICATE-----".len())
-            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-        {
+        if !looks_like_pem_bundle(&body) {
             bail!("the answer from {url} is not a PEM certificate bundle");
         }
         Ok(body)
@@ -273,7 +270,7 @@ impl Prober {
                  {expected}, got {actual}; refusing to send the join token"
             );
         }
-        let certs = reqwest::Certificate::from_pem_bundle(&bundle)
+        let certs = parse_ca_bundle(&bundle)
             .with_context(|| format!("parsing the cluster CA bundle from {host}"))?;
         let mut builder = base_builder(self.timeout);
         for cert in certs {
@@ -296,7 +293,7 @@ impl Prober {
     async fn ping(&self, host: &str) -> bool {
         let url = url_for(host, self.ports.supervisor, "/ping");
         match self.get(&url, MAX_PROBE_BODY).await {
-            Ok((200, body)) if body.trim_ascii() == b"pong" => true,
+            Ok((status, body)) if is_pong(status, &body) => true,
             Ok((status, _)) => {
                 tracing::debug!(%url, status, "ping probe: unexpected answer");
                 false
@@ -352,6 +349,22 @@ pub(crate) async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Whether an (unverified) `/cacerts` answer holds at least one PEM certificate.
+pub fn looks_like_pem_bundle(body: &[u8]) -> bool {
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    body.windows(BEGIN.len()).any(|w| w == BEGIN)
+}
+
+/// The certificates of a CA bundle whose hash matched the pin, for the pinned client.
+pub fn parse_ca_bundle(bundle: &[u8]) -> Result<Vec<reqwest::Certificate>> {
+    Ok(reqwest::Certificate::from_pem_bundle(bundle)?)
+}
+
+/// Whether a `/ping` answer is the supervisor's: status 200 and body `pong`.
+pub fn is_pong(status: u16, body: &[u8]) -> bool {
+    status == 200 && body.trim_ascii() == b"pong"
 }
 
 /// `https://<host>:<port><path>`, bracketing IPv6 literals.
