@@ -719,7 +719,7 @@ impl Drop for Partition {
     }
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {
+pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {
     use std::io::Write;
     let mut child = Command::new(find_program("nft").context("nft is not installed")?)
         .args(args)
