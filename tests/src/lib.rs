@@ -14,6 +14,7 @@
 //! service-manager stand-in); see the comments at the top of each.
 
 pub mod cluster;
+pub mod history;
 pub mod host;
 pub mod http;
 pub mod installer_server;

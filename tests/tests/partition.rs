@@ -13,30 +13,6 @@ use rke2_bootstrap_tests::wait_until;
 const SERVERS: [&str; 3] = ["server-1", "server-2", "server-3"];
 const AGENTS: [&str; 2] = ["agent-1", "agent-2"];
 
-/// Everything that could show a second first server: the flag in anyone's view, the disks, and
-/// the RKE2 stand-ins' own logs. Returns the names seen.
-#[track_caller]
-fn assert_at_most_one_initializer(cluster: &TestCluster) -> Vec<String> {
-    let flagged = cluster.initializers();
-    let on_disk = cluster.hosts_that_initialized();
-    let created = cluster.new_cluster_events();
-    assert!(flagged.len() <= 1, "two initializers flagged: {flagged:?}");
-    assert!(on_disk.len() <= 1, "two initialized disks: {on_disk:?}");
-    assert!(
-        created.len() <= 1 && created.iter().all(|(_, n)| *n == 1),
-        "clusters created: {created:?}"
-    );
-    let mut names: Vec<String> = flagged
-        .into_iter()
-        .chain(on_disk)
-        .chain(created.into_iter().map(|(n, _)| n))
-        .collect();
-    names.sort();
-    names.dedup();
-    assert!(names.len() <= 1, "different initializers: {names:?}");
-    names
-}
-
 #[test]
 fn partition_during_the_election_never_makes_two_first_servers() {
     if !nft_available() {
@@ -92,7 +68,7 @@ fn partition_during_the_election_never_makes_two_first_servers() {
     // failure detector need.
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(6) {
-        let initializers = assert_at_most_one_initializer(&cluster);
+        let initializers = cluster.assert_at_most_one_initializer();
         assert!(
             initializers.iter().all(|n| *n == candidate),
             "{initializers:?} initialized while {candidate} was cut off"
@@ -118,13 +94,13 @@ fn partition_during_the_election_never_makes_two_first_servers() {
     partition.heal();
     let all: Vec<&str> = SERVERS.iter().chain(AGENTS.iter()).copied().collect();
     wait_until(Duration::from_secs(90), Duration::from_millis(100), || {
-        assert_at_most_one_initializer(&cluster);
+        cluster.assert_at_most_one_initializer();
         all.iter()
             .all(|n| cluster.host(n).status().map(|s| s.phase) == Some(Phase::Ready))
     })
     .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
 
-    let initializers = assert_at_most_one_initializer(&cluster);
+    let initializers = cluster.assert_at_most_one_initializer();
     assert_eq!(initializers, [candidate.as_str()]);
     let ca = cluster.host(&candidate).root.ca_hash().unwrap();
     for name in SERVERS {
