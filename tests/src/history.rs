@@ -222,3 +222,106 @@ fn nginx_check(text: &str, prefix: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+    fn version(ms: u64, text: &str) -> Version {
+        Version {
+            first_seen_ms: ms,
+            content: Some(text.as_bytes().to_vec()),
+        }
+    }
+
+    /// An nginx.conf shaped like the sidecar's, routing to `servers` (raw `server` lines).
+    fn conf(dir: &Path, servers: &[&str], extra: &str) -> String {
+        let mut out = format!(
+            "load_module {STREAM_MODULE};\nerror_log {0}/error.log;\npid {0}/nginx.pid;\nevents {{}}\nstream {{\n",
+            dir.display()
+        );
+        for (name, port, listen) in [("supervisor", 9345, 19345), ("api", 6443, 16443)] {
+            out.push_str(&format!("  upstream {name} {{\n"));
+            for s in servers {
+                out.push_str(&format!("    server {s}:{port};\n"));
+            }
+            out.push_str(&format!(
+                "  }}\n  server {{ listen 127.79.0.9:{listen}; proxy_pass {name}; }}\n"
+            ));
+        }
+        out.push_str(extra);
+        out.push_str("}\n");
+        out
+    }
+
+    #[test]
+    fn lb_history_check_refuses_empty_foreign_and_invalid_renders() {
+        if !Path::new("/usr/sbin/nginx").is_file() || !Path::new(STREAM_MODULE).is_file() {
+            eprintln!("\n!!!!! SKIPPED: nginx with the stream module is not installed !!!!!\n");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let servers: Vec<IpAddr> = vec!["127.79.0.11".parse().unwrap()];
+        let bootstrap = "events {}\n";
+        let good = conf(d, &["127.79.0.11"], "");
+        let ok = check_lb_history(
+            &[version(1, bootstrap), version(2, &good)],
+            bootstrap,
+            &servers,
+            d,
+        )
+        .unwrap();
+        assert_eq!(ok, vec![servers.clone()]);
+
+        let bad = [
+            (conf(d, &[], ""), "empty upstream"),
+            (conf(d, &["127.79.0.12"], ""), "non-server"),
+            (
+                conf(d, &["127.79.0.11"], "  bogus_directive on;\n"),
+                "nginx -t",
+            ),
+            (bootstrap.to_string(), "empty upstream"),
+        ];
+        for (text, want) in bad {
+            let err = check_lb_history(
+                &[version(1, bootstrap), version(2, &good), version(3, &text)],
+                bootstrap,
+                &servers,
+                d,
+            )
+            .unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{want}: {err:#}");
+        }
+        // a missing file is never fine
+        let gone = Version {
+            first_seen_ms: 3,
+            content: None,
+        };
+        assert!(check_lb_history(&[version(1, bootstrap), gone], bootstrap, &servers, d).is_err());
+    }
+
+    #[test]
+    fn half_written_files_are_caught() {
+        let whole = "# managed by rke2-bootstrap: edits are overwritten\ntoken: K10abc::server:s\n";
+        let half = &whole[..whole.len() / 2];
+        let absent = Version {
+            first_seen_ms: 0,
+            content: None,
+        };
+        assert_eq!(
+            check_config_yaml_history(&[absent.clone(), version(1, whole)]).unwrap(),
+            1
+        );
+        assert!(
+            check_config_yaml_history(&[absent.clone(), version(1, half), version(2, whole)])
+                .is_err()
+        );
+        assert!(check_config_yaml_history(&[version(1, whole), absent.clone()]).is_err());
+        check_token_history(&[absent.clone(), version(1, "K10abc::server:s\n")]).unwrap();
+        assert!(check_token_history(&[version(1, ""), version(2, "K10abc::server:s\n")]).is_err());
+    }
+}

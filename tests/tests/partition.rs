@@ -242,7 +242,11 @@ fn partitions_during_server_joins_never_split_or_corrupt_the_cluster() {
     let first_joiner = wait_until(Duration::from_secs(40), Duration::from_millis(10), || {
         JOINERS
             .iter()
-            .find(|n| cluster.host(n).root.config_yaml().is_some())
+            .find(|n| {
+                // whole: the file's history is checked at the end
+                let config = cluster.host(n).root.config_yaml();
+                config.is_some_and(|c| c.get("server").is_some())
+            })
             .copied()
     })
     .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
