@@ -1,8 +1,9 @@
 //! Formation over a bad network: every gossip datagram between the hosts and the LB goes through a
-//! relay ([`GossipRelay`]) that drops 15 % of them and holds the rest for 100 ± 50 ms. The real
-//! agents, sidecar and nginx must still form exactly one cluster, route the LB to exactly the
-//! servers without ever writing an empty or invalid nginx.conf, write every config.yaml and token
-//! whole, and then, in a steady phase under the same faults, never drop a live server from the LB.
+//! relay ([`GossipRelay`]) that drops 15 % of them and holds the rest for 50 to 200 ms (125 ± 75
+//! ms, uniform). The real agents, sidecar and nginx must still form exactly one cluster, route the
+//! LB to exactly the servers without ever writing an empty or invalid nginx.conf, write every
+//! config.yaml and token whole, and then, in a steady phase under the same faults, never drop a
+//! live server from the LB.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -41,8 +42,8 @@ fn formation_and_steady_state_survive_gossip_loss_and_delay() {
         &cluster.gossip_ips(),
         GOSSIP_PORT,
         Impairment {
-            delay: Duration::from_millis(100),
-            jitter: Duration::from_millis(50),
+            delay: Duration::from_millis(125),
+            jitter: Duration::from_millis(75),
             loss: 0.15,
             seed,
         },
@@ -116,7 +117,8 @@ fn formation_and_steady_state_survive_gossip_loss_and_delay() {
 
     // The faults were really there.
     assert!(total.dropped > 0 && total.delayed > 0, "{total}");
-    assert!(total.held_mean >= Duration::from_millis(75), "{total}");
+    assert!(total.held_mean >= Duration::from_millis(100), "{total}");
+    assert!(total.held_max >= Duration::from_millis(190), "{total}");
     assert_eq!(total.foreign, 0, "{total}");
 
     // One cluster, initialized once, every host in it.
