@@ -4,8 +4,9 @@
 //! ([`Partition`]).
 //!
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
-//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-28, partition 30, lb_membership 40, demo 50.
-//! Hosts are `.11` and up, the LB host `.10`.
+//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-28, partition 30 and 61, lb_membership 40,
+//! demo 50, lossy_network 60, the gossip relay's unit tests 79. Hosts are `.11` and up, the LB
+//! host `.10`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -481,6 +482,55 @@ impl TestCluster {
             .collect()
     }
 
+    /// Everything that could show a second first server: the flag in any running host's view,
+    /// the disks, and the RKE2 stand-ins' own logs (which survive restarts). Panics on two;
+    /// returns the name seen, if any.
+    #[track_caller]
+    pub fn assert_at_most_one_initializer(&self) -> Vec<String> {
+        let flagged = self.initializers();
+        let on_disk = self.hosts_that_initialized();
+        let created = self.new_cluster_events();
+        assert!(flagged.len() <= 1, "two initializers flagged: {flagged:?}");
+        assert!(on_disk.len() <= 1, "two initialized disks: {on_disk:?}");
+        assert!(
+            created.len() <= 1 && created.iter().all(|(_, n)| *n == 1),
+            "clusters created: {created:?}"
+        );
+        let mut names: Vec<String> = flagged
+            .into_iter()
+            .chain(on_disk)
+            .chain(created.into_iter().map(|(n, _)| n))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() <= 1, "different initializers: {names:?}");
+        names
+    }
+
+    /// Every file a host's bring-up writes once and must never be seen half-written: config.yaml,
+    /// RKE2's server token, the agent's generated token.
+    pub fn written_once_files(&self) -> Vec<PathBuf> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                [
+                    h.root.rke2().config_yaml(),
+                    h.root.rke2().token(),
+                    h.state_dir().join("token"),
+                ]
+            })
+            .collect()
+    }
+
+    /// The gossip addresses of every host and of the LB host (whether started or not).
+    pub fn gossip_ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.hosts.iter().map(|h| h.ip).collect();
+        if self.spec.lb {
+            ips.push(lb_ip(self.spec.test_id));
+        }
+        ips
+    }
+
     /// The role each running host settled on.
     pub fn role_of(&self, name: &str) -> Option<Role> {
         self.host(name).status().map(|s| s.role)
@@ -517,6 +567,7 @@ pub struct LbHost {
     pub ip: IpAddr,
     /// nginx.conf, as the sidecar writes it.
     pub config_file: PathBuf,
+    bootstrap: String,
     dir: tempfile::TempDir,
     sidecar: Option<ChildGuard>,
     nginx: ChildGuard,
@@ -587,6 +638,7 @@ impl LbHost {
         Ok(LbHost {
             ip,
             config_file,
+            bootstrap,
             dir,
             sidecar: Some(sidecar),
             nginx,
@@ -610,20 +662,19 @@ impl LbHost {
 
     /// `(supervisor, api)`: the backend addresses of the upstreams on 9345 and 6443, sorted.
     pub fn upstreams(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
-        let conf = self.nginx_conf();
-        let by_port = |port: &str| {
-            let mut addrs: Vec<IpAddr> = conf
-                .lines()
-                .map(str::trim)
-                .filter_map(|l| l.strip_prefix("server "))
-                .filter_map(|rest| rest.split_whitespace().next())
-                .filter_map(|addr| addr.trim_end_matches(';').strip_suffix(port))
-                .filter_map(|ip| ip.parse().ok())
-                .collect();
-            addrs.sort();
-            addrs
-        };
-        (by_port(":9345"), by_port(":6443"))
+        parse_upstreams(&self.nginx_conf())
+    }
+
+    /// The nginx.conf the LB host started with, before the sidecar's first render.
+    pub fn bootstrap_conf(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// nginx's prefix directory (where nginx.conf and its logs live).
+    pub fn prefix(&self) -> &Path {
+        self.config_file
+            .parent()
+            .expect("nginx.conf has a directory")
     }
 
     /// The servers the LB routes to, when both upstreams agree (else the difference is shown).
@@ -657,6 +708,24 @@ impl LbHost {
         }
         out
     }
+}
+
+/// `(supervisor, api)`: the backend addresses of the upstreams on 9345 and 6443 of an nginx.conf,
+/// sorted.
+pub fn parse_upstreams(conf: &str) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let by_port = |port: &str| {
+        let mut addrs: Vec<IpAddr> = conf
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("server "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter_map(|addr| addr.trim_end_matches(';').strip_suffix(port))
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        addrs.sort();
+        addrs
+    };
+    (by_port(":9345"), by_port(":6443"))
 }
 
 impl Drop for LbHost {
@@ -734,7 +803,7 @@ impl Drop for Partition {
     }
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {
+pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {
     use std::io::Write;
     let mut child = Command::new(find_program("nft").context("nft is not installed")?)
         .args(args)

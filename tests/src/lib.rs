@@ -6,6 +6,7 @@
 //! - [`ChildGuard`]: no process started by a test outlives it.
 //! - [`wait_until`] / [`wait_until_async`]: polling with a useful timeout message.
 //! - [`loopback_ip`]: per-test loopback addresses.
+//! - [`netem::GossipRelay`]: delay, jitter and loss on a test's gossip traffic.
 //! - [`TcpProxy`]: a TCP forwarder standing for a load balancer (with or without an upstream).
 //! - [`standin`]: the stand-in for `rke2 server` / `rke2 agent` (the `rke2-standin` binary).
 //!
@@ -13,9 +14,11 @@
 //! service-manager stand-in); see the comments at the top of each.
 
 pub mod cluster;
+pub mod history;
 pub mod host;
 pub mod http;
 pub mod installer_server;
+pub mod netem;
 pub mod process;
 pub mod proxy;
 pub mod standin;
