@@ -565,6 +565,17 @@ fn add_rows(
     let window = (total / 6.0).min(300.0).round();
     let span = humantime::format_duration(Duration::from_secs(window as u64));
     for track in tracks {
+        // The trend, not just its ends: median RSS of each window in turn (a leak climbs steadily,
+        // a cache that fills and stays bounded levels off).
+        let steps = (total / window).ceil() as usize;
+        let trend: Vec<String> = (0..steps)
+            .filter_map(|k| {
+                let from = k as f64 * window;
+                track
+                    .window(from, from + window)
+                    .map(|(rss, _)| format!("{:.2}", rss / 1024.0))
+            })
+            .collect();
         let first = track.window(0.0, window);
         let last = track.window(total - window, f64::INFINITY);
         let Some(((rss0, fd0), (rss1, fd1))) = first.zip(last) else {
@@ -592,6 +603,21 @@ fn add_rows(
             .ours
             .values
             .push(rss1 / 1024.0);
+        report
+            .row(
+                scenario,
+                &format!("{} RSS, last {span}", track.class),
+                Unit::MiB,
+                None,
+                false,
+            )
+            .notes
+            .push(format!(
+                "{} (pid {}), MiB per {span} window: {}",
+                track.class,
+                track.pid,
+                trend.join(" ")
+            ));
         report
             .row(
                 scenario,
