@@ -199,31 +199,24 @@ sidecar_bin=$(built_bin rke2-lb-sidecar)
 # emptied (an RKE2_BOOTSTRAP_* variable of this shell must not decide) and no kernel command line
 # is read.
 config_check() {
-	local file=$1 kind=$2
-	case $kind in
-	agent)
-		[ -n "$agent_bin" ] || {
-			echo "rke2-bootstrap is not built (cargo build --workspace --bins)"
-			return 1
-		}
-		env -i "$agent_bin" check-config --kernel-cmdline /dev/null --config "$file" >/dev/null
-		;;
-	sidecar)
-		[ -n "$sidecar_bin" ] || {
-			echo "rke2-lb-sidecar is not built (cargo build --workspace --bins)"
-			return 1
-		}
-		env -i "$sidecar_bin" --check-config --config "$file" >/dev/null
-		;;
+	local file=$1 cmd
+	case $2 in
+	agent) cmd=("$agent_bin" check-config --kernel-cmdline /dev/null) ;;
+	sidecar) cmd=("$sidecar_bin" --check-config) ;;
 	esac
+	[ -n "${cmd[0]}" ] || {
+		echo "the $2 binary is not built (cargo build --workspace --bins)"
+		return 1
+	}
+	env -i "${cmd[@]}" --config "$file" >/dev/null
 }
 
-# content_check FILE: what the schema does not check. Unknown top-level keys (the schema lets
-# `write_file:` through), the files written under /etc/rke2-bootstrap (root-owned, 0600), the
-# embedded configs (YAML mappings of known keys), a placeholder rather than a real key, and the
-# install step (pinned, keeping the written config) and service enablement.
+# content_check FILE EMBEDDED: what the schema does not check. Unknown top-level keys (the schema
+# lets `write_file:` through), the files written under /etc/rke2-bootstrap (root-owned, 0600), a
+# placeholder rather than a real key, and the install step (pinned, keeping the written config)
+# and service enablement. The embedded config is written to EMBEDDED for its binary to check.
 content_check() {
-	"$py" - "$1" <<'PY'
+	"$py" - "$1" "$2" <<'PY'
 import os, re, sys, yaml
 from cloudinit.config.schema import get_schema
 
@@ -248,9 +241,8 @@ for p in (config, "/etc/rke2-bootstrap/gossip.key"):
         problems.append(f"{p} is not root:root 0600")
     if f.get("defer"):
         problems.append(f"{p} is deferred: it must exist before the service starts")
-if config in files and os.environ.get("EMBEDDED_CONFIG"):
-    # The binary itself validates the embedded config (embedded_config_check).
-    with open(os.environ["EMBEDDED_CONFIG"], "w") as out:
+if config in files:
+    with open(sys.argv[2], "w") as out:
         out.write(files[config]["content"])
 key = files.get("/etc/rke2-bootstrap/gossip.key", {}).get("content", "")
 key_lines = [l for l in key.splitlines() if l.strip() and not l.startswith("#")]
@@ -267,22 +259,13 @@ if problems:
 PY
 }
 
-# embedded_config_check FILE: the config a cloud-init example writes loads in its binary.
-embedded_config_check() {
-	local embedded kind=agent rc=0
-	embedded=$(mktemp)
-	[[ $(basename "$1") == lb-* ]] && kind=sidecar
-	EMBEDDED_CONFIG=$embedded content_check "$1" >/dev/null 2>&1 || true
-	config_check "$embedded" "$kind" || rc=$?
-	rm -f "$embedded"
-	return "$rc"
-}
-
 for example in "$here"/cloud-init/*.yaml; do
 	name=$(basename "$example")
+	kind=agent
+	[[ $name == lb-* ]] && kind=sidecar
 	check "cloud-init schema $name" cloud-init schema --config-file "$example"
-	check "cloud-init content $name" content_check "$example"
-	check "cloud-init embedded config $name" embedded_config_check "$example"
+	check "cloud-init content $name" content_check "$example" "$scratch/$name.config"
+	check "cloud-init embedded config $name" config_check "$scratch/$name.config" "$kind"
 done
 check "default config config.yaml" config_check "$here/config/config.yaml" agent
 check "default config lb-sidecar.yaml" config_check "$here/config/lb-sidecar.yaml" sidecar

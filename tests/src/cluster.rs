@@ -652,7 +652,7 @@ impl LbHost {
 
     /// The sidecar's status socket (its JSON status document).
     pub fn status_socket(&self) -> PathBuf {
-        self.dir.path().join("state").join("status.sock")
+        self.prefix().join("state").join("status.sock")
     }
 
     /// The nginx.conf currently in place.
@@ -755,52 +755,90 @@ pub fn nft_available() -> bool {
     find_program("nft").is_some()
 }
 
+/// `servers` then `agents`, as the `(name, role)` pairs of [`ClusterSpec::new`].
+pub fn layout<'a>(servers: &[&'a str], agents: &[&'a str]) -> Vec<(&'a str, &'static str)> {
+    servers
+        .iter()
+        .map(|n| (*n, "server"))
+        .chain(agents.iter().map(|n| (*n, "agent")))
+        .collect()
+}
+
+/// `true` (after saying so loudly) when `nft` is missing, so a test that needs it skips.
+pub fn skip_without_nft(test: &str) -> bool {
+    if nft_available() {
+        return false;
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED {test}: `nft` is not installed (Debian package nftables; tests/run.sh \
+         installs it) !!!!!\n"
+    );
+    true
+}
+
+/// An nftables table a test owns: `table inet <name> { <body> }`, replacing a table of that name
+/// left behind by a run that was killed outright. Deleted on drop, also when the test panics.
+pub(crate) struct NftTable {
+    name: String,
+}
+
+impl NftTable {
+    /// `name`: letters, digits and `_` (name it after the test).
+    pub(crate) fn install(name: &str, body: &str) -> Result<NftTable> {
+        anyhow::ensure!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "bad nftables table name {name:?}"
+        );
+        let _ = nft(&["delete", "table", "inet", name], None);
+        nft(
+            &["-f", "-"],
+            Some(&format!("table inet {name} {{\n{body}}}\n")),
+        )
+        .with_context(|| format!("installing nftables table {name}"))?;
+        Ok(NftTable {
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        if let Err(err) = nft(&["delete", "table", "inet", &self.name], None) {
+            eprintln!("could not delete nftables table {}: {err:#}", self.name);
+        }
+    }
+}
+
+/// Addresses as the elements of an nftables set.
+pub(crate) fn nft_set(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A network partition on loopback: a dedicated nftables table that drops UDP (gossip) between
 /// two groups of addresses, in both directions. Deleted on drop, also when the test panics.
 pub struct Partition {
-    table: String,
+    _table: NftTable,
 }
 
 impl Partition {
     /// `table`: letters, digits and `_` (name it after the test).
     pub fn new(table: &str, side_a: &[IpAddr], side_b: &[IpAddr]) -> Result<Partition> {
-        anyhow::ensure!(
-            !table.is_empty()
-                && table
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-            "bad table name {table:?}"
-        );
-        let set = |ips: &[IpAddr]| {
-            ips.iter()
-                .map(|ip| ip.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let (a, b) = (set(side_a), set(side_b));
-        // A table left behind by a run that was killed outright goes first.
-        let _ = nft(&["delete", "table", "inet", table], None);
-        let script = format!(
-            "table inet {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+        let (a, b) = (nft_set(side_a), nft_set(side_b));
+        let body = format!(
+            "  chain output {{\n    type filter hook output priority 0; policy accept;\n    \
              ip saddr {{ {a} }} ip daddr {{ {b} }} meta l4proto udp drop\n    \
-             ip saddr {{ {b} }} ip daddr {{ {a} }} meta l4proto udp drop\n  }}\n}}\n"
+             ip saddr {{ {b} }} ip daddr {{ {a} }} meta l4proto udp drop\n  }}\n"
         );
-        nft(&["-f", "-"], Some(&script)).context("installing the partition")?;
         Ok(Partition {
-            table: table.to_string(),
+            _table: NftTable::install(table, &body).context("installing the partition")?,
         })
     }
 
     /// Removes the partition now (the same as dropping it).
     pub fn heal(self) {}
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        if let Err(err) = nft(&["delete", "table", "inet", &self.table], None) {
-            eprintln!("could not delete nftables table {}: {err:#}", self.table);
-        }
-    }
 }
 
 pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 
-use crate::cluster::nft;
+use crate::cluster::{nft_set, NftTable};
 
 /// The relay's sockets listen on the gossip port plus this.
 pub const RELAY_PORT_OFFSET: u16 = 10_000;
@@ -160,7 +160,8 @@ struct Shared {
 
 /// The running relay and its nftables table; both go away on drop.
 pub struct GossipRelay {
-    table: String,
+    /// `None` only while starting: the rules go in last, once the relay can forward.
+    table: Option<NftTable>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -174,13 +175,6 @@ impl GossipRelay {
         port: u16,
         impairment: Impairment,
     ) -> Result<GossipRelay> {
-        anyhow::ensure!(
-            !table.is_empty()
-                && table
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-            "bad table name {table:?}"
-        );
         anyhow::ensure!(
             (0.0..=1.0).contains(&impairment.loss),
             "loss {} is not a share",
@@ -238,26 +232,22 @@ impl GossipRelay {
             threads.push(std::thread::spawn(move || send_loop(&sockets, &shared)));
         }
 
-        let set = hosts
-            .iter()
-            .map(|ip| ip.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        // A table left behind by a run that was killed outright goes first.
-        let _ = nft(&["delete", "table", "inet", table], None);
+        let set = nft_set(hosts);
         // priority raw: before conntrack, so conntrack only ever sees the rewritten ports and no
         // flow state can outlive the table.
-        let script = format!(
-            "table inet {table} {{\n  chain output {{\n    type filter hook output priority raw; policy accept;\n    \
+        let body = format!(
+            "  chain output {{\n    type filter hook output priority raw; policy accept;\n    \
              ip saddr {{ {set} }} ip daddr {{ {set} }} udp sport {port} udp dport {port} udp dport set {relay_port}\n    \
-             ip saddr {{ {set} }} ip daddr {{ {set} }} udp sport {relay_port} udp dport {port} udp sport set {port}\n  }}\n}}\n"
+             ip saddr {{ {set} }} ip daddr {{ {set} }} udp sport {relay_port} udp dport {port} udp sport set {port}\n  }}\n"
         );
-        let relay = GossipRelay {
-            table: table.to_string(),
+        // Built first, so a failure to install the rules still stops the threads (on drop).
+        let mut relay = GossipRelay {
+            table: None,
             shared,
             threads,
         };
-        nft(&["-f", "-"], Some(&script)).context("installing the relay's nftables rules")?;
+        relay.table =
+            Some(NftTable::install(table, &body).context("installing the relay's nftables rules")?);
         Ok(relay)
     }
 
@@ -269,9 +259,7 @@ impl GossipRelay {
 impl Drop for GossipRelay {
     fn drop(&mut self) {
         // the rules first: with the relay gone they would blackhole the gossip
-        if let Err(err) = nft(&["delete", "table", "inet", &self.table], None) {
-            eprintln!("could not delete nftables table {}: {err:#}", self.table);
-        }
+        drop(self.table.take());
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake.notify_all();
         for t in self.threads.drain(..) {

@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::Phase;
-use rke2_bootstrap_tests::cluster::{nft_available, ClusterSpec, TestCluster, GOSSIP_PORT};
+use rke2_bootstrap_tests::cluster::{
+    layout, skip_without_nft, ClusterSpec, TestCluster, GOSSIP_PORT,
+};
 use rke2_bootstrap_tests::history::{
     check_config_yaml_history, check_lb_history, check_token_history, FileHistory,
 };
@@ -23,18 +25,10 @@ const STEADY: Duration = Duration::from_secs(10);
 
 #[test]
 fn formation_and_steady_state_survive_gossip_loss_and_delay() {
-    if !nft_available() {
-        eprintln!(
-            "\n!!!!! SKIPPED formation_and_steady_state_survive_gossip_loss_and_delay: `nft` is \
-             not installed (Debian package nftables; tests/run.sh installs it) !!!!!\n"
-        );
+    if skip_without_nft("formation_and_steady_state_survive_gossip_loss_and_delay") {
         return;
     }
-    let hosts: Vec<(&str, &'static str)> = SERVERS
-        .iter()
-        .map(|n| (*n, "server"))
-        .chain(AGENTS.iter().map(|n| (*n, "agent")))
-        .collect();
+    let hosts = layout(&SERVERS, &AGENTS);
     let mut cluster = TestCluster::new(ClusterSpec::new(ID, &hosts).with_lb()).unwrap();
     let seed = rke2_bootstrap_tests::cluster::test_seed("lossy_network");
     let relay = GossipRelay::start(

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::Phase;
-use rke2_bootstrap_tests::cluster::{lb_ip, nft_available, ClusterSpec, Partition, TestCluster};
+use rke2_bootstrap_tests::cluster::{
+    layout, lb_ip, skip_without_nft, ClusterSpec, Partition, TestCluster,
+};
 use rke2_bootstrap_tests::history::{
     check_config_yaml_history, check_lb_history, check_token_history, FileHistory,
 };
@@ -18,18 +20,10 @@ const AGENTS: [&str; 2] = ["agent-1", "agent-2"];
 
 #[test]
 fn partition_during_the_election_never_makes_two_first_servers() {
-    if !nft_available() {
-        eprintln!(
-            "\n!!!!! SKIPPED partition_during_the_election_never_makes_two_first_servers: `nft` is \
-             not installed (Debian package nftables; tests/run.sh installs it) !!!!!\n"
-        );
+    if skip_without_nft("partition_during_the_election_never_makes_two_first_servers") {
         return;
     }
-    let hosts: Vec<(&str, &'static str)> = SERVERS
-        .iter()
-        .map(|n| (*n, "server"))
-        .chain(AGENTS.iter().map(|n| (*n, "agent")))
-        .collect();
+    let hosts = layout(&SERVERS, &AGENTS);
     let mut cluster = TestCluster::new(ClusterSpec::new(30, &hosts)).unwrap();
     // A slow installer keeps the candidate in its prepare step long enough to cut it off there.
     for name in SERVERS {
@@ -162,6 +156,11 @@ impl Timeline {
         }
     }
 
+    /// What happened so far and every host's log tail, for a failure message.
+    fn dump(&self, cluster: &TestCluster) -> String {
+        format!("{}\n{}", self.lines.join("\n"), cluster.logs_tail())
+    }
+
     fn note(&mut self, subject: &str, what: String) {
         if self.last.get(subject) != Some(&what) {
             self.lines
@@ -194,29 +193,14 @@ fn unix_ms() -> u64 {
 /// or invalid upstream list, and no config.yaml or token was ever seen half-written.
 #[test]
 fn partitions_during_server_joins_never_split_or_corrupt_the_cluster() {
-    if !nft_available() {
-        eprintln!(
-            "\n!!!!! SKIPPED partitions_during_server_joins_never_split_or_corrupt_the_cluster: \
-             `nft` is not installed !!!!!\n"
-        );
+    if skip_without_nft("partitions_during_server_joins_never_split_or_corrupt_the_cluster") {
         return;
     }
     const ID: u8 = 61;
     const JOINERS: [&str; 3] = ["server-2", "server-3", "server-4"];
-    let names = ["server-1", "server-2", "server-3", "server-4", "agent-1"];
-    let hosts: Vec<(&str, &'static str)> = names
-        .iter()
-        .map(|n| {
-            (
-                *n,
-                if n.starts_with("agent") {
-                    "agent"
-                } else {
-                    "server"
-                },
-            )
-        })
-        .collect();
+    let servers = ["server-1", "server-2", "server-3", "server-4"];
+    let hosts = layout(&servers, &["agent-1"]);
+    let names: Vec<&str> = hosts.iter().map(|(n, _)| *n).collect();
     let mut cluster = TestCluster::new(ClusterSpec::new(ID, &hosts).with_lb()).unwrap();
     // slow joins, so the partitions land while rke2-server is joining
     for (name, delay) in [("server-2", "4000"), ("server-3", "7000")] {
@@ -297,13 +281,7 @@ fn partitions_during_server_joins_never_split_or_corrupt_the_cluster() {
         events.note("lb", format!("lb routes to {routed:?}"));
         cluster.host("server-3").root.config_yaml().is_some()
     })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\n{}\n{}",
-            events.lines.join("\n"),
-            cluster.logs_tail()
-        )
-    });
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", events.dump(&cluster)));
     let mut a_healed = None;
     events.note("partition", "server-3 has its config.yaml".into());
 
@@ -348,33 +326,20 @@ fn partitions_during_server_joins_never_split_or_corrupt_the_cluster() {
             .unit_events("rke2-server.service", "api is ready")
             .is_empty()
     })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\n{}\n{}",
-            events.lines.join("\n"),
-            cluster.logs_tail()
-        )
-    });
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", events.dump(&cluster)));
     cut_b.heal();
     let b_healed = unix_ms();
     let lb_listed_server_2_during_a = cut_a.is_none();
     drop(cut_a);
     events.note("partition", "B healed".into());
 
-    let servers = ["server-1", "server-2", "server-3", "server-4"];
     wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         cluster.assert_at_most_one_initializer();
         names
             .iter()
             .all(|n| cluster.host(n).status().map(|s| s.phase) == Some(Phase::Ready))
     })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\n{}\n{}",
-            events.lines.join("\n"),
-            cluster.logs_tail()
-        )
-    });
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", events.dump(&cluster)));
     cluster
         .wait_for_lb_servers(&servers, Duration::from_secs(20))
         .unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rke2_bootstrap::gossip::schema::{Phase, Role};
-use rke2_bootstrap_tests::cluster::{lb_ip, test_seed, ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::cluster::{layout, lb_ip, test_seed, ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::http::{https_get_blocking, Trust};
 use rke2_bootstrap_tests::standin::ca_hash;
 use serde_yaml_ng::Value;
@@ -26,12 +26,7 @@ const SERVER_UNIT: &str = "rke2-server.service";
 const AGENT_UNIT: &str = "rke2-agent.service";
 
 fn seed_table(test_id: u8) -> ClusterSpec {
-    let hosts: Vec<(&str, &'static str)> = SERVERS
-        .iter()
-        .map(|n| (*n, "server"))
-        .chain(AGENTS.iter().map(|n| (*n, "agent")))
-        .collect();
-    ClusterSpec::new(test_id, &hosts).with_lb()
+    ClusterSpec::new(test_id, &layout(&SERVERS, &AGENTS)).with_lb()
 }
 
 /// Keys of a config.yaml, sorted.

@@ -551,16 +551,13 @@ async fn fetch_once(
         .send()
         .await
         .map_err(|e| classify(anyhow::Error::new(e)))?;
-    match status_retryable(response.status().as_u16()) {
-        None => {}
-        Some(retry) => {
-            let error = anyhow!("HTTP status {}", response.status());
-            return Err(if retry {
-                Fetch::Transient(error)
-            } else {
-                Fetch::Permanent(error)
-            });
-        }
+    if let Some(retry) = status_retryable(response.status().as_u16()) {
+        let error = anyhow!("HTTP status {}", response.status());
+        return Err(if retry {
+            Fetch::Transient(error)
+        } else {
+            Fetch::Permanent(error)
+        });
     }
     let body = read_limited(&mut response, limit).await.map_err(|e| {
         if e.downcast_ref::<reqwest::Error>().is_some() {

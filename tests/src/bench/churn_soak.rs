@@ -581,51 +581,29 @@ fn add_rows(
         let Some(((rss0, fd0), (rss1, fd1))) = first.zip(last) else {
             continue;
         };
+        let class = track.class;
+        let growth = format!("{class} RSS growth, first to last {span}");
         report
-            .row(
-                scenario,
-                &format!("{} RSS growth, first to last {span}", track.class),
-                Unit::Pct,
-                Target::at_most(10.0),
-                false,
-            )
+            .row(scenario, &growth, Unit::Pct, Target::at_most(10.0), false)
             .ours
             .values
             .push((rss1 - rss0) / rss0 * 100.0);
+        let last = report.row(
+            scenario,
+            &format!("{class} RSS, last {span}"),
+            Unit::MiB,
+            None,
+            false,
+        );
+        last.ours.values.push(rss1 / 1024.0);
+        last.notes.push(format!(
+            "{class} (pid {}), MiB per {span} window: {}",
+            track.pid,
+            trend.join(" ")
+        ));
+        let fds = format!("{class} open fds growth");
         report
-            .row(
-                scenario,
-                &format!("{} RSS, last {span}", track.class),
-                Unit::MiB,
-                None,
-                false,
-            )
-            .ours
-            .values
-            .push(rss1 / 1024.0);
-        report
-            .row(
-                scenario,
-                &format!("{} RSS, last {span}", track.class),
-                Unit::MiB,
-                None,
-                false,
-            )
-            .notes
-            .push(format!(
-                "{} (pid {}), MiB per {span} window: {}",
-                track.class,
-                track.pid,
-                trend.join(" ")
-            ));
-        report
-            .row(
-                scenario,
-                &format!("{} open fds growth", track.class),
-                Unit::Count,
-                Target::at_most(0.0),
-                false,
-            )
+            .row(scenario, &fds, Unit::Count, Target::at_most(0.0), false)
             .ours
             .values
             .push(fd1 - fd0);
