@@ -208,6 +208,7 @@ impl Agent {
         let mut registration_checked_at: Option<tokio::time::Instant> = None;
         let mut registration_answers = false;
         let mut install_failures = 0u32;
+        let mut deaths = election::DeathClock::default();
         loop {
             let members = self.view.borrow().clone();
             if let Some(host) = &self.cfg.registration_address {
@@ -230,7 +231,7 @@ impl Agent {
                     registration_answers,
                     rke2_installed: self.state.installed,
                 },
-                peers: members.iter().map(election::PeerView::from).collect(),
+                peers: deaths.peer_views(std::time::Instant::now(), &members),
             };
             let decision = election::decide(&self.state.election, &observation);
             let reason = decision.reason();
@@ -306,23 +307,8 @@ impl Agent {
                     return Ok(Plan::Initialize);
                 }
                 Decision::JoinExisting { role, .. } => {
+                    // `auto` is resolved by the election; a role settled before a reboot stays.
                     let role = self.state.role.unwrap_or(role);
-                    let role = if role == Role::Auto {
-                        match bringup::late_auto_role(
-                            &self.cfg.node_name,
-                            &members,
-                            self.cfg.servers,
-                        ) {
-                            Ok(role) => role,
-                            Err(reason) => {
-                                self.set_phase(Phase::Discovering, &reason).await;
-                                self.wait_for_change(tick(Phase::Discovering)).await;
-                                continue;
-                            }
-                        }
-                    } else {
-                        role
-                    };
                     let mut next = self.state.clone();
                     next.role = Some(role);
                     self.persist(next)?;

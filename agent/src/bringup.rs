@@ -113,28 +113,6 @@ pub fn tls_sans(cfg: &AgentConfig) -> Vec<String> {
     sans
 }
 
-/// The auto role of a host that arrives after the cluster formed: one undecided `auto` host at a
-/// time (the lowest-named) becomes a server while the live servers are fewer than the target.
-pub fn late_auto_role(me: &str, members: &[Member], servers_target: u32) -> Result<Role, String> {
-    let undecided_ahead = members
-        .iter()
-        .filter(|m| m.name.as_str() < me && m.liveness == Liveness::Alive && m.role == Role::Auto)
-        .map(|m| m.name.as_str())
-        .next();
-    if let Some(name) = undecided_ahead {
-        return Err(format!("waiting for {name} to choose its role first"));
-    }
-    let live_servers = members
-        .iter()
-        .filter(|m| m.name != me && m.liveness == Liveness::Alive && m.role == Role::Server)
-        .count() as u32;
-    Ok(if live_servers < servers_target {
-        Role::Server
-    } else {
-        Role::Agent
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,23 +182,5 @@ mod tests {
         other.token = None;
         assert!(join_material(&[other], &hash).is_none());
         assert!(!format!("{got:?}").contains("secret\""));
-    }
-
-    #[test]
-    fn late_auto_hosts_fill_the_server_target_one_at_a_time() {
-        let members = vec![
-            member("s1", Role::Server, Phase::Ready),
-            member("s2", Role::Server, Phase::Ready),
-            member("x", Role::Auto, Phase::Discovering),
-            member("y", Role::Auto, Phase::Discovering),
-        ];
-        assert_eq!(late_auto_role("x", &members, 3), Ok(Role::Server));
-        assert!(late_auto_role("y", &members, 3).is_err());
-        let members = vec![
-            member("s1", Role::Server, Phase::Ready),
-            member("s2", Role::Server, Phase::Ready),
-            member("s3", Role::Server, Phase::Ready),
-        ];
-        assert_eq!(late_auto_role("y", &members, 3), Ok(Role::Agent));
     }
 }

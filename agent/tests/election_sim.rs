@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -772,8 +772,13 @@ impl Sim {
             .view
             .iter()
             .map(|(&(host, _), seen)| {
-                let alive = t - seen.advanced_at <= alive_within;
-                peer_view(&self.s.names[host], &seen.state, alive)
+                let silent = t - seen.advanced_at;
+                let mut view = peer_view(&self.s.names[host], &seen.state, silent <= alive_within);
+                if !view.alive && !view.left {
+                    // A tick stands for a second here.
+                    view.dead_for = Duration::from_secs(silent - alive_within);
+                }
+                view
             })
             .collect();
         if self.fault == Fault::ForgetAbdicationAndOwnEntries {
@@ -818,6 +823,7 @@ fn peer_view(name: &str, p: &Published, alive: bool) -> PeerView {
         initializer: p.initializer,
         abdicated: p.abdicated,
         has_cluster_identity: p.identity,
+        dead_for: Duration::ZERO,
     }
 }
 

@@ -100,6 +100,8 @@ pub struct ClusterSpec {
     /// Whether the cluster has an LB host (see [`TestCluster::start_lb`]); then it is every
     /// host's registration address.
     pub lb: bool,
+    /// Gossip settings (`--<key> <value>`) of every agent and of the LB host's sidecar.
+    pub gossip_settings: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -117,7 +119,15 @@ impl ClusterSpec {
             registration_address: None,
             seeds: None,
             lb: false,
+            gossip_settings: Vec::new(),
         }
+    }
+
+    /// Adds a gossip setting (such as `dead-member-grace-period`) for every agent and the sidecar.
+    pub fn with_gossip_setting(mut self, key: &str, value: &str) -> ClusterSpec {
+        self.gossip_settings
+            .push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Puts an LB host (real sidecar and nginx, on `127.<id>.0.10`) in front of the servers: it
@@ -223,6 +233,7 @@ impl TestCluster {
             &format!("test-{}", self.spec.test_id),
             &self.key_file,
             &seeds,
+            &self.spec.gossip_settings,
         )?;
         self.lb = Some(lb);
         Ok(())
@@ -312,7 +323,7 @@ impl TestCluster {
             flags.push(("registration-address".into(), lb.to_string()));
         }
         // A host's own settings replace the defaults above (a flag may be given only once).
-        for (key, value) in &host.extra {
+        for (key, value) in self.spec.gossip_settings.iter().chain(&host.extra) {
             match flags.iter_mut().find(|(k, _)| k == key) {
                 Some(flag) => flag.1 = value.clone(),
                 None => flags.push((key.clone(), value.clone())),
@@ -574,7 +585,13 @@ pub struct LbHost {
 }
 
 impl LbHost {
-    fn start(ip: IpAddr, cluster_name: &str, key_file: &Path, seeds: &[String]) -> Result<LbHost> {
+    fn start(
+        ip: IpAddr,
+        cluster_name: &str,
+        key_file: &Path,
+        seeds: &[String],
+        gossip_settings: &[(String, String)],
+    ) -> Result<LbHost> {
         let nginx_bin = find_program("nginx").context(
             "nginx is not installed (tests/run.sh installs nginx-light and libnginx-mod-stream)",
         )?;
@@ -630,6 +647,11 @@ impl LbHost {
                 ),
             ])
             .args(["--retry", "{initial: 200ms, max: 2s}"])
+            .args(
+                gossip_settings
+                    .iter()
+                    .flat_map(|(key, value)| [format!("--{key}"), value.clone()]),
+            )
             .env("RKE2_LB_SIDECAR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

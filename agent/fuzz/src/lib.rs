@@ -146,7 +146,7 @@ pub fn scratch_dir() -> PathBuf {
 }
 
 /// Runs every decision the agent and the LB sidecar take on a membership view, as the agent
-/// does on each view change: cluster identity, join material and turn, late auto role, an
+/// does on each view change: cluster identity, join material and turn, the auto role, an
 /// election step for each member's point of view, and the sidecar's routable view rendered for
 /// nginx and HAProxy. Whatever peers published, none of it may panic; the sidecar output must
 /// only carry upstreams its validators accept.
@@ -162,9 +162,9 @@ pub fn consume(members: &[Member], bits: u8) {
     let _ = bringup::join_material(members, &identity);
     let _ = bringup::join_turn(&me, members);
     let _ = bringup::successor_candidate(&me, members);
-    let _ = bringup::late_auto_role(&me, members, 1 + 2 * u32::from(bits & 3));
-
-    let peers: Vec<PeerView> = members.iter().map(PeerView::from).collect();
+    let peers: Vec<PeerView> =
+        election::DeathClock::default().peer_views(std::time::Instant::now(), members);
+    let _ = election::auto_role(&me, &peers, 1 + 2 * usize::from(bits & 3));
     let role = [Role::Server, Role::Agent, Role::Auto, Role::Observer][usize::from(bits >> 2 & 3)];
     for m in members.iter().take(4) {
         let obs = election::Observation {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fsutil::under_root;
+use crate::gossip::cluster::DEFAULT_DEAD_NODE_GRACE_PERIOD;
 use crate::gossip::schema::Role;
 use crate::rke2::config_yaml::ExistingConfigPolicy;
 use crate::rke2::installer::InstallMethod;
@@ -25,6 +26,9 @@ pub const ENV_CONFIG_FILE: &str = "RKE2_BOOTSTRAP_CONFIG";
 pub const ENV_LOG: &str = "RKE2_BOOTSTRAP_LOG";
 /// Default gossip port (UDP).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7947;
+/// The shortest `dead-member-grace-period`. A dead server keeps counting toward `servers` until it
+/// is forgotten; a server that is merely rebooting (minutes) must not be forgotten and replaced.
+pub const MIN_DEAD_MEMBER_GRACE_PERIOD: Duration = Duration::from_secs(5 * 60);
 
 /// Every key the agent accepts, with its help line. The flag `--<key>` and the variable
 /// `RKE2_BOOTSTRAP_<KEY>` are derived from it.
@@ -56,6 +60,7 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "existing-config-policy", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
     KeySpec { name: "rke2-config", help: "Extra RKE2 config.yaml keys, passed through (a mapping)" },
     KeySpec { name: "gossip-interval", help: "Gossip round interval (default: 100ms)" },
+    KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten (default: 1h, at least 5m)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
 
@@ -105,6 +110,8 @@ pub struct RawAgentConfig {
     pub rke2_config: Option<serde_yaml_ng::Mapping>,
     #[serde(default, deserialize_with = "lenient::duration")]
     pub gossip_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "lenient::duration")]
+    pub dead_member_grace_period: Option<Duration>,
     pub status_socket: Option<PathBuf>,
 }
 
@@ -195,6 +202,7 @@ pub struct AgentConfig {
     pub existing_config_policy: ExistingConfigPolicy,
     pub rke2_config: serde_yaml_ng::Mapping,
     pub gossip_interval: Duration,
+    pub dead_member_grace_period: Duration,
     pub status_socket: PathBuf,
 }
 
@@ -329,6 +337,18 @@ impl AgentConfig {
                 "must be between 10ms and 10s".into(),
             ));
         }
+        let dead_member_grace_period = raw
+            .dead_member_grace_period
+            .unwrap_or(DEFAULT_DEAD_NODE_GRACE_PERIOD);
+        if dead_member_grace_period < MIN_DEAD_MEMBER_GRACE_PERIOD {
+            return Err(invalid(
+                "dead-member-grace-period",
+                format!(
+                    "must be at least {}s: a server that is merely rebooting must not be forgotten",
+                    MIN_DEAD_MEMBER_GRACE_PERIOD.as_secs()
+                ),
+            ));
+        }
         Ok(AgentConfig {
             cluster_name,
             node_name,
@@ -366,6 +386,7 @@ impl AgentConfig {
             existing_config_policy: raw.existing_config_policy.unwrap_or_default(),
             rke2_config: raw.rke2_config.unwrap_or_default(),
             gossip_interval,
+            dead_member_grace_period,
         })
     }
 
@@ -384,6 +405,7 @@ impl AgentConfig {
         gossip.advertise_addr = Some(advertise);
         gossip.seeds = self.seeds.clone();
         gossip.gossip_interval = self.gossip_interval;
+        gossip.failure_detector.dead_node_grace_period = self.dead_member_grace_period;
         gossip
     }
 
@@ -553,6 +575,41 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.installer.allow_insecure_http);
+    }
+
+    #[test]
+    fn dead_member_grace_period_has_a_floor_and_reaches_gossip() {
+        let cfg = load(None, &[], &[("node-name", "a")]).unwrap();
+        assert_eq!(cfg.dead_member_grace_period, DEFAULT_DEAD_NODE_GRACE_PERIOD);
+        let err = load(
+            None,
+            &[],
+            &[("node-name", "a"), ("dead-member-grace-period", "4m")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("dead-member-grace-period") && err.contains("at least 300s"),
+            "{err}"
+        );
+        let cfg = load(
+            None,
+            &[],
+            &[
+                ("node-name", "a"),
+                ("bind-addr", "127.0.0.1"),
+                ("dead-member-grace-period", "10m"),
+            ],
+        )
+        .unwrap();
+        let gossip = cfg.gossip_config(
+            "127.0.0.1:7947".parse().unwrap(),
+            crate::gossip::keyring::Keyring::new([7; 32]),
+        );
+        assert_eq!(
+            gossip.failure_detector.dead_node_grace_period,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

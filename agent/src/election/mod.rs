@@ -87,10 +87,11 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use role::{auto_role, AutoRole};
+pub use role::{auto_role, AutoRole, UNDECIDED_DEAD_WAIT};
 pub use state::{ElectionState, Lifecycle, TransitionError};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::gossip::schema::{Liveness, Member, Phase, Role, Vote};
 use roster::Roster;
@@ -134,6 +135,10 @@ pub struct PeerView {
     pub abdicated: Option<u32>,
     /// Publishes a cluster CA hash: it belongs to a cluster.
     pub has_cluster_identity: bool,
+    /// How long this host's view has shown the entry dead without a break (zero while alive; see
+    /// [`DeathClock`]). "Dead" is an opinion that can be wrong for a moment: a generation heard
+    /// of only once has no heartbeat history yet, and a stalled peer looks dead until it resumes.
+    pub dead_for: Duration,
 }
 
 impl From<&Member> for PeerView {
@@ -148,7 +153,43 @@ impl From<&Member> for PeerView {
             initializer: m.initializer,
             abdicated: m.abdicated,
             has_cluster_identity: m.ca_hash.is_some(),
+            dead_for: Duration::ZERO,
         }
+    }
+}
+
+/// Remembers since when each gossip entry (name and generation) has looked dead, so that a
+/// decision can tell a momentary "dead" from a host that is gone. The caller owns the clock.
+#[derive(Debug, Default)]
+pub struct DeathClock {
+    since: HashMap<(String, u64), Instant>,
+}
+
+impl DeathClock {
+    /// The election's view of `members` at `now`, with [`PeerView::dead_for`] filled in.
+    pub fn peer_views(&mut self, now: Instant, members: &[Member]) -> Vec<PeerView> {
+        let dead: HashSet<(&str, u64)> = members
+            .iter()
+            .filter(|m| m.liveness == Liveness::Dead)
+            .map(|m| (m.name.as_str(), m.generation))
+            .collect();
+        // Entries alive again, left or forgotten start over.
+        self.since
+            .retain(|(name, generation), _| dead.contains(&(name.as_str(), *generation)));
+        members
+            .iter()
+            .map(|m| {
+                let mut view = PeerView::from(m);
+                if m.liveness == Liveness::Dead {
+                    let since = *self
+                        .since
+                        .entry((m.name.clone(), m.generation))
+                        .or_insert(now);
+                    view.dead_for = now.saturating_duration_since(since);
+                }
+                view
+            })
+            .collect()
     }
 }
 

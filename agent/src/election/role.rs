@@ -10,9 +10,18 @@
 //!
 //! One host at a time also means one server join at a time, which etcd wants anyway.
 
+use std::time::Duration;
+
 use super::roster::Roster;
 use super::PeerView;
 use crate::gossip::schema::Role;
+
+/// How long a lower-named undecided `auto` host that looks dead is still waited for. Not waiting
+/// at all lets a host settle `server` while a peer it momentarily sees dead (just heard of, or
+/// stalled) settles `server` too: one server too many, an even etcd. Waiting for good would let
+/// one host that died undecided hold every higher name up until it is forgotten. Half a minute is
+/// far beyond a false death on a busy host (about a second of silence) and short at boot.
+pub const UNDECIDED_DEAD_WAIT: Duration = Duration::from_secs(30);
 
 /// The outcome of [`auto_role`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +35,8 @@ pub enum AutoRole {
 /// Resolves the role of the `auto` host `self_name` while a cluster exists or is being created.
 ///
 /// - If gossip already shows this host with a settled role (from before a reboot), that role.
-/// - Otherwise, if an alive auto host with a lower name has not settled yet, wait for it.
+/// - Otherwise, if an auto host with a lower name has not settled yet, wait for it while it is
+///   alive, or has looked dead for less than [`UNDECIDED_DEAD_WAIT`], and has not left.
 /// - Otherwise `server` while fewer than `servers_target` servers are settled, else `agent`.
 ///
 /// A server counts while it has not left, even when the failure detector currently calls it dead:
@@ -40,9 +50,9 @@ pub fn auto_role(self_name: &str, peers: &[PeerView], servers_target: usize) -> 
     let undecided_before_me = roster.names().find(|(name, entries)| {
         *name < self_name
             && Roster::settled_role(entries).is_none()
-            && entries
-                .iter()
-                .any(|p| p.alive && !p.left && p.role == Role::Auto)
+            && entries.iter().any(|p| {
+                p.role == Role::Auto && !p.left && (p.alive || p.dead_for < UNDECIDED_DEAD_WAIT)
+            })
     });
     if let Some((name, _)) = undecided_before_me {
         return AutoRole::WaitFor(name.to_string());
@@ -79,6 +89,12 @@ mod tests {
     fn auto_role_table() {
         let dead = |mut p: PeerView| {
             p.alive = false;
+            p.dead_for = Duration::from_secs(3600);
+            p
+        };
+        let dead_for = |secs: u64, mut p: PeerView| {
+            p.alive = false;
+            p.dead_for = Duration::from_secs(secs);
             p
         };
         let left = |mut p: PeerView| {
@@ -133,7 +149,27 @@ mod tests {
                 3,
                 Decided(Role::Agent),
             ),
-            // Dead undecided hosts are not waited for; left ones neither.
+            // An undecided host that has looked dead only briefly is waited for (it may merely be
+            // stalled, and settle `server` at the same time); one dead for long is not, a left
+            // one neither.
+            (
+                "c",
+                vec![server("a"), dead_for(0, auto("b"))],
+                3,
+                WaitFor("b".into()),
+            ),
+            (
+                "c",
+                vec![server("a"), dead_for(29, auto("b"))],
+                3,
+                WaitFor("b".into()),
+            ),
+            (
+                "c",
+                vec![server("a"), dead_for(30, auto("b"))],
+                3,
+                Decided(Role::Server),
+            ),
             (
                 "c",
                 vec![server("a"), dead(auto("b"))],

@@ -15,6 +15,7 @@ pub(super) fn peer(name: &str, role: Role) -> PeerView {
         initializer: false,
         abdicated: None,
         has_cluster_identity: false,
+        dead_for: std::time::Duration::ZERO,
     }
 }
 
@@ -38,8 +39,12 @@ trait Tweak: Sized {
     fn abdicated(self, round: u32) -> PeerView {
         self.with(|p| p.abdicated = Some(round))
     }
+    /// Dead for a long time (an hour).
     fn dead(self) -> PeerView {
-        self.with(|p| p.alive = false)
+        self.with(|p| {
+            p.alive = false;
+            p.dead_for = std::time::Duration::from_secs(3600);
+        })
     }
     fn left(self) -> PeerView {
         self.with(|p| p.left = true)
@@ -845,9 +850,10 @@ fn arb_peer() -> impl Strategy<Value = PeerView> {
         (prop::bool::weighted(0.1), prop::bool::weighted(0.1)),
         prop::option::of((0u32..4, names)),
         prop::option::of(0u32..4),
+        0u64..120,
     )
         .prop_map(
-            |(name, role, (alive, left), (init, id), vote, abdicated)| PeerView {
+            |(name, role, (alive, left), (init, id), vote, abdicated, dead_secs)| PeerView {
                 name: name.into(),
                 alive,
                 left,
@@ -857,6 +863,11 @@ fn arb_peer() -> impl Strategy<Value = PeerView> {
                 initializer: init,
                 abdicated,
                 has_cluster_identity: id,
+                dead_for: if alive {
+                    std::time::Duration::ZERO
+                } else {
+                    std::time::Duration::from_secs(dead_secs)
+                },
             },
         )
 }
@@ -887,4 +898,55 @@ proptest! {
         }
         prop_assert_eq!(decide(&state, &shuffled), base);
     }
+}
+
+#[test]
+fn the_death_clock_measures_each_generation_from_when_it_first_looked_dead() {
+    use crate::gossip::schema::Announcement;
+    use std::time::{Duration, Instant};
+    let member = |name: &str, generation: u64, liveness: Liveness| {
+        let announcement = Announcement::new(Role::Auto, "127.0.0.1".parse().unwrap());
+        let mut m = Member::from_announcement(
+            name,
+            generation,
+            "127.0.0.1:7947".parse().unwrap(),
+            true,
+            &announcement,
+        );
+        m.liveness = liveness;
+        m
+    };
+    let dead_for = |views: &[PeerView], generation_index: usize| views[generation_index].dead_for;
+    let t0 = Instant::now();
+    let mut clock = DeathClock::default();
+    let views = clock.peer_views(t0, &[member("b", 1, Liveness::Dead)]);
+    assert_eq!(dead_for(&views, 0), Duration::ZERO);
+    let views = clock.peer_views(
+        t0 + Duration::from_secs(10),
+        &[
+            member("b", 1, Liveness::Dead),
+            member("b", 2, Liveness::Dead),
+        ],
+    );
+    assert_eq!(dead_for(&views, 0), Duration::from_secs(10));
+    assert_eq!(
+        dead_for(&views, 1),
+        Duration::ZERO,
+        "a new generation starts over"
+    );
+    // Alive again (or left): the clock restarts at the next death.
+    let views = clock.peer_views(
+        t0 + Duration::from_secs(20),
+        &[
+            member("b", 1, Liveness::Alive),
+            member("b", 2, Liveness::Left),
+        ],
+    );
+    assert!(views.iter().all(|v| v.dead_for == Duration::ZERO));
+    let views = clock.peer_views(
+        t0 + Duration::from_secs(25),
+        &[member("b", 1, Liveness::Dead)],
+    );
+    assert_eq!(dead_for(&views, 0), Duration::ZERO);
+    assert_eq!(clock.peer_views(t0, &[]).len(), 0);
 }

@@ -123,13 +123,19 @@ struct SidecarStatus {
 }
 
 pub fn run(report: &mut Report, plan: &ChurnSoakPlan) {
-    let scenario = format!(
+    let mut scenario = format!(
         "churn soak {} servers + {} workers, {}, a host every {}",
         SERVERS,
         WORKERS,
         humantime::format_duration(plan.duration),
         humantime::format_duration(plan.every)
     );
+    if let Some(grace) = plan.grace_period {
+        scenario.push_str(&format!(
+            ", dead members kept {}",
+            humantime::format_duration(grace)
+        ));
+    }
     match soak(plan) {
         Ok((tally, tracks, sidecar_failures)) => {
             add_rows(report, &scenario, plan, &tally, &tracks, sidecar_failures)
@@ -161,7 +167,12 @@ fn host_names() -> Vec<(String, &'static str)> {
 fn soak(plan: &ChurnSoakPlan) -> Result<(Tally, Vec<Track>, u64)> {
     let names = host_names();
     let layout: Vec<(&str, &'static str)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    let mut cluster = TestCluster::new(ClusterSpec::new(TEST_ID, &layout).with_lb())?;
+    let mut spec = ClusterSpec::new(TEST_ID, &layout).with_lb();
+    if let Some(grace) = plan.grace_period {
+        let grace = humantime::format_duration(grace).to_string();
+        spec = spec.with_gossip_setting("dead-member-grace-period", &grace);
+    }
+    let mut cluster = TestCluster::new(spec)?;
     // An interruption kills whatever runs under a host root (agents and stand-ins) and the LB
     // host's processes; the normal path drops the cluster, which does the same.
     let _roots: Vec<RootGuard> = cluster

@@ -50,6 +50,10 @@ pub struct Args {
     /// How often (on average) a host goes away during the churn soak.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub churn_every: Duration,
+    /// The agents' and the sidecar's `dead-member-grace-period` during the churn soak (default:
+    /// theirs, 1h). Shorter than the soak, it shows memory once dead generations are collected.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub churn_soak_grace_period: Option<Duration>,
     /// The serf binary (default: from PATH).
     #[arg(long)]
     pub serf: Option<PathBuf>,
@@ -80,6 +84,8 @@ pub struct ChurnSoakPlan {
     pub duration: Duration,
     /// Mean time between two hosts going away.
     pub every: Duration,
+    /// `dead-member-grace-period` of every gossip member, when not the default.
+    pub grace_period: Option<Duration>,
 }
 
 /// What a run does.
@@ -149,6 +155,7 @@ impl Args {
         let churn_soak = wants("churn-soak", self.churn_soak).then(|| ChurnSoakPlan {
             duration: self.churn_soak_duration,
             every: self.churn_every.max(Duration::from_secs(1)),
+            grace_period: self.churn_soak_grace_period,
         });
         Ok(Plan {
             reps,
