@@ -129,7 +129,7 @@ enum StartError {
 fn fetch_config(url: &str, sha256: &str) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     use sha2::Digest;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = rke2_bootstrap::process::daemon_runtime()?;
     let body = runtime
         .block_on(async {
             let client = reqwest::Client::builder()
@@ -187,7 +187,8 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(err) => return start_error(err),
             };
-            let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+            let runtime =
+                rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
             runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(
                 cfg,
                 rke2_bootstrap::process::shutdown_signal(),

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let runtime = rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

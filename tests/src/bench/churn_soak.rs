@@ -26,7 +26,7 @@ use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use serde::Deserialize;
 
 use crate::bench::cli::ChurnSoakPlan;
-use crate::bench::proc::{fd_count, rss_kib};
+use crate::bench::proc::{fd_count, rss_anon_kib, rss_kib};
 use crate::bench::registry::{interrupted, GroupEntry, RootGuard};
 use crate::bench::report::{Report, Target, Unit};
 use crate::bench::stats::summarize;
@@ -106,8 +106,25 @@ struct Tally {
 struct Track {
     class: &'static str,
     pid: u32,
-    /// `(seconds since the soak started, RSS KiB, open fds)`.
-    samples: Vec<(f64, u64, u64)>,
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Seconds since the soak started.
+    t: f64,
+    rss_kib: u64,
+    /// The anonymous part of `rss_kib` (heap, stacks, arenas), where a leak would show.
+    anon_kib: u64,
+    fds: u64,
+}
+
+/// Medians of one window of samples.
+#[derive(Debug, Clone, Copy)]
+struct WindowMedians {
+    rss_kib: f64,
+    anon_kib: f64,
+    fds: f64,
 }
 
 /// The part of the sidecar's status document this soak reads.
@@ -486,21 +503,37 @@ impl Track {
     }
 
     fn sample(&mut self, t: f64) {
-        if let (Some(rss), Some(fds)) = (rss_kib(self.pid), fd_count(self.pid)) {
-            self.samples.push((t, rss, fds));
-        }
+        let (Some(rss_kib), Some(anon_kib), Some(fds)) = (
+            rss_kib(self.pid),
+            rss_anon_kib(self.pid),
+            fd_count(self.pid),
+        ) else {
+            return;
+        };
+        self.samples.push(Sample {
+            t,
+            rss_kib,
+            anon_kib,
+            fds,
+        });
     }
 
-    /// Medians of RSS (KiB) and fds over `[from, to)` seconds.
-    fn window(&self, from: f64, to: f64) -> Option<(f64, f64)> {
-        let inside: Vec<&(f64, u64, u64)> = self
+    /// Medians over `[from, to)` seconds.
+    fn window(&self, from: f64, to: f64) -> Option<WindowMedians> {
+        let inside: Vec<&Sample> = self
             .samples
             .iter()
-            .filter(|(t, _, _)| *t >= from && *t < to)
+            .filter(|s| s.t >= from && s.t < to)
             .collect();
-        let rss: Vec<f64> = inside.iter().map(|s| s.1 as f64).collect();
-        let fds: Vec<f64> = inside.iter().map(|s| s.2 as f64).collect();
-        Some((summarize(&rss)?.median, summarize(&fds)?.median))
+        let median = |f: fn(&Sample) -> u64| {
+            let values: Vec<f64> = inside.iter().map(|s| f(s) as f64).collect();
+            summarize(&values).map(|s| s.median)
+        };
+        Some(WindowMedians {
+            rss_kib: median(|s| s.rss_kib)?,
+            anon_kib: median(|s| s.anon_kib)?,
+            fds: median(|s| s.fds)?,
+        })
     }
 }
 
@@ -579,44 +612,67 @@ fn add_rows(
         // The trend, not just its ends: median RSS of each window in turn (a leak climbs steadily,
         // a cache that fills and stays bounded levels off).
         let steps = (total / window).ceil() as usize;
-        let trend: Vec<String> = (0..steps)
+        let windows: Vec<WindowMedians> = (0..steps)
             .filter_map(|k| {
                 let from = k as f64 * window;
-                track
-                    .window(from, from + window)
-                    .map(|(rss, _)| format!("{:.2}", rss / 1024.0))
+                track.window(from, from + window)
             })
             .collect();
+        let trend = |f: fn(&WindowMedians) -> f64| {
+            windows
+                .iter()
+                .map(|w| format!("{:.2}", f(w) / 1024.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let first = track.window(0.0, window);
         let last = track.window(total - window, f64::INFINITY);
-        let Some(((rss0, fd0), (rss1, fd1))) = first.zip(last) else {
+        let Some((first, last)) = first.zip(last) else {
             continue;
         };
         let class = track.class;
-        let growth = format!("{class} RSS growth, first to last {span}");
+        let growth = |a: f64, b: f64| (b - a) / a * 100.0;
         report
-            .row(scenario, &growth, Unit::Pct, Target::at_most(10.0), false)
+            .row(
+                scenario,
+                &format!("{class} RSS growth, first to last {span}"),
+                Unit::Pct,
+                Target::at_most(10.0),
+                false,
+            )
             .ours
             .values
-            .push((rss1 - rss0) / rss0 * 100.0);
-        let last = report.row(
+            .push(growth(first.rss_kib, last.rss_kib));
+        report
+            .row(
+                scenario,
+                &format!("{class} anonymous RSS growth, first to last {span}"),
+                Unit::Pct,
+                Target::at_most(10.0),
+                false,
+            )
+            .ours
+            .values
+            .push(growth(first.anon_kib, last.anon_kib));
+        let last_rss = report.row(
             scenario,
             &format!("{class} RSS, last {span}"),
             Unit::MiB,
             None,
             false,
         );
-        last.ours.values.push(rss1 / 1024.0);
-        last.notes.push(format!(
-            "{class} (pid {}), MiB per {span} window: {}",
+        last_rss.ours.values.push(last.rss_kib / 1024.0);
+        last_rss.notes.push(format!(
+            "{class} (pid {}), MiB per {span} window: RSS {}; anonymous {}",
             track.pid,
-            trend.join(" ")
+            trend(|w| w.rss_kib),
+            trend(|w| w.anon_kib)
         ));
         let fds = format!("{class} open fds growth");
         report
             .row(scenario, &fds, Unit::Count, Target::at_most(0.0), false)
             .ours
             .values
-            .push(fd1 - fd0);
+            .push(last.fds - first.fds);
     }
 }

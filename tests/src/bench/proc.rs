@@ -11,10 +11,22 @@ pub fn signal(pid: u32, sig: Signal) {
 
 /// Resident set size in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The anonymous part of the resident set in KiB (`RssAnon`: heap, stacks, allocator arenas),
+/// without the pages of the binary and libraries that were paged in (`RssFile`), which grow as
+/// new code paths run for the first time and are bounded by the files' size.
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "RssAnon")
+}
+
+/// A `<field>: <n> kB` line of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -89,5 +101,7 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_ticks(me).is_some());
         assert!(rss_kib(u32::MAX).is_none());
+        let anon = rss_anon_kib(me).unwrap();
+        assert!(anon > 0 && anon <= rss_kib(me).unwrap());
     }
 }
