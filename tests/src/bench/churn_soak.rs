@@ -632,28 +632,22 @@ fn add_rows(
         };
         let class = track.class;
         let growth = |a: f64, b: f64| (b - a) / a * 100.0;
-        report
-            .row(
-                scenario,
-                &format!("{class} RSS growth, first to last {span}"),
-                Unit::Pct,
-                Target::at_most(10.0),
-                false,
-            )
-            .ours
-            .values
-            .push(growth(first.rss_kib, last.rss_kib));
-        report
-            .row(
-                scenario,
-                &format!("{class} anonymous RSS growth, first to last {span}"),
-                Unit::Pct,
-                Target::at_most(10.0),
-                false,
-            )
-            .ours
-            .values
-            .push(growth(first.anon_kib, last.anon_kib));
+        for (what, from, to) in [
+            ("RSS", first.rss_kib, last.rss_kib),
+            ("anonymous RSS", first.anon_kib, last.anon_kib),
+        ] {
+            report
+                .row(
+                    scenario,
+                    &format!("{class} {what} growth, first to last {span}"),
+                    Unit::Pct,
+                    Target::at_most(10.0),
+                    false,
+                )
+                .ours
+                .values
+                .push(growth(from, to));
+        }
         let last_rss = report.row(
             scenario,
             &format!("{class} RSS, last {span}"),
