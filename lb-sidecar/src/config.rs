@@ -494,7 +494,7 @@ haproxy:
 damping:
   add-after: 2s
 debounce:
-  quiet: 50ms
+  quiet: 20ms
 reload:
   command: [systemctl, reload, haproxy]
 ";

@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 /// Debounce knobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,9 +21,13 @@ pub struct DebounceConfig {
 }
 
 impl Default for DebounceConfig {
+    /// 50 ms of quiet merges what one gossip round delivers (rounds are 100 ms apart by default
+    /// and a round's changes arrive together) and keeps the LB file within tens of milliseconds
+    /// of the view. A healed partition whose servers come back over several rounds may cost a
+    /// reload per round; 200 ms would merge those too, at 150 ms on every single change.
     fn default() -> Self {
         DebounceConfig {
-            quiet: Duration::from_millis(200),
+            quiet: Duration::from_millis(50),
             max_wait: Duration::from_secs(2),
         }
     }
@@ -84,47 +87,6 @@ pub async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// A small driver over a watch channel: yields the latest value once changes have settled.
-pub struct Coalesced<T> {
-    rx: watch::Receiver<T>,
-    debouncer: Debouncer,
-    closed: bool,
-}
-
-impl<T: Clone> Coalesced<T> {
-    pub fn new(rx: watch::Receiver<T>, config: DebounceConfig) -> Self {
-        Coalesced {
-            rx,
-            debouncer: Debouncer::new(config),
-            closed: false,
-        }
-    }
-
-    /// The next settled value. A change still pending when the sender goes away is delivered
-    /// first; after that, `None`.
-    pub async fn next(&mut self) -> Option<T> {
-        loop {
-            if self.closed {
-                return self.debouncer.is_pending().then(|| {
-                    self.debouncer = Debouncer::new(self.debouncer.config);
-                    self.rx.borrow().clone()
-                });
-            }
-            tokio::select! {
-                changed = self.rx.changed() => match changed {
-                    Ok(()) => self.debouncer.change(now()),
-                    Err(_) => self.closed = true,
-                },
-                _ = sleep_until(self.debouncer.deadline()) => {
-                    if self.debouncer.fire(now()) {
-                        return Some(self.rx.borrow_and_update().clone());
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The current time on tokio's clock (which tests can pause and advance).
 pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -138,10 +100,17 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn config() -> DebounceConfig {
+        DebounceConfig {
+            quiet: ms(200),
+            max_wait: ms(2000),
+        }
+    }
+
     #[test]
     fn changes_within_the_quiet_period_are_merged() {
         let t0 = Instant::now();
-        let mut d = Debouncer::new(DebounceConfig::default());
+        let mut d = Debouncer::new(config());
         assert_eq!(d.deadline(), None);
         assert!(!d.fire(t0));
         d.change(t0);
@@ -156,7 +125,7 @@ mod tests {
     #[test]
     fn a_steady_stream_still_fires_at_max_wait() {
         let t0 = Instant::now();
-        let mut d = Debouncer::new(DebounceConfig::default());
+        let mut d = Debouncer::new(config());
         let mut fired = Vec::new();
         let mut t = t0;
         // A change every 100 ms for 5 s: the quiet period never elapses.
@@ -168,37 +137,5 @@ mod tests {
             }
         }
         assert_eq!(fired, vec![ms(2000), ms(4000)]);
-    }
-
-    #[tokio::test]
-    async fn driver_coalesces_a_burst() {
-        let config = DebounceConfig {
-            quiet: ms(100),
-            max_wait: Duration::from_secs(5),
-        };
-        let (tx, rx) = watch::channel(0u32);
-        let mut c = Coalesced::new(rx, config);
-        let task = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some(v) = c.next().await {
-                seen.push((v, now()));
-            }
-            seen
-        });
-        for i in 1..=20 {
-            tx.send(i).unwrap();
-            tokio::time::sleep(ms(2)).await;
-        }
-        let last_send = now();
-        tokio::time::sleep(ms(400)).await;
-        tx.send(21).unwrap();
-        drop(tx);
-        let seen = task.await.unwrap();
-        let values: Vec<u32> = seen.iter().map(|(v, _)| *v).collect();
-        assert_eq!(values, vec![20, 21], "one render per settled burst");
-        assert!(
-            seen[0].1 >= last_send + ms(90),
-            "waited for the quiet period"
-        );
     }
 }

@@ -329,7 +329,9 @@ impl AgentConfig {
         if service_manager.is_empty() {
             return Err(invalid("service-manager", "must name a command".into()));
         }
-        let gossip_interval = raw.gossip_interval.unwrap_or(Duration::from_millis(100));
+        let gossip_interval = raw
+            .gossip_interval
+            .unwrap_or(crate::gossip::DEFAULT_GOSSIP_INTERVAL);
         if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(10)
         {
             return Err(invalid(
