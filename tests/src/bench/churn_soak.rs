@@ -12,7 +12,8 @@
 //!   never churn stay flat: the median of the first window against the median of the last.
 //!
 //! Only our side runs: Serf has no whole system (election, RKE2, LB) to compare. The hosts use
-//! loopback block 170 of the shared loopback, which no test or other scenario uses.
+//! loopback block 170 of the shared loopback (or `--churn-soak-block`), which no test or other
+//! scenario uses.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,7 +33,6 @@ use crate::bench::report::{Report, Target, Unit};
 use crate::bench::stats::summarize;
 use crate::progress;
 
-const TEST_ID: u8 = 170;
 const SERVERS: usize = 5;
 const WORKERS: usize = 15;
 /// The first servers and workers never churn: their agents are the ones "flat" is judged on
@@ -184,7 +184,7 @@ fn host_names() -> Vec<(String, &'static str)> {
 fn soak(plan: &ChurnSoakPlan) -> Result<(Tally, Vec<Track>, u64)> {
     let names = host_names();
     let layout: Vec<(&str, &'static str)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    let mut spec = ClusterSpec::new(TEST_ID, &layout).with_lb();
+    let mut spec = ClusterSpec::new(plan.block, &layout).with_lb();
     if let Some(grace) = plan.grace_period {
         let grace = humantime::format_duration(grace).to_string();
         spec = spec.with_gossip_setting("dead-member-grace-period", &grace);

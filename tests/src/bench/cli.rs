@@ -54,6 +54,10 @@ pub struct Args {
     /// theirs, 1h). Shorter than the soak, it shows memory once dead generations are collected.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub churn_soak_grace_period: Option<Duration>,
+    /// The loopback block (127.N.0.x) of the churn soak. Another block (171 to 179: no test uses
+    /// them) lets two soaks run side by side, e.g. to compare two builds over the same minutes.
+    #[arg(long, default_value_t = 170, value_parser = clap::value_parser!(u8).range(170..=179))]
+    pub churn_soak_block: u8,
     /// The serf binary (default: from PATH).
     #[arg(long)]
     pub serf: Option<PathBuf>,
@@ -86,6 +90,8 @@ pub struct ChurnSoakPlan {
     pub every: Duration,
     /// `dead-member-grace-period` of every gossip member, when not the default.
     pub grace_period: Option<Duration>,
+    /// Loopback block of the hosts: 127.`block`.0.x.
+    pub block: u8,
 }
 
 /// What a run does.
@@ -156,6 +162,7 @@ impl Args {
             duration: self.churn_soak_duration,
             every: self.churn_every.max(Duration::from_secs(1)),
             grace_period: self.churn_soak_grace_period,
+            block: self.churn_soak_block,
         });
         Ok(Plan {
             reps,
@@ -204,7 +211,17 @@ mod tests {
         .plan()
         .unwrap();
         assert!(c.formation_sizes.is_empty() && c.soak.is_none());
-        assert_eq!(c.churn_soak.unwrap().duration, Duration::from_secs(300));
+        let c = c.churn_soak.unwrap();
+        assert_eq!((c.duration, c.block), (Duration::from_secs(300), 170));
+        let side_by_side = args(&["--churn-soak", "--churn-soak-block", "171"]).plan();
+        assert_eq!(side_by_side.unwrap().churn_soak.unwrap().block, 171);
+        for taken in ["10", "180"] {
+            let argv = ["bench", "--churn-soak-block", taken];
+            assert!(
+                Args::try_parse_from(argv).is_err(),
+                "block {taken} accepted"
+            );
+        }
         assert!(args(&[]).plan().unwrap().churn_soak.is_none());
         assert!(args(&["--reps", "0"]).plan().is_err());
     }

@@ -210,12 +210,18 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// `release` or `debug`, from the directory the binaries were built into.
+/// `release` or `debug`, from the directory cargo built the binaries into; for a copy elsewhere
+/// (a long run measures copies, so a rebuild cannot swap them mid-run), from the file: only our
+/// release profile strips the symbol table.
 fn profile_of(path: &Path) -> &'static str {
     match path.parent().and_then(Path::file_name) {
         Some(dir) if dir == "release" => "release",
         Some(dir) if dir == "debug" => "debug",
-        _ => "unknown profile",
+        _ => match footprint::has_symbols(path) {
+            Some(false) => "release",
+            Some(true) => "unstripped build",
+            None => "unknown profile",
+        },
     }
 }
 

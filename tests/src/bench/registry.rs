@@ -84,6 +84,12 @@ impl RootGuard {
 
 impl Drop for RootGuard {
     fn drop(&mut self) {
+        // Once interrupted, the main thread unwinds its scopes while the cleanup thread kills
+        // what is registered; unregistering here would race it and leave the host's processes
+        // running (seen: a whole soak cluster survived a SIGINT).
+        if interrupted() {
+            return;
+        }
         let mut roots = lock(&ROOTS);
         if let Some(n) = roots.get_mut(&self.0) {
             *n -= 1;
