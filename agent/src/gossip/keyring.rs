@@ -394,7 +394,7 @@ pub struct ReplayGuard {
 
 /// The first 8 bytes of a datagram's nonce, which is what the guard remembers. Nonces are random,
 /// so two genuine datagrams of one window (some 10^4 of them) share a tag with a probability of
-/// about 10^-11, and the cost would be one dropped datagram; an exact replay always matches.
+/// a few in 10^12, and the cost would be one dropped datagram; an exact replay always matches.
 /// Only authentic datagrams are recorded, so nobody without the key can plant tags. Half the
 /// memory of whole nonces: the cache is the largest live allocation of an idle agent.
 type NonceTag = u64;
