@@ -384,10 +384,20 @@ impl Agent {
             // takes the turn, so the lowest name really goes first.
             let settle = self.cfg.gossip_interval * 5;
             tokio::time::sleep(settle).await;
+            let mut deaths = election::DeathClock::default();
             loop {
                 let members = self.view.borrow().clone();
-                match bringup::join_turn(&self.cfg.node_name, &members) {
-                    Ok(()) => break,
+                let peers = deaths.peer_views(std::time::Instant::now(), &members);
+                match bringup::join_turn(&self.cfg.node_name, &peers) {
+                    Ok(()) => {
+                        // What the turn was decided on: two servers joining at once is only
+                        // ever a stale view, and this line shows which.
+                        info!(
+                            servers = %bringup::servers_summary(&peers),
+                            "taking the join turn"
+                        );
+                        break;
+                    }
                     Err(reason) => {
                         self.set_phase(Phase::WaitingToJoin, &reason).await;
                         self.wait_for_change(tick(Phase::WaitingToJoin)).await;

@@ -3,8 +3,10 @@
 //! the I/O around them.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::config::AgentConfig;
+use crate::election::PeerView;
 use crate::gossip::schema::{Liveness, Member, Phase, Role};
 
 /// Taint of a dedicated control plane, as in the manual procedure.
@@ -49,25 +51,41 @@ pub fn join_material(members: &[Member], identity: &str) -> Option<JoinMaterial>
     })
 }
 
+/// How long a server that was joining or waiting to join keeps its place after the failure
+/// detector calls it dead. The detector answers in well under a second, so a peer that is only
+/// stalled (a starved CPU, a slow disk, a VM pause) looks dead for a moment; taking its turn then
+/// would start two etcd joins at once. A joiner that really died costs the next one this long.
+pub const JOIN_LEASE_SILENCE: Duration = Duration::from_secs(5);
+
 /// Servers join etcd one at a time: simultaneous joins fail with "too many learner members"
-/// (k3s#4335). The lease is implicit in gossip: it is `me`'s turn when no other live server is
-/// `joining` and `me` is the lowest-named live server waiting to join.
+/// (k3s#4335). The lease is implicit in gossip: it is `me`'s turn when no other server is
+/// `joining` and `me` is the lowest-named server waiting to join, counting servers that are
+/// alive or have looked dead for less than [`JOIN_LEASE_SILENCE`] (never ones that left).
 ///
 /// Two hosts with different views may both think it is their turn; that costs an etcd retry,
 /// never safety, because joining never creates a cluster.
-pub fn join_turn(me: &str, members: &[Member]) -> Result<(), String> {
-    let live_servers = members
+pub fn join_turn(me: &str, peers: &[PeerView]) -> Result<(), String> {
+    let present = |p: &&PeerView| !p.left && (p.alive || p.dead_for < JOIN_LEASE_SILENCE);
+    let servers = peers
         .iter()
-        .filter(|m| m.name != me && m.liveness == Liveness::Alive && m.role == Role::Server);
+        .filter(|p| p.name != me && p.role == Role::Server)
+        .filter(present);
     let mut ahead = Vec::new();
-    for m in live_servers {
-        match m.phase {
-            Phase::Joining => return Err(format!("waiting for {} to finish joining", m.name)),
-            Phase::WaitingToJoin if m.name.as_str() < me => ahead.push(m.name.as_str()),
+    for p in servers {
+        let silent = if p.alive {
+            String::new()
+        } else {
+            format!(", silent for {} ms", p.dead_for.as_millis())
+        };
+        match p.phase {
+            Phase::Joining => {
+                return Err(format!("waiting for {} to finish joining{silent}", p.name))
+            }
+            Phase::WaitingToJoin if p.name.as_str() < me => ahead.push(p.name.as_str()),
             _ => {}
         }
     }
-    match ahead.first() {
+    match ahead.iter().min() {
         Some(first) => Err(format!(
             "waiting for {} to join first ({} ahead)",
             first,
@@ -75,6 +93,23 @@ pub fn join_turn(me: &str, members: &[Member]) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// The servers of a view, one `name liveness phase` each, for a log line.
+pub fn servers_summary(peers: &[PeerView]) -> String {
+    peers
+        .iter()
+        .filter(|p| p.role == Role::Server)
+        .map(|p| {
+            let liveness = match (p.left, p.alive) {
+                (true, _) => "left".to_string(),
+                (false, true) => "alive".to_string(),
+                (false, false) => format!("dead for {} ms", p.dead_for.as_millis()),
+            };
+            format!("{} {liveness} {}", p.name, p.phase)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The candidate that would take over if first-server candidate `me` abdicated: the lowest-named
@@ -125,26 +160,59 @@ mod tests {
         Member::from_announcement(name, 1, "127.0.0.1:7947".parse().unwrap(), true, &a)
     }
 
+    fn peer(name: &str, role: Role, phase: Phase) -> PeerView {
+        PeerView::from(&member(name, role, phase))
+    }
+
+    fn dead_for(secs: f64, mut p: PeerView) -> PeerView {
+        p.alive = false;
+        p.dead_for = Duration::from_secs_f64(secs);
+        p
+    }
+
     #[test]
     fn one_server_joins_at_a_time_lowest_name_first() {
-        let members = vec![
-            member("a", Role::Server, Phase::Ready),
-            member("b", Role::Server, Phase::WaitingToJoin),
-            member("c", Role::Server, Phase::WaitingToJoin),
+        let peers = vec![
+            peer("a", Role::Server, Phase::Ready),
+            peer("c", Role::Server, Phase::WaitingToJoin),
+            peer("b", Role::Server, Phase::WaitingToJoin),
+            peer("w", Role::Agent, Phase::WaitingToJoin),
         ];
-        assert_eq!(join_turn("b", &members), Ok(()));
-        assert!(join_turn("c", &members).unwrap_err().contains("b"));
-        let members = vec![
-            member("b", Role::Server, Phase::Joining),
-            member("c", Role::Server, Phase::WaitingToJoin),
+        assert_eq!(join_turn("b", &peers), Ok(()));
+        let c = join_turn("c", &peers).unwrap_err();
+        assert!(c.contains("waiting for b to join first (1 ahead)"), "{c}");
+        let peers = vec![
+            peer("b", Role::Server, Phase::Joining),
+            peer("c", Role::Server, Phase::WaitingToJoin),
         ];
-        assert!(join_turn("c", &members)
+        assert!(join_turn("c", &peers)
             .unwrap_err()
             .contains("finish joining"));
-        // A dead joiner does not hold the lease forever.
-        let mut dead = member("b", Role::Server, Phase::Joining);
-        dead.liveness = Liveness::Dead;
-        assert_eq!(join_turn("c", &[dead]), Ok(()));
+        // Whoever is joining holds the lease, whatever its name.
+        assert!(join_turn("a", &peers).is_err());
+    }
+
+    #[test]
+    fn a_stalled_joiner_keeps_the_lease_for_a_while_but_not_forever() {
+        let joining = peer("b", Role::Server, Phase::Joining);
+        // Looks dead for a moment (a stall, not a death): still joining.
+        let stalled = join_turn("c", &[dead_for(1.1, joining.clone())]).unwrap_err();
+        assert!(
+            stalled.contains("finish joining, silent for 1100 ms"),
+            "{stalled}"
+        );
+        let secs = JOIN_LEASE_SILENCE.as_secs_f64();
+        assert!(join_turn("c", &[dead_for(secs - 0.1, joining.clone())]).is_err());
+        // Silent long enough: the lease is released.
+        assert_eq!(join_turn("c", &[dead_for(secs, joining.clone())]), Ok(()));
+        // A joiner that left is gone at once.
+        let mut left = dead_for(0.0, joining);
+        left.left = true;
+        assert_eq!(join_turn("c", &[left]), Ok(()));
+        // The same for a waiter ahead in line.
+        let waiting = peer("b", Role::Server, Phase::WaitingToJoin);
+        assert!(join_turn("c", &[dead_for(1.0, waiting.clone())]).is_err());
+        assert_eq!(join_turn("c", &[dead_for(secs, waiting)]), Ok(()));
     }
 
     #[test]

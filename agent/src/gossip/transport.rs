@@ -526,9 +526,14 @@ impl Socket for SealedSocket {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
+            // Like a sealing failure, not an error for chitchat: it would log a warning for
+            // every datagram to an unreachable peer (three a round during a partition), each
+            // an `anyhow` error that captures a stack backtrace when RUST_BACKTRACE is set and
+            // resolves it when logged, which stalled the gossip thread for most of a second,
+            // long enough for peers to declare this host dead. Counted and rate-limited here.
             Err(error) => {
                 self.send_failed(to, &error);
-                Err(error).with_context(|| format!("sending sealed gossip datagram to {to}"))
+                Ok(())
             }
         }
     }
@@ -640,6 +645,28 @@ mod tests {
         message.push(0);
         let err = check_delta(&message).unwrap_err();
         assert!(err.contains("decompresses to more than"), "{err}");
+    }
+
+    /// A datagram the kernel refuses (a firewall drop answers EPERM; here an IPv6 peer for an
+    /// IPv4 socket) is counted, not returned to chitchat as an error: chitchat would log each.
+    #[tokio::test]
+    async fn unsendable_datagrams_are_counted_not_returned_as_errors() {
+        let keyring = SharedKeyring::new(super::super::keyring::Keyring::new([7; 32]));
+        let transport = SealedTransport::new("test", keyring);
+        let stats = transport.stats();
+        let mut socket = transport
+            .open("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let unreachable: SocketAddr = "[::1]:9".parse().unwrap();
+        for _ in 0..3 {
+            socket
+                .send(unreachable, ChitchatMessage::BadCluster)
+                .await
+                .unwrap();
+        }
+        assert_eq!(stats.snapshot().send_failed, 3);
+        assert_eq!(stats.snapshot().sent, 0);
     }
 
     #[test]
