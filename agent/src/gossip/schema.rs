@@ -473,13 +473,15 @@ impl From<&Member> for MemberSummary {
 
 /// The cluster's identity: the CA hash published by the elected initializer. `None` until the
 /// first server is up. If (against every rule) several initializers publish different hashes, the
-/// one backed by the most ready servers wins, ties broken by name, and the others are returned as
-/// strays so callers can refuse them loudly.
+/// one backed by the most ready servers wins, ties broken by the lowest initializer name, and the
+/// others are returned as strays so callers can refuse them loudly. The answer never depends on
+/// the order of `members`.
 pub fn cluster_identity(members: &[Member]) -> (Option<String>, Vec<String>) {
     let mut backing: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     for m in members.iter().filter(|m| m.initializer) {
         if let Some(hash) = m.ca_hash.as_deref() {
-            backing.entry(hash).or_insert((0, m.name.as_str()));
+            let entry = backing.entry(hash).or_insert((0, m.name.as_str()));
+            entry.1 = entry.1.min(m.name.as_str());
         }
     }
     for m in members.iter().filter(|m| m.is_routable_server()) {
@@ -624,5 +626,22 @@ mod tests {
         assert_eq!(identity, Some("b".repeat(64)));
         assert_eq!(strays, vec!["a".repeat(64)]);
         assert_eq!(cluster_identity(&[]), (None, vec![]));
+
+        // A tie (two ready servers each): the hash whose lowest initializer name is lowest wins,
+        // in whatever order gossip lists them (found by the sidecar's property test).
+        let tie = [
+            mk("m1", "b", true),
+            mk("n", "b", false),
+            mk("z", "a", true),
+            mk("a", "a", true),
+        ];
+        for order in [[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 2, 1, 0]] {
+            let members: Vec<Member> = order.iter().map(|&i| tie[i].clone()).collect();
+            assert_eq!(
+                cluster_identity(&members).0,
+                Some("a".repeat(64)),
+                "{order:?}"
+            );
+        }
     }
 }
