@@ -245,6 +245,22 @@ pub struct Applier {
     pub timeout: Duration,
     /// For nginx include layouts: validate through a wrapper main config.
     pub nginx_wrapper: Option<NginxWrapper>,
+    /// How a signal reload is known to have taken effect.
+    pub confirm: ReloadConfirm,
+}
+
+/// How a reload by signal is known to have taken effect. A signal is delivered whether or not
+/// the LB can apply the file: nginx re-reads its config on `HUP` and, if that fails where
+/// `nginx -t` could not see it (a listen address taken, too few file descriptors), logs an
+/// `[emerg]` and keeps serving the old config. Without a check the sidecar would record a change
+/// that never reached the LB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadConfirm {
+    /// Trust the signal (an LB the sidecar knows nothing about).
+    Delivered,
+    /// nginx: a successful reload starts new worker processes (children of the master in the
+    /// pid file); a failed one does not. `error_log` is where nginx says why it refused.
+    NewWorkers { error_log: Option<PathBuf> },
 }
 
 /// What the nginx check wrapper needs.
@@ -263,14 +279,23 @@ impl Applier {
                 layout: config.nginx.layout,
                 stream_module,
             });
+        let reload = config.reload_action();
+        let confirm = match (config.lb, &reload) {
+            (LbKind::Nginx, ReloadAction::Signal(_)) => ReloadConfirm::NewWorkers {
+                error_log: (config.nginx.error_log != "stderr")
+                    .then(|| PathBuf::from(&config.nginx.error_log)),
+            },
+            _ => ReloadConfirm::Delivered,
+        };
         Applier {
             live: config.config_file(),
             file_mode: config.file_mode,
             validate: config.validate_argv(),
-            reload: config.reload_action(),
+            reload,
             pid_file: config.pid_file(),
             timeout: config.command_timeout,
             nginx_wrapper,
+            confirm,
         }
     }
 
@@ -423,8 +448,13 @@ impl Applier {
             ReloadAction::Signal(name) => {
                 let signal = parse_signal(name)?;
                 let pid = read_pid(&self.pid_file)?;
-                nix::sys::signal::kill(Pid::from_raw(pid), signal)
-                    .with_context(|| format!("sending {signal} to pid {pid}"))
+                match &self.confirm {
+                    ReloadConfirm::Delivered => send_signal(pid, signal),
+                    ReloadConfirm::NewWorkers { error_log } => {
+                        self.signal_and_confirm(pid, signal, error_log.as_deref())
+                            .await
+                    }
+                }
             }
             ReloadAction::Command(argv) => {
                 let argv = Placeholders {
@@ -442,6 +472,109 @@ impl Applier {
             }
         }
     }
+
+    /// Signals nginx's master and waits until it has started a new worker process, the sign
+    /// that the new config is in effect. See [`ReloadConfirm::NewWorkers`].
+    async fn signal_and_confirm(
+        &self,
+        pid: i32,
+        signal: Signal,
+        error_log: Option<&Path>,
+    ) -> Result<()> {
+        let workers = || {
+            child_pids(pid).with_context(|| format!("listing the worker processes of pid {pid}"))
+        };
+        let before = workers()?;
+        if before.is_empty() {
+            // No worker to see (`/proc` mounted with hidepid, or nginx without a master
+            // process): nothing to compare against, so trust the signal.
+            tracing::warn!(
+                pid,
+                "nginx has no visible worker processes; cannot confirm the reload"
+            );
+            return send_signal(pid, signal);
+        }
+        // Only what nginx says about this reload explains its failure.
+        let log_from = error_log
+            .and_then(|log| std::fs::metadata(log).ok())
+            .map_or(0, |m| m.len());
+        send_signal(pid, signal)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            if workers()?.difference(&before).next().is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = error_log
+                    .and_then(|log| last_emergency(log, log_from))
+                    .map(|line| format!(": {line}"))
+                    .unwrap_or_default();
+                bail!(
+                    "nginx (pid {pid}) started no new worker process within {:?} of {signal}: \
+                     it kept its previous config{why}",
+                    self.timeout
+                );
+            }
+            tokio::time::sleep(CONFIRM_POLL).await;
+        }
+    }
+}
+
+fn send_signal(pid: i32, signal: Signal) -> Result<()> {
+    nix::sys::signal::kill(Pid::from_raw(pid), signal)
+        .with_context(|| format!("sending {signal} to pid {pid}"))
+}
+
+/// How often a signal reload's effect is checked.
+const CONFIRM_POLL: Duration = Duration::from_millis(10);
+
+/// The processes whose parent is `parent`, from `/proc/<pid>/stat`.
+pub fn child_pids(parent: i32) -> std::io::Result<std::collections::BTreeSet<i32>> {
+    let mut children = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Processes come and go while we read: a vanished one is simply not a child.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if parent_pid(&stat) == Some(parent) {
+            children.insert(pid);
+        }
+    }
+    Ok(children)
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line: the second field after the command name, which
+/// is in parentheses and may itself contain spaces and parentheses.
+fn parent_pid(stat: &str) -> Option<i32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The last `[emerg]` or `[alert]` line that an nginx error log gained since it was `from` bytes
+/// long (at most its last 64 KiB are read).
+fn last_emergency(path: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    // A rotated (shorter) log is read from its start.
+    let from = if from > len { 0 } else { from };
+    file.seek(SeekFrom::Start(from.max(len.saturating_sub(64 * 1024))))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find(|line| line.contains("[emerg]") || line.contains("[alert]"))
+        .map(|line| line.trim().to_string())
 }
 
 /// `dir/name.conf` + `candidate` -> `dir/name.conf.candidate`.
@@ -494,7 +627,106 @@ mod tests {
             pid_file: dir.join("lb.pid"),
             timeout: Duration::from_secs(5),
             nginx_wrapper: None,
+            confirm: ReloadConfirm::Delivered,
         }
+    }
+
+    #[test]
+    fn parent_pid_survives_odd_command_names() {
+        let stat = "4242 (nginx: ma) (x) y) S 77 4242 4242 0 -1 4194560";
+        assert_eq!(parent_pid(stat), Some(77));
+        assert_eq!(parent_pid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_pid("garbage"), None);
+    }
+
+    #[test]
+    fn emergencies_are_read_from_where_the_reload_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("error.log");
+        let old = "2026/01/01 [emerg] 1#1: an old failure\n";
+        std::fs::write(&log, old).unwrap();
+        let from = old.len() as u64;
+        assert_eq!(last_emergency(&log, from), None);
+        let new = "[notice] 1#1: signal 1 (SIGHUP) received\n\
+                   [emerg] 1#1: bind() to 127.0.0.1:9345 failed (98: Address in use)\n\
+                   [notice] 1#1: still serving\n";
+        std::fs::write(&log, format!("{old}{new}")).unwrap();
+        let line = last_emergency(&log, from).unwrap();
+        assert!(line.contains("bind() to 127.0.0.1:9345 failed"), "{line}");
+    }
+
+    /// A stand-in LB master: on HUP it forks a new "worker" when `$dir/refuse` is absent (a
+    /// reload that took), and does nothing otherwise (nginx keeping its old config). Its one
+    /// other child lives as long as it does, so no other new child ever appears. The whole
+    /// process group goes on drop.
+    struct FakeMaster(std::process::Child);
+
+    impl FakeMaster {
+        fn start(dir: &Path) -> FakeMaster {
+            use std::os::unix::process::CommandExt;
+            let script = format!(
+                "trap 'if [ -e {d}/refuse ]; then echo \"[emerg] $$#0: bind() to \
+                 127.0.0.1:9345 failed (98: Address in use)\" >> {d}/error.log; \
+                 else sleep 30 & fi' HUP; sleep 30 & keep=$!; echo $$ > {d}/lb.pid; \
+                 while kill -0 $keep 2>/dev/null; do wait $keep; done",
+                d = dir.display()
+            );
+            let child = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            for _ in 0..500 {
+                if dir.join("lb.pid").exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            FakeMaster(child)
+        }
+    }
+
+    impl Drop for FakeMaster {
+        fn drop(&mut self) {
+            let group = Pid::from_raw(-(self.0.id() as i32));
+            let _ = nix::sys::signal::kill(group, Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signal_reload_counts_only_when_new_workers_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let _master = FakeMaster::start(d);
+        let mut a = applier(d);
+        a.reload = ReloadAction::Signal("HUP".into());
+        a.timeout = Duration::from_millis(500);
+        a.confirm = ReloadConfirm::NewWorkers {
+            error_log: Some(d.join("error.log")),
+        };
+        a.reload_lb().await.unwrap();
+
+        std::fs::write(d.join("refuse"), "").unwrap();
+        std::fs::write(d.join("error.log"), "[emerg] 1#1: an old failure\n").unwrap();
+        let err = format!("{:#}", a.reload_lb().await.unwrap_err());
+        assert!(
+            err.contains("started no new worker process") && err.contains("previous config"),
+            "{err}"
+        );
+        // What nginx said about this reload is in the error; what it said before is not.
+        assert!(
+            err.ends_with("bind() to 127.0.0.1:9345 failed (98: Address in use)"),
+            "{err}"
+        );
+        assert!(!err.contains("old failure"), "{err}");
+
+        // Delivered-only confirmation trusts the signal.
+        a.confirm = ReloadConfirm::Delivered;
+        a.reload_lb().await.unwrap();
     }
 
     fn reloads(dir: &Path) -> usize {

@@ -41,11 +41,7 @@ async fn haproxy_failed_reload_rolls_back() {
     let id = 124;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _standins = [
-        StandIn::start("m1", ip(id, 1)).await,
-        StandIn::start("m2", ip(id, 2)).await,
-        StandIn::start("m3", ip(id, 3)).await,
-    ];
+    let _standins = standins(id, 3).await;
     let mut config = sidecar_config(LbKind::Haproxy, id, d);
     let template = sample_template().replace(
         "{% for name, listen",

@@ -25,10 +25,7 @@ const ID: u8 = 160;
 async fn sidecar_restarted_mid_change_reloads_the_swapped_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _standins = [
-        StandIn::start("m1", ip(ID, 1)).await,
-        StandIn::start("m2", ip(ID, 2)).await,
-    ];
+    let _standins = standins(ID, 2).await;
     let mut config = sidecar_config(LbKind::Nginx, ID, d);
     // The reload hangs while `block` exists: the sidecar is "killed" during it.
     let block = d.join("block");

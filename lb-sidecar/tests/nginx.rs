@@ -40,11 +40,7 @@ async fn nginx_broken_template_leaves_lb_serving_until_fixed() {
     let id = 104;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _standins = [
-        StandIn::start("m1", ip(id, 1)).await,
-        StandIn::start("m2", ip(id, 2)).await,
-        StandIn::start("m3", ip(id, 3)).await,
-    ];
+    let _standins = standins(id, 3).await;
     let mut config = sidecar_config(LbKind::Nginx, id, d);
     let template_path = d.join("lb.conf.j2");
     std::fs::write(&template_path, sample_template()).unwrap();
@@ -85,10 +81,7 @@ async fn nginx_broken_template_leaves_lb_serving_until_fixed() {
 async fn include_scenario(id: u8, layout: NginxLayout) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _standins = [
-        StandIn::start("m1", ip(id, 1)).await,
-        StandIn::start("m2", ip(id, 2)).await,
-    ];
+    let _standins = standins(id, 2).await;
     let mut config = sidecar_config(LbKind::Nginx, id, d);
     config.nginx.layout = layout;
     let fragment = d.join("rke2-lb.conf");
@@ -141,10 +134,7 @@ async fn nginx_flapping_server_is_held_out() {
     let id = 107;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _standins = [
-        StandIn::start("m1", ip(id, 1)).await,
-        StandIn::start("m2", ip(id, 2)).await,
-    ];
+    let _standins = standins(id, 2).await;
     let mut config = sidecar_config(LbKind::Nginx, id, d);
     config.damping.flap_limit = 2;
     config.damping.hold_down = Duration::from_secs(3);
@@ -172,5 +162,73 @@ async fn nginx_flapping_server_is_held_out() {
     // Stable for the hold-down: released.
     driver.wait_applied(&["m1", "m2"]).await;
     wait_for_routing(id, &["m1", "m2"]).await;
+    driver.stop().await;
+}
+
+/// `nginx -t` passes a file whose listen address is taken (it binds nothing), but the reload
+/// that follows fails: nginx logs `[emerg] bind() ... failed` and keeps its old config. The
+/// sidecar must see that the reload did not take (no new worker processes), restore the
+/// previous file and report it, and apply the change once the address is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_reload_that_cannot_bind_is_rolled_back_not_counted() {
+    let id = 108;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _standins = standins(id, 3).await;
+    // A third server adds a listener on a port another process holds.
+    let taken = std::net::SocketAddr::new(lb_ip(id), 19443);
+    // nginx explains a failed reload in its error log, where the sidecar looks for the reason.
+    let template = sample_template()
+        .replace(
+            "\nstream {\n",
+            &format!(
+                "\nstream {{\n{{% if servers|length > 2 %}}    server {{ listen {taken}; \
+                 proxy_pass rke2_api; }}\n{{% endif %}}"
+            ),
+        )
+        .replace(
+            "error_log stderr;",
+            &format!("error_log {};", d.join("error.log").display()),
+        );
+    let mut config = sidecar_config(LbKind::Nginx, id, d);
+    let template_path = d.join("lb.j2");
+    std::fs::write(&template_path, template).unwrap();
+    config.template = Some(template_path);
+    config.command_timeout = Duration::from_secs(2);
+    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
+    let live_before = write_initial(&config, &two);
+    let _lb = start_lb(&config, id, d, &config.config_file()).await;
+    let driver = Driver::start(config.clone(), two.clone());
+    let applied = driver.wait_applied(&["m1", "m2"]).await;
+
+    let holder = std::net::TcpListener::bind(taken).unwrap();
+    driver.set([two, vec![server("m3", ip(id, 3))]].concat());
+    let status = driver
+        .wait_status("the reload to be rolled back", |s| {
+            s.outcome == Outcome::RolledBack
+        })
+        .await;
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("started no new worker process")
+            && error.contains(&format!("bind() to {taken} failed")),
+        "the error says the reload did not take, and nginx's reason: {error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(config.config_file()).unwrap(),
+        live_before,
+        "the previous file is back"
+    );
+    assert_eq!(
+        status.reload_count, applied.reload_count,
+        "a reload that did not take is not counted"
+    );
+    wait_for_routing(id, &["m1", "m2"]).await;
+    assert_only(id, &["m1", "m2"], 20).await;
+
+    // The address is free again: a retry applies the change.
+    drop(holder);
+    driver.wait_applied(&["m1", "m2", "m3"]).await;
+    wait_for_routing(id, &["m1", "m2", "m3"]).await;
     driver.stop().await;
 }

@@ -99,6 +99,15 @@ impl Drop for StandIn {
     }
 }
 
+/// Stand-in servers `m1` to `m<n>` of test `id`, at `ip(id, 1)` to `ip(id, n)`.
+pub async fn standins(id: u8, n: u8) -> Vec<StandIn> {
+    let mut started = Vec::new();
+    for i in 1..=n {
+        started.push(StandIn::start(&format!("m{i}"), ip(id, i)).await);
+    }
+    started
+}
+
 /// Connects to `addr` and returns the name the backend answered with, if any.
 pub async fn reach(addr: SocketAddr) -> Option<String> {
     let attempt = async {
@@ -352,33 +361,11 @@ impl Drop for Driver {
     }
 }
 
-/// Pids whose parent is `parent`.
+/// Pids whose parent is `parent` (none if `/proc` cannot be read).
 fn children_of(parent: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`; comm may contain spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
+    rke2_lb_sidecar::apply::child_pids(parent as i32)
+        .map(|pids| pids.into_iter().collect())
+        .unwrap_or_default()
 }
 
 /// Pids whose command line mentions `needle` (this test's private temp dir).
@@ -728,11 +715,7 @@ pub async fn burst_scenario(kind: LbKind, id: u8) {
 pub async fn rejected_config_scenario(kind: LbKind, id: u8, template: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let _standins = [
-        StandIn::start("m1", ip(id, 1)).await,
-        StandIn::start("m2", ip(id, 2)).await,
-        StandIn::start("m3", ip(id, 3)).await,
-    ];
+    let _standins = standins(id, 3).await;
     let mut config = sidecar_config(kind, id, d);
     let template_path = d.join("lb.j2");
     std::fs::write(&template_path, template).unwrap();
