@@ -160,10 +160,11 @@ pub fn consume(members: &[Member], bits: u8) {
     let identity = identity.unwrap_or_default();
     let me = members.first().map(|m| m.name.clone()).unwrap_or_default();
     let _ = bringup::join_material(members, &identity);
-    let _ = bringup::join_turn(&me, members);
     let _ = bringup::successor_candidate(&me, members);
     let peers: Vec<PeerView> =
         election::DeathClock::default().peer_views(std::time::Instant::now(), members);
+    let _ = bringup::join_turn(&me, &peers);
+    let _ = bringup::servers_summary(&peers);
     let _ = election::auto_role(&me, &peers, 1 + 2 * usize::from(bits & 3));
     let role = [Role::Server, Role::Agent, Role::Auto, Role::Observer][usize::from(bits >> 2 & 3)];
     for m in members.iter().take(4) {
