@@ -462,7 +462,11 @@ impl TestCluster {
                 Err(pending.join("; "))
             }
         })
-        .with_context(|| self.logs_tail())
+        // Joiners register through the LB: when they never get there, the LB is often why.
+        .with_context(|| match &self.lb {
+            Some(lb) => format!("{}\n--- lb\n{}", self.logs_tail(), lb.log_tail()),
+            None => self.logs_tail(),
+        })
     }
 
     /// Names of members that any host has seen flagged as initializer.
