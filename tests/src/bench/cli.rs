@@ -50,10 +50,12 @@ pub struct Args {
     /// How often (on average) a host goes away during the churn soak.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub churn_every: Duration,
-    /// The agents' and the sidecar's `dead-member-grace-period` during the churn soak (default:
-    /// theirs, 1h). Shorter than the soak, it shows memory once dead generations are collected.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub churn_soak_grace_period: Option<Duration>,
+    /// The agents' and the sidecar's `dead-member-grace-period` during the churn soak. Memory is
+    /// judged after a warm-up of one grace period (every departure leaves its old generation
+    /// behind until then), so the soak's default is 5m, not the daemons' 1h; pass 1h, and a
+    /// duration of well over an hour, to soak the daemons' default.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub churn_soak_grace_period: Duration,
     /// The loopback block (127.N.0.x) of the churn soak. Another block (171 to 179: no test uses
     /// them) lets two soaks run side by side, e.g. to compare two builds over the same minutes.
     #[arg(long, default_value_t = 170, value_parser = clap::value_parser!(u8).range(170..=179))]
@@ -88,8 +90,8 @@ pub struct ChurnSoakPlan {
     pub duration: Duration,
     /// Mean time between two hosts going away.
     pub every: Duration,
-    /// `dead-member-grace-period` of every gossip member, when not the default.
-    pub grace_period: Option<Duration>,
+    /// `dead-member-grace-period` of every gossip member.
+    pub grace_period: Duration,
     /// Loopback block of the hosts: 127.`block`.0.x.
     pub block: u8,
 }
@@ -135,6 +137,13 @@ impl Args {
             Some(only) => only.iter().any(|o| o == name),
             None => default,
         };
+        let min_grace = rke2_bootstrap::config::MIN_DEAD_MEMBER_GRACE_PERIOD;
+        if self.churn_soak_grace_period < min_grace {
+            bail!(
+                "--churn-soak-grace-period must be at least {} (the daemons refuse less)",
+                humantime::format_duration(min_grace)
+            );
+        }
         if let Some(only) = &self.only {
             if let Some(bad) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
                 bail!("unknown scenario {bad:?} ({})", SCENARIOS.join(", "));
@@ -224,5 +233,12 @@ mod tests {
         }
         assert!(args(&[]).plan().unwrap().churn_soak.is_none());
         assert!(args(&["--reps", "0"]).plan().is_err());
+        // The soak collects dead generations after 5 minutes unless told otherwise; the daemons
+        // refuse less, so the plan does too.
+        let soak = args(&["--churn-soak"]).plan().unwrap().churn_soak.unwrap();
+        assert_eq!(soak.grace_period, Duration::from_secs(300));
+        assert!(args(&["--churn-soak", "--churn-soak-grace-period", "2m"])
+            .plan()
+            .is_err());
     }
 }
