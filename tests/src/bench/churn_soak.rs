@@ -616,9 +616,9 @@ fn add_rows(
     let (baseline_from, baseline_label, target) = if baseline_window + 1 < steps {
         let from = baseline_window as f64 * window;
         let label = format!(
-            "after warm-up ({} from minute {:.0}) to the last {span}",
-            humantime::format_duration(warm_up),
-            from / 60.0
+            "{span} from minute {:.0} (after a {} warm-up) to the last {span}",
+            from / 60.0,
+            humantime::format_duration(warm_up)
         );
         (from, label, Target::at_most(10.0))
     } else {
