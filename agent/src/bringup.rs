@@ -72,14 +72,16 @@ pub fn join_turn(me: &str, peers: &[PeerView]) -> Result<(), String> {
         .filter(present);
     let mut ahead = Vec::new();
     for p in servers {
-        let silent = if p.alive {
-            String::new()
-        } else {
-            format!(", silent for {} ms", p.dead_for.as_millis())
-        };
         match p.phase {
+            Phase::Joining if p.alive => {
+                return Err(format!("waiting for {} to finish joining", p.name))
+            }
             Phase::Joining => {
-                return Err(format!("waiting for {} to finish joining{silent}", p.name))
+                return Err(format!(
+                    "waiting for {} to finish joining, silent for {} ms",
+                    p.name,
+                    p.dead_for.as_millis()
+                ))
             }
             Phase::WaitingToJoin if p.name.as_str() < me => ahead.push(p.name.as_str()),
             _ => {}

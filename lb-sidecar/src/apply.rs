@@ -679,13 +679,17 @@ mod tests {
                 .process_group(0)
                 .spawn()
                 .unwrap();
-            for _ in 0..500 {
-                if dir.join("lb.pid").exists() {
-                    break;
-                }
+            let master = FakeMaster(child);
+            let pid_file = dir.join("lb.pid");
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !pid_file.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the fake master wrote no pid file"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
-            FakeMaster(child)
+            master
         }
     }
 

@@ -42,20 +42,20 @@ async fn haproxy_failed_reload_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 3).await;
-    let mut config = sidecar_config(LbKind::Haproxy, id, d);
+    let config = sidecar_config(LbKind::Haproxy, id, d);
     let template = sample_template().replace(
         "{% for name, listen",
         "{% if servers|length > 2 %}\nfrontend unbindable\n    bind {{ servers[0].supervisor }}\n    \
          default_backend rke2_supervisor\n{% endif %}\n{% for name, listen",
     );
-    let template_path = d.join("haproxy.cfg.j2");
-    std::fs::write(&template_path, template).unwrap();
-    config.template = Some(template_path);
-    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
-    let live_before = write_initial(&config, &two);
-    let _lb = start_lb(&config, id, d, &config.config_file()).await;
-    let driver = Driver::start(config.clone(), two.clone());
-    driver.wait_applied(&["m1", "m2"]).await;
+    let TemplatedLb {
+        config,
+        two,
+        live_before,
+        driver,
+        lb: _lb,
+        ..
+    } = start_templated(config, id, d, &template).await;
 
     driver.set([two, vec![server("m3", ip(id, 3))]].concat());
     let status = driver

@@ -41,15 +41,16 @@ async fn nginx_broken_template_leaves_lb_serving_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 3).await;
-    let mut config = sidecar_config(LbKind::Nginx, id, d);
-    let template_path = d.join("lb.conf.j2");
-    std::fs::write(&template_path, sample_template()).unwrap();
-    config.template = Some(template_path.clone());
-    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
-    let live_before = write_initial(&config, &two);
-    let _lb = start_lb(&config, id, d, &config.config_file()).await;
-    let driver = Driver::start(config.clone(), two.clone());
-    driver.wait_applied(&["m1", "m2"]).await;
+    let config = sidecar_config(LbKind::Nginx, id, d);
+    let TemplatedLb {
+        config,
+        template_path,
+        two,
+        live_before,
+        driver,
+        lb: _lb,
+        ..
+    } = start_templated(config, id, d, &sample_template()).await;
 
     // An operator breaks the template (unclosed tag on line 3), then a server becomes ready.
     std::fs::write(&template_path, "# ok\n# ok\n{{ servers\n").unwrap();
@@ -191,15 +192,16 @@ async fn nginx_reload_that_cannot_bind_is_rolled_back_not_counted() {
             &format!("error_log {};", d.join("error.log").display()),
         );
     let mut config = sidecar_config(LbKind::Nginx, id, d);
-    let template_path = d.join("lb.j2");
-    std::fs::write(&template_path, template).unwrap();
-    config.template = Some(template_path);
     config.command_timeout = Duration::from_secs(2);
-    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
-    let live_before = write_initial(&config, &two);
-    let _lb = start_lb(&config, id, d, &config.config_file()).await;
-    let driver = Driver::start(config.clone(), two.clone());
-    let applied = driver.wait_applied(&["m1", "m2"]).await;
+    let TemplatedLb {
+        config,
+        two,
+        live_before,
+        applied,
+        driver,
+        lb: _lb,
+        ..
+    } = start_templated(config, id, d, &template).await;
 
     let holder = std::net::TcpListener::bind(taken).unwrap();
     driver.set([two, vec![server("m3", ip(id, 3))]].concat());

@@ -711,20 +711,59 @@ pub async fn burst_scenario(kind: LbKind, id: u8) {
     driver.stop().await;
 }
 
+/// A sidecar rendering `template` (written to `dir/lb.j2`) for the real LB of test `id`,
+/// started on m1 and m2 and waited for until it applied them: how every template scenario
+/// begins.
+pub struct TemplatedLb {
+    pub config: SidecarConfig,
+    pub template_path: PathBuf,
+    pub two: Vec<Member>,
+    /// The LB file before the sidecar's first write.
+    pub live_before: String,
+    /// The status once m1 and m2 were applied.
+    pub applied: Status,
+    pub driver: Driver,
+    pub lb: LbGuard,
+}
+
+pub async fn start_templated(
+    mut config: SidecarConfig,
+    id: u8,
+    dir: &Path,
+    template: &str,
+) -> TemplatedLb {
+    let template_path = dir.join("lb.j2");
+    std::fs::write(&template_path, template).unwrap();
+    config.template = Some(template_path.clone());
+    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
+    let live_before = write_initial(&config, &two);
+    let lb = start_lb(&config, id, dir, &config.config_file()).await;
+    let driver = Driver::start(config.clone(), two.clone());
+    let applied = driver.wait_applied(&["m1", "m2"]).await;
+    TemplatedLb {
+        config,
+        template_path,
+        two,
+        live_before,
+        applied,
+        driver,
+        lb,
+    }
+}
+
 /// A config the validator refuses leaves the live file and the running LB untouched.
 pub async fn rejected_config_scenario(kind: LbKind, id: u8, template: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 3).await;
-    let mut config = sidecar_config(kind, id, d);
-    let template_path = d.join("lb.j2");
-    std::fs::write(&template_path, template).unwrap();
-    config.template = Some(template_path);
-    let two = vec![initializer("m1", ip(id, 1)), server("m2", ip(id, 2))];
-    let live_before = write_initial(&config, &two);
-    let _lb = start_lb(&config, id, d, &config.config_file()).await;
-    let driver = Driver::start(config.clone(), two.clone());
-    driver.wait_applied(&["m1", "m2"]).await;
+    let TemplatedLb {
+        config,
+        two,
+        live_before,
+        driver,
+        lb: _lb,
+        ..
+    } = start_templated(sidecar_config(kind, id, d), id, d, template).await;
 
     // A third server makes the template emit something the LB does not accept.
     let three = [two.clone(), vec![server("m3", ip(id, 3))]].concat();

@@ -644,16 +644,16 @@ fn add_rows(
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let first = track.window(baseline_from, baseline_from + window);
+        let baseline = track.window(baseline_from, baseline_from + window);
         let last = track.window(total - window, f64::INFINITY);
-        let Some((first, last)) = first.zip(last) else {
+        let Some((baseline, last)) = baseline.zip(last) else {
             continue;
         };
         let class = track.class;
         let growth = |a: f64, b: f64| (b - a) / a * 100.0;
         for (what, from, to) in [
-            ("RSS", first.rss_kib, last.rss_kib),
-            ("anonymous RSS", first.anon_kib, last.anon_kib),
+            ("RSS", baseline.rss_kib, last.rss_kib),
+            ("anonymous RSS", baseline.anon_kib, last.anon_kib),
         ] {
             report
                 .row(
@@ -683,7 +683,7 @@ fn add_rows(
         ));
         // Descriptors have no warm-up: judged from the first window.
         let fds = format!("{class} open fds growth, first to last {span}");
-        let fds_at_start = windows.first().map_or(first.fds, |w| w.fds);
+        let fds_at_start = track.window(0.0, window).map_or(baseline.fds, |w| w.fds);
         report
             .row(scenario, &fds, Unit::Count, Target::at_most(0.0), false)
             .ours
