@@ -4,7 +4,7 @@
 //! ([`Partition`]).
 //!
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
-//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-28, partition 30 and 61, lb_membership 40,
+//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40,
 //! demo 50, lossy_network 60, the gossip relay's unit tests 79. Hosts are `.11` and up, the LB
 //! host `.10`.
 
@@ -55,6 +55,13 @@ impl TestHost {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether this host's agent was started and has since exited (or died) on its own.
+    pub fn agent_exited(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|child| !crate::process::pid_alive(child.id() as i32))
     }
 
     pub fn log(&self) -> String {
@@ -444,24 +451,41 @@ impl TestCluster {
     #[track_caller]
     pub fn wait_for_phase(&self, names: &[&str], phase: Phase, timeout: Duration) -> Result<()> {
         wait_until(timeout, Duration::from_millis(100), || {
-            let pending: Vec<String> = names
+            let pending: Vec<&str> = names
                 .iter()
+                .copied()
                 .filter(|n| self.host(n).status().map(|s| s.phase) != Some(phase))
-                .map(|n| {
-                    let s = self.host(n).status();
-                    format!(
-                        "{n}: {:?} ({})",
-                        s.as_ref().map(|s| s.phase),
-                        s.map(|s| s.reason).unwrap_or_default()
-                    )
-                })
+                .collect();
+            // An agent that has exited will never get there: stop waiting and say so, rather
+            // than sit out the timeout (a config error exits in milliseconds).
+            let exited: Vec<&str> = pending
+                .iter()
+                .copied()
+                .filter(|n| self.host(n).agent_exited())
                 .collect();
             if pending.is_empty() {
-                Ok(())
+                Ok(Ok(()))
+            } else if !exited.is_empty() {
+                Ok(Err(anyhow::anyhow!(
+                    "waiting for {phase:?}: the agent of {} exited",
+                    exited.join(", ")
+                )))
             } else {
-                Err(pending.join("; "))
+                Err(pending
+                    .iter()
+                    .map(|n| {
+                        let s = self.host(n).status();
+                        format!(
+                            "{n}: {:?} ({})",
+                            s.as_ref().map(|s| s.phase),
+                            s.map(|s| s.reason).unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "))
             }
         })
+        .and_then(|settled| settled)
         // Joiners register through the LB: when they never get there, the LB is often why.
         .with_context(|| match &self.lb {
             Some(lb) => format!("{}\n--- lb\n{}", self.logs_tail(), lb.log_tail()),

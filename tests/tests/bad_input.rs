@@ -342,6 +342,22 @@ fn missing_token_file_stops_before_anything_is_done() {
     assert_nothing_half_written(&cluster);
 }
 
+/// The harness's own promise, on the same failure: waiting for a phase an exited agent can never
+/// reach ends with that reason, not after the whole timeout with a list of stale phases.
+#[test]
+fn waiting_for_a_phase_ends_when_the_agent_exits() {
+    let mut cluster = solo(29, &[("token-file", "/nonexistent/rke2-bootstrap/token")]);
+    cluster.start(HOST).unwrap();
+    let err = cluster
+        .wait_for_phase(&[HOST], Phase::Ready, READY)
+        .expect_err("an exited agent reached Ready");
+    assert!(
+        format!("{err:#}").contains(&format!("the agent of {HOST} exited")),
+        "{err:#}"
+    );
+    assert_exit(cluster.wait_exit(HOST, EXIT).unwrap(), 1, &cluster);
+}
+
 #[test]
 fn unreadable_token_file_stops_before_anything_is_done() {
     // Tests run as root, who reads any file whatever its mode: a directory cannot be read as one.
