@@ -451,39 +451,39 @@ impl TestCluster {
     #[track_caller]
     pub fn wait_for_phase(&self, names: &[&str], phase: Phase, timeout: Duration) -> Result<()> {
         wait_until(timeout, Duration::from_millis(100), || {
-            let pending: Vec<&str> = names
+            // One status fetch per host and poll: the same report decides and explains.
+            let pending: Vec<(&str, Option<StatusReport>)> = names
                 .iter()
-                .copied()
-                .filter(|n| self.host(n).status().map(|s| s.phase) != Some(phase))
-                .collect();
-            // An agent that has exited will never get there: stop waiting and say so, rather
-            // than sit out the timeout (a config error exits in milliseconds).
-            let exited: Vec<&str> = pending
-                .iter()
-                .copied()
-                .filter(|n| self.host(n).agent_exited())
+                .map(|n| (*n, self.host(n).status()))
+                .filter(|(_, s)| s.as_ref().map(|s| s.phase) != Some(phase))
                 .collect();
             if pending.is_empty() {
-                Ok(Ok(()))
-            } else if !exited.is_empty() {
-                Ok(Err(anyhow::anyhow!(
+                return Ok(Ok(()));
+            }
+            // An agent that has exited will never get there: settle now with that reason (the
+            // outer `Ok`), rather than sit out the timeout (a config error exits in milliseconds).
+            let exited: Vec<&str> = pending
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| self.host(n).agent_exited())
+                .collect();
+            if !exited.is_empty() {
+                return Ok(Err(anyhow::anyhow!(
                     "waiting for {phase:?}: the agent of {} exited",
                     exited.join(", ")
-                )))
-            } else {
-                Err(pending
-                    .iter()
-                    .map(|n| {
-                        let s = self.host(n).status();
-                        format!(
-                            "{n}: {:?} ({})",
-                            s.as_ref().map(|s| s.phase),
-                            s.map(|s| s.reason).unwrap_or_default()
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "))
+                )));
             }
+            Err(pending
+                .into_iter()
+                .map(|(n, s)| {
+                    format!(
+                        "{n}: {:?} ({})",
+                        s.as_ref().map(|s| s.phase),
+                        s.map(|s| s.reason).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "))
         })
         .and_then(|settled| settled)
         // Joiners register through the LB: when they never get there, the LB is often why.
