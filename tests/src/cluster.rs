@@ -5,10 +5,10 @@
 //!
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
 //! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40,
-//! demo 50, lossy_network 60, the gossip relay's unit tests 79. Hosts are `.11` and up, the LB
-//! host `.10`.
+//! the LB-port check's unit test 41, demo 50, lossy_network 60, the gossip relay's unit tests 79.
+//! Hosts are `.11` and up, the LB host `.10`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -23,6 +23,8 @@ use crate::{
 
 /// Gossip port of every simulated host (each has its own address).
 pub const GOSSIP_PORT: u16 = 7947;
+/// The ports the LB host listens on: RKE2's supervisor and the Kubernetes API.
+const LB_PORTS: [u16; 2] = [9345, 6443];
 
 /// One simulated host.
 pub struct TestHost {
@@ -623,6 +625,7 @@ impl LbHost {
         let nginx_bin = find_program("nginx").context(
             "nginx is not installed (tests/run.sh installs nginx-light and libnginx-mod-stream)",
         )?;
+        ensure_lb_addresses_free(ip)?;
         let dir = tempfile::Builder::new().prefix("rke2-lb-").tempdir()?;
         let d = crate::process::canonical(dir.path());
         let config_file = d.join("nginx.conf");
@@ -758,6 +761,30 @@ impl LbHost {
         }
         out
     }
+}
+
+/// Fails, naming the address, when something already holds one of the LB host's ports. An nginx
+/// or sidecar left over from an earlier run on the same loopback block would otherwise keep the
+/// LB ports, and every reload of the new nginx would fail for as long as the run lasts (a soak
+/// once reported hours of empty upstream files and spurious changes for that reason alone).
+fn ensure_lb_addresses_free(ip: IpAddr) -> Result<()> {
+    let bind_error = |addr: SocketAddr, err: std::io::Error| {
+        if err.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "{addr} is already bound: a process of an earlier run on this loopback block \
+                 (an nginx or a sidecar) is still up; stop it or use another block"
+            )
+        } else {
+            anyhow::Error::new(err).context(format!("binding {addr}"))
+        }
+    };
+    for port in LB_PORTS {
+        let addr = SocketAddr::new(ip, port);
+        std::net::TcpListener::bind(addr).map_err(|err| bind_error(addr, err))?;
+    }
+    let gossip = SocketAddr::new(ip, GOSSIP_PORT);
+    std::net::UdpSocket::bind(gossip).map_err(|err| bind_error(gossip, err))?;
+    Ok(())
 }
 
 /// `(supervisor, api)`: the backend addresses of the upstreams on 9345 and 6443 of an nginx.conf,
@@ -993,4 +1020,28 @@ fn kill_programs_run_from(root: &Path) {
     let _ = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
         pids.iter().all(|&p| !crate::pid_alive(p))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_lb_port_held_by_an_earlier_run_is_named() {
+        let ip = lb_ip(41);
+        ensure_lb_addresses_free(ip).expect("nothing holds the block yet");
+        let api = SocketAddr::new(ip, 6443);
+        let leftover = std::net::TcpListener::bind(api).unwrap();
+        let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
+        assert!(
+            err.contains("127.41.0.10:6443 is already bound"),
+            "unexpected message: {err}"
+        );
+        drop(leftover);
+        let gossip = std::net::UdpSocket::bind(SocketAddr::new(ip, GOSSIP_PORT)).unwrap();
+        let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
+        assert!(err.contains("127.41.0.10:7947 is already bound"), "{err}");
+        drop(gossip);
+        ensure_lb_addresses_free(ip).expect("freed again");
+    }
 }
