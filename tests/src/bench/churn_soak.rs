@@ -27,7 +27,7 @@ use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use serde::Deserialize;
 
 use crate::bench::cli::ChurnSoakPlan;
-use crate::bench::proc::{fd_count, rss_anon_kib, rss_kib};
+use crate::bench::proc::{fd_count, heap_rss_kib, rss_anon_kib, rss_kib};
 use crate::bench::registry::{interrupted, GroupEntry, RootGuard};
 use crate::bench::report::{Report, Target, Unit};
 use crate::bench::stats::summarize;
@@ -116,6 +116,10 @@ struct Sample {
     rss_kib: u64,
     /// The anonymous part of `rss_kib` (heap, stacks, arenas), where a leak would show.
     anon_kib: u64,
+    /// The part of `anon_kib` in the main heap: small allocations. The rest (stacks, large
+    /// allocations with a mapping of their own, such as chitchat's table of collected
+    /// generations) is sized when it is made, so growth there is pages of it being touched.
+    heap_kib: u64,
     fds: u64,
 }
 
@@ -124,6 +128,7 @@ struct Sample {
 struct WindowMedians {
     rss_kib: f64,
     anon_kib: f64,
+    heap_kib: f64,
     fds: f64,
 }
 
@@ -499,9 +504,10 @@ impl Track {
     }
 
     fn sample(&mut self, t: f64) {
-        let (Some(rss_kib), Some(anon_kib), Some(fds)) = (
+        let (Some(rss_kib), Some(anon_kib), Some(heap_kib), Some(fds)) = (
             rss_kib(self.pid),
             rss_anon_kib(self.pid),
+            heap_rss_kib(self.pid),
             fd_count(self.pid),
         ) else {
             return;
@@ -510,6 +516,7 @@ impl Track {
             t,
             rss_kib,
             anon_kib,
+            heap_kib,
             fds,
         });
     }
@@ -528,6 +535,7 @@ impl Track {
         Some(WindowMedians {
             rss_kib: median(|s| s.rss_kib)?,
             anon_kib: median(|s| s.anon_kib)?,
+            heap_kib: median(|s| s.heap_kib)?,
             fds: median(|s| s.fds)?,
         })
     }
@@ -676,10 +684,11 @@ fn add_rows(
         );
         last_rss.ours.values.push(last.rss_kib / 1024.0);
         last_rss.notes.push(format!(
-            "{class} (pid {}), MiB per {span} window: RSS {}; anonymous {}",
+            "{class} (pid {}), MiB per {span} window: RSS {}; anonymous {}, of which in [heap] {}",
             track.pid,
             trend(|w| w.rss_kib),
-            trend(|w| w.anon_kib)
+            trend(|w| w.anon_kib),
+            trend(|w| w.heap_kib)
         ));
         // Descriptors have no warm-up: judged from the first window.
         let fds = format!("{class} open fds growth, first to last {span}");

@@ -21,6 +21,37 @@ pub fn rss_anon_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "RssAnon")
 }
 
+/// The resident part of the process's main heap in KiB (the `[heap]` mapping of
+/// `/proc/<pid>/smaps`; 0 when it has none): where a one-thread program's small allocations live.
+/// The rest of the anonymous RSS is stacks and allocations large enough to get a mapping of their
+/// own, whose sizes are fixed when they are made.
+pub fn heap_rss_kib(pid: u32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    Some(heap_rss_in_smaps(&smaps))
+}
+
+fn heap_rss_in_smaps(smaps: &str) -> u64 {
+    let mut in_heap = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        // A mapping's header starts with its address range (`start-end`, hex); its attribute
+        // lines (`Rss:   12 kB`) start with a name.
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_heap = line.split_whitespace().nth(5) == Some("[heap]");
+        } else if in_heap {
+            if let Some(kib) = line
+                .strip_prefix("Rss:")
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                total += kib;
+            }
+        }
+    }
+    total
+}
+
 /// A `<field>: <n> kB` line of `/proc/<pid>/status`.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -103,5 +134,26 @@ mod tests {
         assert!(rss_kib(u32::MAX).is_none());
         let anon = rss_anon_kib(me).unwrap();
         assert!(anon > 0 && anon <= rss_kib(me).unwrap());
+        assert!(heap_rss_kib(me).unwrap() <= anon);
+    }
+
+    #[test]
+    fn finds_the_heap_among_the_mappings() {
+        let smaps = "\
+55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+Rss:                  44 kB
+Anonymous:            44 kB
+7f3a2c000000-7f3a2c025000 rw-p 00000000 00:00 0 
+Size:                148 kB
+Rss:                 136 kB
+7ffd1e4f1000-7ffd1e512000 rw-p 00000000 00:00 0                          [stack]
+Rss:                  20 kB
+";
+        assert_eq!(heap_rss_in_smaps(smaps), 44);
+        assert_eq!(
+            heap_rss_in_smaps("7f3a2c000000-7f3a2c025000 rw-p 0 00:00 0\nRss: 8 kB\n"),
+            0
+        );
     }
 }
