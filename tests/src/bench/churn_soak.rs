@@ -51,7 +51,13 @@ const DOWN_FOR: (Duration, Duration) = (Duration::from_secs(20), Duration::from_
 /// At most this many hosts are away at once, and at most one server (the LB always keeps a
 /// majority of etcd members to route to).
 const MAX_AWAY: usize = 2;
-const POLL: Duration = Duration::from_millis(100);
+/// How often the LB file is read. Well under the sidecar's debounce plus a reload, so two
+/// changes the sidecar applies one after the other are seen as two.
+const POLL: Duration = Duration::from_millis(20);
+/// After the churn, no host goes away or comes back for this long while the LB file is still
+/// read: a change in flight at the end (a power cut the detector has not yet noticed) is seen
+/// before the sidecar's reloads are counted.
+const SETTLE: Duration = Duration::from_secs(5);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// How a host goes away.
@@ -250,16 +256,17 @@ fn soak(plan: &ChurnSoakPlan) -> Result<(Tally, Vec<Track>, u64)> {
     let start = Instant::now();
     let mut next_departure = start + jittered(&mut rng, plan.every);
     let mut next_sample = start;
-    while start.elapsed() < plan.duration && !interrupted() {
+    while start.elapsed() < plan.duration + SETTLE && !interrupted() {
         let now = Instant::now();
-        if now >= next_sample {
+        let churning = start.elapsed() < plan.duration;
+        if churning && now >= next_sample {
             let t = start.elapsed().as_secs_f64();
             for track in &mut tracks {
                 track.sample(t);
             }
             next_sample += SAMPLE_EVERY;
         }
-        if now >= next_departure {
+        if churning && now >= next_departure {
             next_departure = now + jittered(&mut rng, plan.every);
             if let Some(i) = pick_departure(&mut rng, &churnable, &state, &listed, &cluster) {
                 let how = if rng.gen_bool(0.5) {
@@ -292,7 +299,7 @@ fn soak(plan: &ChurnSoakPlan) -> Result<(Tally, Vec<Track>, u64)> {
         }
         for i in 0..all.len() {
             match state[i] {
-                HostState::Away { back_at } if now >= back_at => {
+                HostState::Away { back_at } if churning && now >= back_at => {
                     cluster.start(all[i])?;
                     if i < SERVERS {
                         if expect[i].removal.take().is_some() {
