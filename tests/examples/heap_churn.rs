@@ -217,8 +217,8 @@ fn per_departure(from: &Sample, to: &Sample, departed: u64, field: fn(&Sample) -
 }
 
 async fn probe(args: Args) -> Result<()> {
-    if args.stable == 0 {
-        bail!("--stable must be at least 1 (the second seed)");
+    if args.stable == 0 || args.churners == 0 {
+        bail!("--stable (the second seed) and --churners must each be at least 1");
     }
     if u16::from(args.stable) + u16::from(args.churners) > 250 {
         bail!("--stable plus --churners must fit in one /24");
