@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
-use rke2_bootstrap::gossip::keyring::unix_ms_now;
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring, Role};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -74,19 +73,9 @@ fn addr(block: u8, host: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, block, host)), GOSSIP_PORT)
 }
 
-/// Generations must grow per name even when a member comes back within the same millisecond.
-fn next_generation() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = unix_ms_now();
-    let previous = LAST
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-            Some(now.max(last + 1))
-        })
-        .unwrap_or(0);
-    now.max(previous + 1)
-}
-
 fn config(args: &Args, name: &str, host: u8) -> GossipConfig {
+    // The generation is the join's unix time in milliseconds: a churner comes back a second or
+    // more after it left, so each comeback is a newer generation.
     let mut config = GossipConfig::new(
         "heap-churn",
         name,
@@ -97,7 +86,6 @@ fn config(args: &Args, name: &str, host: u8) -> GossipConfig {
         addr(args.block, 1).to_string(),
         addr(args.block, 2).to_string(),
     ];
-    config.generation = next_generation();
     config.replay_window = REPLAY_WINDOW;
     config.failure_detector.dead_node_grace_period = Duration::from_secs(args.grace);
     if let Some(window) = args.sampling_window {
@@ -154,7 +142,8 @@ fn kernel_kib() -> (u64, u64) {
     )
 }
 
-/// The observer: joins, follows the view like the sidecar, and reports its memory on stdout.
+/// The observer: joins, reads the whole member list on every view change, and reports its memory
+/// on stdout.
 fn observer(args: &Args) -> Result<()> {
     let runtime = rke2_bootstrap::process::daemon_runtime()?;
     runtime.block_on(async {
