@@ -209,6 +209,7 @@ impl Agent {
         let mut registration_answers = false;
         let mut install_failures = 0u32;
         let mut deaths = election::DeathClock::default();
+        let started = std::time::Instant::now();
         loop {
             let members = self.view.borrow().clone();
             if let Some(host) = &self.cfg.registration_address {
@@ -221,11 +222,9 @@ impl Agent {
             }
             let observation = election::Observation {
                 self_name: self.cfg.node_name.clone(),
-                config: election::ElectionConfig {
-                    role: self.cfg.role.into(),
-                    bootstrap_expect: self.cfg.bootstrap_expect as usize,
-                    servers_target: self.cfg.servers as usize,
-                },
+                self_addr: Some(self.announcement.node_addr),
+                config: self.cfg.election_config(),
+                observing_for: started.elapsed(),
                 local: election::LocalFacts {
                     data_dir_present: self.rke2_data_dir_present(),
                     registration_answers,
@@ -295,6 +294,25 @@ impl Agent {
                             .await;
                         return Err(err.context("installing rke2 as the first-server candidate"));
                     }
+                }
+                Decision::Claim { round, state } => {
+                    let mut next = self.state.clone();
+                    next.election = state;
+                    self.persist(next)?;
+                    info!(
+                        round,
+                        "claimed the first-server round: waiting for acknowledgements"
+                    );
+                    self.state.election.announce(&mut self.announcement);
+                    self.set_phase(Phase::Voting, &reason).await;
+                }
+                Decision::Acknowledge { claim, state } => {
+                    let mut next = self.state.clone();
+                    next.election = state;
+                    self.persist(next)?;
+                    info!(round = claim.round, candidate = %claim.candidate, "acknowledged a first-server claim");
+                    self.state.election.announce(&mut self.announcement);
+                    self.set_phase(Phase::Voting, &reason).await;
                 }
                 Decision::BecomeInitializer { round, state } => {
                     let mut next = self.state.clone();

@@ -268,6 +268,7 @@ pub(crate) mod tests {
             vote: None,
             initializer: false,
             abdicated: None,
+            ack: None,
             token: None,
             agent_version: None,
             rke2_version: None,

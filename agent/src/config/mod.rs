@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::election::{ElectionConfig, Electorate};
 use crate::fsutil::under_root;
 use crate::gossip::cluster::DEFAULT_DEAD_NODE_GRACE_PERIOD;
 use crate::gossip::schema::Role;
@@ -42,7 +43,9 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "gossip-key-file", help: "Keyring file: base64 32-byte keys, one per line, first is primary (default: <root>/etc/rke2-bootstrap/gossip.key)" },
     KeySpec { name: "root", help: "Prefix for every host path, to run unprivileged in a temp dir (default: /)" },
     KeySpec { name: "state-dir", help: "Where decisions are persisted (default: <root>/var/lib/rke2-bootstrap)" },
-    KeySpec { name: "bootstrap-expect", help: "Number of initial server candidates (server and auto hosts) (default: 3)" },
+    KeySpec { name: "initial-servers", help: "The electorate: hosts (all by IP address, or all by node name) that may initialize the cluster; the same list on every host (default: the seeds, when they are literal addresses)" },
+    KeySpec { name: "bootstrap-expect", help: "Count-only mode, without a pinned electorate: the exact number of role server hosts that form the cluster (Consul's model; see README). With initial-servers, if given, must equal its length" },
+    KeySpec { name: "election-lease", help: "How long an unseen or dead-looking first-server candidate is waited for before the next one is backed (default: 30s)" },
     KeySpec { name: "servers", help: "Target number of servers for auto hosts; must be odd (default: 3)" },
     KeySpec { name: "registration-address", help: "The LB's FQDN or IP that nodes register through on 9345 (default: the first server's address)" },
     KeySpec { name: "registration-ip", help: "The LB's IP, added to tls-san next to registration-address" },
@@ -81,8 +84,12 @@ pub struct RawAgentConfig {
     pub gossip_key_file: Option<PathBuf>,
     pub root: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "lenient::list")]
+    pub initial_servers: Option<Vec<String>>,
     #[serde(default, deserialize_with = "lenient::scalar")]
     pub bootstrap_expect: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::duration")]
+    pub election_lease: Option<Duration>,
     #[serde(default, deserialize_with = "lenient::scalar")]
     pub servers: Option<u32>,
     pub registration_address: Option<String>,
@@ -191,7 +198,11 @@ pub struct AgentConfig {
     pub gossip_key_file: PathBuf,
     pub root: PathBuf,
     pub state_dir: PathBuf,
-    pub bootstrap_expect: u32,
+    /// Who may initialize: pinned by `initial-servers` (or the literal seed addresses), or
+    /// count-only with `bootstrap-expect`. `None`: neither was given (fine for `agent` hosts and
+    /// the LB sidecar; refused for server candidates by [`AgentConfig::load`]).
+    pub electorate: Option<Electorate>,
+    pub election_lease: Duration,
     pub servers: u32,
     pub registration_address: Option<String>,
     pub registration_ip: Option<IpAddr>,
@@ -220,10 +231,58 @@ pub struct InstallerSettings {
 }
 
 impl AgentConfig {
-    /// Loads all layers (flag > env > kernel command line > file > default) and validates.
+    /// Loads all layers (flag > env > kernel command line > file > default) and validates,
+    /// including that this host's role and electorate can be safe together.
     pub fn load(layers: &Layers) -> Result<AgentConfig, ConfigError> {
         let merged = layers::merge(layers, AGENT_KEYS, ENV_PREFIX, &[ENV_CONFIG_FILE, ENV_LOG])?;
-        AgentConfig::from_merged(&merged)
+        let cfg = AgentConfig::from_merged(&merged)?;
+        if let Err((key, reason)) = cfg.check_election_safety() {
+            return Err(ConfigError::InvalidValue {
+                key: key.to_string(),
+                origin: merged
+                    .source(key)
+                    .cloned()
+                    .unwrap_or(Source::Flag(key.to_string())),
+                reason,
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Refuses, at start, a role and electorate that cannot be safe together (rather than a
+    /// silent stall or, worse, a split): a server candidate needs an electorate, and count-only
+    /// mode needs a count nobody can exceed by booting one more image.
+    fn check_election_safety(&self) -> Result<(), (&'static str, String)> {
+        match (self.role, &self.electorate) {
+            (ConfiguredRole::Agent, _) | (_, Some(Electorate::Pinned(_))) => Ok(()),
+            (ConfiguredRole::Auto, Some(Electorate::Counted(_))) => Err((
+                "bootstrap-expect",
+                "role auto needs a pinned electorate: with a count, one image booted on more \
+                 hosts than counted cannot be safe. Set initial-servers (the addresses or names \
+                 of the hosts that may initialize, the same on every host), or give seeds as \
+                 literal addresses"
+                    .into(),
+            )),
+            (_, Some(Electorate::Counted(_))) => Ok(()),
+            (_, None) => Err((
+                "initial-servers",
+                "a server candidate needs an electorate: set initial-servers (or give seeds as \
+                 literal addresses, which then are the electorate), or, for role server only, \
+                 bootstrap-expect"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The election's configuration for this host. Only for a host whose electorate exists
+    /// (every server candidate loaded by [`AgentConfig::load`]); an agent gets an empty count.
+    pub fn election_config(&self) -> ElectionConfig {
+        ElectionConfig {
+            role: self.role.into(),
+            electorate: self.electorate.clone().unwrap_or(Electorate::Counted(0)),
+            servers_target: self.servers as usize,
+            lease: self.election_lease,
+        }
     }
 
     /// Validates merged layers holding (a subset of) the agent's keys; the LB sidecar uses this
@@ -290,9 +349,14 @@ impl AgentConfig {
                 return Err(invalid("seeds", format!("{seed:?} is not host:port")));
             }
         }
-        let bootstrap_expect = raw.bootstrap_expect.unwrap_or(3);
-        if bootstrap_expect == 0 {
-            return Err(invalid("bootstrap-expect", "must be at least 1".into()));
+        let electorate = electorate(raw.initial_servers.as_deref(), raw.bootstrap_expect, &seeds)
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        let election_lease = raw.election_lease.unwrap_or(crate::election::DEFAULT_LEASE);
+        if election_lease < Duration::from_secs(1) {
+            return Err(invalid(
+                "election-lease",
+                "must be at least 1s: a busy host can look dead for about a second".into(),
+            ));
         }
         let servers = raw.servers.unwrap_or(3);
         if servers == 0 || servers % 2 == 0 {
@@ -366,7 +430,8 @@ impl AgentConfig {
                 .unwrap_or_else(|| state_dir.join("status.sock")),
             state_dir,
             root,
-            bootstrap_expect,
+            electorate,
+            election_lease,
             servers,
             registration_address: raw.registration_address,
             registration_ip: raw.registration_ip,
@@ -417,6 +482,48 @@ impl AgentConfig {
     }
 }
 
+/// The electorate from `initial-servers`, else from literal seed addresses, else a count; with the
+/// key to blame when they disagree.
+fn electorate(
+    initial_servers: Option<&[String]>,
+    bootstrap_expect: Option<u32>,
+    seeds: &[String],
+) -> Result<Option<Electorate>, (&'static str, String)> {
+    if bootstrap_expect == Some(0) {
+        return Err(("bootstrap-expect", "must be at least 1".into()));
+    }
+    let (key, entries) = match initial_servers {
+        Some(list) => ("initial-servers", list.to_vec()),
+        None => {
+            let hosts: Vec<&str> = seeds
+                .iter()
+                .filter_map(|s| s.rsplit_once(':').map(|(h, _)| h))
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                .collect();
+            let literal = !hosts.is_empty() && hosts.iter().all(|h| h.parse::<IpAddr>().is_ok());
+            if !literal {
+                return Ok(bootstrap_expect.map(|n| Electorate::Counted(n as usize)));
+            }
+            ("seeds", hosts.iter().map(|h| h.to_string()).collect())
+        }
+    };
+    let pinned =
+        Electorate::pinned(&entries).map_err(|e| (key, format!("as the electorate: {e}")))?;
+    if let (Electorate::Pinned(seats), Some(expect)) = (&pinned, bootstrap_expect) {
+        if seats.len() != expect as usize {
+            return Err((
+                "bootstrap-expect",
+                format!(
+                    "is {expect} but the electorate ({key}) has {} hosts; drop bootstrap-expect \
+                     (the electorate decides) or make them agree",
+                    seats.len()
+                ),
+            ));
+        }
+    }
+    Ok(Some(pinned))
+}
+
 /// Names end up in gossip, in RKE2's config and in LB config comments: keep them boring.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -446,9 +553,21 @@ mod tests {
         f
     }
 
+    /// Loads with a one-seat electorate (`initial-servers: a`, on the kernel command line so a
+    /// flag, the environment or the test's own kernel layer still win): the tests of other keys
+    /// need a configuration that is safe as a whole.
     fn load(
         file: Option<&Path>,
         env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<AgentConfig, ConfigError> {
+        load_with_kernel(file, env, &[("initial-servers", "a")], flags)
+    }
+
+    fn load_with_kernel(
+        file: Option<&Path>,
+        env: &[(&str, &str)],
+        kernel: &[(&str, &str)],
         flags: &[(&str, &str)],
     ) -> Result<AgentConfig, ConfigError> {
         let to_map = |kv: &[(&str, &str)]| {
@@ -460,7 +579,7 @@ mod tests {
             file: file.map(Path::to_path_buf),
             fetched_file: None,
             env: to_map(env),
-            kernel: BTreeMap::new(),
+            kernel: to_map(kernel),
             flags: to_map(flags),
         })
     }
@@ -468,21 +587,101 @@ mod tests {
     #[test]
     fn precedence_is_flag_then_env_then_file_then_default() {
         let f = file("node-name: from-file\nrole: server\nbootstrap-expect: 5\nservers: 5\n");
-        let cfg = load(
+        let cfg = load_with_kernel(
             Some(f.path()),
             &[
                 ("RKE2_BOOTSTRAP_ROLE", "agent"),
                 ("RKE2_BOOTSTRAP_BOOTSTRAP_EXPECT", "7"),
             ],
+            &[],
             &[("bootstrap-expect", "9")],
         )
         .unwrap();
         assert_eq!(cfg.node_name, "from-file");
         assert_eq!(cfg.role, ConfiguredRole::Agent, "env beats file");
-        assert_eq!(cfg.bootstrap_expect, 9, "flag beats env");
+        assert_eq!(
+            cfg.electorate,
+            Some(Electorate::Counted(9)),
+            "flag beats env"
+        );
         assert_eq!(cfg.servers, 5, "file beats default");
         assert_eq!(cfg.cluster_name, "rke2", "default");
         assert_eq!(cfg.bind_addr, "0.0.0.0:7947".parse().unwrap());
+    }
+
+    #[test]
+    fn the_electorate_defaults_to_literal_seeds_and_unsafe_setups_are_refused() {
+        let seeds = ("seeds", "10.0.0.1:7947,10.0.0.2:7947,10.0.0.3:7947");
+        let cfg = load_with_kernel(None, &[], &[], &[("node-name", "a"), seeds]).unwrap();
+        assert_eq!(
+            cfg.electorate,
+            Some(Electorate::pinned(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]).unwrap())
+        );
+        // initial-servers wins over the seeds; bootstrap-expect must then agree.
+        let pinned = ("initial-servers", "s1,s2,s3");
+        let cfg = load_with_kernel(None, &[], &[], &[("node-name", "a"), seeds, pinned]).unwrap();
+        assert_eq!(
+            cfg.electorate,
+            Some(Electorate::pinned(&["s1", "s2", "s3"]).unwrap())
+        );
+        let err = load_with_kernel(
+            None,
+            &[],
+            &[],
+            &[("node-name", "a"), pinned, ("bootstrap-expect", "5")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`bootstrap-expect`") && err.contains("has 3"),
+            "{err}"
+        );
+        // auto with a count: one image on more hosts than counted would break it.
+        let dns = ("seeds", "lb.example:7947");
+        let err = load_with_kernel(
+            None,
+            &[],
+            &[],
+            &[("node-name", "a"), dns, ("bootstrap-expect", "3")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("role auto needs a pinned electorate"), "{err}");
+        let cfg = load_with_kernel(
+            None,
+            &[],
+            &[],
+            &[
+                ("node-name", "a"),
+                dns,
+                ("bootstrap-expect", "3"),
+                ("role", "server"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.electorate, Some(Electorate::Counted(3)));
+        // A server candidate without any electorate is refused; an agent needs none.
+        let err = load_with_kernel(None, &[], &[], &[("node-name", "a"), dns])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`initial-servers`"), "{err}");
+        load_with_kernel(
+            None,
+            &[],
+            &[],
+            &[("node-name", "a"), dns, ("role", "agent")],
+        )
+        .unwrap();
+        // Seats are all addresses or all names.
+        let err = load_with_kernel(
+            None,
+            &[],
+            &[],
+            &[("node-name", "a"), ("initial-servers", "10.0.0.1,s2")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mixes addresses and node names"), "{err}");
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! First-server election: which one host runs `rke2 server` without `server:`.
 //!
 //! RKE2 cannot merge two clusters, so the one property that matters is that **at most one host
-//! ever initializes**, under message loss, delay, partitions, crashes and reboots. This module is
-//! the pure core of that decision: [`decide`] maps the persisted [`ElectionState`] and an
-//! [`Observation`] (local facts plus a typed gossip view) to a [`Decision`]. It has no sockets, no
-//! clock and no randomness; the driver gathers the inputs, fsyncs any state a decision carries
-//! *before* it publishes anything derived from it, and acts.
+//! ever initializes**, under message loss, delay, partitions from the first instant, crashes,
+//! reboots, more hosts than anyone counted and hosts that never boot. This module is the pure core
+//! of that decision: [`decide`] maps the persisted [`ElectionState`] and an [`Observation`] (local
+//! facts plus a typed gossip view) to a [`Decision`]. It has no sockets, no clock and no
+//! randomness; the driver gathers the inputs, fsyncs any state a decision carries *before* it
+//! publishes anything derived from it, and acts.
 //!
 //! # Protocol
 //!
-//! The *electorate* is the set of server candidates (configured `server` or `auto`).
-//! `bootstrap_expect` is the operator's promise of its size, exactly as with Consul's
-//! `bootstrap_expect`; `majority = bootstrap_expect / 2 + 1`. Sorted by name (byte order), the
-//! electorate gives every candidate a *rank*, and **round r is the round whose candidate is the
-//! host of rank r**. A vote is `Vote { round: rank(c), candidate: c }`.
+//! The *electorate* is a list of `n` seats ([`Electorate`]): pinned by configuration every host
+//! shares (`initial-servers`, by default the literal seed addresses), or, in count-only mode, the
+//! names of the first `bootstrap_expect` server candidates. `quorum = n / 2 + 1`. Hosts outside the
+//! electorate take no part: they never vote, acknowledge or initialize, and never block anyone.
+//! Round `r`'s candidate is the host on seat `r mod n` (seats in sorted order). Two kinds of
+//! commitment are published, each persisted first:
+//!
+//! - a *vote* `(r, c)`: at most one per round, rounds only go up. Votes only steer who tries;
+//!   safety does not rest on them.
+//! - an *acknowledgement* `(r, c)` of `c`'s claim of round `r`: **at most one per host, ever**.
+//!   A *claim* is a candidate acknowledging itself.
 //!
 //! In priority order, [`decide`]:
 //! 1. resumes an initializer: a persisted `initializer_of` always yields
@@ -21,65 +28,72 @@
 //! 2. joins ([`Decision::JoinExisting`]) when a cluster exists or is being created: the RKE2 data
 //!    dir is present, the registration address answers, a peer publishes a CA hash, or any entry
 //!    (even a stale one of this host, whose state dir then was lost) claims `initializer`;
-//! 3. waits unless the view holds exactly `bootstrap_expect` candidates. Fewer: not everyone is
-//!    seen yet. More: the promise is broken and voting could make two majorities, so it refuses
-//!    loudly. Dead candidates count (gossip keeps their state, and round 0 must not depend on a
-//!    failure detector); a candidate that *left* counts only if it voted or abdicated, because
-//!    then it committed something that stays on its disk;
-//! 4. votes for the lowest name that has not abdicated. Round 0 ignores aliveness on purpose: once
-//!    all names are seen, every host computes the same candidate, so round 0 cannot split;
-//! 5. keeps its vote until it sees that candidate abdicate, then votes for the lowest
-//!    non-abdicated name *above* it (every name below was seen abdicated before). Rounds therefore
-//!    only go up, one vote per round;
-//! 6. as the candidate, asks the driver to install RKE2 without starting it
-//!    ([`Decision::Prepare`]), and once installed and holding a majority of votes for its own
-//!    round, becomes initializer. A node that abdicated never does;
-//! 7. abdication is explicit ([`abdicate`]): the driver gives up when the candidate cannot install
-//!    RKE2. It is refused to an initializer and permanent: that name is never a candidate again;
-//! 8. never starts a new round because the candidate looks dead: a dead winner may be merely
-//!    partitioned away and already initializing. Everyone waits for it, and the wait reason says
-//!    so. Only its own abdication moves the election on; if the host is gone for good, an
-//!    operator must step in. This trades liveness for safety, deliberately;
+//! 3. waits when this host is not a server candidate, not on a seat, or its seat shows a vote or
+//!    acknowledgement its state dir lacks (the state dir was lost: committing again could
+//!    contradict what it committed before); in count-only mode, waits until exactly
+//!    `bootstrap_expect` candidates are seen, and refuses loudly when it sees more;
+//! 4. as a claimant, becomes initializer once a quorum of seats acknowledges its claim;
+//! 5. having acknowledged another host's claim, waits for it for good (see "Liveness");
+//! 6. acknowledges a live claim it sees (the highest round, then the lowest name), never two;
+//!    not one of a round below its own vote while that vote's candidate can still win (a claimant
+//!    that was cut off or rebooted while the others moved on: acknowledging it could split the
+//!    acknowledgements between two claims);
+//! 7. votes: starting from the highest round it or any live seat voted in, the first round whose
+//!    candidate is *viable* (alive, or dead or unseen for less than the *lease*, a server
+//!    candidate, not abdicated). A pending candidate (unseen or dead for less than the lease) is
+//!    waited for, so a rack booting together agrees on round 0; one gone for longer than the lease
+//!    is passed over, so a minority that never boots, a winner that died while installing, or one
+//!    cut off by a partition, is replaced;
+//! 8. as the candidate of its vote's round with a quorum of live votes, asks the driver to install
+//!    RKE2 without starting it ([`Decision::Prepare`]), then claims ([`Decision::Claim`]); a
+//!    candidate whose installer keeps failing abdicates ([`abdicate`]) and is passed over;
 //! 9. for `auto` hosts, resolves `server` or `agent` when they join (see [`auto_role`]).
 //!
 //! # Why at most one host initializes
 //!
-//! Facts the code enforces: (F1) a vote, an abdication and `initializer` are on the author's disk
-//! before any peer can see them; (F2) a node replaces its vote for `X` only after seeing `X`
-//! abdicate, and only with a higher name; (F3) in one node's persisted state, abdication and
-//! initialization exclude each other ([`Lifecycle`] refuses both orders); (F4) a node initializes
-//! only with a majority of votes naming it, counted once per electorate name, for its own round.
+//! Facts the code enforces: (F1) a vote, an acknowledgement, an abdication and `initializer` are
+//! on the author's disk before any peer can see them; (F2) in one host's persisted state there is
+//! at most one acknowledgement, ever ([`Lifecycle::acknowledge`] refuses a second); (F3) a host
+//! becomes initializer only from its own claim of that round, with acknowledgements of that claim
+//! from a quorum of distinct seats of the electorate; (F4) every host computes the same seats
+//! (pinned: from shared configuration; counted: see the limit below).
 //!
-//! *Argument A (majorities).* Suppose `X != Y` both initialize. Their voter sets are majorities of
-//! the same `bootstrap_expect` names, so some voter published a vote for both. By F2, whichever it
-//! backed first abdicated before it moved on, and by F3 that one never initialized. Contradiction.
+//! Suppose `X != Y` both initialize. By F3 each holds a quorum of acknowledging seats; two
+//! quorums of the same `n` seats share a seat `s`. The host on `s` published an acknowledgement of
+//! `X`'s claim and one of `Y`'s. By F1 both were on its disk, and by F2 its disk holds one. So two
+//! different hosts sat on `s`, one of which lost or never had the other's state: a reinstalled
+//! host on the same address (rule 3 refuses to commit while gossip still remembers the seat's
+//! old commitment), or, in count-only mode, two hosts with different seat lists, which only a
+//! broken count can cause. Contradiction otherwise.
 //!
-//! *Argument B (order), which does not need votes to survive a crash.* Any vote for `Y` was cast
-//! from a view holding the whole electorate with every name below `Y` abdicated (F2, rule 4). So if
-//! `Y` initializes, every lower name abdicated and never initializes (F3); and a higher `Z` would
-//! need a voter that saw `Y` abdicate, which an initializer never does (F3).
+//! The argument uses **no clock and no failure detector**: the lease (rule 7) decides only who
+//! tries next and when, never whether two can win. A clock that runs fast or slow (bounded or
+//! not), a failure detector that calls a live host dead, a partition from the first instant:
+//! each can cost time, never a second initializer. Votes are not needed either: a host that
+//! forgot its votes stays safe (the simulation checks this).
 //!
-//! Both arguments need the electorate promise: if more than `bootstrap_expect` candidates exist
-//! while the election runs, two hosts can each see a different "complete" set. That is why rule 3
-//! refuses as soon as it sees too many, and why `bootstrap_expect` must count `auto` hosts too.
-//! Rule 2 is a third, independent guard for clusters that did not come from this election.
+//! Count-only mode relies on F4, which holds only while exactly `bootstrap_expect` server
+//! candidates exist: with more, two hosts can each see a different complete set. That is why it
+//! refuses as soon as it sees too many, why it accepts only `server` hosts (an `auto` fleet of
+//! any size would break the count), and why a pinned electorate is the default.
 //!
-//! # Departures from the original design, and why
+//! # Liveness, and what needs a human
 //!
-//! - *Rounds are ranks.* With rounds counted `r -> r+1` per abdication seen, two voters that see
-//!   the same abdications at different moments (one at a time, or several at once) back the same
-//!   candidate in different rounds; a candidate counting one round's votes can then never reach a
-//!   majority (a deadlock). Indexing rounds by the candidate's rank gives every vote for a candidate
-//!   the same round, keeps one vote per round, and leaves the safety argument unchanged.
-//! - *Abdication is absolute.* Being excluded "from that round on" would let a laggard still in an
-//!   older round elect a host that already gave up; excluding it from every round is simpler and
-//!   is what the arguments above use.
-//! - *Prepare before winning.* "The winner cannot install RKE2" must be detectable before the win
-//!   is declared, because an initializer may not abdicate (peers may already be joining it).
-//!   The candidate installs first ([`LocalFacts::rke2_installed`]); only then can it win.
-//! - *A host whose gossip shows a vote or abdication its state dir lacks refuses to vote*: its
-//!   state dir was lost, and voting again could break F2.
+//! With a quorum of seats up and connected long enough, one host initializes within a bounded
+//! number of rounds: every live seat converges on the highest round voted in, candidates that
+//! are gone are passed over after the lease, the candidate of a round with a quorum of votes
+//! claims, and every live seat acknowledges the first live claim it sees. The lease assumes only
+//! that each host's clock advances at a bounded rate (no synchronised clocks): a host measures the
+//! lease on its own clock, from its own observations.
+//!
+//! Acknowledgements are for good, so a claimant that dies after claiming can leave the
+//! acknowledging seats waiting for it (rule 5): they cannot know whether it started the first
+//! server. If it comes back, it finishes. If it is gone for good, an operator says so with
+//! `rke2-bootstrap election release` (see `release.rs`). Two claims can also split the live
+//! seats so that neither reaches a quorum (it needs two candidates with a quorum of votes each,
+//! in different rounds, the earlier one cut off while it claims): the same command resolves it.
 
+mod electorate;
 mod role;
 mod roster;
 mod state;
@@ -87,24 +101,34 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use electorate::{Electorate, ElectorateError, Seat};
 pub use role::{auto_role, AutoRole, UNDECIDED_DEAD_WAIT};
 pub use state::{ElectionState, Lifecycle, TransitionError};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::gossip::schema::{Liveness, Member, Phase, Role, Vote};
+use electorate::{SeatView, Standing};
 use roster::Roster;
+
+/// How long a candidate that is unseen or looks dead is waited for before the next round's
+/// candidate is backed, unless configured otherwise. Long against a false death on a busy host
+/// (about a second of silence), short against an installer run.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// The configuration the election depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElectionConfig {
     /// This host's configured role.
     pub role: Role,
-    /// How many server candidates (`server` or `auto`) form the cluster initially.
-    pub bootstrap_expect: usize,
+    /// Who may initialize.
+    pub electorate: Electorate,
     /// How many servers `auto` hosts aim for (odd, for etcd).
     pub servers_target: usize,
+    /// How long an unseen or dead-looking candidate is waited for (rule 7).
+    pub lease: Duration,
 }
 
 /// What this host can tell about itself without gossip.
@@ -114,8 +138,8 @@ pub struct LocalFacts {
     pub data_dir_present: bool,
     /// The cluster registration address already answers.
     pub registration_answers: bool,
-    /// RKE2 is installed and only needs starting. The candidate must get here before it may win,
-    /// so that an installer failure can still end in an abdication.
+    /// RKE2 is installed and only needs starting. The candidate must get here before it may
+    /// claim, so that an installer failure can still end in an abdication.
     pub rke2_installed: bool,
 }
 
@@ -124,6 +148,8 @@ pub struct LocalFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerView {
     pub name: String,
+    /// The address the host advertises (its seat, in an electorate pinned by address).
+    pub addr: Option<IpAddr>,
     /// The failure detector's current opinion.
     pub alive: bool,
     /// Announced a graceful departure.
@@ -131,6 +157,8 @@ pub struct PeerView {
     pub role: Role,
     pub phase: Phase,
     pub vote: Option<Vote>,
+    /// The claim this host acknowledged (its own claim if `candidate == name`).
+    pub ack: Option<Vote>,
     pub initializer: bool,
     pub abdicated: Option<u32>,
     /// Publishes a cluster CA hash: it belongs to a cluster.
@@ -139,6 +167,13 @@ pub struct PeerView {
     /// [`DeathClock`]). "Dead" is an opinion that can be wrong for a moment: a generation heard
     /// of only once has no heartbeat history yet, and a stalled peer looks dead until it resumes.
     pub dead_for: Duration,
+}
+
+impl PeerView {
+    /// The claim this entry makes, if its acknowledgement is of itself.
+    fn claim(&self) -> Option<&Vote> {
+        self.ack.as_ref().filter(|a| a.candidate == self.name)
+    }
 }
 
 impl From<&Member> for PeerView {
@@ -152,6 +187,8 @@ impl From<&Member> for PeerView {
             vote: m.vote.clone(),
             initializer: m.initializer,
             abdicated: m.abdicated,
+            ack: m.ack.clone(),
+            addr: Some(m.node_addr),
             has_cluster_identity: m.ca_hash.is_some(),
             dead_for: Duration::ZERO,
         }
@@ -197,26 +234,35 @@ impl DeathClock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub self_name: String,
+    /// The address this host advertises (its seat, in an electorate pinned by address).
+    pub self_addr: Option<IpAddr>,
     pub config: ElectionConfig,
     pub local: LocalFacts,
     pub peers: Vec<PeerView>,
+    /// How long this host has been watching gossip since it started: the lease clock of a seat
+    /// nobody has been seen on.
+    pub observing_for: Duration,
 }
 
 /// What the driver does next. Variants carrying a `state` change the persisted state: the driver
 /// fsyncs it first, then publishes, then acts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Nothing to do yet. The reason is for logs and `members`.
+    /// Nothing to do yet. The reason is for logs and `members`: it names what is waited for.
     Wait { reason: String },
     /// Persist `state`, then publish `vote`.
     CastVote { vote: Vote, state: ElectionState },
-    /// This host is the candidate of `round`: install RKE2 (server) without starting it, then
-    /// decide again. If installing keeps failing, call [`abdicate`] instead.
+    /// This host is the candidate of `round` with a quorum of votes: install RKE2 (server)
+    /// without starting it, then decide again. If installing keeps failing, call [`abdicate`].
     Prepare {
         round: u32,
         votes: usize,
         needed: usize,
     },
+    /// Persist `state` (this host's claim of `round`), then publish it.
+    Claim { round: u32, state: ElectionState },
+    /// Persist `state` (the acknowledgement of `claim`, for good), then publish it.
+    Acknowledge { claim: Vote, state: ElectionState },
     /// Persist `state`, publish `initializer=true` (and role `server`), then start the first
     /// server. Returned again on every later step: resuming is idempotent.
     BecomeInitializer { round: u32, state: ElectionState },
@@ -229,9 +275,10 @@ impl Decision {
     /// The state the driver must fsync before acting, if this decision changes it.
     pub fn state_to_persist(&self) -> Option<&ElectionState> {
         match self {
-            Decision::CastVote { state, .. } | Decision::BecomeInitializer { state, .. } => {
-                Some(state)
-            }
+            Decision::CastVote { state, .. }
+            | Decision::Claim { state, .. }
+            | Decision::Acknowledge { state, .. }
+            | Decision::BecomeInitializer { state, .. } => Some(state),
             _ => None,
         }
     }
@@ -248,7 +295,12 @@ impl Decision {
                 votes,
                 needed,
             } => format!(
-                "candidate of round {round} ({votes} of {needed} votes): installing RKE2 before claiming the win"
+                "candidate of round {round} ({votes} of {needed} votes): installing RKE2 before claiming"
+            ),
+            Decision::Claim { round, .. } => format!("claiming round {round}"),
+            Decision::Acknowledge { claim, .. } => format!(
+                "acknowledging the claim of {} in round {}",
+                claim.candidate, claim.round
             ),
             Decision::BecomeInitializer { round, .. } => {
                 format!("initializer (won round {round}): bringing up the first server")
@@ -259,8 +311,8 @@ impl Decision {
 }
 
 /// Gives up winning: the driver calls this when the candidate cannot install RKE2 (before it
-/// became initializer). Returns the state to fsync before publishing the abdication; refused to
-/// an initializer. From then on this host never initializes, in any round.
+/// claimed). Returns the state to fsync before publishing the abdication; refused once this host
+/// claimed or acknowledged a claim. From then on this host never claims, in any round.
 pub fn abdicate(state: &ElectionState, round: u32) -> Result<ElectionState, TransitionError> {
     Ok(state.lifecycle()?.abdicate(round)?.into())
 }
@@ -284,107 +336,186 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
     if let Some(evidence) = cluster_evidence(&obs.local, &roster) {
         return join(obs, evidence);
     }
+    // Rule 3.
     match obs.config.role {
         Role::Server | Role::Auto => {}
         Role::Agent => return wait("agent: waiting for a cluster to join".into()),
         Role::Observer => return wait("observer: takes no part in the election".into()),
     }
-    let expect = obs.config.bootstrap_expect;
-    if expect == 0 {
-        return wait("bootstrap-expect is 0: refusing to vote".into());
-    }
-    if let Some(why) = lost_state(state, &roster) {
+    let seats = match seat_views(obs, &roster) {
+        Ok(seats) => seats,
+        Err(reason) => return wait(reason),
+    };
+    let Some(my_seat) = seats.iter().position(|s| s.mine) else {
+        return wait(format!(
+            "not in the electorate ({}): waiting for a cluster to join",
+            list(seats.iter().map(|s| s.seat.to_string()))
+        ));
+    };
+    if let Some(why) = lost_state(state, &roster, &seats[my_seat]) {
         return wait(why);
     }
-    // Rule 3.
-    let electorate: BTreeSet<&str> = roster.candidates().chain([me]).collect();
-    let list = || electorate.iter().copied().collect::<Vec<_>>().join(", ");
-    if electorate.len() < expect {
-        return wait(format!(
-            "waiting for {} of {expect} server candidates (seen: {})",
-            electorate.len(),
-            list()
-        ));
-    }
-    if electorate.len() > expect {
-        return wait(format!(
-            "SAW {} SERVER CANDIDATES BUT BOOTSTRAP-EXPECT IS {expect}: refusing to vote; fix \
-             bootstrap-expect or the roles (seen: {})",
-            electorate.len(),
-            list()
-        ));
-    }
-    let rank = |name: &str| electorate.iter().position(|n| *n == name).unwrap_or(0) as u32;
-    let abdicated = |name: &str| {
-        if name == me {
-            life.abdicated().is_some()
-        } else {
-            roster.abdicated(name)
-        }
-    };
-    let needed = expect / 2 + 1;
+    let quorum = Electorate::quorum(seats.len());
 
-    // Rules 6 and 7: the candidate's own path.
-    let my_vote = Vote {
-        round: rank(me),
-        candidate: me.to_string(),
-    };
-    let votes = electorate
-        .iter()
-        .filter(|&&n| {
-            if n == me {
-                life.vote() == Some(&my_vote)
-            } else {
-                roster.voted(n, &my_vote)
+    // Rules 4 and 5: this host acknowledged a claim.
+    if let Some(ack) = life.ack().cloned() {
+        if ack.candidate == me {
+            let (acks, missing) = tally(&seats, |p| p.ack.as_ref() == Some(&ack), true);
+            if acks >= quorum {
+                return match life.become_initializer(me, ack.round) {
+                    Ok(won) => Decision::BecomeInitializer {
+                        round: ack.round,
+                        state: won.into(),
+                    },
+                    Err(err) => wait(format!("cannot win: {err}")),
+                };
             }
-        })
-        .count();
-    if life.abdicated().is_none() && (life.vote() == Some(&my_vote) || votes >= needed) {
+            return wait(format!(
+                "claimed round {}: {acks} of {quorum} acknowledgements (not yet: {})",
+                ack.round,
+                list(missing)
+            ));
+        }
+        let alive = roster.alive(&ack.candidate);
+        return wait(format!(
+            "acknowledged the claim of {} in round {}; waiting for it to initialize{}",
+            ack.candidate,
+            ack.round,
+            if alive {
+                ""
+            } else {
+                " (it is not alive: if it is gone for good, see `rke2-bootstrap election release`)"
+            }
+        ));
+    }
+
+    // Rule 6: a live claim from a seat of the electorate. Not one of a round below this host's
+    // vote while that vote can still win: that is a claimant that was cut off or rebooted while
+    // the others moved on, and acknowledging it would split the acknowledgements between two
+    // claims that may then both fall short of a quorum.
+    let n = seats.len() as u32;
+    let timing = (obs.observing_for, obs.config.lease);
+    let my_candidate_can_win = life.vote().is_some_and(|v| {
+        let candidate_stands = !matches!(
+            seats[(v.round % n) as usize].standing(
+                me,
+                life.abdicated().is_some(),
+                timing.0,
+                timing.1
+            ),
+            Standing::Skip(_)
+        );
+        let could_back_it = seats
+            .iter()
+            .filter(|s| s.mine || s.could_still_vote_for(v, timing.0, timing.1))
+            .count();
+        candidate_stands && could_back_it >= quorum
+    });
+    let floor = match life.vote() {
+        Some(v) if my_candidate_can_win => v.round,
+        _ => 0,
+    };
+    let claim = seats
+        .iter()
+        .filter(|s| !s.mine)
+        .flat_map(|s| s.entries.iter())
+        .filter(|p| p.alive && !p.left)
+        .filter_map(|p| p.claim())
+        .filter(|c| c.round >= floor)
+        .max_by(|a, b| {
+            a.round
+                .cmp(&b.round)
+                .then_with(|| b.candidate.cmp(&a.candidate))
+        });
+    if let Some(claim) = claim {
+        return match life.acknowledge(claim.clone()) {
+            Ok(acked) => Decision::Acknowledge {
+                claim: claim.clone(),
+                state: acked.into(),
+            },
+            Err(err) => wait(format!("cannot acknowledge: {err}")),
+        };
+    }
+
+    // Rule 7: which round to back.
+    let live_rounds = seats
+        .iter()
+        .filter(|s| !s.mine)
+        .flat_map(|s| s.entries.iter())
+        .filter(|p| p.alive && !p.left)
+        .filter_map(|p| p.vote.as_ref().map(|v| v.round));
+    let base = live_rounds
+        .chain(life.vote().map(|v| v.round))
+        .max()
+        .unwrap_or(0);
+    let mut passed = Vec::new();
+    let mut target = None;
+    for round in base..base.saturating_add(n) {
+        let seat = &seats[(round % n) as usize];
+        match seat.standing(
+            me,
+            life.abdicated().is_some(),
+            obs.observing_for,
+            obs.config.lease,
+        ) {
+            Standing::Viable(candidate) => {
+                target = Some(Vote { round, candidate });
+                break;
+            }
+            Standing::Pending(why) => {
+                return wait(with_passed(
+                    format!("waiting for the candidate of round {round}: {why}"),
+                    &passed,
+                ))
+            }
+            Standing::Skip(why) => passed.push(why),
+        }
+    }
+    let Some(target) = target else {
+        return wait(with_passed(
+            "no seat of the electorate can win: an operator must step in".into(),
+            &passed,
+        ));
+    };
+
+    // Rule 8: the candidate's own path.
+    if target.candidate == me && life.vote() == Some(&target) {
+        let (votes, missing) = tally(
+            &seats,
+            |p| p.vote.as_ref() == Some(&target) && p.alive,
+            true,
+        );
+        if votes < quorum {
+            return wait(format!(
+                "candidate of round {}: {votes} of {quorum} votes (not yet: {})",
+                target.round,
+                list(missing)
+            ));
+        }
         if !obs.local.rke2_installed {
             return Decision::Prepare {
-                round: my_vote.round,
+                round: target.round,
                 votes,
-                needed,
+                needed: quorum,
             };
         }
-        if votes >= needed {
-            return match life.become_initializer(my_vote.round) {
-                Ok(won) => Decision::BecomeInitializer {
-                    round: my_vote.round,
-                    state: won.into(),
-                },
-                Err(err) => wait(format!("cannot win: {err}")),
-            };
-        }
+        return match life.claim(me, target.round) {
+            Ok(claimed) => Decision::Claim {
+                round: target.round,
+                state: claimed.into(),
+            },
+            Err(err) => wait(format!("cannot claim: {err}")),
+        };
+    }
+    if life.vote() == Some(&target) {
         return wait(format!(
-            "candidate of round {}: {votes} of {needed} votes",
-            my_vote.round
+            "voted for {} in round {}; waiting for it to claim",
+            target.candidate, target.round
         ));
     }
-
-    // Rules 4, 5 and 8: voting.
-    let floor = match life.vote() {
-        Some(v) if !abdicated(&v.candidate) => return waiting_on(v, &roster, me),
-        Some(v) => Some(v.candidate.as_str()),
-        None => None,
-    };
-    let Some(next) = electorate
-        .iter()
-        .copied()
-        .find(|&n| floor.is_none_or(|f| n > f) && !abdicated(n))
-    else {
-        return wait(format!(
-            "every server candidate above {} abdicated: an operator must step in",
-            floor.unwrap_or("none")
-        ));
-    };
-    let vote = Vote {
-        round: rank(next),
-        candidate: next.to_string(),
-    };
-    match life.cast_vote(vote.clone()) {
+    match life.cast_vote(target.clone()) {
         Ok(voted) => Decision::CastVote {
-            vote,
+            vote: target,
             state: voted.into(),
         },
         Err(err) => wait(format!("cannot vote: {err}")),
@@ -393,6 +524,91 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
 
 fn wait(reason: String) -> Decision {
     Decision::Wait { reason }
+}
+
+fn list(items: impl IntoIterator<Item = String>) -> String {
+    let items: Vec<String> = items.into_iter().collect();
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn with_passed(reason: String, passed: &[String]) -> String {
+    if passed.is_empty() {
+        reason
+    } else {
+        format!("{reason}; passed over: {}", passed.join(", "))
+    }
+}
+
+/// The electorate's seats with the entries on each, in seat order; or why there are none yet.
+fn seat_views<'a>(obs: &'a Observation, roster: &Roster<'a>) -> Result<Vec<SeatView<'a>>, String> {
+    let me = obs.self_name.as_str();
+    let seats: Vec<Seat> = match &obs.config.electorate {
+        Electorate::Pinned(seats) => seats.clone(),
+        Electorate::Counted(0) => return Err("bootstrap-expect is 0: refusing to vote".into()),
+        Electorate::Counted(expect) => {
+            let expect = *expect;
+            let names: BTreeSet<&str> = roster.candidates().chain([me]).collect();
+            let seen = || list(names.iter().map(|n| n.to_string()));
+            if names.len() < expect {
+                return Err(format!(
+                    "waiting for {} of {expect} server candidates (count-only mode; seen: {})",
+                    names.len(),
+                    seen()
+                ));
+            }
+            if names.len() > expect {
+                return Err(format!(
+                    "SAW {} SERVER CANDIDATES BUT BOOTSTRAP-EXPECT IS {expect}: refusing to vote; \
+                     pin the electorate with initial-servers, or fix bootstrap-expect or the roles \
+                     (seen: {})",
+                    names.len(),
+                    seen()
+                ));
+            }
+            names
+                .into_iter()
+                .map(|n| Seat::Name(n.to_string()))
+                .collect()
+        }
+    };
+    Ok(seats
+        .into_iter()
+        .map(|seat| {
+            let entries = roster
+                .entries()
+                .filter(|p| p.name != me && seat.holds(&p.name, p.addr))
+                .collect();
+            let mine = seat.holds(me, obs.self_addr);
+            SeatView {
+                seat,
+                entries,
+                mine,
+            }
+        })
+        .collect())
+}
+
+/// Counts the seats with an entry matching `pred` (this host's seat counts when `mine_counts`,
+/// its own commitment being on its disk), and names the others.
+fn tally(
+    seats: &[SeatView],
+    pred: impl Fn(&PeerView) -> bool,
+    mine_counts: bool,
+) -> (usize, Vec<String>) {
+    let mut count = 0;
+    let mut missing = Vec::new();
+    for s in seats {
+        if (s.mine && mine_counts) || s.entries.iter().any(|p| pred(p)) {
+            count += 1;
+        } else {
+            missing.push(s.seat.to_string());
+        }
+    }
+    (count, missing)
 }
 
 /// Why this host must believe a cluster exists, if it must.
@@ -433,15 +649,34 @@ fn join(obs: &Observation, evidence: String) -> Decision {
     }
 }
 
-/// Gossip remembers something of this host that its persisted state does not: the state dir was
-/// lost (a reinstall under the same name). Voting again could contradict the earlier vote.
-fn lost_state(state: &ElectionState, roster: &Roster) -> Option<String> {
-    let own = roster.own();
+/// Gossip remembers a commitment of this host's seat that its persisted state does not: the state
+/// dir was lost (a reinstall under the same name or on the same address). Committing again could
+/// contradict the earlier commitment.
+fn lost_state(state: &ElectionState, roster: &Roster, seat: &SeatView) -> Option<String> {
+    let own = roster
+        .own()
+        .iter()
+        .copied()
+        .chain(seat.entries.iter().copied());
+    let own: Vec<&PeerView> = own.collect();
     if state.abdicated.is_none() && own.iter().any(|p| p.abdicated.is_some()) {
         return Some(
             "gossip shows an abdication of this host that its state dir lacks: refusing to vote"
                 .into(),
         );
+    }
+    if let Some(ack) = own
+        .iter()
+        .filter_map(|p| p.ack.as_ref())
+        .find(|a| state.ack.as_ref() != Some(*a))
+    {
+        if state.initializer_of.is_none() {
+            return Some(format!(
+                "gossip shows this seat acknowledging the claim of {} in round {} but the state dir \
+                 lacks it: refusing to take part",
+                ack.candidate, ack.round
+            ));
+        }
     }
     let lost = own
         .iter()
@@ -455,21 +690,5 @@ fn lost_state(state: &ElectionState, roster: &Roster) -> Option<String> {
         "gossip shows a vote of this host for {} in round {} that its state dir lacks: refusing \
          to vote",
         lost.candidate, lost.round
-    ))
-}
-
-/// The wait reason of a voter whose candidate has not abdicated (rule 8 when it looks dead).
-fn waiting_on(vote: &Vote, roster: &Roster, me: &str) -> Decision {
-    let c = &vote.candidate;
-    if c != me && !roster.alive(c) {
-        return wait(format!(
-            "voted for {c} in round {}; {c} is not alive: waiting for it, since it may be \
-             partitioned and initializing (only its abdication starts a new round)",
-            vote.round
-        ));
-    }
-    wait(format!(
-        "voted for {c} in round {}; waiting for it to win and initialize",
-        vote.round
     ))
 }

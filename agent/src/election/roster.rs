@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::PeerView;
-use crate::gossip::schema::{Role, Vote};
+use crate::gossip::schema::Role;
 
 pub(super) struct Roster<'a> {
     /// Entries of other hosts, by name. This node's own entries are kept apart.
@@ -60,20 +60,6 @@ impl<'a> Roster<'a> {
             });
             counts.then_some(*name)
         })
-    }
-
-    /// Whether another host abdicated, per any of its entries.
-    pub(super) fn abdicated(&self, name: &str) -> bool {
-        self.others
-            .get(name)
-            .is_some_and(|es| es.iter().any(|p| p.abdicated.is_some()))
-    }
-
-    /// Whether another host, per any of its entries, voted `vote`.
-    pub(super) fn voted(&self, name: &str, vote: &Vote) -> bool {
-        self.others
-            .get(name)
-            .is_some_and(|es| es.iter().any(|p| p.vote.as_ref() == Some(vote)))
     }
 
     /// Whether any entry of another host says it is alive.

@@ -1,21 +1,26 @@
-//! Rule-by-rule tests of [`decide`]. The simulation in `tests/election_sim.rs` covers schedules;
+//! Rule-by-rule tests of [`decide`]. The simulation in `tests/election_sim.rs` covers schedules
+//! and the model check in `tests/election_model.rs` every interleaving of small electorates;
 //! these pin down each rule on hand-made views.
 
 use super::*;
 use proptest::prelude::*;
 
+const LEASE: Duration = Duration::from_secs(30);
+
 pub(super) fn peer(name: &str, role: Role) -> PeerView {
     PeerView {
         name: name.into(),
+        addr: None,
         alive: true,
         left: false,
         role,
         phase: Phase::Discovering,
         vote: None,
+        ack: None,
         initializer: false,
         abdicated: None,
         has_cluster_identity: false,
-        dead_for: std::time::Duration::ZERO,
+        dead_for: Duration::ZERO,
     }
 }
 
@@ -36,14 +41,26 @@ trait Tweak: Sized {
     fn voting(self, round: u32, c: &str) -> PeerView {
         self.with(|p| p.vote = Some(v(round, c)))
     }
+    fn acking(self, round: u32, c: &str) -> PeerView {
+        self.with(|p| p.ack = Some(v(round, c)))
+    }
+    fn claiming(self, round: u32) -> PeerView {
+        self.with(|p| {
+            p.vote = Some(v(round, &p.name));
+            p.ack = Some(v(round, &p.name));
+        })
+    }
     fn abdicated(self, round: u32) -> PeerView {
         self.with(|p| p.abdicated = Some(round))
     }
     /// Dead for a long time (an hour).
     fn dead(self) -> PeerView {
+        self.dead_for(3600)
+    }
+    fn dead_for(self, secs: u64) -> PeerView {
         self.with(|p| {
             p.alive = false;
-            p.dead_for = std::time::Duration::from_secs(3600);
+            p.dead_for = Duration::from_secs(secs);
         })
     }
     fn left(self) -> PeerView {
@@ -55,6 +72,10 @@ trait Tweak: Sized {
     fn identity(self) -> PeerView {
         self.with(|p| p.has_cluster_identity = true)
     }
+    fn at(self, addr: &str) -> PeerView {
+        let addr = addr.parse().unwrap();
+        self.with(|p| p.addr = Some(addr))
+    }
 }
 
 impl Tweak for PeerView {
@@ -64,20 +85,31 @@ impl Tweak for PeerView {
     }
 }
 
-fn obs(me: &str, role: Role, expect: usize, peers: Vec<PeerView>) -> Observation {
+/// An observation with an electorate pinned by name (`seats`), after a long look at gossip.
+fn obs(me: &str, role: Role, seats: &[&str], peers: Vec<PeerView>) -> Observation {
     Observation {
         self_name: me.into(),
+        self_addr: None,
         config: ElectionConfig {
             role,
-            bootstrap_expect: expect,
+            electorate: Electorate::pinned(seats).unwrap(),
             servers_target: 3,
+            lease: LEASE,
         },
         local: LocalFacts {
             rke2_installed: true,
             ..LocalFacts::default()
         },
         peers,
+        observing_for: Duration::from_secs(3600),
     }
+}
+
+/// The same in count-only mode.
+fn counted(me: &str, role: Role, expect: usize, peers: Vec<PeerView>) -> Observation {
+    let mut o = obs(me, role, &["x"], peers);
+    o.config.electorate = Electorate::Counted(expect);
+    o
 }
 
 fn voted(round: u32, c: &str) -> ElectionState {
@@ -88,12 +120,21 @@ fn voted(round: u32, c: &str) -> ElectionState {
     }
 }
 
+fn acked(round: u32, c: &str) -> ElectionState {
+    ElectionState {
+        ack: Some(v(round, c)),
+        ..voted(round, c)
+    }
+}
+
 /// What a row expects, loosely: the variant and a fragment of its reason or its vote.
 #[derive(Debug)]
 enum Want {
     Wait(&'static str),
     Vote(u32, &'static str),
     Prepare(u32),
+    Claim(u32),
+    Ack(u32, &'static str),
     Init(u32),
     Join(Role),
 }
@@ -106,6 +147,12 @@ fn check(name: &str, state: &ElectionState, o: &Observation, want: &Want) {
             *vote == v(*r, c) && s.vote.as_ref() == Some(vote) && s.round == *r
         }
         (Decision::Prepare { round, .. }, Want::Prepare(r)) => round == r,
+        (Decision::Claim { round, state: s }, Want::Claim(r)) => {
+            round == r && s.ack == Some(v(*r, &o.self_name))
+        }
+        (Decision::Acknowledge { claim, state: s }, Want::Ack(r, c)) => {
+            *claim == v(*r, c) && s.ack.as_ref() == Some(claim)
+        }
         (Decision::BecomeInitializer { round, state: s }, Want::Init(r)) => {
             round == r && s.initializer_of == Some(*r)
         }
@@ -122,6 +169,7 @@ fn run(rows: Vec<(&str, ElectionState, Observation, Want)>) {
         check(name, &state, &o, &want);
         let mut with_self = o.clone();
         let mut own = peer(&o.self_name, o.config.role);
+        own.addr = o.self_addr;
         state.announce_into(&mut own);
         with_self.peers.push(own);
         check(
@@ -136,6 +184,7 @@ fn run(rows: Vec<(&str, ElectionState, Observation, Want)>) {
 impl ElectionState {
     fn announce_into(&self, p: &mut PeerView) {
         p.vote = self.vote.clone();
+        p.ack = self.ack.clone();
         p.initializer = self.initializer_of.is_some();
         p.abdicated = self.abdicated;
     }
@@ -145,658 +194,561 @@ fn fresh() -> ElectionState {
     ElectionState::default()
 }
 
+const ABC: &[&str] = &["a", "b", "c"];
+
 #[test]
 fn rule_1_an_initializer_resumes_whatever_it_sees() {
     let init = ElectionState {
-        round: 1,
-        vote: Some(v(1, "b")),
         initializer_of: Some(1),
-        abdicated: None,
+        ..voted(1, "b")
     };
-    let mut seen_cluster = obs("b", Role::Server, 3, vec![server("a").initializer()]);
-    seen_cluster.local.data_dir_present = true;
     run(vec![
         (
-            "alone after a reboot",
+            "alone",
             init.clone(),
-            obs("b", Role::Server, 3, vec![]),
+            obs("b", Role::Server, ABC, vec![]),
             Want::Init(1),
         ),
         (
-            "with cluster evidence",
+            "another initializer in view",
             init.clone(),
-            seen_cluster,
+            obs("b", Role::Server, ABC, vec![server("a").initializer()]),
             Want::Init(1),
         ),
         (
-            "role now agent",
-            init.clone(),
-            obs("b", Role::Agent, 3, vec![]),
+            "outside any electorate now",
+            init,
+            obs("b", Role::Server, &["x", "y", "z"], vec![]),
             Want::Init(1),
         ),
     ]);
-    let d = decide(&init, &obs("b", Role::Server, 3, vec![]));
-    assert_eq!(
-        d.state_to_persist(),
-        Some(&init),
-        "resuming persists nothing new"
-    );
 }
 
 #[test]
 fn rule_2_any_sign_of_a_cluster_means_join_never_initialize() {
-    // "a" would win: it holds every vote and is installed.
-    let winning = || vec![server("b").voting(0, "a"), server("c").voting(0, "a")];
-    let mut data_dir = obs("a", Role::Server, 3, winning());
-    data_dir.local.data_dir_present = true;
-    let mut answers = obs("a", Role::Server, 3, winning());
-    answers.local.registration_answers = true;
-    let with = |extra: PeerView| {
-        let mut peers = winning();
-        peers.push(extra);
-        obs("a", Role::Server, 3, peers)
-    };
-    let mut agent = obs("z", Role::Agent, 3, vec![server("a").initializer()]);
-    agent.config.servers_target = 1;
+    let mut data = obs("a", Role::Server, ABC, vec![]);
+    data.local.data_dir_present = true;
+    let mut reg = obs("a", Role::Auto, ABC, vec![]);
+    reg.local.registration_answers = true;
     run(vec![
-        (
-            "data dir present",
-            voted(0, "a"),
-            data_dir,
-            Want::Join(Role::Server),
-        ),
+        ("data dir", fresh(), data, Want::Join(Role::Server)),
         (
             "registration answers",
-            voted(0, "a"),
-            answers,
-            Want::Join(Role::Server),
-        ),
-        (
-            "another initializer",
-            voted(0, "a"),
-            with(server("x").initializer()),
-            Want::Join(Role::Server),
-        ),
-        (
-            "a dead initializer",
-            voted(0, "a"),
-            with(server("x").initializer().dead()),
-            Want::Join(Role::Server),
-        ),
-        (
-            "a peer with a CA hash",
-            voted(0, "a"),
-            with(peer("x", Role::Agent).identity()),
-            Want::Join(Role::Server),
-        ),
-        (
-            "agents join as agents",
             fresh(),
-            agent,
+            reg,
+            Want::Join(Role::Server),
+        ),
+        (
+            "a peer initializes",
+            acked(0, "a"),
+            obs("a", Role::Server, ABC, vec![server("b").initializer()]),
+            Want::Join(Role::Server),
+        ),
+        (
+            "a claimant sees another's cluster",
+            acked(0, "a"),
+            obs("a", Role::Server, ABC, vec![server("z").identity()]),
+            Want::Join(Role::Server),
+        ),
+        (
+            "an agent joins",
+            fresh(),
+            obs("w", Role::Agent, ABC, vec![server("a").initializer()]),
             Want::Join(Role::Agent),
         ),
-        (
-            "auto hosts resolve their role",
-            fresh(),
-            obs(
-                "b",
-                Role::Auto,
-                3,
-                vec![peer("a", Role::Auto).initializer(), peer("c", Role::Auto)],
-            ),
-            Want::Join(Role::Server),
-        ),
-        (
-            "auto hosts wait for lower names",
-            fresh(),
-            obs(
-                "c",
-                Role::Auto,
-                3,
-                vec![peer("a", Role::Auto).initializer(), peer("b", Role::Auto)],
-            ),
-            Want::Wait("waiting for b to choose its role"),
-        ),
     ]);
-    // A stale entry of this very host claiming `initializer` (its state dir was lost): join.
-    let o = obs(
-        "a",
-        Role::Server,
-        3,
-        [winning(), vec![server("a").initializer().dead()]].concat(),
-    );
-    check(
-        "stale own initializer entry",
-        &voted(0, "a"),
-        &o,
-        &Want::Join(Role::Server),
-    );
-    // Without the evidence, the same view wins: the rows above are not vacuous.
-    check(
-        "control",
-        &voted(0, "a"),
-        &obs("a", Role::Server, 3, winning()),
-        &Want::Init(0),
-    );
 }
 
 #[test]
-fn rule_3_the_electorate_must_match_bootstrap_expect() {
-    let three = || vec![server("b"), server("c")];
-    let mut observer_and_agent = three();
-    observer_and_agent.truncate(1);
-    observer_and_agent.extend([peer("c", Role::Agent), peer("lb", Role::Observer)]);
+fn rule_3_who_takes_part() {
     run(vec![
-        (
-            "complete",
-            fresh(),
-            obs("a", Role::Server, 3, three()),
-            Want::Vote(0, "a"),
-        ),
-        (
-            "too few",
-            fresh(),
-            obs("a", Role::Server, 3, vec![server("b")]),
-            Want::Wait("waiting for 2 of 3"),
-        ),
-        (
-            "too many",
-            fresh(),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![server("b"), server("c"), peer("d", Role::Auto)],
-            ),
-            Want::Wait("SAW 4 SERVER CANDIDATES BUT BOOTSTRAP-EXPECT IS 3"),
-        ),
-        (
-            "too many, even after voting",
-            voted(0, "a"),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![
-                    server("b").voting(0, "a"),
-                    server("c").voting(0, "a"),
-                    server("d"),
-                ],
-            ),
-            Want::Wait("refusing to vote"),
-        ),
-        (
-            "agents and observers are no candidates",
-            fresh(),
-            obs("a", Role::Server, 3, observer_and_agent),
-            Want::Wait("waiting for 2 of 3"),
-        ),
-        (
-            "dead candidates count",
-            fresh(),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![server("b").dead(), server("c").dead()],
-            ),
-            Want::Vote(0, "a"),
-        ),
-        (
-            "a candidate that left without voting does not",
-            fresh(),
-            obs("a", Role::Server, 3, vec![server("b").left(), server("c")]),
-            Want::Wait("waiting for 2 of 3"),
-        ),
-        (
-            "a candidate that left after voting does",
-            fresh(),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![server("b").left().voting(0, "a"), server("c")],
-            ),
-            Want::Vote(0, "a"),
-        ),
-        (
-            "a voter that settled as agent still counts",
-            fresh(),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![peer("b", Role::Agent).voting(0, "a"), server("c")],
-            ),
-            Want::Vote(0, "a"),
-        ),
-        (
-            "two generations of one host count once",
-            fresh(),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![server("b").dead(), server("b"), server("c")],
-            ),
-            Want::Vote(0, "a"),
-        ),
-        (
-            "bootstrap-expect 0",
-            fresh(),
-            obs("a", Role::Server, 0, vec![]),
-            Want::Wait("bootstrap-expect is 0"),
-        ),
-        (
-            "bootstrap-expect 1 elects alone",
-            fresh(),
-            obs("a", Role::Server, 1, vec![]),
-            Want::Vote(0, "a"),
-        ),
         (
             "agents never vote",
             fresh(),
-            obs("a", Role::Agent, 3, three()),
+            obs("a", Role::Agent, ABC, vec![server("b"), server("c")]),
             Want::Wait("agent: waiting"),
         ),
-    ]);
-}
-
-#[test]
-fn rule_4_vote_for_the_lowest_name_not_abdicated() {
-    let peers = |names: &[&str]| names.iter().map(|n| server(n)).collect::<Vec<_>>();
-    run(vec![
-        // Byte order, not "natural" order.
         (
-            "byte order",
-            fresh(),
-            obs("node-9", Role::Server, 3, peers(&["node-10", "node-2"])),
-            Want::Vote(0, "node-10"),
-        ),
-        (
-            "upper case sorts first",
-            fresh(),
-            obs("a", Role::Server, 3, peers(&["B", "c"])),
-            Want::Vote(0, "B"),
-        ),
-        (
-            "round 0 ignores aliveness",
-            fresh(),
-            obs("b", Role::Server, 3, vec![server("a").dead(), server("c")]),
-            Want::Vote(0, "a"),
-        ),
-        (
-            "abdicated names are skipped; the round is the rank",
+            "a server outside the electorate waits for a cluster",
             fresh(),
             obs(
-                "c",
+                "z",
                 Role::Server,
-                4,
-                vec![
-                    server("a").abdicated(0),
-                    server("b").abdicated(1),
-                    server("d"),
-                ],
+                ABC,
+                vec![server("a"), server("b"), server("c")],
             ),
-            Want::Vote(2, "c"),
+            Want::Wait("not in the electorate"),
         ),
         (
-            "a name that abdicated out of turn is skipped too",
+            "count-only: fewer seen",
             fresh(),
-            obs(
-                "c",
+            counted("a", Role::Server, 3, vec![server("b")]),
+            Want::Wait("waiting for 2 of 3"),
+        ),
+        (
+            "count-only: more seen is refused",
+            fresh(),
+            counted(
+                "a",
                 Role::Server,
                 3,
-                vec![server("a"), server("b").abdicated(0)],
+                vec![server("b"), server("c"), server("d")],
             ),
+            Want::Wait("SAW 4 SERVER CANDIDATES"),
+        ),
+        (
+            "count-only: exact count votes",
+            fresh(),
+            counted("b", Role::Server, 3, vec![server("a"), server("c")]),
             Want::Vote(0, "a"),
-        ),
-        (
-            "an abdicated host still votes",
-            ElectionState {
-                abdicated: Some(0),
-                ..fresh()
-            },
-            obs("a", Role::Server, 3, vec![server("b"), server("c")]),
-            Want::Vote(1, "b"),
-        ),
-        (
-            "every candidate abdicated",
-            ElectionState {
-                abdicated: Some(0),
-                ..fresh()
-            },
-            obs("c", Role::Server, 2, vec![server("a").abdicated(0)]),
-            Want::Wait("an operator must step in"),
         ),
     ]);
 }
 
 #[test]
-fn rule_5_a_vote_moves_only_after_its_candidate_abdicates() {
-    let all_abdicated = ElectionState {
-        abdicated: Some(1),
-        ..voted(0, "a")
-    };
+fn more_hosts_than_the_electorate_do_not_matter() {
+    // Seven server candidates boot, three seats: the four outside never block or vote.
+    let peers: Vec<PeerView> = ["a", "c", "d", "e", "f", "g"]
+        .iter()
+        .map(|n| server(n))
+        .collect();
     run(vec![
         (
-            "keeps its vote",
-            voted(0, "a"),
-            obs("c", Role::Server, 3, vec![server("a"), server("b")]),
-            Want::Wait("voted for a in round 0"),
+            "b votes round 0",
+            fresh(),
+            obs("b", Role::Auto, ABC, peers.clone()),
+            Want::Vote(0, "a"),
         ),
         (
-            "keeps it even when a lower name shows up abdicated later",
-            voted(1, "b"),
-            obs(
-                "c",
-                Role::Server,
-                3,
-                vec![server("a").abdicated(0), server("b")],
-            ),
-            Want::Wait("voted for b in round 1"),
-        ),
-        (
-            "moves after the abdication",
-            voted(0, "a"),
-            obs(
-                "c",
-                Role::Server,
-                3,
-                vec![server("a").abdicated(0), server("b")],
-            ),
-            Want::Vote(1, "b"),
-        ),
-        (
-            "skips several abdications at once, same round as everyone",
-            voted(0, "a"),
-            obs(
-                "d",
-                Role::Server,
-                4,
-                vec![
-                    server("a").abdicated(0),
-                    server("b").abdicated(1),
-                    server("c"),
-                ],
-            ),
-            Want::Vote(2, "c"),
-        ),
-        // After a reboot this host may not see a's abdication again yet: still never goes back below b.
-        (
-            "never goes below its last candidate",
-            voted(1, "b"),
-            obs(
-                "d",
-                Role::Server,
-                4,
-                vec![server("a"), server("b").abdicated(1), server("c")],
-            ),
-            Want::Vote(2, "c"),
-        ),
-        (
-            "nothing left above",
-            all_abdicated,
-            obs("b", Role::Server, 2, vec![server("a").abdicated(0)]),
-            Want::Wait("an operator must step in"),
+            "f waits",
+            fresh(),
+            obs("f", Role::Auto, ABC, peers),
+            Want::Wait("not in the electorate"),
         ),
     ]);
-    // A rule-5 vote is persisted with its round and only moves up.
-    let d = decide(
-        &voted(0, "a"),
-        &obs(
-            "c",
-            Role::Server,
-            3,
-            vec![server("a").abdicated(0), server("b")],
-        ),
+}
+
+#[test]
+fn seats_by_address_map_hosts_whatever_their_names() {
+    let seats = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let mut o = obs(
+        "node-x",
+        Role::Auto,
+        &seats,
+        vec![
+            server("node-y").at("10.0.0.2").voting(0, "node-z"),
+            server("node-z").at("10.0.0.1"),
+            server("node-w").at("10.0.0.9"),
+        ],
     );
-    assert_eq!(d.state_to_persist(), Some(&voted(1, "b")));
+    o.self_addr = Some("10.0.0.3".parse().unwrap());
+    // Seat 0 is 10.0.0.1, held by node-z.
+    check("by address", &fresh(), &o, &Want::Vote(0, "node-z"));
+    o.self_addr = Some("10.0.0.9".parse().unwrap());
+    check(
+        "not seated",
+        &fresh(),
+        &o,
+        &Want::Wait("not in the electorate"),
+    );
 }
 
 #[test]
-fn rule_6_the_candidate_wins_with_a_majority_once_installed() {
-    let not_installed = |mut o: Observation| {
-        o.local.rke2_installed = false;
-        o
-    };
-    let majority = || vec![server("b").voting(0, "a"), server("c")];
-    let all = || vec![server("b").voting(0, "a"), server("c").voting(0, "a")];
+fn rule_4_a_claim_wins_with_a_quorum_of_acknowledgements() {
     run(vec![
         (
-            "votes for itself first",
+            "alone",
+            acked(0, "a"),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("b").voting(0, "a"), server("c")],
+            ),
+            Want::Wait("1 of 2 acknowledgements"),
+        ),
+        (
+            "one more is a quorum of three",
+            acked(0, "a"),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![
+                    server("b").voting(0, "a").acking(0, "a"),
+                    server("c").dead(),
+                ],
+            ),
+            Want::Init(0),
+        ),
+        (
+            "an acknowledgement of another round does not count",
+            acked(3, "a"),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("b").acking(0, "a"), server("c")],
+            ),
+            Want::Wait("1 of 2"),
+        ),
+        (
+            "hosts outside the electorate do not count",
+            acked(0, "a"),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("x").acking(0, "a"), server("y").acking(0, "a")],
+            ),
+            Want::Wait("1 of 2"),
+        ),
+    ]);
+}
+
+#[test]
+fn rule_5_an_acknowledgement_is_for_good() {
+    run(vec![
+        (
+            "waits for the claimant",
+            acked(0, "a"),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("a").claiming(0), server("c")],
+            ),
+            Want::Wait("acknowledged the claim of a"),
+        ),
+        (
+            "even when it is dead, and says what to do",
+            acked(0, "a"),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("a").claiming(0).dead(), server("c").claiming(1)],
+            ),
+            Want::Wait("election release"),
+        ),
+    ]);
+}
+
+#[test]
+fn rule_6_acknowledge_the_highest_live_claim() {
+    run(vec![
+        (
+            "a voter acknowledges",
+            voted(0, "a"),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("a").claiming(0), server("c")],
+            ),
+            Want::Ack(0, "a"),
+        ),
+        (
+            "a host that never voted too",
             fresh(),
-            obs("a", Role::Server, 3, vec![server("b"), server("c")]),
+            obs("b", Role::Server, ABC, vec![server("a").claiming(0)]),
+            Want::Ack(0, "a"),
+        ),
+        (
+            "the highest round first",
+            voted(1, "b"),
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![server("a").claiming(0), server("b").claiming(1)],
+            ),
+            Want::Ack(1, "b"),
+        ),
+        (
+            "not a dead claimant",
+            fresh(),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("a").claiming(0).dead(), server("c")],
+            ),
+            Want::Vote(1, "b"),
+        ),
+        (
+            "not a claim from outside the electorate",
+            fresh(),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("a"), server("x").claiming(0)],
+            ),
             Want::Vote(0, "a"),
         ),
         (
-            "others' votes suffice without its own",
-            fresh(),
-            obs("a", Role::Server, 3, all()),
-            Want::Init(0),
-        ),
-        (
-            "majority and installed",
-            voted(0, "a"),
-            obs("a", Role::Server, 3, majority()),
-            Want::Init(0),
-        ),
-        (
-            "majority, not installed",
-            voted(0, "a"),
-            not_installed(obs("a", Role::Server, 3, majority())),
-            Want::Prepare(0),
-        ),
-        (
-            "installs early, before the majority",
-            voted(0, "a"),
-            not_installed(obs("a", Role::Server, 3, vec![server("b"), server("c")])),
-            Want::Prepare(0),
-        ),
-        (
-            "one vote of two needed",
-            voted(0, "a"),
-            obs("a", Role::Server, 3, vec![server("b"), server("c")]),
-            Want::Wait("1 of 2 votes"),
-        ),
-        (
-            "5 hosts need 3",
-            voted(0, "a"),
-            obs(
-                "a",
-                Role::Server,
-                5,
-                vec![
-                    server("b").voting(0, "a"),
-                    server("c"),
-                    server("d"),
-                    server("e"),
-                ],
-            ),
-            Want::Wait("2 of 3 votes"),
-        ),
-        (
-            "4 hosts need 3",
-            voted(0, "a"),
-            obs(
-                "a",
-                Role::Server,
-                4,
-                vec![server("b").voting(0, "a"), server("c"), server("d")],
-            ),
-            Want::Wait("2 of 3 votes"),
-        ),
-        (
-            "votes of another round do not count",
-            voted(0, "a"),
-            obs(
-                "a",
-                Role::Server,
-                3,
-                vec![server("b").voting(1, "a"), server("c").voting(2, "a")],
-            ),
-            Want::Wait("1 of 2 votes"),
-        ),
-        (
-            "a later round wins with its own rank",
-            voted(1, "b"),
-            obs(
-                "b",
-                Role::Server,
-                3,
-                vec![server("a").abdicated(0).voting(1, "b"), server("c")],
-            ),
-            Want::Init(1),
-        ),
-        (
-            "others' votes suffice even before its own vote moved",
-            voted(0, "a"),
-            obs(
-                "b",
-                Role::Server,
-                3,
-                vec![server("a").abdicated(0), server("c").voting(1, "b")],
-            )
-            .with_votes_for_b(),
-            Want::Init(1),
-        ),
-        (
-            "an abdicated host never wins",
+            "an abdicated host still acknowledges",
             ElectionState {
                 abdicated: Some(0),
                 ..voted(0, "a")
             },
-            obs("a", Role::Server, 3, all()),
-            Want::Vote(1, "b"),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("b").claiming(1), server("c")],
+            ),
+            Want::Ack(1, "b"),
         ),
     ]);
 }
 
-impl Observation {
-    /// Adds a second vote for "b" in round 1, from "a".
-    fn with_votes_for_b(mut self) -> Observation {
-        self.peers[0].vote = Some(v(1, "b"));
+#[test]
+fn rule_7_vote_for_the_first_viable_round() {
+    run(vec![
+        (
+            "round 0 is the lowest seat",
+            fresh(),
+            obs("c", Role::Server, ABC, vec![server("a"), server("b")]),
+            Want::Vote(0, "a"),
+        ),
+        (
+            "an unseen seat is waited for during the lease",
+            fresh(),
+            obs("c", Role::Server, ABC, vec![server("b")]).with_observing(10),
+            Want::Wait("a not seen yet"),
+        ),
+        (
+            "and passed over after it",
+            fresh(),
+            obs("c", Role::Server, ABC, vec![server("b")]),
+            Want::Vote(1, "b"),
+        ),
+        (
+            "a candidate dead for less than the lease keeps the vote",
+            voted(0, "a"),
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![server("a").dead_for(5), server("b")],
+            ),
+            Want::Wait("a looks dead"),
+        ),
+        (
+            "one dead for longer is replaced",
+            voted(0, "a"),
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![server("a").dead(), server("b")],
+            ),
+            Want::Vote(1, "b"),
+        ),
+        (
+            "an abdicated candidate is passed over at once",
+            voted(0, "a"),
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![server("a").abdicated(0), server("b")],
+            ),
+            Want::Vote(1, "b"),
+        ),
+        (
+            "an agent on a seat is passed over",
+            fresh(),
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![peer("a", Role::Agent), server("b")],
+            ),
+            Want::Vote(1, "b"),
+        ),
+        (
+            "catch up with the highest live round",
+            fresh(),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("b").voting(2, "c"), server("c").voting(2, "c")],
+            ),
+            Want::Vote(2, "c"),
+        ),
+        (
+            "not with a dead voter's round",
+            voted(0, "a"),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("b").voting(2, "c").dead(), server("c")],
+            ),
+            Want::Wait("candidate of round 0: 1 of 2"),
+        ),
+        (
+            "rounds wrap around the seats",
+            voted(2, "c"),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("a"), server("c").dead()],
+            ),
+            Want::Vote(3, "a"),
+        ),
+        (
+            "the vote stays while its candidate lives",
+            voted(1, "b"),
+            obs("c", Role::Server, ABC, vec![server("a"), server("b")]),
+            Want::Wait("waiting for it to claim"),
+        ),
+        (
+            "nobody can win",
+            ElectionState {
+                abdicated: Some(2),
+                ..voted(2, "c")
+            },
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![server("a").abdicated(0), server("b").abdicated(1)],
+            ),
+            Want::Wait("an operator must step in"),
+        ),
+    ]);
+}
+
+trait ObsTweak {
+    fn with_observing(self, secs: u64) -> Observation;
+}
+
+impl ObsTweak for Observation {
+    fn with_observing(mut self, secs: u64) -> Observation {
+        self.observing_for = Duration::from_secs(secs);
         self
     }
 }
 
 #[test]
-fn rule_7_abdication_is_explicit_and_refused_to_the_initializer() {
-    let s = abdicate(&voted(0, "a"), 0).unwrap();
-    assert_eq!(s.abdicated, Some(0));
-    assert_eq!(
-        s.vote,
-        Some(v(0, "a")),
-        "the vote stays: it was cast and published"
+fn rule_8_the_candidate_installs_then_claims_with_a_quorum_of_live_votes() {
+    let mut not_installed = obs(
+        "a",
+        Role::Server,
+        ABC,
+        vec![server("b").voting(0, "a"), server("c")],
     );
-    // decide never abdicates on its own, whatever it sees.
-    let d = decide(
-        &voted(0, "a"),
-        &obs("a", Role::Server, 3, vec![server("b"), server("c")]),
-    );
-    assert!(d.state_to_persist().is_none(), "{d:?}");
-    let init = ElectionState {
-        initializer_of: Some(0),
-        ..voted(0, "a")
-    };
-    assert!(matches!(
-        abdicate(&init, 0),
-        Err(TransitionError::AlreadyInitializer { .. })
-    ));
-}
-
-#[test]
-fn rule_8_a_dead_candidate_is_waited_for_not_replaced() {
+    not_installed.local.rke2_installed = false;
     run(vec![
         (
-            "dead candidate",
-            voted(0, "a"),
-            obs(
-                "c",
-                Role::Server,
-                3,
-                vec![server("a").dead(), server("b").voting(0, "a")],
-            ),
-            Want::Wait("a is not alive: waiting for it"),
-        ),
-        (
-            "left candidate",
-            voted(0, "a"),
-            obs(
-                "c",
-                Role::Server,
-                3,
-                vec![
-                    server("a").left().voting(0, "a"),
-                    server("b").voting(0, "a"),
-                ],
-            ),
-            Want::Wait("a is not alive: waiting for it"),
-        ),
-    ]);
-}
-
-#[test]
-fn a_lost_state_dir_never_votes_again() {
-    let own = |p: PeerView| p.dead();
-    run(vec![
-        (
-            "gossip remembers a vote",
+            "votes for itself",
             fresh(),
-            obs(
-                "b",
-                Role::Server,
-                3,
-                vec![server("a"), server("c"), own(server("b").voting(0, "a"))],
-            ),
-            Want::Wait("state dir lacks"),
+            obs("a", Role::Server, ABC, vec![server("b"), server("c")]),
+            Want::Vote(0, "a"),
         ),
         (
-            "gossip remembers a later vote",
+            "without a quorum it waits",
             voted(0, "a"),
-            obs(
-                "c",
-                Role::Server,
-                3,
-                vec![
-                    server("a").abdicated(0),
-                    server("b"),
-                    own(server("c").voting(1, "b")),
-                ],
-            ),
-            Want::Wait("state dir lacks"),
+            obs("a", Role::Server, ABC, vec![server("b"), server("c")]),
+            Want::Wait("1 of 2 votes"),
         ),
         (
-            "gossip remembers an abdication",
+            "prepares first",
+            voted(0, "a"),
+            not_installed,
+            Want::Prepare(0),
+        ),
+        (
+            "then claims",
             voted(0, "a"),
             obs(
                 "a",
                 Role::Server,
-                3,
-                vec![
-                    server("b").voting(0, "a"),
-                    server("c"),
-                    own(server("a").abdicated(0)),
-                ],
+                ABC,
+                vec![server("b").voting(0, "a"), server("c")],
             ),
-            Want::Wait("state dir lacks"),
+            Want::Claim(0),
         ),
         (
-            "an older own entry is fine",
-            voted(1, "b"),
+            "votes of dead hosts do not count",
+            voted(0, "a"),
             obs(
-                "c",
+                "a",
                 Role::Server,
-                3,
-                vec![
-                    server("a").abdicated(0),
-                    server("b"),
-                    own(server("c").voting(0, "a")),
-                ],
+                ABC,
+                vec![server("b").voting(0, "a").dead_for(2), server("c")],
             ),
-            Want::Wait("voted for b in round 1"),
+            Want::Wait("1 of 2 votes"),
         ),
     ]);
+    // An abdicated host never claims: it passes over its own seat.
+    let gave_up = ElectionState {
+        abdicated: Some(0),
+        ..voted(0, "a")
+    };
+    check(
+        "abdicated",
+        &gave_up,
+        &obs(
+            "a",
+            Role::Server,
+            ABC,
+            vec![server("b").voting(0, "a"), server("c")],
+        ),
+        &Want::Vote(1, "b"),
+    );
+}
+
+#[test]
+fn a_lost_state_dir_never_commits_again() {
+    run(vec![
+        (
+            "a vote it lacks",
+            fresh(),
+            obs(
+                "a",
+                Role::Server,
+                ABC,
+                vec![server("a").voting(0, "a"), server("b"), server("c")],
+            ),
+            Want::Wait("that its state dir lacks"),
+        ),
+        (
+            "an acknowledgement it lacks",
+            voted(0, "a"),
+            obs(
+                "b",
+                Role::Server,
+                ABC,
+                vec![server("b").acking(0, "a"), server("a").claiming(0)],
+            ),
+            Want::Wait("state dir lacks it"),
+        ),
+    ]);
+    // A reinstalled host on the same address under a new name: its seat remembers.
+    let seats = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let mut o = obs(
+        "new-b",
+        Role::Server,
+        &seats,
+        vec![
+            server("old-b").at("10.0.0.2").acking(0, "a").dead(),
+            server("a").at("10.0.0.1").claiming(0),
+        ],
+    );
+    o.self_addr = Some("10.0.0.2".parse().unwrap());
+    check(
+        "same seat, new name",
+        &fresh(),
+        &o,
+        &Want::Wait("state dir lacks it"),
+    );
     let corrupt = ElectionState {
         initializer_of: Some(0),
         abdicated: Some(0),
@@ -805,7 +757,7 @@ fn a_lost_state_dir_never_votes_again() {
     check(
         "corrupt state",
         &corrupt,
-        &obs("a", Role::Server, 1, vec![]),
+        &obs("a", Role::Server, ABC, vec![]),
         &Want::Wait("refusing to take part"),
     );
 }
@@ -860,6 +812,8 @@ fn arb_peer() -> impl Strategy<Value = PeerView> {
                 role,
                 phase: Phase::Discovering,
                 vote: vote.map(|(r, c)| v(r, c)),
+                ack: None,
+                addr: None,
                 initializer: init,
                 abdicated,
                 has_cluster_identity: id,
@@ -883,7 +837,7 @@ proptest! {
         seed in any::<u64>(),
         installed in any::<bool>(),
     ) {
-        let mut o = obs(me, Role::Server, expect, peers);
+        let mut o = counted(me, Role::Server, expect, peers);
         o.local.rke2_installed = installed;
         let state = fresh();
         let base = decide(&state, &o);

@@ -20,6 +20,7 @@ mod key {
     pub const VOTE: &str = "vote";
     pub const INITIALIZER: &str = "initializer";
     pub const ABDICATED: &str = "abdicated";
+    pub const ACK: &str = "ack";
     pub const TOKEN: &str = "token";
     pub const LEAVING: &str = "leaving";
     pub const AGENT_VERSION: &str = "agent-version";
@@ -219,6 +220,9 @@ pub struct Announcement {
     pub initializer: bool,
     /// Highest round this node gave up winning in (it will never initialize for it).
     pub abdicated: Option<u32>,
+    /// The one claim this node acknowledged, for good (its own claim when the candidate is this
+    /// node): see the election module.
+    pub ack: Option<Vote>,
     /// The cluster join secret; published only by servers that are part of the cluster. Gossip
     /// is sealed, so it reaches members holding the cluster key and no one else.
     pub token: Option<String>,
@@ -241,6 +245,7 @@ impl Announcement {
             vote: None,
             initializer: false,
             abdicated: None,
+            ack: None,
             token: None,
             leaving: false,
             rke2_version: None,
@@ -259,6 +264,7 @@ impl Announcement {
             (key::VOTE, self.vote.as_ref().map(Vote::encode)),
             (key::INITIALIZER, flag(self.initializer)),
             (key::ABDICATED, self.abdicated.map(|r| r.to_string())),
+            (key::ACK, self.ack.as_ref().map(Vote::encode)),
             (key::TOKEN, self.token.clone()),
             (key::LEAVING, flag(self.leaving)),
             (
@@ -298,6 +304,7 @@ pub struct Member {
     pub vote: Option<Vote>,
     pub initializer: bool,
     pub abdicated: Option<u32>,
+    pub ack: Option<Vote>,
     /// Never printed: see the `Serialize` impl below, which leaves it out.
     pub token: Option<String>,
     pub agent_version: Option<String>,
@@ -336,6 +343,11 @@ impl Member {
             })
             .unwrap_or(gossip_addr.ip());
         let vote = parse(key::VOTE).and_then(|v| Vote::decode(&v).map_err(|e| errors.push(e)).ok());
+        let ack = parse(key::ACK).and_then(|v| {
+            Vote::decode(&v)
+                .map_err(|_| errors.push(SchemaError::bad(key::ACK, &v)))
+                .ok()
+        });
         let abdicated = parse(key::ABDICATED).and_then(|v| {
             v.parse::<u32>()
                 .map_err(|_| errors.push(SchemaError::bad(key::ABDICATED, &v)))
@@ -367,6 +379,7 @@ impl Member {
             vote,
             initializer: kv.get(key::INITIALIZER) == Some(&"true"),
             abdicated,
+            ack,
             token: kv.get(key::TOKEN).map(|v| v.to_string()),
             agent_version: kv.get(key::AGENT_VERSION).map(|v| v.to_string()),
             rke2_version: kv.get(key::RKE2_VERSION).map(|v| v.to_string()),
@@ -414,6 +427,7 @@ impl Member {
             vote: None,
             initializer: false,
             abdicated: None,
+            ack: None,
             token: None,
             agent_version: None,
             rke2_version: None,
@@ -446,6 +460,9 @@ pub struct MemberSummary {
     pub initializer: bool,
     pub ca_hash: Option<String>,
     pub vote: Option<String>,
+    /// The claim this member acknowledged (`round:candidate`), if any.
+    #[serde(default)]
+    pub ack: Option<String>,
     pub agent_version: Option<String>,
     pub rke2_version: Option<String>,
 }
@@ -465,6 +482,7 @@ impl From<&Member> for MemberSummary {
             initializer: m.initializer,
             ca_hash: m.ca_hash.clone(),
             vote: m.vote.as_ref().map(Vote::encode),
+            ack: m.ack.as_ref().map(Vote::encode),
             agent_version: m.agent_version.clone(),
             rke2_version: m.rke2_version.clone(),
         }

@@ -182,6 +182,7 @@ pub fn server(name: &str, addr: IpAddr) -> Member {
         vote: None,
         initializer: false,
         abdicated: None,
+        ack: None,
         token: None,
         agent_version: None,
         rke2_version: None,
