@@ -290,9 +290,13 @@ impl Agent {
                         next.election = election::abdicate(&self.state.election, round)?;
                         self.persist(next)?;
                         self.state.election.announce(&mut self.announcement);
-                        self.set_phase(Phase::Failed, &format!("abdicated round {round}: {err:#}"))
-                            .await;
-                        return Err(err.context("installing rke2 as the first-server candidate"));
+                        // This host stays a voter: its seat still counts toward every quorum,
+                        // and an agent that exited here would leave the others one vote short.
+                        self.set_phase(
+                            Phase::Voting,
+                            &format!("abdicated round {round} ({err:#}); still voting"),
+                        )
+                        .await;
                     }
                 }
                 Decision::Claim { round, state } => {

@@ -304,6 +304,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     } else {
         seed.clone()
     };
+    // The electorate: the first `servers` hosts' addresses, reserved the way an operator
+    // reserves the addresses of the hosts that may initialize.
+    let electorate = (0..args.servers.min(args.nodes))
+        .map(|i| format!("{}.{}", args.ip_prefix, 11 + i))
+        .collect::<Vec<_>>()
+        .join(",");
     for i in 0..args.nodes {
         let name = format!("node-{}", i + 1);
         let ip: IpAddr = format!("{}.{}", args.ip_prefix, 11 + i).parse()?;
@@ -337,8 +343,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .arg("--root")
             .arg(&root)
             .args([
-                "--bootstrap-expect",
-                &args.nodes.to_string(),
+                "--initial-servers",
+                &electorate,
                 "--servers",
                 &args.servers.to_string(),
             ])

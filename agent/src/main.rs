@@ -97,7 +97,9 @@ impl FromArgMatches for AgentArgs {
 impl AgentArgs {
     /// All layers: the file, a config fetched at boot, the kernel command line, the environment
     /// and the flags.
-    fn load(&self) -> Result<AgentConfig, StartError> {
+    /// Loads the configuration; `members` only needs the status socket, so it does not ask for
+    /// an electorate (`check_election` false).
+    fn load(&self, check_election: bool) -> Result<AgentConfig, StartError> {
         let kernel = match std::fs::read_to_string(&self.kernel_cmdline) {
             Ok(line) => rke2_bootstrap::cmdline::parse(&line)
                 .map_err(|e| StartError::Config(e.to_string()))?,
@@ -107,14 +109,19 @@ impl AgentArgs {
             Some((url, sha256)) => Some(fetch_config(url, sha256).map_err(StartError::Runtime)?),
             None => None,
         };
-        AgentConfig::load(&Layers {
+        let layers = Layers {
             file: self.config.clone(),
             fetched_file,
             env: layers::process_env(ENV_PREFIX),
             kernel: kernel.overrides,
             flags: self.flags.clone(),
-        })
-        .map_err(|e: ConfigError| StartError::Config(e.to_string()))
+        };
+        let loaded = if check_election {
+            AgentConfig::load(&layers)
+        } else {
+            AgentConfig::load_without_election_check(&layers)
+        };
+        loaded.map_err(|e: ConfigError| StartError::Config(e.to_string()))
     }
 }
 
@@ -173,7 +180,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Members { json, config } => {
-            let cfg = match config.load() {
+            let cfg = match config.load(false) {
                 Ok(cfg) => cfg,
                 Err(err) => return start_error(err),
             };
@@ -183,7 +190,7 @@ fn main() -> ExitCode {
             runtime_outcome(outcome)
         }
         Command::Agent(args) => {
-            let cfg = match args.load() {
+            let cfg = match args.load(true) {
                 Ok(cfg) => cfg,
                 Err(err) => return start_error(err),
             };
@@ -194,7 +201,7 @@ fn main() -> ExitCode {
                 rke2_bootstrap::process::shutdown_signal(),
             )))
         }
-        Command::CheckConfig(args) => match args.load() {
+        Command::CheckConfig(args) => match args.load(true) {
             Ok(cfg) => {
                 println!(
                     "rke2-bootstrap: configuration ok (node {}, role {}, cluster {})",

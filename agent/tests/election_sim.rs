@@ -573,14 +573,9 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let fault = self.fault;
         let h = &mut self.hosts[i];
-        if h.state.initializer_of.is_none() {
-            match fault {
-                Fault::ForgetVoteOnRestart => {
-                    h.state.vote = None;
-                    h.state.round = 0;
-                }
-                _ => {}
-            }
+        if h.state.initializer_of.is_none() && fault == Fault::ForgetVoteOnRestart {
+            h.state.vote = None;
+            h.state.round = 0;
         }
         h.up = true;
         h.booted_at = self.t;

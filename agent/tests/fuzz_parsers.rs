@@ -756,7 +756,13 @@ fn check_config_outcome(result: &Result<AgentConfig, ConfigError>) -> Result<(),
             // What validation promises the rest of the program.
             prop_assert!(rke2_bootstrap::config::is_valid_name(&cfg.cluster_name));
             prop_assert!(rke2_bootstrap::config::is_valid_name(&cfg.node_name));
-            prop_assert!(cfg.servers % 2 == 1 && cfg.bootstrap_expect >= 1);
+            prop_assert!(
+                cfg.servers % 2 == 1
+                    && !matches!(
+                        cfg.electorate,
+                        Some(rke2_bootstrap::election::Electorate::Counted(0))
+                    )
+            );
             prop_assert!(!cfg.service_manager.is_empty());
         }
         Err(err) => {
@@ -1555,6 +1561,7 @@ mod seeds {
                     round: 2,
                     candidate: "n1".into(),
                 }),
+                ack: None,
                 initializer_of: Some(2),
                 abdicated: None,
             },

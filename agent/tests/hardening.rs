@@ -72,7 +72,8 @@ fn cloud_init_example_configs_load() {
 #[test]
 fn packaged_config_file_and_its_examples_use_real_keys() {
     let text = std::fs::read_to_string(repo_file("packaging/config/config.yaml")).unwrap();
-    load_text(&text).unwrap();
+    // As shipped it names no seeds (every site has its own); a host adds them.
+    load_text(&format!("{text}seeds: [10.0.0.11:7947]\n")).unwrap();
     let known: Vec<&str> = AGENT_KEYS.iter().map(|k| k.name).collect();
     for line in text.lines() {
         let Some(example) = line.strip_prefix("# ") else {

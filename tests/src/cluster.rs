@@ -100,7 +100,9 @@ pub struct ClusterSpec {
     pub test_id: u8,
     /// `(name, role)` of each host, in start order.
     pub hosts: Vec<(String, &'static str)>,
-    pub bootstrap_expect: u32,
+    /// The electorate (`initial-servers`); default: the addresses of the `server` and `auto`
+    /// hosts, as an operator who reserved their addresses would write it.
+    pub initial_servers: Option<Vec<String>>,
     pub servers: u32,
     /// Registration address for every host (the LB), if any.
     pub registration_address: Option<IpAddr>,
@@ -119,7 +121,7 @@ impl ClusterSpec {
         ClusterSpec {
             test_id,
             hosts: hosts.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
-            bootstrap_expect: servers,
+            initial_servers: None,
             servers: if servers % 2 == 1 {
                 servers
             } else {
@@ -300,6 +302,17 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no host {name}"))
     }
 
+    /// The electorate every host is given.
+    pub fn initial_servers(&self) -> Vec<String> {
+        self.spec.initial_servers.clone().unwrap_or_else(|| {
+            self.hosts
+                .iter()
+                .filter(|h| h.role != "agent")
+                .map(|h| h.ip.to_string())
+                .collect()
+        })
+    }
+
     /// The agent command line of a host.
     pub fn agent_command(&self, host: &TestHost) -> Command {
         let seeds = self.spec.seeds.clone().unwrap_or_else(|| {
@@ -316,7 +329,7 @@ impl TestCluster {
             ("seeds", seeds.join(",")),
             ("gossip-key-file", self.key_file.display().to_string()),
             ("root", host.root.path().display().to_string()),
-            ("bootstrap-expect", self.spec.bootstrap_expect.to_string()),
+            ("initial-servers", self.initial_servers().join(",")),
             ("servers", self.spec.servers.to_string()),
             ("installer-url", self.installer.url()),
             ("allow-insecure-installer-url", "true".to_string()),

@@ -11,7 +11,6 @@ fn five_auto_hosts_become_three_servers_and_two_agents() {
     let names = ["node-1", "node-2", "node-3", "node-4", "node-5"];
     let hosts: Vec<(&str, &'static str)> = names.iter().map(|n| (*n, "auto")).collect();
     let mut spec = ClusterSpec::new(13, &hosts);
-    spec.bootstrap_expect = 5;
     spec.servers = 3;
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();

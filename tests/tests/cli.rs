@@ -71,6 +71,8 @@ fn gossip_key_problems_name_the_key_file() {
         "a",
         "--bind-addr",
         "127.9.0.1:7947",
+        "--initial-servers",
+        "127.9.0.1",
         "--root",
     ];
     let run = |extra: &[&str]| {
@@ -240,11 +242,25 @@ fn check_config_accepts_the_shipped_configs_and_names_what_is_wrong() {
         checked.iter().filter(|(_, s)| !*s).count() >= 3,
         "{checked:?}"
     );
-    for (file, sidecar) in [("config.yaml", false), ("lb-sidecar.yaml", true)] {
-        let out = check_config(sidecar, &repo_file(&format!("packaging/config/{file}")));
+    // The packaged agent config names no seeds, so no electorate: as shipped it is refused with
+    // the key to set, and accepted once a host adds its seeds.
+    let packaged = repo_file("packaging/config/config.yaml");
+    assert_config_error(&check_config(false, &packaged), &["initial-servers"]);
+    let with_seeds = dir.path().join("packaged-with-seeds.yaml");
+    std::fs::write(
+        &with_seeds,
+        std::fs::read_to_string(&packaged).unwrap() + "seeds: [10.0.0.11:7947]\n",
+    )
+    .unwrap();
+    for (path, sidecar) in [
+        (with_seeds, false),
+        (repo_file("packaging/config/lb-sidecar.yaml"), true),
+    ] {
+        let out = check_config(sidecar, &path);
         assert!(
             out.status.success(),
-            "{file}: {}",
+            "{}: {}",
+            path.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }

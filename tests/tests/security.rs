@@ -24,7 +24,7 @@ use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring};
 use rke2_bootstrap::state::PersistedState;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster, GOSSIP_PORT};
-use rke2_bootstrap_tests::{wait_until, workspace_bin, ChildGuard};
+use rke2_bootstrap_tests::{loopback_ip, wait_until, workspace_bin, ChildGuard};
 
 const FORMATION: Duration = Duration::from_secs(60);
 
@@ -124,7 +124,6 @@ fn lowered_max_version_ack(node: &str, addr: SocketAddr) -> Vec<u8> {
 #[test]
 fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
     let mut spec = ClusterSpec::new(152, &[("sec-s1", "server"), ("sec-w1", "agent")]);
-    spec.bootstrap_expect = 1;
     spec.servers = 1;
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
@@ -323,7 +322,11 @@ fn vote_that_cannot_be_persisted_is_never_published() {
     // Two candidates: this agent and an in-process gossip member standing for the other server,
     // which also records what it sees. The agent waits for it, then votes.
     let mut spec = ClusterSpec::new(155, &[("full-1", "server")]);
-    spec.bootstrap_expect = 2;
+    // Two seats: this agent's and the in-process member's below (127.155.0.99).
+    spec.initial_servers = Some(vec![
+        loopback_ip(155, 11).to_string(),
+        "127.155.0.99".to_string(),
+    ]);
     spec.servers = 1;
     let cluster = TestCluster::new(spec).unwrap();
     let host = cluster.host("full-1");
@@ -452,7 +455,6 @@ const CHECKPOINTS: [&str; 7] = [
 #[test]
 fn initializer_killed_at_each_checkpoint_resumes_and_never_reinitializes() {
     let mut spec = ClusterSpec::new(156, &[("kill-1", "server")]);
-    spec.bootstrap_expect = 1;
     spec.servers = 1;
     let mut cluster = TestCluster::new(spec).unwrap();
     let state_file = cluster.host("kill-1").state_dir().join("state.json");

@@ -62,7 +62,8 @@ fuzz_target!(|data: &[u8]| {
     // what validation promises the rest of the agent
     assert!(is_valid_name(&cfg.cluster_name), "{:?}", cfg.cluster_name);
     assert!(is_valid_name(&cfg.node_name), "{:?}", cfg.node_name);
-    assert!(cfg.servers % 2 == 1 && cfg.bootstrap_expect >= 1);
+    assert!(cfg.servers % 2 == 1
+            && !matches!(cfg.electorate, Some(rke2_bootstrap::election::Electorate::Counted(0))));
     assert!(!cfg.service_manager.is_empty());
 
     let _ = installer::check_url(&cfg.installer.url, cfg.installer.allow_insecure_http);

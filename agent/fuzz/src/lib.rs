@@ -152,7 +152,9 @@ pub fn scratch_dir() -> PathBuf {
 /// only carry upstreams its validators accept.
 pub fn consume(members: &[Member], bits: u8) {
     use rke2_bootstrap::bringup;
-    use rke2_bootstrap::election::{self, ElectionConfig, ElectionState, LocalFacts, PeerView};
+    use rke2_bootstrap::election::{
+        self, ElectionConfig, ElectionState, Electorate, LocalFacts, PeerView,
+    };
     use rke2_bootstrap::gossip::schema::{cluster_identity, Role};
     use rke2_lb_sidecar::{render, view, SidecarConfig};
 
@@ -168,13 +170,24 @@ pub fn consume(members: &[Member], bits: u8) {
     let _ = election::auto_role(&me, &peers, 1 + 2 * usize::from(bits & 3));
     let role = [Role::Server, Role::Agent, Role::Auto, Role::Observer][usize::from(bits >> 2 & 3)];
     for m in members.iter().take(4) {
+        // Seats by name (the first members') or by count, as the bits say.
+        let seats = 1 + usize::from(bits >> 4 & 3);
+        let electorate = if bits & 0x20 != 0 {
+            let names: Vec<&str> = members.iter().take(seats).map(|m| m.name.as_str()).collect();
+            Electorate::pinned(&names).unwrap_or(Electorate::Counted(seats))
+        } else {
+            Electorate::Counted(seats)
+        };
         let obs = election::Observation {
             self_name: m.name.clone(),
+            self_addr: Some(m.node_addr),
             config: ElectionConfig {
                 role,
-                bootstrap_expect: 1 + usize::from(bits >> 4 & 3),
+                electorate,
                 servers_target: 3,
+                lease: std::time::Duration::from_secs(u64::from(bits & 7)),
             },
+            observing_for: std::time::Duration::from_secs(u64::from(bits >> 3 & 7)),
             local: LocalFacts {
                 data_dir_present: bits & 0x40 != 0,
                 registration_answers: bits & 0x80 != 0,

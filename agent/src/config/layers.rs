@@ -27,6 +27,8 @@ pub enum Source {
     Env(String),
     Flag(String),
     KernelCmdline(String),
+    /// Not set anywhere: the default is what is wrong.
+    Unset,
 }
 
 impl fmt::Display for Source {
@@ -36,6 +38,7 @@ impl fmt::Display for Source {
             Source::Env(var) => write!(f, "environment variable {var}"),
             Source::Flag(flag) => write!(f, "flag --{flag}"),
             Source::KernelCmdline(arg) => write!(f, "kernel command line argument {arg}"),
+            Source::Unset => f.write_str("the defaults (not set anywhere)"),
         }
     }
 }

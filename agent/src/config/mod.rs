@@ -239,14 +239,18 @@ impl AgentConfig {
         if let Err((key, reason)) = cfg.check_election_safety() {
             return Err(ConfigError::InvalidValue {
                 key: key.to_string(),
-                origin: merged
-                    .source(key)
-                    .cloned()
-                    .unwrap_or(Source::Flag(key.to_string())),
+                origin: merged.source(key).cloned().unwrap_or(Source::Unset),
                 reason,
             });
         }
         Ok(cfg)
+    }
+
+    /// Loads like [`AgentConfig::load`] without asking for an electorate: for commands that only
+    /// read the local status (`members`).
+    pub fn load_without_election_check(layers: &Layers) -> Result<AgentConfig, ConfigError> {
+        let merged = layers::merge(layers, AGENT_KEYS, ENV_PREFIX, &[ENV_CONFIG_FILE, ENV_LOG])?;
+        AgentConfig::from_merged(&merged)
     }
 
     /// Refuses, at start, a role and electorate that cannot be safe together (rather than a

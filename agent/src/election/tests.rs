@@ -559,6 +559,17 @@ fn rule_7_vote_for_the_first_viable_round() {
             Want::Vote(1, "b"),
         ),
         (
+            "a seat that left is passed over",
+            fresh(),
+            obs(
+                "c",
+                Role::Server,
+                ABC,
+                vec![server("a").left(), server("b")],
+            ),
+            Want::Vote(1, "b"),
+        ),
+        (
             "an agent on a seat is passed over",
             fresh(),
             obs(

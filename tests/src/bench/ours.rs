@@ -66,7 +66,7 @@ pub fn fetch_status(socket: &Path) -> Result<StatusLite> {
     serde_json::from_slice(&body).context("decoding a status document")
 }
 
-/// One agent that only takes part in gossip: role `server` with a `bootstrap-expect` nobody can
+/// One agent that only takes part in gossip: role `server` outside an electorate nobody can
 /// reach, so it never votes, installs or starts anything, and waits in `discovering`.
 pub struct MemberAgent {
     pub name: String,
@@ -86,8 +86,9 @@ pub struct MemberSetup<'a> {
     pub extra: &'a [(String, String)],
 }
 
-/// More server candidates than any benchmark starts: the election never completes.
-const UNREACHABLE_EXPECT: u32 = 100_000;
+/// The one seat of the benchmark's electorate: an address no member holds, so the election never
+/// completes and every member only gossips.
+const UNSEATED: &str = "127.255.255.254";
 
 impl MemberAgent {
     pub fn start(setup: &MemberSetup<'_>, name: &str, ip: IpAddr) -> Result<MemberAgent> {
@@ -98,7 +99,7 @@ impl MemberAgent {
         cmd.arg("agent")
             .args(["--cluster-name", &setup.cluster, "--node-name", name])
             .args(["--role", "server"])
-            .args(["--bootstrap-expect", &UNREACHABLE_EXPECT.to_string()])
+            .args(["--initial-servers", UNSEATED])
             .args(["--bind-addr", &SocketAddr::new(ip, GOSSIP_PORT).to_string()])
             .args([
                 "--seeds",
