@@ -401,6 +401,12 @@ c_exec lb-1 systemctl is-active --quiet rke2-lb-sidecar.service || fail "lb-1: s
 curl -sk --max-time 5 "https://$lb_ip:9345/ping" | grep -q pong || fail "lb-1: the supervisor port does not answer /ping through nginx"
 log "lb-1: nginx lists the three servers and answers /ping through them"
 
+all_up="
+want = ['s1', 's2', 's3', 'a1', 'p1']
+down = [n for n in want if n not in m or not m[n]['alive']]
+if down: print('not alive:', down); sys.exit(1)
+"
+
 # --- systemctl status, journalctl -------------------------------------------------------------------------
 status=$(c_exec s2 systemctl status --no-pager rke2-bootstrap.service) || fail "s2: systemctl status exited non-zero: $status"
 grep -q 'Active: active (running)' <<<"$status" || fail "s2: status is not active (running): $status"
@@ -409,13 +415,25 @@ grep -q 'Started rke2-bootstrap.service\|Started RKE2 zero-touch bootstrap agent
 	fail "s2: the journal does not show the start: $journal"
 log "systemctl status and journalctl -u rke2-bootstrap on s2: active (running), $(wc -l <<<"$journal") journal lines"
 
+# cloud-init's write_files created /etc/rke2-bootstrap before the package existed; the postinst
+# must have closed it.
+modes=$(c_exec s3 stat -c '%a %U %n' /etc/rke2-bootstrap /etc/rke2-bootstrap/config.yaml /etc/rke2-bootstrap/gossip.key)
+[ "$modes" = "700 root /etc/rke2-bootstrap
+600 root /etc/rke2-bootstrap/config.yaml
+600 root /etc/rke2-bootstrap/gossip.key" ] || fail "s3: modes after cloud-init and the package: $modes"
+
+# A crash: systemd restarts the agent (Restart=on-failure, RestartSec=10s) and it resumes.
+c_exec s3 systemctl kill --signal=KILL rke2-bootstrap.service
+deadline=$(($(date +%s) + 40))
+until [ "$(c_exec s3 systemctl show -p NRestarts --value rke2-bootstrap.service)" = 1 ] &&
+	c_exec s3 systemctl is-active --quiet rke2-bootstrap.service; do
+	[ "$(date +%s)" -lt "$deadline" ] || fail "s3: the agent was not restarted after SIGKILL"
+	sleep 0.5
+done
+wait_members s3 "$all_up" 30 "s3: restarted by systemd after SIGKILL, every node alive"
+
 # --- key rotation ------------------------------------------------------------------------------------------
 new_key=$(head -c 32 /dev/urandom | base64)
-all_up="
-want = ['s1', 's2', 's3', 'a1', 'p1']
-down = [n for n in want if n not in m or not m[n]['alive']]
-if down: print('not alive:', down); sys.exit(1)
-"
 rotate() {
 	local what=$1 keys=$2 n unit
 	for n in "${names[@]}"; do
