@@ -413,7 +413,11 @@ grep -q 'Active: active (running)' <<<"$status" || fail "s2: status is not activ
 journal=$(c_exec s2 journalctl --no-pager -u rke2-bootstrap.service)
 grep -q 'Started rke2-bootstrap.service\|Started RKE2 zero-touch bootstrap agent' <<<"$journal" ||
 	fail "s2: the journal does not show the start: $journal"
-log "systemctl status and journalctl -u rke2-bootstrap on s2: active (running), $(wc -l <<<"$journal") journal lines"
+# Warnings at the journal's warning priority: the unpinned installer is one.
+warnings=$(c_exec s2 journalctl --no-pager -p warning -u rke2-bootstrap.service)
+grep -q 'installer checksum not pinned' <<<"$warnings" ||
+	fail "s2: journalctl -p warning does not show the agent's warnings: $warnings"
+log "systemctl status and journalctl -u rke2-bootstrap on s2: active (running), $(wc -l <<<"$journal") journal lines, warnings at priority warning"
 
 # cloud-init's write_files created /etc/rke2-bootstrap before the package existed; the postinst
 # must have closed it.
