@@ -35,10 +35,9 @@ fi
 # The settings below are applied on every run (they are cheap and idempotent), so changing them
 # needs no new debootstrap.
 # The containers share the host's network: nothing in the image may listen on a wildcard address
-# of its own accord. nginx stays installed but disabled and without its default site (port 80 on
-# every address); the LB host's cloud-init enables and starts it. The sidecar's stream listeners
-# bind the LB's own address.
-rm -f "$root/etc/nginx/sites-enabled/default"
+# of its own accord. nginx stays installed but disabled; the LB host's cloud-init (lb-nginx.yaml)
+# removes its default site (port 80 on every address), then enables and starts it. The sidecar's
+# stream listeners bind the LB's own address.
 chroot "$root" systemctl disable nginx.service >/dev/null 2>&1 || true
 chroot "$root" systemctl mask systemd-networkd.service systemd-resolved.service \
 	systemd-timesyncd.service >/dev/null 2>&1 || true

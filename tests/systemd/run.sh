@@ -397,6 +397,7 @@ while :; do
 	sleep 1
 done
 c_exec lb-1 systemctl is-active --quiet nginx.service || fail "lb-1: nginx not active"
+c_exec lb-1 test -e /etc/nginx/sites-enabled/default && fail "lb-1: nginx's default site is still enabled"
 c_exec lb-1 systemctl is-active --quiet rke2-lb-sidecar.service || fail "lb-1: sidecar not active"
 curl -sk --max-time 5 "https://$lb_ip:9345/ping" | grep -q pong || fail "lb-1: the supervisor port does not answer /ping through nginx"
 log "lb-1: nginx lists the three servers and answers /ping through them"
