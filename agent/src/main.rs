@@ -101,7 +101,15 @@ impl AgentArgs {
         let kernel = match std::fs::read_to_string(&self.kernel_cmdline) {
             Ok(line) => rke2_bootstrap::cmdline::parse(&line)
                 .map_err(|e| StartError::Config(e.to_string()))?,
-            Err(_) => Default::default(),
+            // Only a missing file means "no overrides" (a test root, a non-Linux /proc). Any other
+            // error would silently drop a PXE host's settings and start it with the image's.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => {
+                return Err(StartError::Config(format!(
+                    "reading the kernel command line {}: {e}",
+                    self.kernel_cmdline.display()
+                )))
+            }
         };
         let fetched_file = match &kernel.config_url {
             Some((url, sha256)) => Some(fetch_config(url, sha256).map_err(StartError::Runtime)?),
