@@ -9,11 +9,12 @@ set -euo pipefail
 
 cache=${RKE2_SYSTEMD_TEST_CACHE:-/var/cache/rke2-bootstrap-systemd-test}
 suite=bookworm
-# What a cloud image of Debian 12 has, plus the LB host's nginx: every package the shipped
-# cloud-init examples install is already here, so cloud-init's `packages:` step finds nothing to
-# download and the test never reaches a mirror once the root exists. python3-cffi-backend:
-# debootstrap does not resolve virtual packages, and cloud-init needs the one it provides.
-packages=systemd,systemd-sysv,dbus,cloud-init,python3-cffi-backend,curl,ca-certificates,iproute2,procps,nginx-light,libnginx-mod-stream
+# What a cloud image of Debian 12 has, plus the LB hosts' nginx and HAProxy: every package the
+# shipped cloud-init examples install is already here, so cloud-init's `packages:` step finds
+# nothing to download and the test never reaches a mirror once the root exists.
+# python3-cffi-backend: debootstrap does not resolve virtual packages, and cloud-init needs the
+# one it provides.
+packages=systemd,systemd-sysv,dbus,cloud-init,python3-cffi-backend,curl,ca-certificates,iproute2,procps,nginx-light,libnginx-mod-stream,haproxy
 # The cache key: a changed package list or suite builds a new root.
 key=$(printf '%s %s v1\n' "$suite" "$packages" | sha256sum | cut -c1-12)
 root=$cache/root-$key
@@ -30,15 +31,17 @@ if [ ! -e "$root/.complete" ]; then
 	}
 	touch "$staging/.complete"
 	mv "$staging" "$root"
+	# Roots of earlier package lists are not used again.
+	find "$cache" -mindepth 1 -maxdepth 1 -name 'root-*' ! -name "root-$key" -exec rm -rf {} +
 fi
 
 # The settings below are applied on every run (they are cheap and idempotent), so changing them
 # needs no new debootstrap.
 # The containers share the host's network: nothing in the image may listen on a wildcard address
-# of its own accord. nginx stays installed but disabled; the LB host's cloud-init (lb-nginx.yaml)
-# removes its default site (port 80 on every address), then enables and starts it. The sidecar's
-# stream listeners bind the LB's own address.
-chroot "$root" systemctl disable nginx.service >/dev/null 2>&1 || true
+# of its own accord. nginx and HAProxy stay installed but disabled; the LB hosts' cloud-init
+# enables and starts one of them (lb-nginx.yaml first removes nginx's default site, port 80 on
+# every address). The sidecar's listeners bind the LB's own address.
+chroot "$root" systemctl disable nginx.service haproxy.service >/dev/null 2>&1 || true
 chroot "$root" systemctl mask systemd-networkd.service systemd-resolved.service \
 	systemd-timesyncd.service >/dev/null 2>&1 || true
 # cloud-init: the NoCloud seed directory only, and no network configuration (the host's network is

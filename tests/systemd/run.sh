@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The packages under a real systemd and a real cloud-init: six systemd-nspawn containers booted
+# The packages under a real systemd and a real cloud-init: seven systemd-nspawn containers booted
 # from a Debian 12 root (tests/systemd/root.sh builds and caches it), systemd as PID 1 in each,
 # sharing the host's network on loopback addresses 127.246.0.x.
 #
 #   tests/systemd/run.sh [--keep]
 #
-# - lb-1 (.10): the shipped cloud-init example lb-nginx.yaml: nginx and rke2-lb-sidecar.
+# - lb-1 (.10): the shipped cloud-init example lb-nginx.yaml: nginx and rke2-lb-sidecar, the LB the
+#   nodes register through. lb-2 (.16): lb-haproxy.yaml, a second LB in front of the same servers.
 # - s1, s2, s3 (.11-.13): server.yaml. a1 (.14): agent.yaml. Each from a NoCloud seed, run by
 #   the container's own cloud-init; the package URL and the installer are served on 127.246.0.1.
 # - p1 (.15): a PXE-style image: the package installed with dpkg -i and the key baked in, every
@@ -44,8 +45,8 @@ www_port=18080
 www=http://$www_addr:$www_port
 lb_ip=$net.10
 server_names=(s1 s2 s3)
-declare -A ip=([lb-1]=$net.10 [s1]=$net.11 [s2]=$net.12 [s3]=$net.13 [a1]=$net.14 [p1]=$net.15)
-names=(lb-1 s1 s2 s3 a1 p1)
+declare -A ip=([lb-1]=$net.10 [s1]=$net.11 [s2]=$net.12 [s3]=$net.13 [a1]=$net.14 [p1]=$net.15 [lb-2]=$net.16)
+names=(lb-1 s1 s2 s3 a1 p1 lb-2)
 nodes=(s1 s2 s3 a1 p1)
 gossip_port=7947
 
@@ -196,10 +197,13 @@ prepare() {
 }
 
 # Writes container $1's NoCloud seed from the shipped example $2 (packaging/cloud-init/*.yaml),
-# changing only addresses, ports, URLs, the package digest and the gossip key; fails when a
-# placeholder it expects is missing or one it does not know is left.
+# changing only addresses, ports, URLs, the package digest and the gossip key (and lb-2's
+# node-name); fails when a placeholder it expects is missing or one it does not know is left. The
+# LB's address is lb-1's, except in lb-2's own config.
 seed_cloud_init() {
 	local n=$1 example=$repo/packaging/cloud-init/$2 seed=$work/$1/merged/var/lib/cloud/seed/nocloud
+	local lb=$lb_ip
+	[ "$n" != lb-2 ] || lb=${ip[lb-2]}
 	local deb_sum sidecar_sum
 	deb_sum=$(sha256sum "$deb" | cut -d' ' -f1)
 	sidecar_sum=$(sha256sum "$sidecar_deb" | cut -d' ' -f1)
@@ -211,8 +215,9 @@ seed_cloud_init() {
 	sed -E \
 		-e "s#0\.0\.0\.0:794[67]#${ip[$n]}:$gossip_port#g" \
 		-e "s#10\.0\.0\.1([1-3]):794[67]#$net.1\1:$gossip_port#g" \
-		-e "s#rke2\.example\.internal#$lb_ip#g" \
-		-e "s#10\.0\.0\.10\b#$lb_ip#g" \
+		-e "s#rke2\.example\.internal#$lb#g" \
+		-e "s#10\.0\.0\.10\b#$lb#g" \
+		-e "s#node-name: lb-1#node-name: $n#" \
 		-e "s#https://downloads\.example\.com/rke2-bootstrap/rke2-bootstrap_[^ ]*_amd64\.deb#$www/$deb_name#" \
 		-e "s#https://downloads\.example\.com/rke2-bootstrap/rke2-lb-sidecar_[^ ]*_amd64\.deb#$www/$sidecar_deb_name#" \
 		-e "s#REPLACE-WITH-THE-SHA256-OF-THE-PACKAGE#$sum#" \
@@ -307,6 +312,7 @@ wait_members() {
 log "booting ${names[*]} from $image"
 for n in "${names[@]}"; do prepare "$n"; done
 seed_cloud_init lb-1 lb-nginx.yaml
+seed_cloud_init lb-2 lb-haproxy.yaml
 for n in "${server_names[@]}"; do seed_cloud_init "$n" server.yaml; done
 seed_cloud_init a1 agent.yaml
 
@@ -340,14 +346,14 @@ echo p1 >"$p1_root/etc/hostname"
 printf '%s\n' "BOOT_IMAGE=/vmlinuz ro quiet rke2_bootstrap.role=agent rke2_bootstrap.bind-addr=${ip[p1]}:$gossip_port rke2_bootstrap.seeds=$net.11:$gossip_port,$net.12:$gossip_port,$net.13:$gossip_port rke2_bootstrap.config=$www/prod.yaml rke2_bootstrap.config_sha256=$prod_sum rke2_bootstrap.allow_insecure_config_url=1" \
 	>"$p1_root/etc/kernel/cmdline"
 
-for n in lb-1 s1 s2 s3 a1; do boot "$n"; done
+for n in lb-1 s1 s2 s3 a1 lb-2; do boot "$n"; done
 boot p1 --bind-ro=/etc/kernel/cmdline:/proc/cmdline
 
 degraded=0
 for n in "${names[@]}"; do wait_booted "$n" || degraded=1; done
 ((degraded == 0)) || fail "a container booted degraded"
 log "all containers booted (systemd running, cloud-init done)"
-for n in lb-1 s1 s2 s3 a1; do
+for n in lb-1 lb-2 s1 s2 s3 a1; do
 	ci=$(c_exec "$n" cloud-init status --long 2>&1) || fail "$n: cloud-init status: $ci"
 	grep -q 'status: done' <<<"$ci" || fail "$n: cloud-init is not done: $ci"
 	# Warnings are reported, not failed on. The image has no SSH server, so cloud-init's SSH
@@ -399,11 +405,24 @@ done
 c_exec lb-1 systemctl is-active --quiet nginx.service || fail "lb-1: nginx not active"
 c_exec lb-1 test -e /etc/nginx/sites-enabled/default && fail "lb-1: nginx's default site is still enabled"
 c_exec lb-1 systemctl is-active --quiet rke2-lb-sidecar.service || fail "lb-1: sidecar not active"
-curl -sk --max-time 5 "https://$lb_ip:9345/ping" | grep -q pong || fail "lb-1: the supervisor port does not answer /ping through nginx"
+grep -q pong <<<"$(curl -sk --max-time 5 "https://$lb_ip:9345/ping")" || fail "lb-1: the supervisor port does not answer /ping through nginx"
 log "lb-1: nginx lists the three servers and answers /ping through them"
+deadline=$(($(date +%s) + 60))
+while :; do
+	conf=$(c_exec lb-2 cat /etc/haproxy/rke2.d/rke2.cfg 2>/dev/null) || conf=
+	ok=1
+	for n in "${server_names[@]}"; do grep -q "${ip[$n]}:9345" <<<"$conf" || ok=0; done
+	((ok)) && break
+	[ "$(date +%s)" -lt "$deadline" ] || fail "lb-2: the HAProxy config does not list the three servers: $conf"
+	sleep 1
+done
+c_exec lb-2 systemctl is-active --quiet haproxy.service || fail "lb-2: haproxy not active"
+c_exec lb-2 systemctl is-active --quiet rke2-lb-sidecar.service || fail "lb-2: sidecar not active"
+grep -q pong <<<"$(curl -sk --max-time 5 "https://${ip[lb-2]}:9345/ping")" || fail "lb-2: the supervisor port does not answer /ping through HAProxy"
+log "lb-2: HAProxy lists the three servers and answers /ping through them"
 
 all_up="
-want = ['s1', 's2', 's3', 'a1', 'p1']
+want = ['s1', 's2', 's3', 'a1', 'p1', 'lb-1', 'lb-2']
 down = [n for n in want if n not in m or not m[n]['alive']]
 if down: print('not alive:', down); sys.exit(1)
 "
@@ -443,7 +462,7 @@ rotate() {
 	local what=$1 keys=$2 n unit
 	for n in "${names[@]}"; do
 		unit=rke2-bootstrap.service
-		[ "$n" = lb-1 ] && unit=rke2-lb-sidecar.service
+		case $n in lb-*) unit=rke2-lb-sidecar.service ;; esac
 		printf '%s\n' "$keys" | c_exec "$n" sh -c 'umask 077; cat >/etc/rke2-bootstrap/gossip.key.new && mv /etc/rke2-bootstrap/gossip.key.new /etc/rke2-bootstrap/gossip.key'
 		c_exec "$n" systemctl reload "$unit" || fail "$n: systemctl reload $unit failed"
 	done
