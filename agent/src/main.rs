@@ -224,7 +224,10 @@ fn main() -> ExitCode {
 fn start_error(err: StartError) -> ExitCode {
     match err {
         StartError::Config(err) => {
-            eprintln!("rke2-bootstrap: configuration error: {err}");
+            eprintln!(
+                "{}rke2-bootstrap: configuration error: {err}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(2)
         }
         StartError::Runtime(err) => runtime_outcome(Err(err)),
@@ -240,11 +243,17 @@ fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
                 .downcast_ref::<rke2_bootstrap::gossip::keyring::KeyringError>()
                 .is_some() =>
         {
-            eprintln!("rke2-bootstrap: configuration error: {err:#}");
+            eprintln!(
+                "{}rke2-bootstrap: configuration error: {err:#}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(2)
         }
         Err(err) => {
-            eprintln!("rke2-bootstrap: error: {err:#}");
+            eprintln!(
+                "{}rke2-bootstrap: error: {err:#}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(1)
         }
     }

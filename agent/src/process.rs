@@ -29,6 +29,16 @@ pub fn init_logging(env_var: &str) {
     }
 }
 
+/// What goes before the one error line `main` prints on stderr before exiting: `<3>` (error) when
+/// stderr is the journal, so `journalctl -p err` shows why a service stopped.
+pub fn error_line_prefix() -> &'static str {
+    if stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    }
+}
+
 /// systemd sets `JOURNAL_STREAM=<device>:<inode>` for a service whose stderr (or stdout) goes to
 /// the journal; it counts only if stderr is still that stream (not redirected by a shell).
 fn stderr_is_journal() -> bool {

@@ -438,7 +438,13 @@ grep -q 'Started rke2-bootstrap.service\|Started RKE2 zero-touch bootstrap agent
 warnings=$(c_exec s2 journalctl --no-pager -p warning -u rke2-bootstrap.service)
 grep -q 'installer checksum not pinned' <<<"$warnings" ||
 	fail "s2: journalctl -p warning does not show the agent's warnings: $warnings"
-log "systemctl status and journalctl -u rke2-bootstrap on s2: active (running), $(wc -l <<<"$journal") journal lines, warnings at priority warning"
+# The error line a failed start prints is at error priority: a bad config in a transient unit.
+c_exec s2 systemd-run --quiet --wait --unit=rke2-bootstrap-bad-config \
+	rke2-bootstrap check-config --config /nonexistent.yaml && fail "s2: check-config accepted a missing file"
+errors=$(c_exec s2 journalctl --no-pager -p err -u rke2-bootstrap-bad-config.service)
+grep -q 'rke2-bootstrap: configuration error: .*/nonexistent.yaml' <<<"$errors" ||
+	fail "s2: journalctl -p err does not show the configuration error: $errors"
+log "systemctl status and journalctl -u rke2-bootstrap on s2: active (running), $(wc -l <<<"$journal") journal lines, warnings and errors at their priority"
 
 # cloud-init's write_files created /etc/rke2-bootstrap before the package existed; the postinst
 # must have closed it.
