@@ -103,7 +103,15 @@ impl AgentArgs {
         let kernel = match std::fs::read_to_string(&self.kernel_cmdline) {
             Ok(line) => rke2_bootstrap::cmdline::parse(&line)
                 .map_err(|e| StartError::Config(e.to_string()))?,
-            Err(_) => Default::default(),
+            // Only a missing file means "no overrides" (a test root, a non-Linux /proc). Any other
+            // error would silently drop a PXE host's settings and start it with the image's.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => {
+                return Err(StartError::Config(format!(
+                    "reading the kernel command line {}: {e}",
+                    self.kernel_cmdline.display()
+                )))
+            }
         };
         let fetched_file = match &kernel.config_url {
             Some((url, sha256)) => Some(fetch_config(url, sha256).map_err(StartError::Runtime)?),
@@ -223,7 +231,10 @@ fn main() -> ExitCode {
 fn start_error(err: StartError) -> ExitCode {
     match err {
         StartError::Config(err) => {
-            eprintln!("rke2-bootstrap: configuration error: {err}");
+            eprintln!(
+                "{}rke2-bootstrap: configuration error: {err}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(2)
         }
         StartError::Runtime(err) => runtime_outcome(Err(err)),
@@ -239,11 +250,17 @@ fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
                 .downcast_ref::<rke2_bootstrap::gossip::keyring::KeyringError>()
                 .is_some() =>
         {
-            eprintln!("rke2-bootstrap: configuration error: {err:#}");
+            eprintln!(
+                "{}rke2-bootstrap: configuration error: {err:#}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(2)
         }
         Err(err) => {
-            eprintln!("rke2-bootstrap: error: {err:#}");
+            eprintln!(
+                "{}rke2-bootstrap: error: {err:#}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(1)
         }
     }

@@ -133,7 +133,10 @@ fn main() -> ExitCode {
     let settings = match load(&matches) {
         Ok(settings) => settings,
         Err(err) => {
-            eprintln!("rke2-lb-sidecar: configuration error: {err}");
+            eprintln!(
+                "{}rke2-lb-sidecar: configuration error: {err}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             return ExitCode::from(2);
         }
     };
@@ -150,7 +153,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rke2-lb-sidecar: error: {err:#}");
+            eprintln!(
+                "{}rke2-lb-sidecar: error: {err:#}",
+                rke2_bootstrap::process::error_line_prefix()
+            );
             ExitCode::from(1)
         }
     }

@@ -47,6 +47,15 @@ fn configuration_errors_are_one_line_naming_the_culprit() {
         &agent(&["--config", "/nonexistent/agent.yaml"]),
         &["/nonexistent/agent.yaml"],
     );
+    // A kernel command line that exists but cannot be read (here a directory) is an error, not
+    // "no overrides": a PXE host would otherwise start with the image's settings alone.
+    let dir_path = dir.path().to_str().unwrap();
+    let out = Command::new(workspace_bin("rke2-bootstrap"))
+        .args(["agent", "--kernel-cmdline", dir_path, "--node-name", "a"])
+        .env_remove("RKE2_BOOTSTRAP_CONFIG")
+        .output()
+        .expect("running rke2-bootstrap");
+    assert_config_error(&out, &["kernel command line", dir_path]);
 
     let out = Command::new(workspace_bin("rke2-bootstrap"))
         .args([

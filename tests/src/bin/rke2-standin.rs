@@ -1,5 +1,10 @@
 //! `rke2-standin --root <root> --kind server|agent`: plays `rke2 server` / `rke2 agent` in the
 //! end-to-end tests. See the `standin` module of the test harness for what it does.
+//!
+//! `--root /` is refused (the stand-in would write the machine's own `/etc/rancher` and
+//! `/var/lib/rancher`) unless `--in-container` is given and systemd says this is a container
+//! (`/run/systemd/container`): the systemd end-to-end test installs the stand-in as `rke2` inside
+//! throw-away systemd-nspawn containers, where `/` is the container's.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +15,7 @@ use rke2_bootstrap_tests::standin::{self, Kind, Settings};
 fn parse_args() -> Result<(PathBuf, Kind)> {
     let mut root = None;
     let mut kind = None;
+    let mut in_container = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -25,8 +31,9 @@ fn parse_args() -> Result<(PathBuf, Kind)> {
         match name.as_str() {
             "--root" => root = Some(PathBuf::from(value()?)),
             "--kind" => kind = Some(value()?.parse::<Kind>()?),
+            "--in-container" => in_container = true,
             "-h" | "--help" => {
-                println!("usage: rke2-standin --root <root> --kind server|agent");
+                println!("usage: rke2-standin --root <root> --kind server|agent [--in-container]");
                 std::process::exit(0);
             }
             other => bail!("unexpected argument {other:?}"),
@@ -36,7 +43,17 @@ fn parse_args() -> Result<(PathBuf, Kind)> {
     let root = root.with_context(|| format!("--root is required; {usage}"))?;
     let kind = kind.with_context(|| format!("--kind is required; {usage}"))?;
     if root == std::path::Path::new("/") {
-        bail!("refusing to run with root /: the stand-in only runs under a temporary root");
+        let container = std::path::Path::new("/run/systemd/container");
+        if !in_container {
+            bail!("refusing to run with root /: the stand-in only runs under a temporary root");
+        }
+        if !container.exists() {
+            bail!(
+                "refusing to run with root / and --in-container: {} does not exist, so this is \
+                 not a container",
+                container.display()
+            );
+        }
     }
     Ok((root, kind))
 }

@@ -14,7 +14,8 @@
 //!   `Authorization: Bearer <secret>`, like RKE2's kube-apiserver, which runs with anonymous auth
 //!   off.
 //! - `STANDIN_READY_FILE`: a file created once the service is ready (servers: API ready; agents:
-//!   joined) and removed on exit; the fake service manager uses it as systemd's `READY=1`.
+//!   joined) and removed on exit; the fake service manager uses it as systemd's `READY=1`. Under a
+//!   real systemd (`NOTIFY_SOCKET` set, the systemd end-to-end test) `READY=1` is sent as well.
 
 pub mod config;
 pub mod pki;
@@ -222,6 +223,12 @@ pub async fn run(root: &Path, kind: Kind, settings: Settings) -> Result<()> {
 }
 
 fn mark_ready(kind: Kind, settings: &Settings) {
+    // Under a real systemd the installed units are `Type=notify`, like RKE2's: `systemctl start`
+    // returns (and units ordered after it start) only once this arrives. Without NOTIFY_SOCKET
+    // (the fake service manager) this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log(kind, format!("cannot notify systemd: {e}"));
+    }
     if let Some(path) = &settings.ready_file {
         if let Err(e) = std::fs::write(path, b"ready\n") {
             log(
