@@ -63,6 +63,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         keyring_handle,
     ));
     info!(node = %cfg.node_name, gossip_addr = %advertise, role = %role, "joined gossip");
+    match &cfg.electorate {
+        Some(election::Electorate::Pinned(seats)) => {
+            let seats: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
+            info!(electorate = %seats.join(","), "pinned electorate: a majority of these hosts elects the first server");
+        }
+        Some(election::Electorate::Counted(expect)) => warn!(
+            bootstrap_expect = expect,
+            "count-only mode: safe only while exactly this many role server hosts exist; pin the electorate with initial-servers to lift that limit"
+        ),
+        None => {}
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
@@ -675,10 +686,21 @@ impl Agent {
 
     async fn set_phase(&mut self, phase: Phase, reason: &str) {
         self.announcement.phase = phase;
-        if let Ok(mut report) = self.report.lock() {
-            report.phase = phase;
-            report.reason = reason.to_string();
-            report.role = self.announcement.role;
+        let changed = match self.report.lock() {
+            Ok(mut report) => {
+                let changed = report.phase != phase || report.reason != reason;
+                report.phase = phase;
+                report.reason = reason.to_string();
+                report.role = self.announcement.role;
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            // `systemctl status` shows what the host waits for (outside systemd this does
+            // nothing).
+            let status = format!("{phase}: {reason}");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
         }
         self.publish().await;
     }

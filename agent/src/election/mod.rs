@@ -88,10 +88,12 @@
 //!
 //! Acknowledgements are for good, so a claimant that dies after claiming can leave the
 //! acknowledging seats waiting for it (rule 5): they cannot know whether it started the first
-//! server. If it comes back, it finishes. If it is gone for good, an operator says so with
-//! `rke2-bootstrap election release` (see `release.rs`). Two claims can also split the live
-//! seats so that neither reaches a quorum (it needs two candidates with a quorum of votes each,
-//! in different rounds, the earlier one cut off while it claims): the same command resolves it.
+//! server. If it comes back, it finishes. If it is gone for good, an operator must step in (the
+//! waiting hosts say so); a command for that, with its own argument for what it can break, is
+//! not written yet. Two claims can also split the live seats so that neither reaches a quorum (it
+//! needs two candidates with a quorum of votes each, in different rounds, the earlier one cut off
+//! while it claims); rule 6 and the standing of a seat that acknowledged another's claim make this
+//! rare, and the simulation's liveness check has not met it since.
 
 mod electorate;
 mod role;
@@ -384,7 +386,7 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
             if alive {
                 ""
             } else {
-                " (it is not alive: if it is gone for good, see `rke2-bootstrap election release`)"
+                " (it is not alive: if it is gone for good, an operator must step in)"
             }
         ));
     }

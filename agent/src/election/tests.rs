@@ -429,7 +429,7 @@ fn rule_5_an_acknowledgement_is_for_good() {
                 ABC,
                 vec![server("a").claiming(0).dead(), server("c").claiming(1)],
             ),
-            Want::Wait("election release"),
+            Want::Wait("an operator must step in"),
         ),
     ]);
 }
