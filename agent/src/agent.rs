@@ -27,10 +27,6 @@ use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
 use crate::status::{self, StatusReport};
 
-/// Failed install rounds (each with its own download retries) before a first-server candidate
-/// gives up its candidacy for good.
-const MAX_INSTALL_FAILURES_BEFORE_ABDICATING: u32 = 3;
-
 /// How often the agent re-evaluates when nothing changes. A whole rack boots at once, so every
 /// wait gets jitter: hosts must not probe and retry in lockstep.
 fn tick(phase: Phase) -> Duration {
@@ -273,17 +269,10 @@ impl Agent {
                     self.set_phase(Phase::Voting, &reason).await;
                     if let Err(err) = self.install(ServiceKind::Server).await {
                         install_failures += 1;
-                        // Abdication is forever: give a flaky network a few chances first, and
-                        // never abdicate when no other candidate could take over.
-                        let successor = bringup::successor_candidate(
-                            &self.cfg.node_name,
-                            &self.view.borrow().clone(),
-                        );
-                        if install_failures < MAX_INSTALL_FAILURES_BEFORE_ABDICATING
-                            || successor.is_none()
+                        let successor = election::successor(&observation);
+                        if let bringup::AfterInstallFailure::Retry(delay) =
+                            bringup::after_install_failure(install_failures, successor.as_deref())
                         {
-                            let delay =
-                                Duration::from_secs(5 * u64::from(install_failures.min(12)));
                             if successor.is_none() {
                                 warn!(round, "no other candidate could take over: keeping the first-server candidacy");
                             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::AgentConfig;
 use crate::election::PeerView;
-use crate::gossip::schema::{Liveness, Member, Phase, Role};
+use crate::gossip::schema::{Member, Phase, Role};
 
 /// Taint of a dedicated control plane, as in the manual procedure.
 pub const CONTROL_PLANE_TAINT: &str = "CriticalAddonsOnly=true:NoExecute";
@@ -114,21 +114,28 @@ pub fn servers_summary(peers: &[PeerView]) -> String {
         .join(", ")
 }
 
-/// The candidate that would take over if first-server candidate `me` abdicated: the lowest-named
-/// live server candidate above it that has not abdicated (the election's next round). `None`
-/// means abdicating would leave no candidate at all, for good, over what may be a passing outage
-/// (every host has the same installer URL): the candidate keeps retrying instead.
-pub fn successor_candidate(me: &str, members: &[Member]) -> Option<String> {
-    members
-        .iter()
-        .filter(|m| {
-            m.name.as_str() > me
-                && m.liveness == Liveness::Alive
-                && matches!(m.role, Role::Server | Role::Auto)
-                && m.abdicated.is_none()
-        })
-        .map(|m| m.name.clone())
-        .min()
+/// Failed install rounds (each with its own download retries) before a first-server candidate
+/// gives up its candidacy for good.
+pub const MAX_INSTALL_FAILURES_BEFORE_ABDICATING: u32 = 3;
+
+/// What a first-server candidate does after its installer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterInstallFailure {
+    /// Try again after this long.
+    Retry(Duration),
+    /// Give up the candidacy for good ([`crate::election::abdicate`]).
+    Abdicate,
+}
+
+/// The install-failure policy. Abdication is forever, so a flaky network gets a few chances
+/// first (with a growing pause), and a candidate never abdicates when no other could take over:
+/// every host has the same installer URL, and giving up then would strand the cluster for good.
+pub fn after_install_failure(failures: u32, successor: Option<&str>) -> AfterInstallFailure {
+    if failures < MAX_INSTALL_FAILURES_BEFORE_ABDICATING || successor.is_none() {
+        AfterInstallFailure::Retry(Duration::from_secs(5 * u64::from(failures.min(12))))
+    } else {
+        AfterInstallFailure::Abdicate
+    }
 }
 
 /// The host nodes register through: the configured LB, or a ready server of the cluster.
@@ -218,23 +225,22 @@ mod tests {
     }
 
     #[test]
-    fn only_a_live_candidate_above_that_has_not_abdicated_can_take_over() {
-        let mut gave_up = member("c", Role::Server, Phase::Failed);
-        gave_up.abdicated = Some(2);
-        let mut dead = member("d", Role::Server, Phase::Voting);
-        dead.liveness = Liveness::Dead;
-        let members = vec![
-            member("a", Role::Server, Phase::Voting),
-            member("b", Role::Server, Phase::Voting),
-            gave_up,
-            dead,
-            member("e", Role::Agent, Phase::Discovering),
+    fn install_failures_retry_with_a_growing_pause_and_abdicate_only_with_a_successor() {
+        use AfterInstallFailure::*;
+        let cases = [
+            (1, Some("b"), Retry(Duration::from_secs(5))),
+            (2, Some("b"), Retry(Duration::from_secs(10))),
+            (3, Some("b"), Abdicate),
+            (3, None, Retry(Duration::from_secs(15))),
+            (40, None, Retry(Duration::from_secs(60))),
         ];
-        assert_eq!(successor_candidate("a", &members).as_deref(), Some("b"));
-        assert_eq!(successor_candidate("b", &members), None);
-        let mut members = members;
-        members.push(member("f", Role::Auto, Phase::Voting));
-        assert_eq!(successor_candidate("b", &members).as_deref(), Some("f"));
+        for (failures, successor, want) in cases {
+            assert_eq!(
+                after_install_failure(failures, successor),
+                want,
+                "{failures} failures, successor {successor:?}"
+            );
+        }
     }
 
     #[test]

@@ -162,7 +162,6 @@ pub fn consume(members: &[Member], bits: u8) {
     let identity = identity.unwrap_or_default();
     let me = members.first().map(|m| m.name.clone()).unwrap_or_default();
     let _ = bringup::join_material(members, &identity);
-    let _ = bringup::successor_candidate(&me, members);
     let peers: Vec<PeerView> =
         election::DeathClock::default().peer_views(std::time::Instant::now(), members);
     let _ = bringup::join_turn(&me, &peers);
@@ -197,6 +196,7 @@ pub fn consume(members: &[Member], bits: u8) {
         };
         let decision = election::decide(&ElectionState::default(), &obs);
         let _ = decision.reason();
+        let _ = election::successor(&obs);
     }
 
     let pinned = members.iter().find_map(|m| m.ca_hash.as_deref());

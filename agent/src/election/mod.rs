@@ -524,6 +524,21 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
     }
 }
 
+/// Another seat's host that could take over this host's candidacy if it abdicated: alive, a
+/// server candidate, not abdicated, not committed to another claim. `None` means abdicating
+/// would leave no candidate at all (every seat shares the installer URL, so a failure may well
+/// be a passing outage): the driver keeps retrying instead.
+pub fn successor(obs: &Observation) -> Option<String> {
+    let roster = Roster::new(&obs.self_name, &obs.peers);
+    let seats = seat_views(obs, &roster).ok()?;
+    seats.iter().filter(|s| !s.mine).find_map(|s| {
+        match s.standing(&obs.self_name, false, Duration::ZERO, Duration::ZERO) {
+            Standing::Viable(name) if s.entries.iter().any(|p| p.alive && !p.left) => Some(name),
+            _ => None,
+        }
+    })
+}
+
 fn wait(reason: String) -> Decision {
     Decision::Wait { reason }
 }

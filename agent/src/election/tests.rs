@@ -717,6 +717,27 @@ fn rule_8_the_candidate_installs_then_claims_with_a_quorum_of_live_votes() {
 }
 
 #[test]
+fn a_successor_is_another_live_seat_that_can_still_claim() {
+    let gave_up = server("b").abdicated(0);
+    let committed = server("c").acking(0, "x");
+    let o = |peers| obs("a", Role::Server, &["a", "b", "c", "d"], peers);
+    assert_eq!(
+        successor(&o(vec![gave_up.clone(), committed.clone()])),
+        None
+    );
+    assert_eq!(
+        successor(&o(vec![server("d").dead(), gave_up.clone()])),
+        None
+    );
+    assert_eq!(
+        successor(&o(vec![gave_up, committed, server("d")])).as_deref(),
+        Some("d")
+    );
+    // Hosts outside the electorate never take over.
+    assert_eq!(successor(&o(vec![server("z")])), None);
+}
+
+#[test]
 fn a_lost_state_dir_never_commits_again() {
     run(vec![
         (
