@@ -233,9 +233,18 @@ fn kill_processes_with_root(root: &Path) {
     }
 }
 
+/// A line on stderr. Unlike `eprintln!` it does not panic when stderr is a closed pipe
+/// (`demo 2>&1 | head`): the demo goes on, and stops what it started, either way.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Progress lines go to stderr so that `--json` keeps stdout machine-readable.
 macro_rules! progress {
-    ($($arg:tt)*) => { eprintln!("demo: {}", format!($($arg)*)) };
+    ($($arg:tt)*) => { say!("demo: {}", format!($($arg)*)) };
 }
 
 /// Runs the demo. Ctrl-C and SIGTERM are taken over before anything starts, so that an
@@ -537,7 +546,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
     if !args.json {
         for node in &nodes {
             let config = std::fs::read_to_string(&node.config_path).unwrap_or_default();
-            eprintln!(
+            say!(
                 "--- {} ({}) {}\n{}",
                 node.name,
                 node.role,
@@ -551,7 +560,7 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
             } else {
                 ""
             };
-            eprintln!(
+            say!(
                 "--- lb {}{served}\n{}",
                 path.display(),
                 std::fs::read_to_string(path).unwrap_or_default()
@@ -624,9 +633,13 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
         dir: dir.to_path_buf(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)
+            .and_then(|()| out.flush())
+            .context("writing the summary")?;
     } else {
-        eprintln!(
+        say!(
             "summary: first server {}, formed in {} ms, all ready in {} ms, lb followed the stop in {} ms",
             summary.initializer,
             summary.timings_ms.formed,
@@ -673,9 +686,9 @@ fn failed(culprits: &[(String, PathBuf)], what: String) -> anyhow::Error {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-        eprintln!("demo: last lines of {name} ({}):", log.display());
+        say!("demo: last lines of {name} ({}):", log.display());
         for line in tail {
-            eprintln!("    {line}");
+            say!("    {line}");
         }
     }
     anyhow!(what)
