@@ -446,7 +446,7 @@ mod tests {
     fn every_known_key_but_maps_is_settable() {
         for key in KNOWN_KEYS {
             let value = match *key {
-                "seeds" => "10.0.0.1:7946",
+                "seeds" => "10.0.0.1:7947",
                 "installer-sha256" => SHA,
                 _ => "x",
             };
@@ -491,17 +491,17 @@ mod tests {
 
     #[test]
     fn seeds_are_a_normalised_comma_list() {
-        let got = ok("rke2_bootstrap.seeds=\"10.0.0.1:7946, 10.0.0.2:7946\" \
+        let got = ok("rke2_bootstrap.seeds=\"10.0.0.1:7947, 10.0.0.2:7947\" \
                       rke2_bootstrap.role=server");
-        assert_eq!(got.overrides["seeds"], "10.0.0.1:7946,10.0.0.2:7946");
+        assert_eq!(got.overrides["seeds"], "10.0.0.1:7947,10.0.0.2:7947");
         assert_eq!(
             got.list("seeds"),
-            Some(vec!["10.0.0.1:7946", "10.0.0.2:7946"])
+            Some(vec!["10.0.0.1:7947", "10.0.0.2:7947"])
         );
-        let got = ok("rke2_bootstrap.seeds=node-a.example:7946,[fd00::1]:7946");
+        let got = ok("rke2_bootstrap.seeds=node-a.example:7947,[fd00::1]:7947");
         assert_eq!(
             got.list("seeds"),
-            Some(vec!["node-a.example:7946", "[fd00::1]:7946"])
+            Some(vec!["node-a.example:7947", "[fd00::1]:7947"])
         );
         assert_eq!(got.list("role"), None);
     }
@@ -512,12 +512,12 @@ mod tests {
             ("rke2_bootstrap.seeds=a:1,", ""),
             ("rke2_bootstrap.seeds=a:1,,b:2", ""),
             ("rke2_bootstrap.seeds=a", "a"),
-            ("rke2_bootstrap.seeds=:7946", ":7946"),
+            ("rke2_bootstrap.seeds=:7947", ":7947"),
             ("rke2_bootstrap.seeds=a:0", "a:0"),
             ("rke2_bootstrap.seeds=a:65536", "a:65536"),
             ("rke2_bootstrap.seeds=a:+1", "a:+1"),
-            ("rke2_bootstrap.seeds=fd00::1:7946", "fd00::1:7946"),
-            ("rke2_bootstrap.seeds=[]:7946", "[]:7946"),
+            ("rke2_bootstrap.seeds=fd00::1:7947", "fd00::1:7947"),
+            ("rke2_bootstrap.seeds=[]:7947", "[]:7947"),
             ("rke2_bootstrap.seeds=\"a b:1\"", "a b:1"),
         ] {
             match err(line) {
@@ -720,7 +720,7 @@ mod tests {
         let line = format!(
             "BOOT_IMAGE=/vmlinuz ro quiet ip=dhcp rke2_bootstrap.cluster-name=prod \
              rke2_bootstrap.role=auto \
-             rke2_bootstrap.seeds=10.0.0.11:7946,10.0.0.12:7946,10.0.0.13:7946 \
+             rke2_bootstrap.seeds=10.0.0.11:7947,10.0.0.12:7947,10.0.0.13:7947 \
              rke2_bootstrap.node-name=node-52-54-00-12-34-56 \
              rke2_bootstrap.config=https://boot.example.internal/rke2/prod.yaml \
              rke2_bootstrap.config_sha256={sum}\n"

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fsutil::under_root;
-use crate::gossip::cluster::DEFAULT_DEAD_NODE_GRACE_PERIOD;
+use crate::gossip::cluster::{DEFAULT_DEAD_NODE_GRACE_PERIOD, DEFAULT_GOSSIP_PORT};
 use crate::gossip::schema::Role;
 use crate::rke2::config_yaml::ExistingConfigPolicy;
 use crate::rke2::installer::InstallMethod;
@@ -24,8 +24,6 @@ pub const ENV_PREFIX: &str = "RKE2_BOOTSTRAP_";
 pub const ENV_CONFIG_FILE: &str = "RKE2_BOOTSTRAP_CONFIG";
 /// The log filter (tracing `EnvFilter` syntax); not a key either.
 pub const ENV_LOG: &str = "RKE2_BOOTSTRAP_LOG";
-/// Default gossip port (UDP).
-pub const DEFAULT_GOSSIP_PORT: u16 = 7947;
 /// The shortest `dead-member-grace-period`. A dead server keeps counting toward `servers` until it
 /// is forgotten; a server that is merely rebooting (minutes) must not be forgotten and replaced.
 pub const MIN_DEAD_MEMBER_GRACE_PERIOD: Duration = Duration::from_secs(5 * 60);

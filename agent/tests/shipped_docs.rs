@@ -1,0 +1,124 @@
+//! What users copy from (README.md, the packaged configs, the cloud-init and PXE examples) agrees
+//! with the code.
+
+use std::path::{Path, PathBuf};
+
+use rke2_bootstrap::config::AGENT_KEYS;
+use rke2_bootstrap::gossip::DEFAULT_GOSSIP_PORT;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// README.md and every text file under packaging/ that users read or install.
+fn shipped_text_files() -> Vec<PathBuf> {
+    let mut files = vec![repo().join("README.md")];
+    let mut dirs = vec![repo().join("packaging")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "md" || e == "yaml" || e == "yml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The port numbers of the `host:port` addresses in `text` (`10.0.0.11:7947`, `[fd00::11]:7947`,
+/// `server-1.lan:7947`); URLs (`https://...`) have none.
+fn ports(text: &str) -> Vec<u16> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b != b':' || i == 0 {
+            continue;
+        }
+        let before = bytes[i - 1];
+        if !(before.is_ascii_alphanumeric() || before == b']') {
+            continue;
+        }
+        let digits: String = text[i + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let after = bytes.get(i + 1 + digits.len()).copied();
+        if digits.is_empty() || after.is_some_and(|a| a.is_ascii_alphanumeric() || a == b':') {
+            continue;
+        }
+        if let Ok(port) = digits.parse() {
+            found.push(port);
+        }
+    }
+    found
+}
+
+/// Every gossip address written in a shipped file: on a line that names `seeds`, `bind-addr` or
+/// `advertise-addr` (YAML, commented YAML, flags, kernel command lines, the README table), and
+/// in the YAML list items under a `seeds:` line. Returns (file, line number, port).
+fn gossip_ports_in(path: &Path) -> Vec<(usize, u16)> {
+    const KEYS: [&str; 3] = ["seeds", "bind-addr", "advertise-addr"];
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut found = Vec::new();
+    let mut in_seed_list = false;
+    for (n, line) in text.lines().enumerate() {
+        let bare = line.trim_start().trim_start_matches('#').trim();
+        let key_at = KEYS.iter().filter_map(|k| line.find(k)).min();
+        if let Some(at) = key_at {
+            found.extend(ports(&line[at..]).into_iter().map(|p| (n + 1, p)));
+            in_seed_list = bare.ends_with("seeds:");
+        } else if in_seed_list && bare.starts_with("- ") {
+            found.extend(ports(bare).into_iter().map(|p| (n + 1, p)));
+        } else {
+            in_seed_list = false;
+        }
+    }
+    found
+}
+
+#[test]
+fn port_extraction_finds_the_address_forms_users_write() {
+    assert_eq!(
+        ports("seeds=10.0.0.11:7947,[fd00::11]:7948 x"),
+        [7947, 7948]
+    );
+    assert_eq!(ports("- server-1.lan:7949"), [7949]);
+    assert_eq!(ports("`0.0.0.0:7947` | https://get.rke2.io"), [7947]);
+    assert!(ports("time 10:30am, fd00::1").is_empty());
+}
+
+/// The gossip port is the code's default everywhere a user copies an address from: 7947, not
+/// Serf's 7946, which MetalLB's speaker holds on every node.
+#[test]
+fn every_shipped_gossip_address_uses_the_default_port() {
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for file in shipped_text_files() {
+        for (line, port) in gossip_ports_in(&file) {
+            checked += 1;
+            if port != DEFAULT_GOSSIP_PORT {
+                wrong.push(format!("{}:{line}: port {port}", file.display()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "gossip addresses not on port {DEFAULT_GOSSIP_PORT}:\n{}",
+        wrong.join("\n")
+    );
+    // The README, both packaged configs, every cloud-init example and the PXE notes name some.
+    assert!(checked >= 40, "only {checked} gossip addresses found");
+
+    let bind_help = AGENT_KEYS
+        .iter()
+        .find(|k| k.name == "bind-addr")
+        .unwrap()
+        .help;
+    assert_eq!(ports(bind_help), [DEFAULT_GOSSIP_PORT], "{bind_help}");
+}
