@@ -1,9 +1,11 @@
 //! What users copy from (README.md, the packaged configs, the cloud-init and PXE examples) agrees
-//! with the code.
+//! with the code: the settings' names, defaults and help as `config::AGENT_KEYS` states them, and
+//! the gossip port.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rke2_bootstrap::config::AGENT_KEYS;
+use rke2_bootstrap::config::{AgentConfig, KeySpec, Layers, AGENT_KEYS};
 use rke2_bootstrap::gossip::DEFAULT_GOSSIP_PORT;
 
 fn repo() -> PathBuf {
@@ -121,4 +123,123 @@ fn every_shipped_gossip_address_uses_the_default_port() {
         .unwrap()
         .help;
     assert_eq!(ports(bind_help), [DEFAULT_GOSSIP_PORT], "{bind_help}");
+}
+
+/// README's configuration table, as the keys state it.
+fn readme_table(keys: &[KeySpec]) -> String {
+    let mut table = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for key in keys {
+        // A value is code; a description (`the hostname`) is prose.
+        let default = match key.default_text() {
+            None => "none".to_string(),
+            Some(text) if text.contains(' ') => text.to_string(),
+            Some(text) => format!("`{text}`"),
+        };
+        table.push_str(&format!(
+            "| `{}` | {default} | {} |\n",
+            key.name,
+            key.summary()
+        ));
+    }
+    table
+}
+
+/// README's table of keys is the list in the code, row for row: a key added, renamed or given
+/// another default there shows up here. On a mismatch the expected table is printed, to paste.
+#[test]
+fn readme_configuration_table_is_the_key_list() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let expected = readme_table(AGENT_KEYS);
+    assert!(
+        readme.contains(&expected),
+        "README.md's configuration table differs from config::AGENT_KEYS; expected:\n{expected}"
+    );
+}
+
+#[test]
+fn defaults_are_stated_one_way() {
+    for key in AGENT_KEYS {
+        if key.help.contains("default") {
+            let default = key.default_text();
+            assert!(
+                default.is_some_and(|d| !d.is_empty() && !d.contains('(')),
+                "{}: end the help with `(default: VALUE)`: {:?}",
+                key.name,
+                key.help
+            );
+        }
+        assert!(
+            !key.summary().contains('|'),
+            "{}: a `|` breaks the table",
+            key.name
+        );
+    }
+}
+
+fn load(flags: &[(&str, &str)]) -> AgentConfig {
+    let mut all: BTreeMap<String, String> = flags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    all.insert("node-name".into(), "n1".into());
+    AgentConfig::load(&Layers {
+        file: None,
+        fetched_file: None,
+        env: BTreeMap::new(),
+        kernel: BTreeMap::new(),
+        flags: all,
+    })
+    .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+}
+
+/// Every default stated as a value is the default: giving it explicitly changes nothing. Paths
+/// under `<root>` and `<state-dir>` are checked with their own defaults filled in.
+#[test]
+fn stated_defaults_are_the_defaults() {
+    let implicit = load(&[]);
+    let mut checked = Vec::new();
+    for key in AGENT_KEYS {
+        let Some(default) = key.default_text() else {
+            continue;
+        };
+        let value = default
+            .replace("<root>/", "/")
+            .replace("<state-dir>", "/var/lib/rke2-bootstrap");
+        if value.contains(' ') || value.contains('<') {
+            continue;
+        }
+        assert_eq!(
+            load(&[(key.name, &value)]),
+            implicit,
+            "{}: the help says the default is {default}",
+            key.name
+        );
+        checked.push(key.name);
+    }
+    assert!(checked.len() >= 15, "only {checked:?}");
+}
+
+/// The packaged sample config shows every key (set, or as a commented example), so that it is
+/// the place to discover them.
+#[test]
+fn sample_config_shows_every_key() {
+    let path = repo().join("packaging/config/config.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let shown = |name: &str| {
+        text.lines().any(|line| {
+            let bare = line.strip_prefix("# ").unwrap_or(line);
+            bare.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+    };
+    let missing: Vec<&str> = AGENT_KEYS
+        .iter()
+        .map(|k| k.name)
+        .filter(|name| !shown(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} does not show {missing:?}",
+        path.display()
+    );
 }

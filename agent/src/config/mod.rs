@@ -28,12 +28,14 @@ pub const ENV_LOG: &str = "RKE2_BOOTSTRAP_LOG";
 /// is forgotten; a server that is merely rebooting (minutes) must not be forgotten and replaced.
 pub const MIN_DEAD_MEMBER_GRACE_PERIOD: Duration = Duration::from_secs(5 * 60);
 
-/// Every key the agent accepts, with its help line. The flag `--<key>` and the variable
-/// `RKE2_BOOTSTRAP_<KEY>` are derived from it.
+/// Every key the agent accepts, with its help line and default ([`KeySpec`]): the one list. The
+/// flag `--<key>`, the variable `RKE2_BOOTSTRAP_<KEY>` and the kernel command-line key
+/// `rke2_bootstrap.<key>` are derived from it; `agent/tests/shipped_docs.rs` checks README's
+/// table, the packaged sample config and each stated default against it.
 pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "cluster-name", help: "Name of the cluster; hosts with another name never join (default: rke2)" },
     KeySpec { name: "node-name", help: "This host's name in gossip and in RKE2 (default: the hostname)" },
-    KeySpec { name: "role", help: "server, agent or auto (default: auto)" },
+    KeySpec { name: "role", help: "server, agent or auto (auto: a server while there are fewer than `servers`) (default: auto)" },
     KeySpec { name: "bind-addr", help: "Gossip UDP listen address, ip or ip:port (default: 0.0.0.0:7947)" },
     KeySpec { name: "advertise-addr", help: "Address peers reach this host at, and RKE2's node-ip (default: the bind ip, or the route to the first seed)" },
     KeySpec { name: "seeds", help: "Gossip seeds, host:port list (DNS names are resolved and retried)" },
@@ -58,7 +60,7 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "existing-config-policy", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
     KeySpec { name: "rke2-config", help: "Extra RKE2 config.yaml keys, passed through (a mapping)" },
     KeySpec { name: "gossip-interval", help: "Gossip round interval (default: 100ms)" },
-    KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten (default: 1h, at least 5m)" },
+    KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten; at least 5m (default: 1h)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
 
