@@ -132,8 +132,6 @@ struct Processes {
     sidecar: Option<Child>,
     lb_log: Option<PathBuf>,
     lb_pid_file: Option<PathBuf>,
-    systemctl: PathBuf,
-    standin: PathBuf,
     keep: bool,
 }
 
@@ -160,56 +158,63 @@ impl Drop for Processes {
         if self.keep {
             return;
         }
-        for host in &mut self.hosts {
-            stop_child(host.child.take());
-            for unit in ["rke2-server.service", "rke2-agent.service"] {
-                let _ = Command::new(&self.systemctl)
-                    .args([
-                        "--root",
-                        &host.root.to_string_lossy(),
-                        "--standin",
-                        &self.standin.to_string_lossy(),
-                        "stop",
-                        unit,
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+        // The agents first, all at once, so that none starts anything new.
+        let agents: Vec<Child> = self
+            .hosts
+            .iter_mut()
+            .filter_map(|h| h.child.take())
+            .collect();
+        stop_children(agents);
+        // Then whatever still runs under each host's root: the stand-ins (in their own sessions)
+        // and service-manager calls the agents had in flight. Those hold the unit's lock while
+        // they wait for a start, so a `stop` through the service manager could wait minutes
+        // for them; the stand-ins keep nothing worth a graceful stop.
+        for host in &self.hosts {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            // A call killed between fork and exec can still start one: sweep until none is left.
+            while kill_processes_with_root(&host.root) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            // A service manager call the agent had in flight when it stopped can still start a
-            // stand-in after the stop above; those run in their own sessions, so find them.
-            kill_processes_with_root(&host.root);
         }
-        stop_child(self.sidecar.take());
+        stop_children(self.sidecar.take().into_iter().collect());
         self.stop_lb_program();
     }
 }
 
 fn stop_child(child: Option<Child>) {
-    if let Some(mut child) = child {
+    stop_children(child.into_iter().collect());
+}
+
+/// SIGTERM to every child, then up to 5 s for them to exit before SIGKILL.
+fn stop_children(mut children: Vec<Child>) {
+    for child in &children {
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+        if children.is_empty() {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
 }
 
 /// SIGKILLs every process started with `--root <root>` (a demo host's stand-ins and service
-/// manager calls), with its process group when it leads one.
-fn kill_processes_with_root(root: &Path) {
+/// manager calls), with its process group when it leads one. Returns how many it found.
+fn kill_processes_with_root(root: &Path) -> usize {
     use nix::sys::signal::{kill, killpg, Signal};
     use nix::unistd::{getpgid, Pid};
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return 0;
     };
     let root = root.as_os_str().as_encoded_bytes();
+    let mut found = 0;
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -225,12 +230,26 @@ fn kill_processes_with_root(root: &Path) {
         if !args.windows(2).any(|w| w[0] == b"--root" && w[1] == root) {
             continue;
         }
+        // A zombie (killed, not yet reaped) still shows its command line, but has no state
+        // left to kill; its stat says Z.
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(") ")?;
+                rest.chars().next()
+            })
+            .is_none_or(|state| matches!(state, 'Z' | 'X'));
+        if zombie {
+            continue;
+        }
+        found += 1;
         let pid = Pid::from_raw(pid);
         if getpgid(Some(pid)) == Ok(pid) {
             let _ = killpg(pid, Signal::SIGKILL);
         }
         let _ = kill(pid, Signal::SIGKILL);
     }
+    found
 }
 
 /// A line on stderr. Unlike `eprintln!` it does not panic when stderr is a closed pipe
@@ -350,8 +369,6 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
         sidecar: None,
         lb_log: None,
         lb_pid_file: None,
-        systemctl: systemctl.clone(),
-        standin: standin_bin.clone(),
         keep: false,
     };
 

@@ -306,13 +306,12 @@ fn an_interrupted_demo_leaves_nothing_running() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         let mut demo = ChildGuard::spawn(&mut cmd).unwrap();
-        // Interrupt once an RKE2 stand-in runs.
+        // Interrupt once an RKE2 stand-in runs (not just an agent or a service manager call,
+        // which name the host's root too).
         wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-            (1..=5)
-                .any(|i| {
-                    !rke2_bootstrap_tests::process::processes_under(&dir.join(format!("node-{i}")))
-                        .is_empty()
-                })
+            processes_naming(&dir)
+                .iter()
+                .any(|(_, line)| line.contains("rke2-standin --root"))
                 .then_some(())
         })
         .expect("no stand-in started");
