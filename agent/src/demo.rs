@@ -1004,8 +1004,23 @@ impl Drop for TempDir {
     }
 }
 
+/// A fresh directory: failed demos keep theirs, and a later demo that got the same pid must not
+/// find a host state dir that says it already joined a cluster.
 fn tempdir() -> Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("rke2-bootstrap-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    for attempt in 0..100u32 {
+        let path = base.join(format!("rke2-bootstrap-demo-{pid}-{attempt}"));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("creating {}", path.display()));
+            }
+        }
+    }
+    bail!(
+        "{} holds 100 kept demo directories for pid {pid}; remove some",
+        base.display()
+    )
 }
