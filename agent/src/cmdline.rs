@@ -29,41 +29,20 @@
 
 use std::collections::BTreeMap;
 
-/// Every config key (the same list as `config::AGENT_KEYS`, checked by a test), kebab-case, as in the config file (`cluster-name: ...`), the flags
-/// (`--cluster-name`) and the environment (`RKE2_BOOTSTRAP_CLUSTER_NAME`).
-pub const KNOWN_KEYS: &[&str] = &[
-    "cluster-name",
-    "node-name",
-    "role",
-    "bind-addr",
-    "advertise-addr",
-    "seeds",
-    "gossip-key-file",
-    "root",
-    "state-dir",
-    "initial-servers",
-    "bootstrap-expect",
-    "election-lease",
-    "servers",
-    "registration-address",
-    "registration-ip",
-    "token-file",
-    "installer-url",
-    "installer-sha256",
-    "allow-insecure-installer-url",
-    "rke2-version",
-    "rke2-channel",
-    "rke2-install-method",
-    "installer-artifact-path",
-    "installer-timeout",
-    "service-manager",
-    "control-plane-taint",
-    "existing-config-policy",
-    "rke2-config",
-    "gossip-interval",
-    "dead-member-grace-period",
-    "status-socket",
-];
+/// Every config key, kebab-case, as in the config file (`cluster-name: ...`), the flags
+/// (`--cluster-name`) and the environment (`RKE2_BOOTSTRAP_CLUSTER_NAME`): the names of
+/// [`crate::config::AGENT_KEYS`], so that a new key is known here without a second list.
+pub const KNOWN_KEYS: &[&str] = &key_names::<{ crate::config::AGENT_KEYS.len() }>();
+
+const fn key_names<const N: usize>() -> [&'static str; N] {
+    let mut names = [""; N];
+    let mut i = 0;
+    while i < N {
+        names[i] = crate::config::AGENT_KEYS[i].name;
+        i += 1;
+    }
+    names
+}
 
 /// Keys whose value is a list; on the command line, a comma-separated one.
 pub const LIST_KEYS: &[&str] = &["seeds"];
@@ -437,18 +416,15 @@ mod tests {
 
     #[test]
     fn known_keys_are_exactly_the_agent_config_keys() {
-        let mut ours: Vec<&str> = KNOWN_KEYS.to_vec();
-        let mut agent: Vec<&str> = crate::config::AGENT_KEYS.iter().map(|k| k.name).collect();
-        ours.sort_unstable();
-        agent.sort_unstable();
-        assert_eq!(ours, agent);
+        let agent: Vec<&str> = crate::config::AGENT_KEYS.iter().map(|k| k.name).collect();
+        assert_eq!(KNOWN_KEYS, agent);
     }
 
     #[test]
     fn every_known_key_but_maps_is_settable() {
         for key in KNOWN_KEYS {
             let value = match *key {
-                "seeds" => "10.0.0.1:7946",
+                "seeds" => "10.0.0.1:7947",
                 "installer-sha256" => SHA,
                 _ => "x",
             };
@@ -493,17 +469,17 @@ mod tests {
 
     #[test]
     fn seeds_are_a_normalised_comma_list() {
-        let got = ok("rke2_bootstrap.seeds=\"10.0.0.1:7946, 10.0.0.2:7946\" \
+        let got = ok("rke2_bootstrap.seeds=\"10.0.0.1:7947, 10.0.0.2:7947\" \
                       rke2_bootstrap.role=server");
-        assert_eq!(got.overrides["seeds"], "10.0.0.1:7946,10.0.0.2:7946");
+        assert_eq!(got.overrides["seeds"], "10.0.0.1:7947,10.0.0.2:7947");
         assert_eq!(
             got.list("seeds"),
-            Some(vec!["10.0.0.1:7946", "10.0.0.2:7946"])
+            Some(vec!["10.0.0.1:7947", "10.0.0.2:7947"])
         );
-        let got = ok("rke2_bootstrap.seeds=node-a.example:7946,[fd00::1]:7946");
+        let got = ok("rke2_bootstrap.seeds=node-a.example:7947,[fd00::1]:7947");
         assert_eq!(
             got.list("seeds"),
-            Some(vec!["node-a.example:7946", "[fd00::1]:7946"])
+            Some(vec!["node-a.example:7947", "[fd00::1]:7947"])
         );
         assert_eq!(got.list("role"), None);
     }
@@ -514,12 +490,12 @@ mod tests {
             ("rke2_bootstrap.seeds=a:1,", ""),
             ("rke2_bootstrap.seeds=a:1,,b:2", ""),
             ("rke2_bootstrap.seeds=a", "a"),
-            ("rke2_bootstrap.seeds=:7946", ":7946"),
+            ("rke2_bootstrap.seeds=:7947", ":7947"),
             ("rke2_bootstrap.seeds=a:0", "a:0"),
             ("rke2_bootstrap.seeds=a:65536", "a:65536"),
             ("rke2_bootstrap.seeds=a:+1", "a:+1"),
-            ("rke2_bootstrap.seeds=fd00::1:7946", "fd00::1:7946"),
-            ("rke2_bootstrap.seeds=[]:7946", "[]:7946"),
+            ("rke2_bootstrap.seeds=fd00::1:7947", "fd00::1:7947"),
+            ("rke2_bootstrap.seeds=[]:7947", "[]:7947"),
             ("rke2_bootstrap.seeds=\"a b:1\"", "a b:1"),
         ] {
             match err(line) {
@@ -722,7 +698,7 @@ mod tests {
         let line = format!(
             "BOOT_IMAGE=/vmlinuz ro quiet ip=dhcp rke2_bootstrap.cluster-name=prod \
              rke2_bootstrap.role=auto \
-             rke2_bootstrap.seeds=10.0.0.11:7946,10.0.0.12:7946,10.0.0.13:7946 \
+             rke2_bootstrap.seeds=10.0.0.11:7947,10.0.0.12:7947,10.0.0.13:7947 \
              rke2_bootstrap.node-name=node-52-54-00-12-34-56 \
              rke2_bootstrap.config=https://boot.example.internal/rke2/prod.yaml \
              rke2_bootstrap.config_sha256={sum}\n"

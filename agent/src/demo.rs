@@ -7,6 +7,12 @@
 //! command) answers the supervisor and API probes on the host's address. Only the RKE2 binaries
 //! are stand-ins: election, config, installer download and run, service start, readiness, LB
 //! rendering and reloads are the production code paths.
+//!
+//! The demo must work on a bare machine, so nothing depends on the LB host running its LB: the
+//! hosts' gossip seeds are the server hosts, and when nginx (or HAProxy) is missing or cannot
+//! start, the sidecar still renders the config it would serve, without validating or serving it.
+//! A failed demo keeps its directory and prints the last lines of the host that failed; Ctrl-C or
+//! SIGTERM stops every process it started.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,7 +52,8 @@ pub struct DemoArgs {
     /// The load balancer in front of the servers.
     #[arg(long, value_enum, default_value = "nginx")]
     pub lb: LbKind,
-    /// Leave the cluster running (explore with `rke2-bootstrap members --status-socket ...`).
+    /// Leave the cluster running once it formed (explore with `rke2-bootstrap members
+    /// --status-socket ...`).
     #[arg(long)]
     pub keep: bool,
     /// Print the summary as one JSON object on stdout (progress goes to stderr).
@@ -55,7 +62,8 @@ pub struct DemoArgs {
     /// First three octets of the loopback addresses: the LB is .10, hosts are .11 and up.
     #[arg(long, default_value = "127.77.0")]
     pub ip_prefix: String,
-    /// Working directory (default: a fresh temp dir, removed at the end unless --keep).
+    /// Working directory (default: a fresh temp dir, removed at the end unless --keep or the demo
+    /// failed).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Give up when the cluster has not formed within this time.
@@ -86,8 +94,11 @@ pub struct NodeSummary {
 #[derive(Debug, Serialize)]
 pub struct LbSummary {
     pub kind: LbKind,
-    /// False when the LB program is not installed: the config is rendered but nothing serves it.
+    /// False when the LB program is missing or cannot run here: the config is rendered but
+    /// nothing checks or serves it.
     pub live: bool,
+    /// Why the LB is not live, when it is not.
+    pub not_live_reason: Option<String>,
     pub config_path: Option<PathBuf>,
     pub servers: Vec<String>,
 }
@@ -99,22 +110,47 @@ pub struct Timings {
     pub lb_updated_after_kill: Option<u64>,
 }
 
+/// Where Debian's `libnginx-mod-stream` puts the module: named in the config the sidecar renders
+/// when nginx is not there to be asked.
+const DEBIAN_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// How many lines of a failed host's log the demo prints.
+const LOG_TAIL_LINES: usize = 15;
+
 struct Host {
     name: String,
     ip: IpAddr,
     root: PathBuf,
     state_dir: PathBuf,
+    log: PathBuf,
     child: Option<Child>,
 }
 
-/// Every process the demo started, stopped on drop (unless kept).
+/// Every process the demo started, stopped on drop unless `keep` (set only once the demo
+/// succeeded with `--keep`): a failure, an early return and an interrupted demo all stop them.
 struct Processes {
     hosts: Vec<Host>,
     sidecar: Option<Child>,
+    lb_log: Option<PathBuf>,
     lb_pid_file: Option<PathBuf>,
-    systemctl: PathBuf,
-    standin: PathBuf,
     keep: bool,
+}
+
+impl Processes {
+    /// Stops the LB program the demo started (nginx and HAProxy run as daemons, outside our
+    /// process tree).
+    fn stop_lb_program(&mut self) {
+        if let Some(pid) = self
+            .lb_pid_file
+            .take()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
 }
 
 impl Drop for Processes {
@@ -122,61 +158,119 @@ impl Drop for Processes {
         if self.keep {
             return;
         }
-        for host in &mut self.hosts {
-            stop_child(host.child.take());
-            for unit in ["rke2-server.service", "rke2-agent.service"] {
-                let _ = Command::new(&self.systemctl)
-                    .args([
-                        "--root",
-                        &host.root.to_string_lossy(),
-                        "--standin",
-                        &self.standin.to_string_lossy(),
-                        "stop",
-                        unit,
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+        // The agents first, all at once, so that none starts anything new.
+        let agents: Vec<Child> = self
+            .hosts
+            .iter_mut()
+            .filter_map(|h| h.child.take())
+            .collect();
+        stop_children(agents);
+        // Then whatever still runs under each host's root: the stand-ins (in their own sessions)
+        // and service-manager calls the agents had in flight. Those hold the unit's lock while
+        // they wait for a start, so a `stop` through the service manager could wait minutes
+        // for them; the stand-ins keep nothing worth a graceful stop.
+        for host in &self.hosts {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            // A call killed between fork and exec can still start one: sweep until none is left.
+            while kill_processes_with_root(&host.root) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
-        stop_child(self.sidecar.take());
-        if let Some(pid) = self
-            .lb_pid_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-        {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
+        stop_children(self.sidecar.take().into_iter().collect());
+        self.stop_lb_program();
     }
 }
 
 fn stop_child(child: Option<Child>) {
-    if let Some(mut child) = child {
+    stop_children(child.into_iter().collect());
+}
+
+/// SIGTERM to every child, then up to 5 s for them to exit before SIGKILL.
+fn stop_children(mut children: Vec<Child>) {
+    for child in &children {
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+        if children.is_empty() {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
 }
 
-/// Progress lines go to stderr so that `--json` keeps stdout machine-readable.
-macro_rules! progress {
-    ($($arg:tt)*) => { eprintln!("demo: {}", format!($($arg)*)) };
+/// SIGKILLs every process started with `--root <root>` (a demo host's stand-ins and service
+/// manager calls), with its process group when it leads one. Returns how many it found.
+fn kill_processes_with_root(root: &Path) -> usize {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::{getpgid, Pid};
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let root = root.as_os_str().as_encoded_bytes();
+    let mut found = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !args.windows(2).any(|w| w[0] == b"--root" && w[1] == root) {
+            continue;
+        }
+        // A zombie (killed, not yet reaped) still shows its command line, but has no state
+        // left to kill; its stat says Z.
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(") ")?;
+                rest.chars().next()
+            })
+            .is_none_or(|state| matches!(state, 'Z' | 'X'));
+        if zombie {
+            continue;
+        }
+        found += 1;
+        let pid = Pid::from_raw(pid);
+        if getpgid(Some(pid)) == Ok(pid) {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    found
 }
 
+/// A line on stderr. Unlike `eprintln!` it does not panic when stderr is a closed pipe
+/// (`demo 2>&1 | head`): the demo goes on, and stops what it started, either way.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Progress lines go to stderr so that `--json` keeps stdout machine-readable.
+macro_rules! progress {
+    ($($arg:tt)*) => { say!("demo: {}", format!($($arg)*)) };
+}
+
+/// Runs the demo. Ctrl-C and SIGTERM are taken over before anything starts, so that an
+/// interrupted demo stops what it started instead of leaving stand-ins behind; a failed demo
+/// keeps its directory for the logs.
 pub async fn run(args: DemoArgs) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     if args.nodes == 0 || args.servers == 0 || args.servers % 2 == 0 || args.servers > args.nodes {
         bail!(
             "--servers must be odd and at most --nodes (got {} of {})",
@@ -184,6 +278,50 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             args.nodes
         );
     }
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (temp, dir) = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            (None, dir.clone())
+        }
+        None => {
+            let tmp = tempdir()?;
+            (Some(TempDir(tmp.clone())), tmp)
+        }
+    };
+    let dir = dir.canonicalize()?;
+    // The demo's future owns every process it starts: when a signal wins the race it is dropped
+    // here, and dropping it stops them.
+    let outcome = tokio::select! {
+        biased;
+        _ = interrupt.recv() => Err("SIGINT"),
+        _ = terminate.recv() => Err("SIGTERM"),
+        outcome = run_in(&args, &dir) => Ok(outcome),
+    };
+    match outcome {
+        Err(signal) => {
+            drop(temp);
+            bail!("interrupted by {signal}: stopped every process the demo started")
+        }
+        Ok(Ok(())) => {
+            if args.keep {
+                std::mem::forget(temp);
+            }
+            Ok(())
+        }
+        Ok(Err(err)) => {
+            std::mem::forget(temp);
+            Err(err.context(format!(
+                "the demo failed; its logs and files are kept under {}",
+                dir.display()
+            )))
+        }
+    }
+}
+
+async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("locating the binaries")?
@@ -198,27 +336,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let agent_bin = std::env::current_exe()?;
     let sidecar_bin = binary("rke2-lb-sidecar")?;
     let standin_bin = binary("rke2-standin")?;
-
-    let (_tmp, dir) = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            (None, dir.clone())
-        }
-        None => {
-            let tmp = tempdir()?;
-            let path = tmp.clone();
-            (Some(TempDir(tmp)), path)
-        }
-    };
-    let dir = dir.canonicalize()?;
-    let lb_program = match args.lb {
-        LbKind::Nginx => which("nginx"),
-        LbKind::Haproxy => which("haproxy"),
-        LbKind::None => None,
-    };
-    if args.lb != LbKind::None && lb_program.is_none() {
-        progress!("{:?} is not installed: the LB config is rendered and checked by the sidecar, but nothing serves it", args.lb);
-    }
 
     // Shared secrets and stand-ins.
     let key_file = dir.join("gossip.key");
@@ -235,84 +352,64 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let lb_ip: IpAddr = format!("{}.10", args.ip_prefix)
         .parse()
         .context("--ip-prefix must be three octets, e.g. 127.77.0")?;
-    let seed = format!("{lb_ip}:7947");
+    let host_ip = |i: u32| -> Result<IpAddr> {
+        format!("{}.{}", args.ip_prefix, 11 + i)
+            .parse()
+            .context("--ip-prefix must be three octets, e.g. 127.77.0")
+    };
+    // The seeds are the hosts that become servers (auto hosts settle lowest name first), never
+    // the LB host alone: gossip must not depend on the LB host being up, as it must not in
+    // production.
+    let seeds = (0..args.servers)
+        .map(|i| Ok(format!("{}:7947", host_ip(i)?)))
+        .collect::<Result<Vec<_>>>()?
+        .join(",");
     let mut procs = Processes {
         hosts: Vec::new(),
         sidecar: None,
+        lb_log: None,
         lb_pid_file: None,
-        systemctl: systemctl.clone(),
-        standin: standin_bin.clone(),
-        keep: args.keep,
+        keep: false,
     };
 
-    // The LB host: the sidecar joins gossip as an observer and is every agent's seed.
+    // The LB host: the sidecar joins gossip as an observer.
     let lb_dir = dir.join("lb");
     std::fs::create_dir_all(&lb_dir)?;
     let lb_config_path =
         (args.lb != LbKind::None).then(|| lb_dir.join(format!("{}.conf", lb_kind_name(args.lb))));
+    let mut not_live_reason = None;
     if let Some(path) = &lb_config_path {
-        let mut sidecar = Command::new(&sidecar_bin);
-        sidecar
-            .args([
-                "--cluster-name",
-                "demo",
-                "--node-name",
-                "lb",
-                "--bind-addr",
-                &seed,
-                "--seeds",
-                &seed,
-            ])
-            .arg("--gossip-key-file")
-            .arg(&key_file)
-            .arg("--state-dir")
-            .arg(lb_dir.join("state"))
-            .args([
-                "--lb",
-                lb_kind_name(args.lb),
-                "--lb-addr",
-                &lb_ip.to_string(),
-            ])
-            .arg("--config-file")
-            .arg(path);
-        let lb = lb_dir.display();
-        match args.lb {
-            LbKind::Nginx => sidecar.args([
-                "--nginx",
-                &format!("{{prefix: {lb}, pid-file: {lb}/nginx.pid, error-log: {lb}/error.log, worker-processes: 1, worker-connections: 256}}"),
-            ]),
-            _ => sidecar.args(["--haproxy", &format!("{{run-dir: {lb}}}")]),
+        let lb = LbHost {
+            kind: args.lb,
+            sidecar_bin: &sidecar_bin,
+            dir: &lb_dir,
+            ip: lb_ip,
+            key_file: &key_file,
+            seeds: &seeds,
+            config_path: path,
         };
-        match &lb_program {
-            Some(program) => {
-                procs.lb_pid_file = Some(start_lb(args.lb, program, &lb_dir, lb_ip, path)?)
-            }
-            None => {
-                sidecar.args(["--validate", "[]", "--reload", "{command: [\"true\"]}"]);
-            }
+        not_live_reason = lb.start(&mut procs).await?;
+        if let Some(reason) = &not_live_reason {
+            // Said once, here: everything else works without it.
+            progress!(
+                "{kind} cannot run here: {reason}. The cluster forms without it (hosts register \
+                 with the first server directly); the sidecar renders the config {kind} would \
+                 serve, shown at the end, but nothing checks or serves it. For a live LB: {hint}",
+                kind = lb_kind_name(args.lb),
+                hint = install_hint(args.lb)
+            );
         }
-        procs.sidecar = Some(spawn_logged(&mut sidecar, &lb_dir.join("sidecar.log"))?);
     }
 
-    // Every host is given the same seed list: the LB host when there is one (as in production,
-    // where it is the one stable address), else every host.
-    let agent_seeds = if args.lb == LbKind::None {
-        (0..args.nodes)
-            .map(|i| format!("{}.{}:7947", args.ip_prefix, 11 + i))
-            .collect::<Vec<_>>()
-            .join(",")
-    } else {
-        seed.clone()
-    };
-    // The electorate: the first `servers` hosts' addresses, reserved the way an operator
-    // reserves the addresses of the hosts that may initialize.
+    // The electorate, named explicitly as an operator would: the seeds' addresses, the hosts
+    // that may initialize.
     let electorate = (0..args.servers.min(args.nodes))
         .map(|i| format!("{}.{}", args.ip_prefix, 11 + i))
         .collect::<Vec<_>>()
         .join(",");
     for i in 0..args.nodes {
         let name = format!("node-{}", i + 1);
-        let ip: IpAddr = format!("{}.{}", args.ip_prefix, 11 + i).parse()?;
+        let ip = host_ip(i)?;
         let root = dir.join(&name);
         let state_dir = root.join("var/lib/rke2-bootstrap");
         std::fs::create_dir_all(&root)?;
@@ -332,12 +429,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 "--role",
                 "auto",
             ])
-            .args([
-                "--bind-addr",
-                &format!("{ip}:7947"),
-                "--seeds",
-                &agent_seeds,
-            ])
+            .args(["--bind-addr", &format!("{ip}:7947"), "--seeds", &seeds])
             .arg("--gossip-key-file")
             .arg(&key_file)
             .arg("--root")
@@ -355,15 +447,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 "true",
             ])
             .args(["--service-manager", &service_manager]);
-        if args.lb != LbKind::None {
+        // Hosts register through the LB only when it serves: otherwise with the first server,
+        // as they do without an LB.
+        if lb_config_path.is_some() && not_live_reason.is_none() {
             cmd.args(["--registration-address", &lb_ip.to_string()]);
         }
-        let child = spawn_logged(&mut cmd, &root.join("agent.log"))?;
+        let log = root.join("agent.log");
+        let child = spawn_logged(&mut cmd, &log)?;
         procs.hosts.push(Host {
             name,
             ip,
             root,
             state_dir,
+            log,
             child: Some(child),
         });
     }
@@ -379,6 +475,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut phases: BTreeMap<String, Phase> = BTreeMap::new();
     let mut formed_at = None;
     let (initializer, all_ready_at, reports) = loop {
+        if let Some(exited) = procs.exited() {
+            let what = format!("{} exited before the cluster formed", exited.0);
+            return Err(failed(&[exited], what));
+        }
         let reports = poll_reports(&procs.hosts);
         for (name, report) in &reports {
             if phases.get(name) != Some(&report.phase) {
@@ -409,27 +509,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         let all_ready =
             reports.len() == procs.hosts.len() && reports.values().all(|r| r.phase == Phase::Ready);
-        if all_ready {
-            let ready_servers = server_ips(&reports);
-            let lb_ok = match &lb_config_path {
-                Some(path) => lb_servers(path, lb_ip) == ready_servers,
-                None => true,
-            };
-            if lb_ok {
-                let init = initializers
-                    .iter()
-                    .next()
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
-                break (init, started.elapsed(), reports);
-            }
+        let lb_ok = || match &lb_config_path {
+            Some(path) => lb_servers(path, lb_ip) == server_ips(&reports),
+            None => true,
+        };
+        if all_ready && lb_ok() {
+            let init = initializers
+                .iter()
+                .next()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            break (init, started.elapsed(), reports);
         }
         if Instant::now() > deadline {
-            bail!(
-                "the cluster did not form within {:?}; logs are under {}",
-                args.timeout,
-                dir.display()
-            );
+            // The hosts that are not ready failed; when they all are, the LB host did.
+            let mut culprits: Vec<(String, PathBuf)> = procs
+                .hosts
+                .iter()
+                .filter(|h| reports.get(&h.name).map(|r| r.phase) != Some(Phase::Ready))
+                .map(|h| (h.name.clone(), h.log.clone()))
+                .collect();
+            if culprits.is_empty() {
+                culprits.push(("the LB host".into(), lb_dir.join("sidecar.log")));
+            }
+            return Err(failed(
+                &culprits,
+                format!("the cluster did not form within {:?}", args.timeout),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -463,7 +569,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if !args.json {
         for node in &nodes {
             let config = std::fs::read_to_string(&node.config_path).unwrap_or_default();
-            eprintln!(
+            say!(
                 "--- {} ({}) {}\n{}",
                 node.name,
                 node.role,
@@ -472,8 +578,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             );
         }
         if let Some(path) = &lb_config_path {
-            eprintln!(
-                "--- lb {}\n{}",
+            let served = if not_live_reason.is_some() {
+                " (rendered only: nothing serves it)"
+            } else {
+                ""
+            };
+            say!(
+                "--- lb {}{served}\n{}",
                 path.display(),
                 std::fs::read_to_string(path).unwrap_or_default()
             );
@@ -530,7 +641,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         nodes,
         lb: LbSummary {
             kind: args.lb,
-            live: lb_program.is_some(),
+            live: lb_config_path.is_some() && not_live_reason.is_none(),
+            not_live_reason,
             config_path: lb_config_path.clone(),
             servers: lb_before,
         },
@@ -541,12 +653,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             all_ready: all_ready_at.as_millis() as u64,
             lb_updated_after_kill,
         },
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)
+            .and_then(|()| out.flush())
+            .context("writing the summary")?;
     } else {
-        eprintln!(
+        say!(
             "summary: first server {}, formed in {} ms, all ready in {} ms, lb followed the stop in {} ms",
             summary.initializer,
             summary.timings_ms.formed,
@@ -560,9 +676,176 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             dir.display(),
             procs.hosts[0].state_dir.join("status.sock").display()
         );
-        std::mem::forget(_tmp);
+        procs.keep = true;
     }
     Ok(())
+}
+
+impl Processes {
+    /// The first demo process that exited on its own (a host's agent or the LB host's sidecar),
+    /// with its log.
+    fn exited(&mut self) -> Option<(String, PathBuf)> {
+        for host in &mut self.hosts {
+            if let Some(child) = host.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Some((host.name.clone(), host.log.clone()));
+                }
+            }
+        }
+        let sidecar = self.sidecar.as_mut()?;
+        match sidecar.try_wait() {
+            Ok(Some(_)) => Some((
+                "the LB host's sidecar".into(),
+                self.lb_log.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Prints the last lines of each failed host's log and returns the error to report.
+fn failed(culprits: &[(String, PathBuf)], what: String) -> anyhow::Error {
+    for (name, log) in culprits {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+        say!("demo: last lines of {name} ({}):", log.display());
+        for line in tail {
+            say!("    {line}");
+        }
+    }
+    anyhow!(what)
+}
+
+/// The LB host of the demo: the sidecar, and nginx or HAProxy when they can run here.
+struct LbHost<'a> {
+    kind: LbKind,
+    sidecar_bin: &'a Path,
+    dir: &'a Path,
+    ip: IpAddr,
+    key_file: &'a Path,
+    seeds: &'a str,
+    config_path: &'a Path,
+}
+
+impl LbHost<'_> {
+    /// Starts the LB and its sidecar, or, when the LB cannot run here, the sidecar alone in a
+    /// render-only mode. Returns why the LB is not live, if it is not.
+    async fn start(&self, procs: &mut Processes) -> Result<Option<String>> {
+        let name = lb_kind_name(self.kind);
+        let program = match find_on_path(name) {
+            Some(program) => program,
+            None => {
+                let reason = "it is not installed (not on PATH)".to_string();
+                self.spawn_sidecar(procs, None)?;
+                return Ok(Some(reason));
+            }
+        };
+        if let Err(err) = start_lb(self.kind, &program, self.dir, self.ip, self.config_path)
+            .map(|pid_file| procs.lb_pid_file = Some(pid_file))
+        {
+            self.spawn_sidecar(procs, None)?;
+            return Ok(Some(format!("{err:#}")));
+        }
+        self.spawn_sidecar(procs, Some(&program))?;
+        // The sidecar checks what the LB needs (nginx's stream module) before it joins gossip
+        // and opens its status socket; one that exits instead says why as its last line.
+        let socket = self.dir.join("state/status.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sidecar = procs.sidecar.as_mut().expect("sidecar started");
+            if let Ok(Some(_)) = sidecar.try_wait() {
+                break;
+            }
+            if status::fetch(&socket).is_ok() {
+                return Ok(None);
+            }
+            if Instant::now() > deadline {
+                bail!("the LB host's sidecar did not come up within 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = std::fs::read_to_string(self.dir.join("sidecar.log")).unwrap_or_default();
+        let reason = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("the sidecar exited")
+            .trim_start_matches("rke2-lb-sidecar: error: ")
+            .to_string();
+        procs.sidecar = None;
+        procs.stop_lb_program();
+        let _ = std::fs::rename(
+            self.dir.join("sidecar.log"),
+            self.dir.join("sidecar-live.log"),
+        );
+        self.spawn_sidecar(procs, None)?;
+        Ok(Some(reason))
+    }
+
+    /// `program`: the LB the sidecar validates and reloads; `None` renders only.
+    fn spawn_sidecar(&self, procs: &mut Processes, program: Option<&Path>) -> Result<()> {
+        let bind = format!("{}:7947", self.ip);
+        let mut sidecar = Command::new(self.sidecar_bin);
+        sidecar
+            .args([
+                "--cluster-name",
+                "demo",
+                "--node-name",
+                "lb",
+                "--bind-addr",
+                &bind,
+                "--seeds",
+                self.seeds,
+            ])
+            .arg("--gossip-key-file")
+            .arg(self.key_file)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args([
+                "--lb",
+                lb_kind_name(self.kind),
+                "--lb-addr",
+                &self.ip.to_string(),
+            ])
+            .arg("--config-file")
+            .arg(self.config_path);
+        let lb = self.dir.display();
+        let mut settings = match self.kind {
+            LbKind::Nginx => format!("prefix: {lb}, pid-file: {lb}/nginx.pid, error-log: {lb}/error.log, worker-processes: 1, worker-connections: 256"),
+            _ => format!("run-dir: {lb}"),
+        };
+        match program {
+            Some(program) => settings.push_str(&format!(", binary: {}", program.display())),
+            // Without nginx to ask, name the module where Debian's package puts it.
+            None if self.kind == LbKind::Nginx => {
+                settings.push_str(&format!(", stream-module: {DEBIAN_STREAM_MODULE}"))
+            }
+            None => {}
+        }
+        let flag = match self.kind {
+            LbKind::Nginx => "--nginx",
+            _ => "--haproxy",
+        };
+        sidecar.args([flag, &format!("{{{settings}}}")]);
+        if program.is_none() {
+            sidecar.args(["--validate", "[]", "--reload", "{command: [\"true\"]}"]);
+        }
+        let log = self.dir.join("sidecar.log");
+        procs.sidecar = Some(spawn_logged(&mut sidecar, &log)?);
+        procs.lb_log = Some(log);
+        Ok(())
+    }
+}
+
+fn install_hint(kind: LbKind) -> &'static str {
+    match kind {
+        LbKind::Nginx => {
+            "install nginx with its stream module (Debian: apt-get install nginx-light \
+             libnginx-mod-stream), or use --lb haproxy with HAProxy installed"
+        }
+        _ => "install HAProxy (Debian: apt-get install haproxy)",
+    }
 }
 
 fn poll_reports(hosts: &[Host]) -> BTreeMap<String, status::StatusReport> {
@@ -683,18 +966,16 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
         .with_context(|| format!("starting {:?}", cmd.get_program()))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join(program))
-    .find(|p| p.exists())
+/// `program` as the shell would find it: the first executable file of that name on PATH. PATH is
+/// the one place a user (or a test) hides an installed program from the demo.
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// The stand-in for get.rke2.io: serves the installer script to every GET on 127.0.0.1.
@@ -729,8 +1010,23 @@ impl Drop for TempDir {
     }
 }
 
+/// A fresh directory: failed demos keep theirs, and a later demo that got the same pid must not
+/// find a host state dir that says it already joined a cluster.
 fn tempdir() -> Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("rke2-bootstrap-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    for attempt in 0..100u32 {
+        let path = base.join(format!("rke2-bootstrap-demo-{pid}-{attempt}"));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("creating {}", path.display()));
+            }
+        }
+    }
+    bail!(
+        "{} holds 100 kept demo directories for pid {pid}; remove some",
+        base.display()
+    )
 }

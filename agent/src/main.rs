@@ -183,10 +183,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     rke2_bootstrap::process::init_logging(rke2_bootstrap::config::ENV_LOG);
     match cli.command {
-        Command::Keygen => {
-            println!("{}", rke2_bootstrap::gossip::keyring::generate_key());
-            ExitCode::SUCCESS
-        }
+        Command::Keygen => runtime_outcome(print_stdout(&format!(
+            "{}\n",
+            rke2_bootstrap::gossip::keyring::generate_key()
+        ))),
         Command::Members { json, config } => {
             let cfg = match config.load(false) {
                 Ok(cfg) => cfg,
@@ -210,15 +210,12 @@ fn main() -> ExitCode {
             )))
         }
         Command::CheckConfig(args) => match args.load(true) {
-            Ok(cfg) => {
-                println!(
-                    "rke2-bootstrap: configuration ok (node {}, role {}, cluster {})",
-                    cfg.node_name,
-                    Role::from(cfg.role).as_str(),
-                    cfg.cluster_name
-                );
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => runtime_outcome(print_stdout(&format!(
+                "rke2-bootstrap: configuration ok (node {}, role {}, cluster {})\n",
+                cfg.node_name,
+                Role::from(cfg.role).as_str(),
+                cfg.cluster_name
+            ))),
             Err(err) => start_error(err),
         },
         Command::Demo(args) => {
@@ -241,9 +238,29 @@ fn start_error(err: StartError) -> ExitCode {
     }
 }
 
+/// Writes `text` to stdout; a reader that went away (`| head`) comes back as a broken pipe error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether the error is only that our reader went away (`members | head`): not a failure, and
+/// nothing to say about it (ripgrep and the like exit 0 quietly too).
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         // A key file that does not load is a configuration problem: restarting will not help.
         Err(err)
             if err

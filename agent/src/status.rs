@@ -104,35 +104,147 @@ pub fn fetch(path: &Path) -> Result<StatusReport> {
 /// Prints members like `serf members`: one row per member.
 pub fn print_members(report: &StatusReport, json: bool, out: &mut impl Write) -> Result<()> {
     if json {
-        serde_json::to_writer_pretty(&mut *out, &report.members)?;
-        writeln!(out)?;
-        return Ok(());
+        // Rendered first, so that a failed write is an I/O error (the caller tells a reader
+        // that went away from a real failure).
+        let text = serde_json::to_string_pretty(&report.members)?;
+        writeln!(out, "{text}")?;
+    } else {
+        out.write_all(members_table(&report.members).as_bytes())?;
+        // What this host waits for (the election's missing seats and lease, a join turn...):
+        // the first thing an operator asks when a cluster does not form.
+        if !report.reason.is_empty() {
+            writeln!(
+                out,
+                "\n{} is {}: {}",
+                report.node, report.phase, report.reason
+            )?;
+        }
     }
-    writeln!(
-        out,
-        "{:<20} {:<22} {:<9} {:<16} {:<6} {:<6}",
-        "NAME", "GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY"
-    )?;
-    for m in &report.members {
-        let status = if m.left {
-            "left"
-        } else if m.alive {
-            "alive"
-        } else {
-            "dead"
-        };
-        let marker = if m.initializer { " (first server)" } else { "" };
-        writeln!(
-            out,
-            "{:<20} {:<22} {:<9} {:<16} {:<6} {:<6}{}",
-            m.name,
-            m.gossip_addr,
-            m.role,
-            m.phase,
-            status,
-            if m.ready { "yes" } else { "no" },
-            marker
-        )?;
-    }
+    out.flush()?;
     Ok(())
+}
+
+/// The `members` table: a header and one row per member, each column as wide as its widest
+/// cell (names and addresses have no fixed length), two spaces between columns.
+///
+/// READY says whether the member can be used now: a member that left or is dead is not, whatever
+/// it last reported.
+pub fn members_table(members: &[MemberSummary]) -> String {
+    const HEADER: [&str; 6] = ["NAME", "GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY"];
+    let rows: Vec<[String; 7]> = members
+        .iter()
+        .map(|m| {
+            let status = if m.left {
+                "left"
+            } else if m.alive {
+                "alive"
+            } else {
+                "dead"
+            };
+            let ready = m.ready && m.alive && !m.left;
+            [
+                m.name.clone(),
+                m.gossip_addr.to_string(),
+                m.role.to_string(),
+                m.phase.to_string(),
+                status.to_string(),
+                if ready { "yes" } else { "no" }.to_string(),
+                if m.initializer { "(first server)" } else { "" }.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let width = widths.get(i).copied().unwrap_or(0);
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        format!("{}\n", line.trim_end())
+    };
+    let mut table = line(&HEADER);
+    for row in &rows {
+        table.push_str(&line(&row.each_ref().map(String::as_str)));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: Role, phase: Phase) -> MemberSummary {
+        MemberSummary {
+            name: name.to_string(),
+            generation: 1,
+            gossip_addr: "10.0.0.1:7947".parse().unwrap(),
+            node_addr: "10.0.0.1".parse().unwrap(),
+            role,
+            phase,
+            alive: true,
+            left: false,
+            ready: true,
+            initializer: false,
+            ca_hash: None,
+            vote: None,
+            ack: None,
+            agent_version: None,
+            rke2_version: None,
+        }
+    }
+
+    /// Every cell of a column starts where its header does, however long the values.
+    #[test]
+    fn columns_line_up_with_their_headers() {
+        let mut long = member(
+            "a-rather-long-host-name-01",
+            Role::Observer,
+            Phase::WaitingToJoin,
+        );
+        long.gossip_addr = "[fd00:1234:5678::101]:7947".parse().unwrap();
+        long.initializer = true;
+        let table = members_table(&[member("s1", Role::Server, Phase::Ready), long]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let starts = |line: &str| -> Vec<usize> {
+            let mut starts = vec![0];
+            let bytes = line.as_bytes();
+            for i in 2..bytes.len() {
+                if bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ' {
+                    starts.push(i);
+                }
+            }
+            starts
+        };
+        let header = starts(lines[0]);
+        assert_eq!(header.len(), 6, "{table}");
+        for row in &lines[1..] {
+            assert_eq!(starts(row)[..6], header[..], "{table}");
+        }
+        assert!(lines[2].ends_with("  (first server)"), "{table}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{table}");
+    }
+
+    #[test]
+    fn a_member_that_left_or_died_is_not_shown_ready() {
+        let mut left = member("gone", Role::Server, Phase::Leaving);
+        left.left = true;
+        let mut dead = member("dead", Role::Server, Phase::Ready);
+        dead.alive = false;
+        let alive = member("up", Role::Server, Phase::Ready);
+        let table = members_table(&[left, dead, alive]);
+        let ready = |name: &str| {
+            let row = table.lines().find(|l| l.starts_with(name)).unwrap();
+            row.split_whitespace().nth(5).unwrap().to_string()
+        };
+        assert_eq!(ready("gone"), "no", "{table}");
+        assert_eq!(ready("dead"), "no", "{table}");
+        assert_eq!(ready("up"), "yes", "{table}");
+        assert!(table.contains(" left "), "{table}");
+    }
 }

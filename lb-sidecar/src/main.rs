@@ -141,7 +141,10 @@ fn main() -> ExitCode {
         }
     };
     if matches.get_flag("check-config") {
-        println!(
+        // Not `println!`, which panics when the reader went away (`| head`); that is no failure.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
             "rke2-lb-sidecar: configuration ok (node {}, cluster {}, lb {})",
             settings.gossip.node_name,
             settings.gossip.cluster_name,

@@ -155,11 +155,17 @@ pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView
                         ca_hash: ca_hash.clone(),
                     });
                 }
-                match rejected.get(m.name.as_str()) {
-                    Some((other, _)) if rank(other) >= rank(m) => {}
-                    _ => {
-                        rejected.insert(&m.name, (m, reason));
-                    }
+                // Two entries of one generation and address that disagree (seen through
+                // different peers) are rare; any choice will do as long as it does not depend
+                // on gossip's listing order: the newest, then the reason that prints first.
+                let key = |m: &Member, reason: &Exclusion| {
+                    (rank(m), std::cmp::Reverse(format!("{reason:?}")))
+                };
+                let replaces = rejected
+                    .get(m.name.as_str())
+                    .is_none_or(|(other, kept)| key(m, &reason) > key(other, kept));
+                if replaces {
+                    rejected.insert(&m.name, (m, reason));
                 }
             }
             None => match by_name.get(m.name.as_str()) {

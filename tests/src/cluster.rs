@@ -5,9 +5,8 @@
 //!
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
 //! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40,
-//! the LB-port check's unit test 41, demo 50, lossy_network 60, the gossip relay's unit tests 79.
-//! zero_touch 100-103.
-//! Hosts are `.11` and up, the LB host `.10`.
+//! the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip relay's
+//! unit tests 79, cli 9, zero_touch 100-103. Hosts are `.11` and up, the LB host `.10`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

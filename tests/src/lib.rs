@@ -90,3 +90,28 @@ fn bin_dir() -> PathBuf {
 pub fn loopback_ip(test_id: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, test_id, 0, host))
 }
+
+/// A PATH on which `hidden` programs cannot be found, as on a machine where they are not
+/// installed: `dir` is filled with links to every other program of the current PATH (first one
+/// wins, as for the shell), and is the whole of the returned PATH.
+pub fn path_without(hidden: &[&str], dir: &Path) -> std::io::Result<std::ffi::OsString> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for source in std::env::split_paths(&path) {
+        let Ok(entries) = std::fs::read_dir(&source) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let link = dir.join(&name);
+            let executable = std::fs::metadata(entry.path())
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !executable || hidden.iter().any(|h| name == *h) || link.symlink_metadata().is_ok() {
+                continue;
+            }
+            std::os::unix::fs::symlink(entry.path(), &link)?;
+        }
+    }
+    Ok(dir.as_os_str().to_owned())
+}

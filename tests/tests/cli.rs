@@ -185,6 +185,81 @@ fn members_json_lists_every_member_with_the_documented_fields() {
         table.starts_with("NAME") && table.contains("m-1") && table.contains("m-2"),
         "{table}"
     );
+    // Aligned: every column of every row starts under its header.
+    let header = table.lines().next().unwrap();
+    for column in ["GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY"] {
+        let at = header.find(column).unwrap();
+        // The rows end at the blank line before what this host waits for.
+        for row in table.lines().skip(1).take_while(|l| !l.is_empty()) {
+            let before = &row[..at];
+            assert!(
+                before.ends_with("  ") && !row[at..].starts_with(' '),
+                "{column} misaligned:\n{table}"
+            );
+        }
+    }
+
+    // Into a reader that is already gone (what `| head` becomes): no complaint, exit 0.
+    for json in [false, true] {
+        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+        cmd.args(["members", "--kernel-cmdline", "/nonexistent"])
+            .args([
+                "--node-name",
+                "x",
+                "--status-socket",
+                socket.to_str().unwrap(),
+            ]);
+        if json {
+            cmd.arg("--json");
+        }
+        assert_quiet_into_closed_pipe(&mut cmd);
+    }
+}
+
+/// Runs `cmd` with its stdout a pipe whose reader has already gone, as when `head` has read what
+/// it wanted: every write fails with a broken pipe. The command must neither complain nor fail.
+fn assert_quiet_into_closed_pipe(cmd: &mut Command) {
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    drop(reader);
+    let out = cmd
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{cmd:?}: {:?}, stderr: {stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn no_command_complains_when_its_reader_is_gone() {
+    let agent = || {
+        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+        cmd.env_remove("RKE2_BOOTSTRAP_CONFIG");
+        cmd
+    };
+    assert_quiet_into_closed_pipe(agent().arg("keygen"));
+    assert_quiet_into_closed_pipe(agent().arg("--help"));
+    assert_quiet_into_closed_pipe(agent().args([
+        "check-config",
+        "--kernel-cmdline",
+        "/nonexistent",
+        "--node-name",
+        "a",
+        "--initial-servers",
+        "a",
+    ]));
+    let config = repo_file("packaging/config/lb-sidecar.yaml");
+    let mut sidecar = Command::new(workspace_bin("rke2-lb-sidecar"));
+    sidecar
+        .arg("--check-config")
+        .arg("--config")
+        .arg(config)
+        .env_clear();
+    assert_quiet_into_closed_pipe(&mut sidecar);
 }
 
 fn repo_file(path: &str) -> std::path::PathBuf {

@@ -1,12 +1,13 @@
 //! `rke2-bootstrap demo --json`, as a user runs it: a whole cluster behind real nginx on this
-//! machine, one JSON summary on stdout.
+//! machine, one JSON summary on stdout; the same on a machine without nginx or HAProxy; and a
+//! demo that fails or is interrupted, which must leave nothing running.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rke2_bootstrap_tests::{kill_standins_under, workspace_bin, ChildGuard};
+use rke2_bootstrap_tests::{kill_standins_under, pid_alive, wait_until, workspace_bin, ChildGuard};
 use serde_json::Value;
 
 /// Whatever the demo leaves behind if it is killed instead of finishing: its hosts' RKE2
@@ -138,4 +139,199 @@ fn demo_json_forms_a_cluster_behind_nginx_and_follows_a_stop() {
         .collect();
     assert_eq!(after, expected);
     assert!(summary["timings_ms"]["lb_updated_after_kill"].is_u64());
+}
+
+/// Live processes (other than this test) whose command line names a path under `dir`: every
+/// process a demo in `dir` starts does (agents, stand-ins, the sidecar, nginx).
+fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
+    let dir = dir.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && pid_alive(pid))
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            line.contains(&dir).then_some((pid, line))
+        })
+        .collect()
+}
+
+/// README's first command on a machine without nginx or HAProxy: both hidden from the demo (a
+/// PATH without them; the demo looks nowhere else). The cluster still forms, the LB config is
+/// rendered with the ready servers and follows the stop, and the demo says once what it could
+/// not run and how to get it.
+#[test]
+fn demo_forms_a_cluster_without_nginx_or_haproxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let _leftovers = DemoLeftovers {
+        dir: dir.clone(),
+        nodes: 5,
+    };
+    let path =
+        rke2_bootstrap_tests::path_without(&["nginx", "haproxy"], &tmp.path().join("bin")).unwrap();
+    let stderr = std::fs::File::create(tmp.path().join("demo.stderr")).unwrap();
+    let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+    cmd.args(["demo", "--json", "--ip-prefix", "127.170.0"])
+        .arg("--dir")
+        .arg(&dir)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    let mut demo = ChildGuard::spawn(&mut cmd).unwrap();
+    let mut stdout = demo.child_mut().stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let status = demo.wait_timeout(Duration::from_secs(150)).unwrap();
+    let progress = std::fs::read_to_string(tmp.path().join("demo.stderr")).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("the demo did not finish:\n{progress}"));
+    assert!(status.success(), "{status:?}\n{progress}");
+    let out = reader.join().unwrap();
+    let summary: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}\n{progress}"));
+
+    let nodes = summary["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    assert!(nodes.iter().all(|n| n["phase"] == "ready"), "{summary:#}");
+    let servers = addresses(nodes, "server");
+    assert_eq!(servers.len(), 3, "{summary:#}");
+
+    // Not live, said once with the way to get it, and nothing of nginx's ran.
+    assert_eq!(summary["lb"]["kind"], "nginx");
+    assert_eq!(summary["lb"]["live"], false, "{summary:#}");
+    let reason = summary["lb"]["not_live_reason"].as_str().unwrap();
+    assert!(reason.contains("not installed"), "{reason}");
+    assert_eq!(
+        progress.matches("nginx cannot run here").count(),
+        1,
+        "{progress}"
+    );
+    assert!(progress.contains("apt-get install nginx-light libnginx-mod-stream"));
+    assert!(!dir.join("lb/nginx.pid").exists());
+
+    // The config it would serve lists the ready servers, then drops the stopped one.
+    let config = std::fs::read_to_string(dir.join("lb/nginx.conf")).unwrap();
+    assert!(config.contains("stream {"), "{config}");
+    assert_eq!(strings(&summary["lb"]["servers"]), servers);
+    let stopped = summary["stopped_server"].as_str().unwrap();
+    let stopped_ip = nodes.iter().find(|n| n["name"] == stopped).unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expected: Vec<String> = servers.into_iter().filter(|s| *s != stopped_ip).collect();
+    assert_eq!(strings(&summary["lb_servers_after_kill"]), expected);
+
+    // Hosts registered with the first server, not with an LB that serves nothing.
+    let first = nodes
+        .iter()
+        .find(|n| n["name"] == summary["initializer"])
+        .unwrap();
+    let joiner = nodes.iter().find(|n| n["name"] != first["name"]).unwrap();
+    let text = std::fs::read_to_string(joiner["config_path"].as_str().unwrap()).unwrap();
+    let server_line = format!(
+        "server: https://{}:9345",
+        first["address"].as_str().unwrap()
+    );
+    assert!(text.lines().any(|l| l == server_line), "{text}");
+    assert_eq!(processes_naming(&dir), Vec::new());
+}
+
+/// A demo that fails keeps its temp directory, names it, prints the last lines of the hosts that
+/// failed, and leaves nothing running. A timeout shorter than any formation is the failure.
+#[test]
+fn a_failed_demo_keeps_its_directory_and_shows_the_failed_hosts_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(workspace_bin("rke2-bootstrap"))
+        .args(["demo", "--lb", "none", "--ip-prefix", "127.171.0"])
+        .args(["--timeout", "300ms"])
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(last.contains("did not form within 300ms"), "{stderr}");
+    let dir = last
+        .split_once("kept under ")
+        .and_then(|(_, rest)| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no directory named: {stderr}"));
+    let dir = Path::new(dir);
+    assert!(dir.starts_with(tmp.path()), "{stderr}");
+    let _leftovers = DemoLeftovers {
+        dir: dir.to_path_buf(),
+        nodes: 5,
+    };
+    let log = dir.join("node-1/agent.log");
+    assert!(log.is_file(), "{} is gone", log.display());
+    assert!(
+        stderr.contains(&format!("last lines of node-1 ({})", log.display())),
+        "{stderr}"
+    );
+    assert_eq!(processes_naming(dir), Vec::new());
+}
+
+/// SIGTERM (or Ctrl-C's SIGINT) while the demo runs stops everything it started, its RKE2
+/// stand-ins included (they run in their own sessions, so no signal reaches them by itself).
+/// The signal goes to the demo alone, as `kill` sends it: its hosts do not see it.
+#[test]
+fn an_interrupted_demo_leaves_nothing_running() {
+    for (test_id, signal) in [
+        (172, nix::sys::signal::Signal::SIGTERM),
+        (173, nix::sys::signal::Signal::SIGINT),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let _leftovers = DemoLeftovers {
+            dir: dir.clone(),
+            nodes: 5,
+        };
+        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+        cmd.args([
+            "demo",
+            "--lb",
+            "none",
+            "--ip-prefix",
+            &format!("127.{test_id}.0"),
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut demo = ChildGuard::spawn(&mut cmd).unwrap();
+        // Interrupt once an RKE2 stand-in runs (not just an agent or a service manager call,
+        // which name the host's root too).
+        wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            processes_naming(&dir)
+                .iter()
+                .any(|(_, line)| line.contains("rke2-standin --root"))
+                .then_some(())
+        })
+        .expect("no stand-in started");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(demo.id() as i32), signal).unwrap();
+        let status = demo
+            .wait_timeout(Duration::from_secs(60))
+            .unwrap()
+            .expect("the demo did not stop");
+        let mut stderr = String::new();
+        let _ = demo
+            .child_mut()
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr);
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {signal}")),
+            "{stderr}"
+        );
+        assert_eq!(processes_naming(&dir), Vec::new(), "{signal}");
+    }
 }

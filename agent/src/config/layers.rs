@@ -13,11 +13,35 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
-/// One configuration key: its kebab-case name (as in the file and the flag) and a help line.
+/// One configuration key: its kebab-case name (as in the file and the flag) and a help line that
+/// ends with `(default: ...)` when the key has a default.
+///
+/// This is the one home of a key's name, default and help: the flag, the environment variable and
+/// the kernel command-line key are derived from it, and tests check the README table and the
+/// packaged sample config against it. The default stays inside the help text so that `--help`
+/// shows it and a key remains one line to add.
 #[derive(Debug, Clone, Copy)]
 pub struct KeySpec {
     pub name: &'static str,
     pub help: &'static str,
+}
+
+impl KeySpec {
+    const DEFAULT_OPEN: &'static str = " (default: ";
+
+    /// The default as the help line states it, e.g. `15m` or `the hostname`.
+    pub fn default_text(&self) -> Option<&'static str> {
+        let (_, default) = self.help.rsplit_once(Self::DEFAULT_OPEN)?;
+        default.strip_suffix(')')
+    }
+
+    /// The help line without its default.
+    pub fn summary(&self) -> &'static str {
+        match self.help.rsplit_once(Self::DEFAULT_OPEN) {
+            Some((summary, default)) if default.ends_with(')') => summary,
+            _ => self.help,
+        }
+    }
 }
 
 /// Where a value came from, for error messages.

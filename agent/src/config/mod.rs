@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::election::{ElectionConfig, Electorate};
 use crate::fsutil::under_root;
-use crate::gossip::cluster::DEFAULT_DEAD_NODE_GRACE_PERIOD;
+use crate::gossip::cluster::{DEFAULT_DEAD_NODE_GRACE_PERIOD, DEFAULT_GOSSIP_PORT};
 use crate::gossip::schema::Role;
 use crate::rke2::config_yaml::ExistingConfigPolicy;
 use crate::rke2::installer::InstallMethod;
@@ -25,18 +25,18 @@ pub const ENV_PREFIX: &str = "RKE2_BOOTSTRAP_";
 pub const ENV_CONFIG_FILE: &str = "RKE2_BOOTSTRAP_CONFIG";
 /// The log filter (tracing `EnvFilter` syntax); not a key either.
 pub const ENV_LOG: &str = "RKE2_BOOTSTRAP_LOG";
-/// Default gossip port (UDP).
-pub const DEFAULT_GOSSIP_PORT: u16 = 7947;
 /// The shortest `dead-member-grace-period`. A dead server keeps counting toward `servers` until it
 /// is forgotten; a server that is merely rebooting (minutes) must not be forgotten and replaced.
 pub const MIN_DEAD_MEMBER_GRACE_PERIOD: Duration = Duration::from_secs(5 * 60);
 
-/// Every key the agent accepts, with its help line. The flag `--<key>` and the variable
-/// `RKE2_BOOTSTRAP_<KEY>` are derived from it.
+/// Every key the agent accepts, with its help line and default ([`KeySpec`]): the one list. The
+/// flag `--<key>`, the variable `RKE2_BOOTSTRAP_<KEY>` and the kernel command-line key
+/// `rke2_bootstrap.<key>` are derived from it; `agent/tests/shipped_docs.rs` checks README's
+/// table, the packaged sample config and each stated default against it.
 pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "cluster-name", help: "Name of the cluster; hosts with another name never join (default: rke2)" },
     KeySpec { name: "node-name", help: "This host's name in gossip and in RKE2 (default: the hostname)" },
-    KeySpec { name: "role", help: "server, agent or auto (default: auto)" },
+    KeySpec { name: "role", help: "server, agent or auto (auto: a server while there are fewer than `servers`) (default: auto)" },
     KeySpec { name: "bind-addr", help: "Gossip UDP listen address, ip or ip:port (default: 0.0.0.0:7947)" },
     KeySpec { name: "advertise-addr", help: "Address peers reach this host at, and RKE2's node-ip (default: the bind ip, or the route to the first seed)" },
     KeySpec { name: "seeds", help: "Gossip seeds, host:port list (DNS names are resolved and retried)" },
@@ -63,7 +63,7 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "existing-config-policy", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
     KeySpec { name: "rke2-config", help: "Extra RKE2 config.yaml keys, passed through (a mapping)" },
     KeySpec { name: "gossip-interval", help: "Gossip round interval (default: 100ms)" },
-    KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten (default: 1h, at least 5m)" },
+    KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten; at least 5m (default: 1h)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
 

@@ -74,8 +74,10 @@ use super::keyring::{unix_ms_now, Keyring, SharedKeyring, DEFAULT_REPLAY_WINDOW}
 use super::schema::{Announcement, Liveness, Member, Phase, ANNOUNCED_KEY};
 use super::transport::{RateLimitedLog, SealedTransport, TransportStats};
 
-/// Default gossip port (the same one Serf and memberlist use, so firewall rules carry over).
-pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// Default gossip port (UDP). Not 7946, Serf's and memberlist's default: MetalLB's speaker takes
+/// 7946 on every node (host network), and the hosts we bring up are the nodes MetalLB runs on.
+/// The packaged configs, cloud-init and PXE examples use this port too (checked by a test).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7947;
 /// Default time between gossip rounds. See the module documentation for the trade-off.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 /// Default chitchat phi threshold: a peer is dead after 10 mean heartbeat gaps of silence.
@@ -276,7 +278,7 @@ fn parse_seed(seed: &str) -> Result<Seed> {
             && port.parse::<u16>().is_ok_and(|p| p != 0)
     });
     if !valid {
-        bail!("gossip seed {seed:?} is not host:port (for example 10.0.0.5:7946 or server-1.lan:7946)");
+        bail!("gossip seed {seed:?} is not host:port (for example 10.0.0.5:7947 or server-1.lan:7947)");
     }
     Ok(Seed::Name(seed.to_string()))
 }
