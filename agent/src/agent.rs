@@ -22,6 +22,7 @@ use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role}
 use crate::rke2::config_yaml::{self, Rke2Config};
 use crate::rke2::installer::{self, InstallType, InstallerConfig};
 use crate::rke2::probe::{ClientIdentity, ProbePorts, Prober};
+use crate::rke2::rejoin;
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
@@ -173,6 +174,11 @@ impl Agent {
             Plan::Initialize => self.initialize().await?,
             Plan::Join if role == Role::Server => self.join_as_server().await?,
             Plan::Join => self.join_as_agent().await?,
+        }
+        if role == Role::Server {
+            // A live server clears what keeps a wiped peer from rejoining under its old name.
+            let etcd = SocketAddr::new(self.announcement.node_addr, rejoin::ETCD_CLIENT_PORT);
+            rejoin::spawn(self.view.clone(), self.cfg.node_name.clone(), etcd)?;
         }
         // Steady state: keep publishing readiness as it changes.
         loop {
@@ -636,7 +642,7 @@ impl Agent {
 
     fn rke2_data_dir_present(&self) -> bool {
         self.cfg
-            .host_path("/var/lib/rancher/rke2/server/db/etcd")
+            .host_path("/var/lib/rancher/rke2/server/db/etcd/member/wal")
             .exists()
             || self
                 .cfg
