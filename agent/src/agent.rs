@@ -21,7 +21,7 @@ use crate::gossip::keyring::Keyring;
 use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role};
 use crate::rke2::config_yaml::{self, Rke2Config};
 use crate::rke2::installer::{self, InstallType, InstallerConfig};
-use crate::rke2::probe::{ClientIdentity, ProbePorts, Prober};
+use crate::rke2::probe::{ProbePorts, Prober};
 use crate::rke2::rejoin;
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::rke2::token::{self, JoinToken, Secret};
@@ -612,16 +612,11 @@ impl Agent {
     }
 
     async fn is_ready(&mut self, role: Role) -> bool {
-        if role == Role::Server && !self.probe.has_client_identity() {
+        if role == Role::Server {
             // Real RKE2 refuses anonymous /readyz: present the node's kubelet identity as soon
-            // as RKE2 has written it.
-            if let Ok(identity) = ClientIdentity::rke2_node(&self.cfg.root) {
-                match self.probe.clone().with_client_identity(&identity) {
-                    Ok(prober) => self.probe = prober,
-                    Err(err) => {
-                        warn!(error = %format!("{err:#}"), "cannot use the node's client identity")
-                    }
-                }
+            // as RKE2 has written it, and again each time RKE2 renews it.
+            if let Err(err) = self.probe.refresh_node_identity(&self.cfg.root) {
+                warn!(error = %format!("{err:#}"), "cannot use the node's client identity");
             }
         }
         match role {

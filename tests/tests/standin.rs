@@ -394,15 +394,25 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
     assert!(host.etcd_dir_exists());
     let ca = Trust::CaPem(cacerts.body.clone());
 
-    // Ready later, over a connection verified against the cluster CA for the node's address.
+    // Ready later, over a connection verified against the cluster CA for the node's address, for
+    // the node's own kubelet identity (an anonymous client gets 401, as from RKE2).
+    let node = host.kubelet_identity().expect("kubelet identity written");
+    assert!(
+        std::fs::read_to_string(host.rke2().kubelet_client_key())
+            .unwrap()
+            .starts_with("-----BEGIN EC PRIVATE KEY-----"),
+        "the kubelet key is SEC1, as RKE2 writes it"
+    );
+    let as_node = |path: &str| {
+        https_get_blocking_as(api(ip), path, &[], &ca, Some(&node), Duration::from_secs(5))
+    };
     let ready = wait_until(TIMEOUT, POLL, || {
-        get(api(ip), "/readyz", &ca)
-            .ok()
-            .filter(|r| r.status == 200)
+        as_node("/readyz").ok().filter(|r| r.status == 200)
     })
     .unwrap();
     assert_eq!(ready.text(), "ok");
-    assert_eq!(get(api(ip), "/livez", &ca).unwrap().status, 200);
+    assert_eq!(get(api(ip), "/readyz", &ca).unwrap().status, 401);
+    assert_eq!(as_node("/livez").unwrap().status, 200);
     assert_eq!(get(api(ip), "/api", &ca).unwrap().status, 404);
     assert_eq!(get(supervisor(ip), "/nope", &ca).unwrap().status, 404);
     assert_eq!(
@@ -448,7 +458,15 @@ fn start_blocks_until_ready_and_is_idempotent() {
     assert_eq!(code(&out), 0, "{out:?}");
     assert!(started.elapsed() >= Duration::from_millis(700));
     // Ready means the API answers now.
-    assert_eq!(get(api(ip), "/readyz", &Trust::Any).unwrap().status, 200);
+    let bearer = https_get_blocking(
+        api(ip),
+        "/readyz",
+        &[("Authorization", "Bearer t")],
+        &Trust::Any,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(bearer.status, 200);
 
     let pid = host.unit_pid(SERVER).unwrap();
     assert_eq!(code(&systemctl(&host, &["start", SERVER], &[])), 0);
@@ -787,7 +805,9 @@ fn api_can_deny_anonymous_probes() {
 
     // A certificate from another cluster is refused outright.
     let other = rke2_bootstrap_tests::standin::ClusterCa::generate().unwrap();
-    let (cert, key) = other.client_cert("system:node:x", "system:nodes").unwrap();
+    let (cert, key) = other
+        .client_cert("system:node:x", "system:nodes", None)
+        .unwrap();
     let stranger = ClientIdentity {
         cert_pem: cert.into_bytes(),
         key_pem: key.into_bytes(),

@@ -8,11 +8,14 @@
 //! - `STANDIN_API_DELAY_MS`: how long after the listeners are up `/readyz` (and the join endpoint
 //!   `/standin/ca-key`) keep answering 503 (300); `/ping` and `/cacerts` answer at once.
 //! - `STANDIN_JOIN_TIMEOUT_MS`: how long a joiner or agent retries reaching its server (60000).
-//! - `STANDIN_API_ANONYMOUS=deny`: once ready, `/readyz`, `/livez` and `/healthz` answer 401 to a
-//!   client that presents neither a certificate issued by the cluster CA (such as the kubelet
-//!   client certificate every node gets, see [`Rke2Paths::kubelet_client_cert`]) nor
-//!   `Authorization: Bearer <secret>`, like RKE2's kube-apiserver, which runs with anonymous auth
-//!   off.
+//! - `STANDIN_API_ANONYMOUS`: `deny` (the default) answers 401, once ready, on `/readyz`, `/livez`
+//!   and `/healthz` to a client that presents neither a certificate issued by the cluster CA (such
+//!   as the kubelet client certificate every node gets, see [`Rke2Paths::kubelet_client_cert`],
+//!   with a SEC1 key as RKE2 writes it) nor `Authorization: Bearer <secret>`, like RKE2's
+//!   kube-apiserver, which runs with anonymous auth off; `allow` answers anyone.
+//! - `STANDIN_KUBELET_CERT_TTL_MS`: kubelet client certificates valid only that long, renewed
+//!   (a new key and certificate written in place) every third of it, as RKE2 renews them before
+//!   they expire; unset, they are valid for years and never renewed.
 //! - `STANDIN_READY_FILE`: a file created once the service is ready (servers: API ready; agents:
 //!   joined) and removed on exit; the fake service manager uses it as systemd's `READY=1`.
 //! - `STANDIN_ETCD`: the etcd binary (`etcd`, from Debian's `etcd-server`);
@@ -171,6 +174,7 @@ pub struct Settings {
     pub api_delay: Duration,
     pub join_timeout: Duration,
     pub api_anonymous: bool,
+    pub kubelet_cert_ttl: Option<Duration>,
     pub ready_file: Option<PathBuf>,
     pub etcd_binary: PathBuf,
     pub etcd_client_port: u16,
@@ -189,8 +193,8 @@ impl Settings {
             }
         }
         let api_anonymous = match std::env::var("STANDIN_API_ANONYMOUS").as_deref() {
-            Err(_) | Ok("") | Ok("allow") => true,
-            Ok("deny") => false,
+            Ok("allow") => true,
+            Err(_) | Ok("") | Ok("deny") => false,
             Ok(other) => bail!("STANDIN_API_ANONYMOUS={other:?}: expected allow or deny"),
         };
         Ok(Settings {
@@ -202,6 +206,10 @@ impl Settings {
                 DEFAULT_JOIN_TIMEOUT_MS,
             )?),
             api_anonymous,
+            kubelet_cert_ttl: match num("STANDIN_KUBELET_CERT_TTL_MS", 0u64)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             ready_file: std::env::var_os("STANDIN_READY_FILE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
@@ -264,9 +272,48 @@ fn mark_ready(kind: Kind, settings: &Settings) {
     }
 }
 
-/// Writes the node's kubelet client identity, signed by the cluster CA.
-fn write_kubelet_identity(paths: &Rke2Paths, ca: &ClusterCa, node: &str) -> Result<()> {
-    let (cert, key) = ca.client_cert(&format!("system:node:{node}"), "system:nodes")?;
+/// Writes the node's kubelet client identity, signed by the cluster CA; with a TTL, keeps
+/// renewing it in the background.
+fn kubelet_identity(
+    kind: Kind,
+    paths: &Rke2Paths,
+    ca: &ClusterCa,
+    node: &str,
+    ttl: Option<Duration>,
+) -> Result<()> {
+    write_kubelet_identity(paths, ca, node, ttl)?;
+    if let Some(ttl) = ttl {
+        let (paths, ca, node) = (paths.clone(), ca.clone(), node.to_string());
+        tokio::spawn(async move {
+            let mut renewals = 0u64;
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match write_kubelet_identity(&paths, &ca, &node, Some(ttl)) {
+                    Ok(()) => {
+                        renewals += 1;
+                        log(
+                            kind,
+                            format!("renewed the kubelet client certificate ({renewals})"),
+                        );
+                    }
+                    Err(e) => log(
+                        kind,
+                        format!("cannot renew the kubelet client certificate: {}", flat(&e)),
+                    ),
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn write_kubelet_identity(
+    paths: &Rke2Paths,
+    ca: &ClusterCa,
+    node: &str,
+    ttl: Option<Duration>,
+) -> Result<()> {
+    let (cert, key) = ca.client_cert(&format!("system:node:{node}"), "system:nodes", ttl)?;
     fsutil::create_dir_with_mode(&paths.agent_dir(), fsutil::SECRET_DIR_MODE)?;
     fsutil::write_file_atomic(
         &paths.kubelet_client_key(),
@@ -456,7 +503,7 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         Token::full(&ca.hash(), &secret).as_bytes(),
         fsutil::SECRET_FILE_MODE,
     )?;
-    write_kubelet_identity(paths, &ca, &node_ip.to_string())?;
+    kubelet_identity(kind, paths, &ca, &node, settings.kubelet_cert_ttl)?;
 
     // etcd: restart with data, start a new cluster, or join as a learner.
     let member_name = read_or_create(&paths.etcd_name(), 0o600, || {
@@ -1291,7 +1338,7 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
     })
     .await?;
     // Real agents get their kubelet certificate signed by the server; the stand-in signs its own.
-    write_kubelet_identity(paths, &ca, &node)?;
+    kubelet_identity(kind, paths, &ca, &node, settings.kubelet_cert_ttl)?;
     let record = format!("server={base}\nca-hash={}\n", ca.hash());
     fsutil::write_file_atomic(&paths.agent_joined(), record.as_bytes(), 0o644)?;
     log(
