@@ -90,3 +90,143 @@ fn probes_keep_passing_across_kubelet_certificate_renewals() {
         .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(10))
         .unwrap();
 }
+
+/// A worker reinstalled under its old name: its RKE2 data and its node password are gone, so the
+/// cluster refuses its new password ("Node password rejected", as RKE2 says). A ready server's
+/// agent sees it stuck joining and removes the stale password entry; the worker then joins.
+#[test]
+fn wiped_agent_rejoins_under_its_name() {
+    let spec = ClusterSpec::new(121, &[("server-1", "server"), ("agent-1", "agent")]);
+    let mut cluster = TestCluster::new(spec).unwrap();
+    cluster.start_all().unwrap();
+    let all = ["server-1", "agent-1"];
+    cluster
+        .wait_for_phase(&all, Phase::Ready, FORMATION)
+        .unwrap();
+
+    cluster.power_off("agent-1").unwrap();
+    let root = cluster.host("agent-1").root.path().to_path_buf();
+    for dir in ["var/lib/rancher/rke2", "etc/rancher/node"] {
+        std::fs::remove_dir_all(root.join(dir)).unwrap();
+    }
+    cluster.start("agent-1").unwrap();
+    cluster
+        .wait_for_phase(&all, Phase::Ready, FORMATION)
+        .unwrap();
+
+    let unit_log = cluster.host("agent-1").root.unit_log("rke2-agent.service");
+    assert!(
+        unit_log.to_lowercase().contains("node password rejected"),
+        "the reinstalled worker was never refused:\n{unit_log}"
+    );
+    assert!(cluster.host("agent-1").root.agent_joined());
+    let server_log = cluster.host("server-1").log();
+    assert!(
+        server_log.contains("removed the node password entry")
+            && server_log.contains("node=agent-1"),
+        "{server_log}"
+    );
+}
+
+/// The pid of the etcd a host's stand-in runs (its command line names the host's data dir).
+fn etcd_pid(root: &std::path::Path) -> i32 {
+    let data_dir = format!(
+        "--data-dir={}",
+        root.join("var/lib/rancher/rke2/server/db/etcd").display()
+    );
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|raw| raw.split(|b| *b == 0).any(|arg| arg == data_dir.as_bytes()))
+        })
+        .expect("the host's etcd runs")
+}
+
+/// A server whose etcd stalls (SIGSTOP) fails /readyz while the other two keep quorum: the LB
+/// stops listing it and lists it again once it resumes. Then two of three servers lose power:
+/// the survivor's etcd has no quorum, so its /readyz fails too, but the LB never empties its
+/// list, and the survivor's agent removes no member without quorum. When the two come back,
+/// quorum returns, and with it every server.
+#[test]
+fn cluster_without_quorum_leaves_the_lb_list_and_comes_back() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let spec = ClusterSpec::new(
+        122,
+        &[
+            (SERVERS[0], "server"),
+            (SERVERS[1], "server"),
+            (SERVERS[2], "server"),
+        ],
+    )
+    .with_lb();
+    let mut cluster = TestCluster::new(spec).unwrap();
+    cluster.start_lb().unwrap();
+    cluster.start_all().unwrap();
+    cluster
+        .wait_for_phase(&SERVERS, Phase::Ready, FORMATION)
+        .unwrap();
+    cluster
+        .wait_for_lb_servers(&SERVERS, Duration::from_secs(30))
+        .unwrap();
+
+    let stalled = Pid::from_raw(etcd_pid(cluster.host("server-3").root.path()));
+    kill(stalled, Signal::SIGSTOP).unwrap();
+    let result = cluster.wait_for_lb_servers(&["server-1", "server-2"], Duration::from_secs(30));
+    kill(stalled, Signal::SIGCONT).unwrap();
+    result.unwrap();
+    cluster
+        .wait_for_lb_servers(&SERVERS, Duration::from_secs(30))
+        .unwrap();
+
+    let survivor = "server-1";
+    for name in ["server-2", "server-3"] {
+        cluster.power_off(name).unwrap();
+    }
+    // The survivor's RKE2 reports not ready (no quorum) and its agent says so; the LB keeps a
+    // non-empty list throughout.
+    let started = Instant::now();
+    wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        let listed = cluster.lb().upstream_addrs();
+        assert!(!listed.is_empty(), "the LB emptied its list");
+        let me = cluster.members_seen_by(survivor);
+        !me.iter().any(|m| m.name == survivor && m.ready)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail()));
+    eprintln!(
+        "the survivor reported not ready {} ms after the power cut",
+        started.elapsed().as_millis()
+    );
+    let unit_log = cluster.host(survivor).root.unit_log("rke2-server.service");
+    assert!(unit_log.contains("no quorum"), "{unit_log}");
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(3) {
+        assert!(
+            !cluster.lb().upstream_addrs().is_empty(),
+            "the LB emptied its list"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    for name in ["server-2", "server-3"] {
+        cluster.start(name).unwrap();
+    }
+    cluster
+        .wait_for_phase(&SERVERS, Phase::Ready, FORMATION)
+        .unwrap();
+    cluster
+        .wait_for_lb_servers(&SERVERS, Duration::from_secs(60))
+        .unwrap();
+    cluster
+        .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        !cluster
+            .host(survivor)
+            .log()
+            .contains("removed a stale etcd member"),
+        "a member was removed without quorum"
+    );
+}
