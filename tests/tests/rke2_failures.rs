@@ -343,3 +343,38 @@ fn simultaneous_joiners_take_one_learner_at_a_time() {
         );
     }
 }
+
+/// The units as systemd runs them: `activating` until the service reports ready, and
+/// `ExecCondition=` keeping rke2-agent from starting while rke2-server runs (skipped, not
+/// failed: a silent no-op, which is why the agent must not trust the exit code alone).
+#[test]
+fn units_are_activating_until_ready_and_never_run_together() {
+    let ip = rke2_bootstrap_tests::loopback_ip(124, 11);
+    let host = server_host("server-1", ip, None);
+    host.set_unit_env("rke2-server", &[("STANDIN_API_DELAY_MS", "3000")])
+        .unwrap();
+    assert!(
+        systemctl(&host, &["--no-block", "start", "rke2-server.service"])
+            .status
+            .success()
+    );
+    let activating = systemctl(&host, &["is-active", "rke2-server.service"]);
+    assert_eq!(activating.status.code(), Some(3), "{activating:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&activating.stdout).trim(),
+        "activating"
+    );
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        systemctl(&host, &["is-active", "rke2-server.service"])
+            .status
+            .success()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.unit_log("rke2-server.service")));
+
+    let agent = systemctl(&host, &["start", "rke2-agent.service"]);
+    assert!(agent.status.success(), "{agent:?}");
+    let inactive = systemctl(&host, &["is-active", "rke2-agent.service"]);
+    assert_eq!(String::from_utf8_lossy(&inactive.stdout).trim(), "inactive");
+    let log = std::fs::read_to_string(host.join("/var/log/systemctl.log")).unwrap();
+    assert!(log.contains("ExecCondition failed"), "{log}");
+}
