@@ -72,8 +72,11 @@ pub fn hashed_bytes(bundle: &[u8]) -> Vec<u8> {
     bundle.to_vec()
 }
 
-/// One DER element at the start of `der`: (tag, contents, the whole element, rest).
-fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: (tag, contents, the whole element, what follows it).
+type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// The DER element at the start of `der`.
+fn tlv(der: &[u8]) -> Option<Element<'_>> {
     let (&tag, rest) = der.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, header, rest) = if first < 0x80 {
