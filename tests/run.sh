@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests start for real
-# (nginx with the stream module, HAProxy, Serf for the benchmark smoke, cloud-init for the
-# packaging checks), builds every binary once, then runs all tests in parallel.
+# (nginx with the stream module, HAProxy, etcd behind the RKE2 stand-in's servers, Serf for the
+# benchmark smoke, cloud-init for the packaging checks), builds every binary once, then runs all
+# tests in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ need_pkgs=()
 command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_pkgs+=(libnginx-mod-stream)
 command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
+command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v serf >/dev/null 2>&1 || need_pkgs+=(serf)
 command -v cloud-init >/dev/null 2>&1 || need_pkgs+=(cloud-init)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)

@@ -21,7 +21,8 @@ use crate::gossip::keyring::Keyring;
 use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role};
 use crate::rke2::config_yaml::{self, Rke2Config};
 use crate::rke2::installer::{self, InstallType, InstallerConfig};
-use crate::rke2::probe::{ClientIdentity, ProbePorts, Prober};
+use crate::rke2::probe::{ProbePorts, Prober};
+use crate::rke2::rejoin;
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
@@ -180,6 +181,11 @@ impl Agent {
             Plan::Initialize => self.initialize().await?,
             Plan::Join if role == Role::Server => self.join_as_server().await?,
             Plan::Join => self.join_as_agent().await?,
+        }
+        if role == Role::Server {
+            // A live server clears what keeps a wiped peer from rejoining under its old name.
+            let etcd = SocketAddr::new(self.announcement.node_addr, rejoin::ETCD_CLIENT_PORT);
+            rejoin::spawn(self.view.clone(), self.cfg.node_name.clone(), etcd)?;
         }
         // Steady state: keep publishing readiness as it changes.
         loop {
@@ -628,16 +634,11 @@ impl Agent {
     }
 
     async fn is_ready(&mut self, role: Role) -> bool {
-        if role == Role::Server && !self.probe.has_client_identity() {
+        if role == Role::Server {
             // Real RKE2 refuses anonymous /readyz: present the node's kubelet identity as soon
-            // as RKE2 has written it.
-            if let Ok(identity) = ClientIdentity::rke2_node(&self.cfg.root) {
-                match self.probe.clone().with_client_identity(&identity) {
-                    Ok(prober) => self.probe = prober,
-                    Err(err) => {
-                        warn!(error = %format!("{err:#}"), "cannot use the node's client identity")
-                    }
-                }
+            // as RKE2 has written it, and again each time RKE2 renews it.
+            if let Err(err) = self.probe.refresh_node_identity(&self.cfg.root) {
+                warn!(error = %format!("{err:#}"), "cannot use the node's client identity");
             }
         }
         match role {
@@ -658,7 +659,7 @@ impl Agent {
 
     fn rke2_data_dir_present(&self) -> bool {
         self.cfg
-            .host_path("/var/lib/rancher/rke2/server/db/etcd")
+            .host_path("/var/lib/rancher/rke2/server/db/etcd/member/wal")
             .exists()
             || self
                 .cfg

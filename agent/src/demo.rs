@@ -89,6 +89,16 @@ pub struct NodeSummary {
     pub role: Role,
     pub phase: Phase,
     pub config_path: PathBuf,
+    /// Servers: the etcd cluster their member belongs to, as their etcd reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSummary>,
+}
+
+/// What a server's etcd says about its cluster, so "one cluster" is something to read.
+#[derive(Debug, Serialize)]
+pub struct EtcdSummary {
+    pub cluster_id: String,
+    pub members: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -552,20 +562,36 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
     if let Some(path) = &lb_config_path {
         progress!("lb config {} lists {:?}", path.display(), lb_before);
     }
-    let nodes = procs
-        .hosts
-        .iter()
-        .map(|h| {
-            let report = &reports[&h.name];
-            NodeSummary {
-                name: h.name.clone(),
-                address: h.ip,
-                role: report.role,
-                phase: report.phase,
-                config_path: h.root.join("etc/rancher/rke2/config.yaml"),
+    let mut nodes = Vec::new();
+    for h in &procs.hosts {
+        let report = &reports[&h.name];
+        let etcd = if report.role == Role::Server {
+            let client = crate::rke2::rejoin::Etcd::new(std::net::SocketAddr::new(
+                h.ip,
+                crate::rke2::rejoin::ETCD_CLIENT_PORT,
+            ))?;
+            match client.cluster_summary().await {
+                Ok((cluster_id, members)) => Some(EtcdSummary {
+                    cluster_id,
+                    members,
+                }),
+                Err(err) => {
+                    progress!("{}: etcd did not answer: {err:#}", h.name);
+                    None
+                }
             }
-        })
-        .collect::<Vec<_>>();
+        } else {
+            None
+        };
+        nodes.push(NodeSummary {
+            name: h.name.clone(),
+            address: h.ip,
+            role: report.role,
+            phase: report.phase,
+            config_path: h.root.join("etc/rancher/rke2/config.yaml"),
+            etcd,
+        });
+    }
     if !args.json {
         for node in &nodes {
             let config = std::fs::read_to_string(&node.config_path).unwrap_or_default();

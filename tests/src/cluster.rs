@@ -6,7 +6,8 @@
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
 //! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40,
 //! the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip relay's
-//! unit tests 79, cli 9, zero_touch 100-103. Hosts are `.11` and up, the LB host `.10`.
+//! unit tests 79, cli 9, zero_touch 100-103, the etcd-backed stand-in's scenarios (rejoins,
+//! quorum, certificate rotation) 120-139. Hosts are `.11` and up, the LB host `.10`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use anyhow::{Context, Result};
 use rke2_bootstrap::gossip::schema::{MemberSummary, Phase, Role};
 use rke2_bootstrap::status::{self, StatusReport};
 
+use crate::standin::etcd;
 use crate::{
     loopback_ip, standin_bin, wait_until, workspace_bin, ChildGuard, HostRoot, InstallerServer,
 };
@@ -506,6 +508,58 @@ impl TestCluster {
             Some(lb) => format!("{}\n--- lb\n{}", self.logs_tail(), lb.log_tail()),
             None => self.logs_tail(),
         })
+    }
+
+    /// etcd itself, asked on each of `servers`: the cluster ID each belongs to and the member list
+    /// it reports.
+    pub fn etcd_views(&self, servers: &[&str]) -> Result<Vec<(String, etcd::MemberList)>> {
+        servers
+            .iter()
+            .map(|name| {
+                let host = self.host(name);
+                let client = etcd::Client::new(SocketAddr::new(host.ip, etcd::CLIENT_PORT));
+                let list = client
+                    .member_list()
+                    .with_context(|| format!("asking etcd on {name} for its members"))?;
+                Ok((name.to_string(), list))
+            })
+            .collect()
+    }
+
+    /// "One cluster", as etcd sees it: every one of `servers` belongs to the same etcd cluster,
+    /// whose members are exactly those servers (by node name), none of them a learner. Waits up
+    /// to `timeout` for it (a promotion or a removal may be in flight), then fails with what etcd
+    /// said.
+    pub fn wait_for_one_etcd_cluster(&self, servers: &[&str], timeout: Duration) -> Result<()> {
+        let mut want: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until(
+            timeout,
+            Duration::from_millis(200),
+            || -> Result<(), String> {
+                let views = self.etcd_views(servers).map_err(|e| format!("{e:#}"))?;
+                let ids: Vec<u64> = views.iter().map(|(_, l)| l.cluster_id).collect();
+                if ids.windows(2).any(|w| w[0] != w[1]) {
+                    return Err(format!("several etcd clusters: {ids:?}"));
+                }
+                for (name, list) in &views {
+                    let mut names: Vec<String> = list
+                        .members
+                        .iter()
+                        .map(|m| etcd::member_node_name(&m.name).to_string())
+                        .collect();
+                    names.sort();
+                    if names != want {
+                        return Err(format!("etcd on {name} lists {names:?}, expected {want:?}"));
+                    }
+                    if let Some(learner) = list.members.iter().find(|m| m.is_learner) {
+                        return Err(format!("a learner is left behind: {learner:?}"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs_tail()))
     }
 
     /// Names of members that any host has seen flagged as initializer.

@@ -175,9 +175,9 @@ impl HostRoot {
         self.server_ca_pem().map(|pem| ca_hash(&pem))
     }
 
-    /// Whether RKE2's etcd data dir exists (the host is or was a server member).
+    /// Whether RKE2's etcd has data (`member/wal`: the host is or was a server member).
     pub fn etcd_dir_exists(&self) -> bool {
-        self.rke2().etcd_dir().is_dir()
+        self.rke2().etcd_has_data()
     }
 
     /// The node's kubelet client identity (written by the stand-in on servers and agents), for

@@ -72,4 +72,7 @@ fn five_auto_hosts_become_three_servers_and_two_agents() {
     for name in &agents {
         assert!(cluster.host(name).root.agent_joined(), "{name}");
     }
+    cluster
+        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(10))
+        .unwrap();
 }

@@ -96,6 +96,20 @@ fn demo_json_forms_a_cluster_behind_nginx_and_follows_a_stop() {
     let servers = addresses(nodes, "server");
     assert_eq!(servers.len(), 3, "{summary:#}");
     assert_eq!(addresses(nodes, "agent").len(), 2, "{summary:#}");
+    // One cluster, as each server's etcd reports it: one cluster ID, three members.
+    let etcd: Vec<&serde_json::Value> = nodes
+        .iter()
+        .filter(|n| n["role"] == "server")
+        .map(|n| &n["etcd"])
+        .collect();
+    assert_eq!(etcd.len(), 3, "{summary:#}");
+    for e in &etcd {
+        assert_eq!(e["cluster_id"], etcd[0]["cluster_id"], "{summary:#}");
+        assert!(e["cluster_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty() && id != "0"));
+        assert_eq!(e["members"], 3, "{summary:#}");
+    }
     let initializer = summary["initializer"].as_str().unwrap();
     let first = nodes
         .iter()

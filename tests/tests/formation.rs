@@ -41,4 +41,11 @@ fn three_servers_and_two_agents_form_one_cluster() {
     for name in ["agent-1", "agent-2"] {
         assert_eq!(cluster.role_of(name), Some(Role::Agent));
     }
+    // One cluster as etcd itself sees it: one cluster ID, the three servers, no learner.
+    cluster
+        .wait_for_one_etcd_cluster(
+            &["server-1", "server-2", "server-3"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
 }

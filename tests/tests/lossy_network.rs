@@ -126,6 +126,9 @@ fn formation_and_steady_state_survive_gossip_loss_and_delay() {
             "{name}"
         );
     }
+    cluster
+        .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(10))
+        .unwrap();
     for name in AGENTS {
         assert!(cluster.host(name).root.agent_joined(), "{name}");
     }

@@ -107,6 +107,9 @@ fn partition_during_the_election_never_makes_two_first_servers() {
             "{name}"
         );
     }
+    cluster
+        .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(20))
+        .unwrap();
 }
 
 /// The join window of a server: from the service manager's `enable --now rke2-server` to its

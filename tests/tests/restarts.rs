@@ -8,6 +8,8 @@ use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::wait_until;
 
 const FORMATION: Duration = Duration::from_secs(90);
+/// For etcd's member list to match the ready servers (a promotion or removal may be in flight).
+const ETCD_SETTLE: Duration = Duration::from_secs(30);
 const ALL: [&str; 4] = ["server-1", "server-2", "server-3", "agent-1"];
 
 fn cluster(test_id: u8) -> TestCluster {
@@ -93,6 +95,9 @@ fn agent_killed_mid_install_resumes_without_reinitializing() {
     for name in ["server-1", "server-2", "server-3"] {
         assert_eq!(cluster.host(name).root.ca_hash().as_deref(), Some(&*ca));
     }
+    cluster
+        .wait_for_one_etcd_cluster(&["server-1", "server-2", "server-3"], ETCD_SETTLE)
+        .unwrap();
 }
 
 /// The first server is powered off after the cluster formed and boots again: it comes back as
@@ -181,4 +186,8 @@ fn first_server_with_wiped_rke2_data_rejoins_its_cluster() {
     assert_eq!(cluster.host(&first).root.ca_hash().as_deref(), Some(&*ca));
     let config = cluster.host(&first).root.config_yaml().unwrap();
     assert!(config.get("server").is_some(), "{config:?}");
+    // Its stale etcd member was replaced by the new one: three members, no learner.
+    cluster
+        .wait_for_one_etcd_cluster(&["server-1", "server-2", "server-3"], ETCD_SETTLE)
+        .unwrap();
 }

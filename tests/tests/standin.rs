@@ -71,8 +71,10 @@ fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// Each host gets its own node name (from its address): RKE2 refuses a second node of one name.
 fn server_config(ip: IpAddr, token: &str, server: Option<SocketAddr>, sans: &[&str]) -> String {
-    let mut yaml = format!("token: \"{token}\"\nnode-ip: \"{ip}\"\n");
+    let name = format!("node-{ip}").replace('.', "-");
+    let mut yaml = format!("token: \"{token}\"\nnode-ip: \"{ip}\"\nnode-name: \"{name}\"\n");
     if let Some(server) = server {
         yaml.push_str(&format!("server: \"https://{server}\"\n"));
     }
@@ -356,7 +358,7 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
         "server",
         &server_config(ip, "s3cret", None, &["lb.example.test", "127.201.0.100"]),
     );
-    host.set_unit_env("rke2-server", &[("STANDIN_API_DELAY_MS", "3000")])
+    host.set_unit_env("rke2-server", &[("STANDIN_API_DELAY_MS", "6000")])
         .unwrap();
     let out = systemctl(
         &host,
@@ -392,15 +394,25 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
     assert!(host.etcd_dir_exists());
     let ca = Trust::CaPem(cacerts.body.clone());
 
-    // Ready later, over a connection verified against the cluster CA for the node's address.
+    // Ready later, over a connection verified against the cluster CA for the node's address, for
+    // the node's own kubelet identity (an anonymous client gets 401, as from RKE2).
+    let node = host.kubelet_identity().expect("kubelet identity written");
+    assert!(
+        std::fs::read_to_string(host.rke2().kubelet_client_key())
+            .unwrap()
+            .starts_with("-----BEGIN EC PRIVATE KEY-----"),
+        "the kubelet key is SEC1, as RKE2 writes it"
+    );
+    let as_node = |path: &str| {
+        https_get_blocking_as(api(ip), path, &[], &ca, Some(&node), Duration::from_secs(5))
+    };
     let ready = wait_until(TIMEOUT, POLL, || {
-        get(api(ip), "/readyz", &ca)
-            .ok()
-            .filter(|r| r.status == 200)
+        as_node("/readyz").ok().filter(|r| r.status == 200)
     })
     .unwrap();
     assert_eq!(ready.text(), "ok");
-    assert_eq!(get(api(ip), "/livez", &ca).unwrap().status, 200);
+    assert_eq!(get(api(ip), "/readyz", &ca).unwrap().status, 401);
+    assert_eq!(as_node("/livez").unwrap().status, 200);
     assert_eq!(get(api(ip), "/api", &ca).unwrap().status, 404);
     assert_eq!(get(supervisor(ip), "/nope", &ca).unwrap().status, 404);
     assert_eq!(
@@ -446,7 +458,15 @@ fn start_blocks_until_ready_and_is_idempotent() {
     assert_eq!(code(&out), 0, "{out:?}");
     assert!(started.elapsed() >= Duration::from_millis(700));
     // Ready means the API answers now.
-    assert_eq!(get(api(ip), "/readyz", &Trust::Any).unwrap().status, 200);
+    let bearer = https_get_blocking(
+        api(ip),
+        "/readyz",
+        &[("Authorization", "Bearer t")],
+        &Trust::Any,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(bearer.status, 200);
 
     let pid = host.unit_pid(SERVER).unwrap();
     assert_eq!(code(&systemctl(&host, &["start", SERVER], &[])), 0);
@@ -455,7 +475,10 @@ fn start_blocks_until_ready_and_is_idempotent() {
         0
     );
     assert_eq!(host.unit_pid(SERVER), Some(pid), "start is idempotent");
-    assert_eq!(host.processes(), vec![pid]);
+    // The unit's main pid (which restarts the service, as Restart=always does) and the stand-in.
+    let processes = host.processes();
+    assert_eq!(processes.len(), 2, "{processes:?}");
+    assert!(processes.contains(&pid), "{processes:?}");
 
     // Restart: a new process, the same cluster identity.
     let hash = host.ca_hash().unwrap();
@@ -504,7 +527,15 @@ fn joiner_with_the_full_token_gets_the_same_ca() {
         "server",
         &server_config(third_ip, "s3cret", Some(supervisor(join_ip)), &[]),
     );
-    assert_eq!(code(&systemctl(&third, &["start", SERVER], &[])), 0);
+    // etcd refuses a new member until every voting member has been connected for 5 s ("unhealthy
+    // cluster"), and the joiner was promoted just now: like rke2, the third exits and its unit
+    // restarts it (RestartSec=5s) until etcd accepts it.
+    let out = systemctl(&third, &["start", "--no-block", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    wait_until(Duration::from_secs(40), POLL, || {
+        code(&systemctl(&third, &["is-active", SERVER], &[])) == 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", third.unit_log(SERVER)));
     assert_eq!(third.ca_hash(), first.ca_hash());
 
     // Reboot of a joined server while the first one is down: it keeps its identity.
@@ -663,7 +694,7 @@ fn agent_joins_and_stays_running() {
     install(&agent, "agent");
     agent
         .write_config_yaml(&format!(
-            "token: \"{token}\"\nserver: \"https://{}\"\n",
+            "token: \"{token}\"\nnode-name: agent\nserver: \"https://{}\"\n",
             supervisor(first_ip)
         ))
         .unwrap();
@@ -682,7 +713,7 @@ fn agent_joins_and_stays_running() {
     install(&stranger, "agent");
     stranger
         .write_config_yaml(&format!(
-            "token: wrong\nserver: \"https://{}\"\n",
+            "token: wrong\nnode-name: stranger\nserver: \"https://{}\"\n",
             supervisor(first_ip)
         ))
         .unwrap();
@@ -746,7 +777,8 @@ fn api_can_deny_anonymous_probes() {
         ],
     )
     .unwrap();
-    assert_eq!(code(&systemctl(&host, &["start", SERVER], &[])), 0);
+    let out = systemctl(&host, &["start", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}\n{}", host.unit_log(SERVER));
     assert_eq!(get(api(ip), "/readyz", &Trust::Any).unwrap().status, 401);
     let authed = https_get_blocking(
         api(ip),
@@ -773,7 +805,9 @@ fn api_can_deny_anonymous_probes() {
 
     // A certificate from another cluster is refused outright.
     let other = rke2_bootstrap_tests::standin::ClusterCa::generate().unwrap();
-    let (cert, key) = other.client_cert("system:node:x", "system:nodes").unwrap();
+    let (cert, key) = other
+        .client_cert("system:node:x", "system:nodes", None)
+        .unwrap();
     let stranger = ClientIdentity {
         cert_pem: cert.into_bytes(),
         key_pem: key.into_bytes(),

@@ -95,6 +95,12 @@ impl ClientIdentity {
             &fsutil::under_root(root, KUBELET_CLIENT_KEY),
         )
     }
+
+    /// SHA-256 of the certificate and key: tells a renewed identity from the loaded one.
+    fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(&self.pem).into()
+    }
 }
 
 impl fmt::Debug for ClientIdentity {
@@ -127,7 +133,8 @@ pub struct Prober {
     client: reqwest::Client,
     /// Like `client`, plus the client identity when one is set; used for `/readyz`.
     api_client: reqwest::Client,
-    has_identity: bool,
+    /// Fingerprint of the identity `api_client` presents, if any.
+    identity: Option<[u8; 32]>,
     ports: ProbePorts,
     timeout: Duration,
     warned_unauthorized: Arc<AtomicBool>,
@@ -149,7 +156,7 @@ impl Prober {
         Ok(Self {
             api_client: client.clone(),
             client,
-            has_identity: false,
+            identity: None,
             ports,
             timeout,
             warned_unauthorized: Arc::new(AtomicBool::new(false)),
@@ -159,6 +166,7 @@ impl Prober {
     /// This prober presenting `identity` to the API's `/readyz` (see the module docs for why RKE2
     /// needs it). Build a new prober when the certificate is renewed.
     pub fn with_client_identity(mut self, identity: &ClientIdentity) -> Result<Self> {
+        let fingerprint = identity.fingerprint();
         let identity = reqwest::Identity::from_pem(&identity.pem)
             .context("loading the probe client identity")?;
         self.api_client = base_builder(self.timeout)
@@ -166,13 +174,35 @@ impl Prober {
             .identity(identity)
             .build()
             .context("building the API probe HTTP client")?;
-        self.has_identity = true;
+        self.identity = Some(fingerprint);
         Ok(self)
+    }
+
+    /// Presents the node's kubelet identity under `root` from now on, if RKE2 has written it and
+    /// it differs from the one loaded: RKE2 renews that certificate, and a prober that kept the
+    /// old one would see every `/readyz` refused. Cheap enough to call before every probe (two
+    /// small files read and hashed). `Ok(true)` when a new identity was loaded; a pair caught
+    /// half-written (new certificate, old key) is loaded too and replaced on the next call.
+    pub fn refresh_node_identity(&mut self, root: &Path) -> Result<bool> {
+        let Ok(identity) = ClientIdentity::rke2_node(root) else {
+            // Not written yet, or being replaced: keep what we have.
+            return Ok(false);
+        };
+        if self.identity == Some(identity.fingerprint()) {
+            return Ok(false);
+        }
+        let renewed = self.identity.is_some();
+        *self = self.clone().with_client_identity(&identity)?;
+        tracing::info!(
+            renewed,
+            "loaded the node's kubelet client identity for /readyz probes"
+        );
+        Ok(true)
     }
 
     /// Whether `/readyz` probes authenticate.
     pub fn has_client_identity(&self) -> bool {
-        self.has_identity
+        self.identity.is_some()
     }
 
     /// The ports this prober uses.
@@ -199,7 +229,9 @@ impl Prober {
         match get(&self.api_client, &url, MAX_PROBE_BODY).await {
             Ok((200, _)) => true,
             Ok((status @ (401 | 403), _)) => {
-                if !self.has_identity && !self.warned_unauthorized.swap(true, Ordering::Relaxed) {
+                if self.identity.is_none()
+                    && !self.warned_unauthorized.swap(true, Ordering::Relaxed)
+                {
                     tracing::warn!(
                         %url,
                         status,
@@ -379,6 +411,44 @@ fn url_for(host: &str, port: u16, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a fresh self-signed kubelet identity under `root`, as RKE2 does on renewal.
+    fn write_identity(root: &Path) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["node".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_path = fsutil::under_root(root, KUBELET_CLIENT_CERT);
+        fs::create_dir_all(cert_path.parent().unwrap()).unwrap();
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(
+            fsutil::under_root(root, KUBELET_CLIENT_KEY),
+            key.serialize_pem(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_node_identity_is_loaded_once_written_and_again_when_renewed() {
+        let root = tempfile::tempdir().unwrap();
+        let mut prober = Prober::new(ProbePorts::default()).unwrap();
+        assert!(!prober.refresh_node_identity(root.path()).unwrap());
+        assert!(!prober.has_client_identity());
+        write_identity(root.path());
+        assert!(prober.refresh_node_identity(root.path()).unwrap());
+        assert!(prober.has_client_identity());
+        // Unchanged files: nothing to do.
+        assert!(!prober.refresh_node_identity(root.path()).unwrap());
+        let first = prober.identity;
+        write_identity(root.path());
+        assert!(prober.refresh_node_identity(root.path()).unwrap());
+        assert_ne!(prober.identity, first);
+        // Files gone for a moment (being replaced): the loaded identity stays.
+        fs::remove_file(fsutil::under_root(root.path(), KUBELET_CLIENT_KEY)).unwrap();
+        assert!(!prober.refresh_node_identity(root.path()).unwrap());
+        assert!(prober.has_client_identity());
+    }
 
     #[test]
     fn urls_bracket_ipv6() {

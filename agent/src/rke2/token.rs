@@ -92,14 +92,14 @@ pub fn generate_secret() -> Secret {
     Secret(hex::encode(bytes))
 }
 
-/// The CA hash a full token carries: sha256 (lowercase hex) of the exact bytes served at
-/// `/cacerts`.
+/// The CA hash a full token carries: sha256 (lowercase hex) of what k3s hashes of the bundle
+/// served at `/cacerts`.
 ///
-/// This matches RKE2 for its own self-signed cluster CA (a single PEM certificate). With a custom
-/// CA whose `/cacerts` bundle holds several certificates, RKE2 hashes the DER of the root
-/// certificate instead; such tokens will not match this hash and must be pinned by the operator.
+/// For RKE2's own self-signed cluster CA (a single PEM certificate) that is the bundle's bytes;
+/// for a custom CA whose bundle holds several certificates, k3s hashes the DER of the root the
+/// first certificate chains to (see [`super::ca_bundle`]), and so does this.
 pub fn ca_hash(ca_pem_bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(ca_pem_bytes))
+    hex::encode(Sha256::digest(super::ca_bundle::hashed_bytes(ca_pem_bytes)))
 }
 
 /// Validates and normalizes (lowercase) a CA hash.

@@ -6,10 +6,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_yaml_ng::{Mapping, Value};
 
-/// What the stand-in takes from config.yaml: `token`, `server`, `node-ip`, `tls-san`.
+/// What the stand-in takes from config.yaml: `token`, `server`, `node-name`, `node-ip`, `tls-san`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StandinConfig {
     pub token: Option<String>,
+    pub node_name: Option<String>,
     pub server: Option<String>,
     pub node_ip: Option<IpAddr>,
     pub tls_san: Vec<String>,
@@ -70,8 +71,13 @@ impl StandinConfig {
             })
             .transpose()?;
         let tls_san = get("tls-san").map(list).transpose()?.unwrap_or_default();
+        let node_name = get("node-name")
+            .map(scalar)
+            .transpose()?
+            .filter(|s| !s.is_empty());
         Ok(StandinConfig {
             token,
+            node_name,
             server,
             node_ip,
             tls_san,

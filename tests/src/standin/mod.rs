@@ -8,16 +8,29 @@
 //! - `STANDIN_API_DELAY_MS`: how long after the listeners are up `/readyz` (and the join endpoint
 //!   `/standin/ca-key`) keep answering 503 (300); `/ping` and `/cacerts` answer at once.
 //! - `STANDIN_JOIN_TIMEOUT_MS`: how long a joiner or agent retries reaching its server (60000).
-//! - `STANDIN_API_ANONYMOUS=deny`: once ready, `/readyz`, `/livez` and `/healthz` answer 401 to a
-//!   client that presents neither a certificate issued by the cluster CA (such as the kubelet
-//!   client certificate every node gets, see [`Rke2Paths::kubelet_client_cert`]) nor
-//!   `Authorization: Bearer <secret>`, like RKE2's kube-apiserver, which runs with anonymous auth
-//!   off.
+//! - `STANDIN_API_ANONYMOUS`: `deny` (the default) answers 401, once ready, on `/readyz`, `/livez`
+//!   and `/healthz` to a client that presents neither a certificate issued by the cluster CA (such
+//!   as the kubelet client certificate every node gets, see [`Rke2Paths::kubelet_client_cert`],
+//!   with a SEC1 key as RKE2 writes it) nor `Authorization: Bearer <secret>`, like RKE2's
+//!   kube-apiserver, which runs with anonymous auth off; `allow` answers anyone.
+//! - `STANDIN_KUBELET_CERT_TTL_MS`: kubelet client certificates valid only that long, renewed
+//!   (a new key and certificate written in place) every third of it, as RKE2 renews them before
+//!   they expire; unset, they are valid for years and never renewed.
 //! - `STANDIN_READY_FILE`: a file created once the service is ready (servers: API ready; agents:
 //!   joined) and removed on exit; the fake service manager uses it as systemd's `READY=1`. Under a
 //!   real systemd (`NOTIFY_SOCKET` set, the systemd end-to-end test) `READY=1` is sent as well.
+//! - `STANDIN_ETCD`: the etcd binary (`etcd`, from Debian's `etcd-server`);
+//!   `STANDIN_ETCD_CLIENT_PORT`, `STANDIN_ETCD_PEER_PORT`: its ports (2379, 2380).
+//!
+//! Servers keep their membership in a real etcd ([`etcd`]): the first server starts a new etcd
+//! cluster; a joiner registers through the supervisor port with the token and its node password,
+//! is added as a learner (etcd accepts one at a time), starts its member and promotes itself once
+//! caught up. `/readyz` answers 200 only on a voting member of a cluster with quorum. A joiner
+//! whose name still has a member, or whose node password differs from the stored one, is refused
+//! with RKE2's own words and exits, as `rke2 server` does.
 
 pub mod config;
+pub mod etcd;
 pub mod pki;
 
 use std::net::{IpAddr, SocketAddr};
@@ -126,6 +139,19 @@ impl Rke2Paths {
     pub fn kubelet_client_key(&self) -> PathBuf {
         self.at("/var/lib/rancher/rke2/agent/client-kubelet.key")
     }
+    /// The node's password: RKE2 generates it on first start and presents it with every
+    /// registration; the cluster keeps its hash per node name.
+    pub fn node_password(&self) -> PathBuf {
+        self.at("/etc/rancher/node/password")
+    }
+    /// This server's etcd member name (`<node-name>-<suffix>`), kept next to its data.
+    pub fn etcd_name(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/db/etcd/name")
+    }
+    /// Whether this server's etcd has data (`member/wal`): RKE2's "already initialized".
+    pub fn etcd_has_data(&self) -> bool {
+        etcd::has_data(&self.etcd_dir())
+    }
 
     /// The persisted CA, if both halves are on disk.
     pub fn load_ca(&self) -> Result<Option<ClusterCa>> {
@@ -149,7 +175,11 @@ pub struct Settings {
     pub api_delay: Duration,
     pub join_timeout: Duration,
     pub api_anonymous: bool,
+    pub kubelet_cert_ttl: Option<Duration>,
     pub ready_file: Option<PathBuf>,
+    pub etcd_binary: PathBuf,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
 }
 
 impl Settings {
@@ -164,8 +194,8 @@ impl Settings {
             }
         }
         let api_anonymous = match std::env::var("STANDIN_API_ANONYMOUS").as_deref() {
-            Err(_) | Ok("") | Ok("allow") => true,
-            Ok("deny") => false,
+            Ok("allow") => true,
+            Err(_) | Ok("") | Ok("deny") => false,
             Ok(other) => bail!("STANDIN_API_ANONYMOUS={other:?}: expected allow or deny"),
         };
         Ok(Settings {
@@ -177,9 +207,19 @@ impl Settings {
                 DEFAULT_JOIN_TIMEOUT_MS,
             )?),
             api_anonymous,
+            kubelet_cert_ttl: match num("STANDIN_KUBELET_CERT_TTL_MS", 0u64)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             ready_file: std::env::var_os("STANDIN_READY_FILE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            etcd_binary: std::env::var_os("STANDIN_ETCD")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("etcd")),
+            etcd_client_port: num("STANDIN_ETCD_CLIENT_PORT", etcd::CLIENT_PORT)?,
+            etcd_peer_port: num("STANDIN_ETCD_PEER_PORT", etcd::PEER_PORT)?,
         })
     }
 }
@@ -239,9 +279,48 @@ fn mark_ready(kind: Kind, settings: &Settings) {
     }
 }
 
-/// Writes the node's kubelet client identity, signed by the cluster CA.
-fn write_kubelet_identity(paths: &Rke2Paths, ca: &ClusterCa, node: &str) -> Result<()> {
-    let (cert, key) = ca.client_cert(&format!("system:node:{node}"), "system:nodes")?;
+/// Writes the node's kubelet client identity, signed by the cluster CA; with a TTL, keeps
+/// renewing it in the background.
+fn kubelet_identity(
+    kind: Kind,
+    paths: &Rke2Paths,
+    ca: &ClusterCa,
+    node: &str,
+    ttl: Option<Duration>,
+) -> Result<()> {
+    write_kubelet_identity(paths, ca, node, ttl)?;
+    if let Some(ttl) = ttl {
+        let (paths, ca, node) = (paths.clone(), ca.clone(), node.to_string());
+        tokio::spawn(async move {
+            let mut renewals = 0u64;
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match write_kubelet_identity(&paths, &ca, &node, Some(ttl)) {
+                    Ok(()) => {
+                        renewals += 1;
+                        log(
+                            kind,
+                            format!("renewed the kubelet client certificate ({renewals})"),
+                        );
+                    }
+                    Err(e) => log(
+                        kind,
+                        format!("cannot renew the kubelet client certificate: {}", flat(&e)),
+                    ),
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn write_kubelet_identity(
+    paths: &Rke2Paths,
+    ca: &ClusterCa,
+    node: &str,
+    ttl: Option<Duration>,
+) -> Result<()> {
+    let (cert, key) = ca.client_cert(&format!("system:node:{node}"), "system:nodes", ttl)?;
     fsutil::create_dir_with_mode(&paths.agent_dir(), fsutil::SECRET_DIR_MODE)?;
     fsutil::write_file_atomic(
         &paths.kubelet_client_key(),
@@ -267,11 +346,80 @@ fn read_stored_token(paths: &Rke2Paths) -> Result<Option<Token>> {
     }
 }
 
+/// A file holding one generated value: read it, or create it (RKE2's node password, the etcd
+/// member name).
+fn read_or_create(path: &Path, mode: u32, create: impl FnOnce() -> String) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let value = create();
+    if let Some(dir) = path.parent() {
+        fsutil::create_dir_with_mode(dir, fsutil::SECRET_DIR_MODE)?;
+    }
+    fsutil::write_file_atomic(path, format!("{value}\n").as_bytes(), mode)?;
+    Ok(value)
+}
+
+fn node_password(paths: &Rke2Paths) -> Result<String> {
+    read_or_create(
+        &paths.node_password(),
+        fsutil::SECRET_FILE_MODE,
+        random_secret,
+    )
+}
+
+fn node_name(cfg: &StandinConfig) -> String {
+    cfg.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+}
+
+/// The words of k3s's node-password check (`pkg/nodepassword`), as the joining node logs them.
+pub const NODE_PASSWORD_REJECTED: &str = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag";
+/// k3s's etcd join refusal while a member of the same node name exists (`pkg/etcd`).
+pub const DUPLICATE_NODE_NAME: &str =
+    "duplicate node name found, please use a unique name for this node";
+
+fn password_hash(password: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(password.as_bytes()))
+}
+
+/// k3s's `nodepassword.Ensure`: verifies the stored hash if there is one, stores it otherwise.
+/// `Ok(false)`: the password does not match.
+fn ensure_node_password(client: &etcd::Client, node: &str, password: &str) -> Result<bool> {
+    let key = etcd::node_password_key(node);
+    let hash = password_hash(password);
+    match client.get(&key)? {
+        Some(stored) => Ok(stored == hash.as_bytes()),
+        None => {
+            client.put(&key, hash.as_bytes())?;
+            Ok(true)
+        }
+    }
+}
+
+/// What a joining server needs to start its etcd member, as `/standin/etcd-join` answers it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct EtcdJoin {
+    initial_cluster: String,
+    member_id: String,
+    /// Client URLs of the voting members (where the joiner asks to be promoted).
+    endpoints: Vec<String>,
+}
+
 async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) -> Result<()> {
     let kind = Kind::Server;
     let node_ip = cfg
         .node_ip
         .context("config.yaml has no node-ip: the stand-in server needs the address to serve on")?;
+    let node = node_name(cfg);
+    let password = node_password(paths)?;
     let config_token = cfg
         .token
         .as_deref()
@@ -288,6 +436,9 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
             );
         }
     }
+    // Like RKE2, `server:` is ignored once etcd has data: the member just restarts.
+    let has_data = paths.etcd_has_data();
+    let join_url = if has_data { None } else { cfg.server.clone() };
 
     let (ca, fresh) = match paths.load_ca()? {
         Some(ca) => {
@@ -297,12 +448,16 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
             );
             (ca, false)
         }
-        None => match &cfg.server {
+        None => match &join_url {
+            None if has_data => bail!(
+                "etcd data exists in {} but the cluster ca is gone",
+                paths.etcd_dir().display()
+            ),
             None => {
                 let ca = ClusterCa::generate()?;
                 log(
                     kind,
-                    format!("initializing a new cluster (ca hash {})", ca.hash()),
+                    format!("generated a new cluster ca (hash {})", ca.hash()),
                 );
                 (ca, true)
             }
@@ -315,7 +470,7 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
                 let ca = join_cluster(kind, &base, token, settings.join_timeout).await?;
                 log(
                     kind,
-                    format!("joined the cluster at {base} (ca hash {})", ca.hash()),
+                    format!("got the cluster ca from {base} (ca hash {})", ca.hash()),
                 );
                 (ca, true)
             }
@@ -355,8 +510,66 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         Token::full(&ca.hash(), &secret).as_bytes(),
         fsutil::SECRET_FILE_MODE,
     )?;
-    fsutil::create_dir_with_mode(&paths.etcd_dir(), fsutil::SECRET_DIR_MODE)?;
-    write_kubelet_identity(paths, &ca, &node_ip.to_string())?;
+    kubelet_identity(kind, paths, &ca, &node, settings.kubelet_cert_ttl)?;
+
+    // etcd: restart with data, start a new cluster, or join as a learner.
+    let member_name = read_or_create(&paths.etcd_name(), 0o600, || {
+        let mut suffix = [0u8; 4];
+        rand::thread_rng().fill_bytes(&mut suffix);
+        format!("{node}-{}", hex::encode(suffix))
+    })?;
+    let peer = etcd::peer_url(node_ip, settings.etcd_peer_port);
+    let (initial_cluster, promotion) = if has_data {
+        log(kind, "etcd has data: restarting its member");
+        (None, None)
+    } else if let Some(url) = &join_url {
+        let base = BaseUrl::parse(url).context("the server url in config.yaml")?;
+        let token = Token::full(&ca.hash(), &secret);
+        let token = Token::parse(&token)?;
+        let joined = register_member(
+            kind,
+            &base,
+            &token,
+            &ca.cert_pem,
+            (&node, &password),
+            (&member_name, &peer),
+            settings.join_timeout,
+        )
+        .await?;
+        log(
+            kind,
+            format!(
+                "added to etcd as learner {} (initial cluster {})",
+                joined.member_id, joined.initial_cluster
+            ),
+        );
+        let id: u64 = joined.member_id.parse().context("member id")?;
+        (
+            Some((joined.initial_cluster, true)),
+            Some((id, joined.endpoints)),
+        )
+    } else {
+        log(
+            kind,
+            format!("initializing a new cluster (ca hash {})", ca.hash()),
+        );
+        (Some((format!("{member_name}={peer}"), false)), None)
+    };
+    let launch = etcd::Launch {
+        binary: settings.etcd_binary.clone(),
+        name: member_name,
+        data_dir: paths.etcd_dir(),
+        ip: node_ip,
+        client_port: settings.etcd_client_port,
+        peer_port: settings.etcd_peer_port,
+        initial_cluster,
+        log: paths.root().join("var/log/etcd.log"),
+    };
+    let child = launch.spawn()?;
+    let local = etcd::Client::new(SocketAddr::new(node_ip, settings.etcd_client_port));
+    if let Some((id, endpoints)) = promotion {
+        tokio::spawn(promote_when_caught_up(kind, id, endpoints));
+    }
 
     let mut sans = vec![node_ip.to_string()];
     for san in &cfg.tls_san {
@@ -364,7 +577,118 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
             sans.push(san.clone());
         }
     }
-    serve(kind, node_ip, &sans, ca, secret, settings).await
+    let node_identity = (node, password);
+    serve(
+        kind,
+        node_ip,
+        &sans,
+        ca,
+        secret,
+        settings,
+        Etcd { child, local },
+        node_identity,
+    )
+    .await
+}
+
+/// The local etcd member: its process and a client for it.
+struct Etcd {
+    child: tokio::process::Child,
+    local: etcd::Client,
+}
+
+/// Registers this server through the supervisor port (`/standin/etcd-join`): retried while the
+/// server is not there or not ready; refusals (duplicate name, node password, etcd's own "too
+/// many learner members in cluster") end the start, as they end `rke2 server`.
+async fn register_member(
+    kind: Kind,
+    base: &BaseUrl,
+    token: &Token,
+    ca_pem: &[u8],
+    (node, password): (&str, &str),
+    (member_name, peer): (&str, &str),
+    timeout: Duration,
+) -> Result<EtcdJoin> {
+    retry(kind, base, timeout, || async {
+        let auth = format!("Bearer {}", token.secret);
+        let response = http::https_get(
+            base,
+            "/standin/etcd-join",
+            &[
+                ("Authorization", &auth),
+                ("rke2-Node-Name", node),
+                ("rke2-Node-Password", password),
+                ("Etcd-Member-Name", member_name),
+                ("Etcd-Peer-Url", peer),
+            ],
+            &Trust::CaPem(ca_pem.to_vec()),
+            ATTEMPT_TIMEOUT,
+        )
+        .await
+        .map_err(Attempt::Retry)?;
+        let text = response.text();
+        match response.status {
+            200 => serde_json::from_slice(&response.body)
+                .context("the answer of /standin/etcd-join")
+                .map_err(Attempt::Fatal),
+            401 => Err(Attempt::Fatal(anyhow::anyhow!(
+                "{base} rejected this node's token (401 unauthorized)"
+            ))),
+            403 => Err(Attempt::Fatal(anyhow::anyhow!("{}", text.trim()))),
+            409 => Err(Attempt::Fatal(anyhow::anyhow!(
+                "etcd cluster join failed: {}",
+                text.trim()
+            ))),
+            other => Err(Attempt::Retry(anyhow::anyhow!(
+                "/standin/etcd-join answered {other}: {}",
+                text.trim()
+            ))),
+        }
+    })
+    .await
+}
+
+/// A learner asks to be promoted until etcd agrees that it caught up with the leader.
+async fn promote_when_caught_up(kind: Kind, id: u64, endpoints: Vec<String>) {
+    let clients: Vec<etcd::Client> = endpoints
+        .iter()
+        .filter_map(|u| etcd::Client::from_url(u).ok())
+        .collect();
+    let mut attempts = 0u32;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        attempts += 1;
+        let clients = clients.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut last = None;
+            for client in clients {
+                match client.promote(id) {
+                    Ok(()) => return Ok(true),
+                    Err(e) if format!("{e:#}").contains("not a learner") => return Ok(false),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no voting member to ask")))
+        })
+        .await;
+        match outcome {
+            Ok(Ok(true)) => {
+                log(
+                    kind,
+                    format!("etcd member {id} promoted to a voting member"),
+                );
+                return;
+            }
+            Ok(Ok(false)) => return,
+            Ok(Err(e)) if attempts == 1 || attempts % 20 == 0 => {
+                log(
+                    kind,
+                    format!("etcd member {id} not promoted yet: {}", flat(&e)),
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Shared by the listeners.
@@ -374,6 +698,19 @@ struct ServerState {
     secret: String,
     api_ready_at: Instant,
     api_anonymous: bool,
+    /// The API delay passed, the local member votes and the cluster has quorum (kept current by
+    /// [`watch_etcd`]).
+    etcd_ready: std::sync::atomic::AtomicBool,
+    /// The local etcd member (where registrations are checked and recorded).
+    etcd: Option<etcd::Client>,
+}
+
+impl ServerState {
+    /// Set by [`watch_etcd`] once the API delay passed and etcd is ready, only after the ready
+    /// file is written: whoever sees the API ready sees the unit active.
+    fn ready(&self) -> bool {
+        self.etcd_ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -382,6 +719,7 @@ enum Port {
     Api,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     kind: Kind,
     node_ip: IpAddr,
@@ -389,6 +727,8 @@ async fn serve(
     ca: ClusterCa,
     secret: String,
     settings: &Settings,
+    mut etcd: Etcd,
+    (node, password): (String, String),
 ) -> Result<()> {
     let serving = ca.serving_cert(sans)?;
     let supervisor_tls = ServerConfig::builder_with_provider(http::crypto_provider())
@@ -427,12 +767,14 @@ async fn serve(
         secret,
         api_ready_at: Instant::now() + settings.api_delay,
         api_anonymous: settings.api_anonymous,
+        etcd_ready: false.into(),
+        etcd: Some(etcd.local),
     });
     log(
         kind,
         format!(
-            "serving the supervisor on {supervisor_addr} and the api on {api_addr} (api ready in {} ms; certificate names: {})",
-            settings.api_delay.as_millis(),
+            "serving the supervisor on {supervisor_addr} and the api on {api_addr} (etcd client {}; certificate names: {})",
+            etcd.local.addr,
             sans.join(", ")
         ),
     );
@@ -449,12 +791,80 @@ async fn serve(
         state.clone(),
         Port::Api,
     ));
-    tokio::time::sleep_until(state.api_ready_at.into()).await;
-    log(kind, "api is ready");
-    mark_ready(kind, settings);
+    let watch = watch_etcd(kind, state.clone(), etcd.local, settings, node, password);
     tokio::select! {
         r = sup_task => r.context("supervisor listener task")?,
         r = api_task => r.context("api listener task")?,
+        status = etcd.child.wait() => {
+            let status = status.context("waiting for etcd")?;
+            bail!("etcd exited ({status}); its log is var/log/etcd.log under the host root")
+        }
+        () = watch => unreachable!("the etcd watch never ends"),
+    }
+}
+
+/// Keeps `etcd_ready` current: the member answers the member list (a learner cannot) and etcd's
+/// `/health` passes (a leader and a quorum read). Marks the service ready the first time, and
+/// records this node's password the first time the cluster can store it.
+async fn watch_etcd(
+    kind: Kind,
+    state: Arc<ServerState>,
+    client: etcd::Client,
+    settings: &Settings,
+    node: String,
+    password: String,
+) {
+    let mut last: Option<String> = None;
+    let mut marked = false;
+    let mut password_stored = false;
+    loop {
+        let check = tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+            let list = client.member_list().map_err(|e| flat(&e))?;
+            let me = list.members.iter().find(|m| m.id == list.member_id);
+            if me.is_none_or(|m| m.is_learner) {
+                return Err("this member is a learner".into());
+            }
+            if !client.healthy() {
+                return Err("no quorum (etcd /health fails)".into());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let ready = check.is_ok();
+        if ready && Instant::now() >= state.api_ready_at && !marked {
+            log(kind, "api is ready");
+            mark_ready(kind, settings);
+            marked = true;
+        }
+        state.etcd_ready.store(
+            ready && Instant::now() >= state.api_ready_at,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let summary = match &check {
+            Ok(()) => "etcd ready: a voting member with quorum".to_string(),
+            Err(why) => format!("etcd not ready: {why}"),
+        };
+        if last.as_deref() != Some(summary.as_str()) {
+            log(kind, &summary);
+            last = Some(summary);
+        }
+        if ready && !password_stored {
+            let (node, password) = (node.clone(), password.clone());
+            let stored = tokio::task::spawn_blocking(move || {
+                ensure_node_password(&client, &node, &password)
+            })
+            .await;
+            match stored {
+                Ok(Ok(true)) => password_stored = true,
+                Ok(Ok(false)) => {
+                    log(kind, NODE_PASSWORD_REJECTED);
+                    password_stored = true;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -503,7 +913,16 @@ async fn handle_connection(
         .peer_certificates()
         .is_some_and(|certs| !certs.is_empty());
     let (status, content_type, body) = match port {
-        Port::Supervisor => supervisor_route(&request, &state, peer),
+        Port::Supervisor => match supervisor_route(&request, &state, peer) {
+            Route::Reply(reply) => reply,
+            // Registrations read and write etcd: off the async workers.
+            Route::Register(registration) => {
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || register(&state, registration, peer))
+                    .await
+                    .unwrap_or_else(|e| (500, TEXT, format!("{e}\n").into_bytes()))
+            }
+        },
         Port::Api => api_route(&request, &state, client_cert),
     };
     let with_body = request.method != "HEAD";
@@ -529,41 +948,186 @@ fn secret_matches(given: Option<&str>, secret: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn supervisor_route(request: &Request, state: &ServerState, peer: SocketAddr) -> Reply {
+/// What a supervisor request needs: an answer now, or a registration against etcd.
+enum Route {
+    Reply(Reply),
+    Register(Registration),
+}
+
+/// An authenticated registration: an agent fetching the CA key, or a server joining etcd.
+#[derive(Debug)]
+struct Registration {
+    node: Option<(String, String)>,
+    /// `(member name, peer url)` of a joining server.
+    member: Option<(String, String)>,
+}
+
+fn supervisor_route(request: &Request, state: &ServerState, peer: SocketAddr) -> Route {
     if request.method != "GET" && request.method != "HEAD" {
-        return (405, TEXT, b"method not allowed\n".to_vec());
+        return Route::Reply((405, TEXT, b"method not allowed\n".to_vec()));
     }
-    match request.path.as_str() {
-        "/ping" => (200, TEXT, b"pong".to_vec()),
-        "/cacerts" => (200, TEXT, state.ca_pem.clone()),
+    let path = request.path.as_str();
+    match path {
+        "/ping" => Route::Reply((200, TEXT, b"pong".to_vec())),
+        "/cacerts" => Route::Reply((200, TEXT, state.ca_pem.clone())),
         // Like RKE2's bootstrap endpoints, joins are served only once the node is up: /ping and
         // /cacerts answer earlier.
-        "/standin/ca-key" if Instant::now() < state.api_ready_at => {
-            (503, TEXT, b"server is not ready\n".to_vec())
+        "/standin/ca-key" | "/standin/etcd-join" if !state.ready() => {
+            Route::Reply((503, TEXT, b"server is not ready\n".to_vec()))
         }
-        "/standin/ca-key" => {
-            if secret_matches(request.bearer(), &state.secret) {
-                log(Kind::Server, format!("handed the cluster ca to {peer}"));
-                (200, TEXT, state.key_pem.clone())
-            } else {
+        "/standin/ca-key" | "/standin/etcd-join" => {
+            if !secret_matches(request.bearer(), &state.secret) {
                 log(
                     Kind::Server,
                     format!("rejected a join from {peer}: wrong or missing token"),
                 );
-                (401, TEXT, b"unauthorized\n".to_vec())
+                return Route::Reply((401, TEXT, b"unauthorized\n".to_vec()));
             }
+            let node = match (
+                request.header("rke2-node-name"),
+                request.header("rke2-node-password"),
+            ) {
+                (Some(n), Some(p)) => Some((n.to_string(), p.to_string())),
+                _ => None,
+            };
+            let member = match (
+                request.header("etcd-member-name"),
+                request.header("etcd-peer-url"),
+            ) {
+                (Some(n), Some(u)) => Some((n.to_string(), u.to_string())),
+                _ => None,
+            };
+            if path == "/standin/etcd-join" && (node.is_none() || member.is_none()) {
+                return Route::Reply((
+                    400,
+                    TEXT,
+                    b"an etcd join names the node, its password and the member\n".to_vec(),
+                ));
+            }
+            Route::Register(Registration { node, member })
         }
-        _ => not_found(),
+        _ => Route::Reply(not_found()),
     }
+}
+
+/// Checks the node password, then (servers) adds the joiner to etcd as a learner.
+fn register(state: &ServerState, registration: Registration, peer: SocketAddr) -> Reply {
+    let Some(client) = state.etcd else {
+        return (503, TEXT, b"no datastore\n".to_vec());
+    };
+    if let Some((node, password)) = &registration.node {
+        match ensure_node_password(&client, node, password) {
+            Ok(true) => {}
+            Ok(false) => {
+                log(
+                    Kind::Server,
+                    format!("rejected {node} from {peer}: node password does not match"),
+                );
+                return (
+                    403,
+                    TEXT,
+                    format!("{NODE_PASSWORD_REJECTED}\n").into_bytes(),
+                );
+            }
+            Err(e) => return (503, TEXT, format!("{}\n", flat(&e)).into_bytes()),
+        }
+    }
+    let Some((member_name, peer_url)) = registration.member else {
+        log(Kind::Server, format!("handed the cluster ca to {peer}"));
+        return (200, TEXT, state.key_pem.clone());
+    };
+    let node = registration.node.map(|(n, _)| n).unwrap_or_default();
+    match add_member(&client, &node, &member_name, &peer_url) {
+        Ok(join) => {
+            log(
+                Kind::Server,
+                format!(
+                    "added {member_name} ({peer_url}) as etcd learner {}",
+                    join.member_id
+                ),
+            );
+            (200, JSON, serde_json::to_vec(&join).unwrap_or_default())
+        }
+        Err(JoinRefused::Conflict(why)) => {
+            log(
+                Kind::Server,
+                format!("refused the etcd join of {member_name}: {why}"),
+            );
+            (409, TEXT, format!("{why}\n").into_bytes())
+        }
+        Err(JoinRefused::Unavailable(e)) => (503, TEXT, format!("{}\n", flat(&e)).into_bytes()),
+    }
+}
+
+enum JoinRefused {
+    /// RKE2 would fail the start with this text.
+    Conflict(String),
+    /// The datastore did not answer: worth retrying.
+    Unavailable(anyhow::Error),
+}
+
+/// k3s's join: a member of the same node name under another member name is a duplicate; a
+/// member already added for this peer URL that never started is reused; otherwise a learner is
+/// added (etcd refuses a second one).
+fn add_member(
+    client: &etcd::Client,
+    node: &str,
+    member_name: &str,
+    peer_url: &str,
+) -> std::result::Result<EtcdJoin, JoinRefused> {
+    let list = client.member_list().map_err(JoinRefused::Unavailable)?;
+    for m in &list.members {
+        if !m.name.is_empty() && m.name != member_name && etcd::member_node_name(&m.name) == node {
+            return Err(JoinRefused::Conflict(DUPLICATE_NODE_NAME.into()));
+        }
+    }
+    let existing = list
+        .members
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url) && m.name.is_empty());
+    let (id, members) =
+        match existing {
+            Some(m) => (m.id, list.members.clone()),
+            None => client.add_learner(peer_url).map_err(|e| {
+                match e.downcast_ref::<etcd::EtcdError>() {
+                    Some(refusal) => JoinRefused::Conflict(refusal.message.clone()),
+                    None => JoinRefused::Unavailable(e),
+                }
+            })?,
+        };
+    let mut cluster = Vec::new();
+    for m in &members {
+        let name = if m.id == id {
+            member_name
+        } else {
+            m.name.as_str()
+        };
+        if name.is_empty() {
+            continue;
+        }
+        for url in &m.peer_urls {
+            cluster.push(format!("{name}={url}"));
+        }
+    }
+    let endpoints = members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .flat_map(|m| m.client_urls.clone())
+        .collect();
+    Ok(EtcdJoin {
+        initial_cluster: cluster.join(","),
+        member_id: id.to_string(),
+        endpoints,
+    })
 }
 
 /// `client_cert`: the client presented a certificate issued by the cluster CA.
 fn api_route(request: &Request, state: &ServerState, client_cert: bool) -> Reply {
-    if Instant::now() < state.api_ready_at {
+    if !state.ready() {
         return (
             503,
             TEXT,
-            b"[-]etcd failed: not ready\nreadyz check failed\n".to_vec(),
+            b"[-]etcd failed: reason withheld\nreadyz check failed\n".to_vec(),
         );
     }
     match request.path.as_str() {
@@ -602,7 +1166,7 @@ async fn join_cluster(
 ) -> Result<ClusterCa> {
     retry(kind, base, timeout, || async {
         let ca_pem = fetch_cacerts(base, token).await?;
-        let key_pem = match authenticate(base, token, &ca_pem).await? {
+        let key_pem = match authenticate(base, token, &ca_pem, None).await? {
             Some(key) => key,
             None => return Err(Attempt::Retry(anyhow::anyhow!("empty ca key"))),
         };
@@ -683,12 +1247,18 @@ async fn authenticate(
     base: &BaseUrl,
     token: &Token,
     ca_pem: &[u8],
+    node: Option<(&str, &str)>,
 ) -> std::result::Result<Option<Vec<u8>>, Attempt> {
     let auth = format!("Bearer {}", token.secret);
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if let Some((name, password)) = node {
+        headers.push(("rke2-Node-Name", name));
+        headers.push(("rke2-Node-Password", password));
+    }
     let response = http::https_get(
         base,
         "/standin/ca-key",
-        &[("Authorization", &auth)],
+        &headers,
         &Trust::CaPem(ca_pem.to_vec()),
         ATTEMPT_TIMEOUT,
     )
@@ -707,6 +1277,12 @@ async fn authenticate(
         200 => Ok((!response.body.is_empty()).then_some(response.body)),
         401 => Err(Attempt::Fatal(anyhow::anyhow!(
             "{base} rejected this node's token (401 unauthorized)"
+        ))),
+        // Like RKE2's agent, which keeps waiting ("server is not ready: Node password
+        // rejected...") until the node's password entry is removed.
+        403 => Err(Attempt::Retry(anyhow::anyhow!(
+            "server is not ready: {}",
+            response.text().trim()
         ))),
         other => Err(Attempt::Retry(anyhow::anyhow!(
             "/standin/ca-key answered {other}"
@@ -739,6 +1315,8 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
     )
     .context("the token in config.yaml")?;
     let base = BaseUrl::parse(url).context("the server url in config.yaml")?;
+    let node = node_name(cfg);
+    let password = node_password(paths)?;
     log(kind, format!("connecting to {base}"));
     let ca = retry(kind, &base, settings.join_timeout, || async {
         let ca_pem = fetch_cacerts(&base, &token).await?;
@@ -757,7 +1335,7 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
                 ping.status
             )));
         }
-        let key_pem = authenticate(&base, &token, &ca_pem)
+        let key_pem = authenticate(&base, &token, &ca_pem, Some((&node, &password)))
             .await?
             .ok_or_else(|| Attempt::Retry(anyhow::anyhow!("empty ca key")))?;
         Ok(ClusterCa {
@@ -767,10 +1345,7 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
     })
     .await?;
     // Real agents get their kubelet certificate signed by the server; the stand-in signs its own.
-    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "agent".into());
-    write_kubelet_identity(paths, &ca, &node)?;
+    kubelet_identity(kind, paths, &ca, &node, settings.kubelet_cert_ttl)?;
     let record = format!("server={base}\nca-hash={}\n", ca.hash());
     fsutil::write_file_atomic(&paths.agent_joined(), record.as_bytes(), 0o644)?;
     log(
@@ -794,14 +1369,23 @@ mod tests {
         assert!(!secret_matches(None, "abc"));
     }
 
+    fn reply(route: Route) -> u16 {
+        match route {
+            Route::Reply((status, _, _)) => status,
+            Route::Register(_) => 0,
+        }
+    }
+
     #[test]
-    fn api_answers_503_until_ready() {
+    fn api_answers_503_until_etcd_is_ready() {
         let mut state = ServerState {
             ca_pem: vec![],
             key_pem: vec![],
             secret: "s".into(),
-            api_ready_at: Instant::now() + Duration::from_secs(60),
+            api_ready_at: Instant::now(),
             api_anonymous: false,
+            etcd_ready: false.into(),
+            etcd: None,
         };
         let req = |path: &str, auth: Option<&str>| Request {
             method: "GET".into(),
@@ -810,16 +1394,32 @@ mod tests {
                 .map(|a| [("authorization".to_string(), a.to_string())].into())
                 .unwrap_or_default(),
         };
-        assert_eq!(api_route(&req("/readyz", None), &state, false).0, 503);
+        assert_eq!(api_route(&req("/readyz", None), &state, true).0, 503);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let key = req("/standin/ca-key", Some("Bearer s"));
-        assert_eq!(supervisor_route(&req("/ping", None), &state, peer).0, 200);
-        assert_eq!(supervisor_route(&key, &state, peer).0, 503);
-        state.api_ready_at = Instant::now();
-        assert_eq!(supervisor_route(&key, &state, peer).0, 200);
         assert_eq!(
-            supervisor_route(&req("/standin/ca-key", Some("Bearer x")), &state, peer).0,
+            reply(supervisor_route(&req("/ping", None), &state, peer)),
+            200
+        );
+        assert_eq!(reply(supervisor_route(&key, &state, peer)), 503);
+        state.etcd_ready = true.into();
+        // An authenticated registration goes on to etcd.
+        assert_eq!(reply(supervisor_route(&key, &state, peer)), 0);
+        assert_eq!(
+            reply(supervisor_route(
+                &req("/standin/ca-key", Some("Bearer x")),
+                &state,
+                peer
+            )),
             401
+        );
+        assert_eq!(
+            reply(supervisor_route(
+                &req("/standin/etcd-join", Some("Bearer s")),
+                &state,
+                peer
+            )),
+            400
         );
         assert_eq!(api_route(&req("/readyz", None), &state, false).0, 401);
         assert_eq!(

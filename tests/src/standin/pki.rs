@@ -19,6 +19,51 @@ pub fn ca_hash(ca_pem: &[u8]) -> String {
     hex::encode(Sha256::digest(ca_pem))
 }
 
+/// The SEC1 `ECPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (DER), as PEM: the form RKE2 writes
+/// its EC keys in (`-----BEGIN EC PRIVATE KEY-----`).
+pub fn sec1_pem(pkcs8_der: &[u8]) -> Result<String> {
+    use base64::Engine;
+    /// One DER element at the start of `der`: (tag, contents, rest).
+    fn tlv(der: &[u8]) -> Result<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = der.split_first().context("truncated der")?;
+        let (&first, rest) = rest.split_first().context("truncated der")?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                bail!("unsupported der length");
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            bail!("truncated der");
+        }
+        Ok((tag, &rest[..len], &rest[len..]))
+    }
+    let (tag, info, _) = tlv(pkcs8_der)?;
+    if tag != 0x30 {
+        bail!("not a pkcs#8 sequence");
+    }
+    let (_, _version, rest) = tlv(info)?;
+    let (_, _algorithm, rest) = tlv(rest)?;
+    let (tag, sec1, _) = tlv(rest)?;
+    if tag != 0x04 {
+        bail!("pkcs#8 without a private key octet string");
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(sec1);
+    let mut pem = String::from("-----BEGIN EC PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END EC PRIVATE KEY-----\n");
+    Ok(pem)
+}
+
 /// A CA as persisted: the certificate and key in PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterCa {
@@ -105,7 +150,14 @@ impl ClusterCa {
 
     /// A client certificate (`CN=<common_name>, O=<organization>`, client auth) signed by this CA,
     /// as PEM certificate and PEM key.
-    pub fn client_cert(&self, common_name: &str, organization: &str) -> Result<(String, String)> {
+    /// A client certificate and its key, the key in SEC1 form (`EC PRIVATE KEY`) as RKE2 writes
+    /// it. `ttl`: valid for that long from now (RKE2 renews before expiry), else for years.
+    pub fn client_cert(
+        &self,
+        common_name: &str,
+        organization: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(String, String)> {
         let issuer_key = KeyPair::from_pem(
             std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
         )
@@ -123,11 +175,17 @@ impl ClusterCa {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.use_authority_key_identifier_extension = true;
+        if let Some(ttl) = ttl {
+            let now = time::OffsetDateTime::now_utc();
+            // A little slack before: certificate times have whole seconds.
+            params.not_before = now - time::Duration::seconds(5);
+            params.not_after = now + ttl;
+        }
         let key = KeyPair::generate().context("generating the client key")?;
         let cert = params
             .signed_by(&key, &issuer, &issuer_key)
             .context("signing the client certificate")?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((cert.pem(), sec1_pem(&key.serialize_der())?))
     }
 
     /// Rebuilds an rcgen issuer equivalent to the stored CA: same subject (read back from the DER,

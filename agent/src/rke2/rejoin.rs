@@ -1,0 +1,481 @@
+//! Letting a host that lost its RKE2 data rejoin under its old name.
+//!
+//! RKE2 refuses such a host twice: etcd still lists a member of its node name ("duplicate node
+//! name found") and the cluster still holds the hash of its old node password. A human would
+//! delete the stale member and the `<node>.node-password.rke2` secret from a live server. Here a
+//! ready server's agent does it, with the datastore RKE2 runs on that server, for a peer that
+//! gossip (sealed with the cluster key, so the name is authenticated) shows alive but stuck short
+//! of ready for [`STUCK_GRACE`]:
+//!
+//! - its etcd member is removed only while that member does not answer (a member that runs is
+//!   never stale) and only while the cluster has quorum. Removing a member that does not answer
+//!   never costs quorum: the members that answer stay, and the quorum of a smaller cluster is
+//!   never larger;
+//! - its node-password entry is removed: harmless for a node that merely joins slowly, since its
+//!   next registration stores its password again.
+//!
+//! A server that left (gossip shows it leaving or dead) for [`DEPARTED_GRACE`] loses its etcd
+//! member the same way, once that member stops answering: etcd adds no member at all, not even a
+//! learner, while a voting member is unreachable ("unhealthy cluster"), so a server that is gone
+//! for good would otherwise block every replacement. A server that comes back after that rejoins
+//! like a wiped one (RKE2 moves a removed member's data aside and joins again).
+//!
+//! [`plan`] is the decision, pure and table-tested; [`spawn`] runs it against etcd.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::gossip::schema::{Liveness, Member, Phase, Role};
+
+/// How long a peer must look alive and not ready before its leftovers are removed: longer than a
+/// restarting server needs to bring its etcd member back.
+pub const STUCK_GRACE: Duration = Duration::from_secs(15);
+/// How long a server must have been gone from gossip before its member is removed.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(30);
+/// RKE2's etcd client port on a server.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One etcd member as the sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub id: u64,
+    /// `<node-name>-<suffix>`; empty for a learner that never started.
+    pub name: String,
+    /// Its client URL answered just now (any answer: the process runs).
+    pub answering: bool,
+}
+
+impl EtcdMember {
+    /// The node an etcd member stands for: RKE2 names members `<node-name>-<suffix>`.
+    pub fn node_name(&self) -> &str {
+        match self.name.rfind('-') {
+            Some(i) if i > 1 => &self.name[..i],
+            _ => &self.name,
+        }
+    }
+}
+
+/// What one sweep does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    RemoveMember { node: String, id: u64 },
+    ForgetPassword { node: String },
+}
+
+/// The decision: for each stuck node, its members that do not answer and its password entry.
+/// Nothing at all without quorum (etcd would refuse, and a cluster without quorum is no place to
+/// judge which member is stale).
+pub fn plan(
+    stuck: &[String],
+    departed: &[String],
+    members: &[EtcdMember],
+    quorum: bool,
+) -> Vec<Step> {
+    if !quorum {
+        return Vec::new();
+    }
+    let mut steps = Vec::new();
+    for node in departed {
+        for m in members {
+            if !m.name.is_empty() && m.node_name() == node && !m.answering {
+                steps.push(Step::RemoveMember {
+                    node: node.clone(),
+                    id: m.id,
+                });
+            }
+        }
+    }
+    for node in stuck {
+        for m in members {
+            if !m.name.is_empty() && m.node_name() == node && !m.answering {
+                steps.push(Step::RemoveMember {
+                    node: node.clone(),
+                    id: m.id,
+                });
+            }
+        }
+        steps.push(Step::ForgetPassword { node: node.clone() });
+    }
+    steps
+}
+
+/// Peers that look alive but have not been ready for [`STUCK_GRACE`], and servers gone from
+/// gossip for [`DEPARTED_GRACE`], tracked across sweeps.
+#[derive(Debug, Default)]
+pub struct StuckClock {
+    since: HashMap<String, Instant>,
+    departed_since: HashMap<String, Instant>,
+}
+
+impl StuckClock {
+    /// Servers that left or died, for at least [`DEPARTED_GRACE`].
+    pub fn departed(&mut self, now: Instant, members: &[Member]) -> Vec<String> {
+        let gone: Vec<&Member> = members
+            .iter()
+            .filter(|m| m.role == Role::Server && m.liveness != Liveness::Alive)
+            .collect();
+        self.departed_since
+            .retain(|name, _| gone.iter().any(|m| &m.name == name));
+        for m in &gone {
+            self.departed_since.entry(m.name.clone()).or_insert(now);
+        }
+        let mut departed: Vec<String> = self
+            .departed_since
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= DEPARTED_GRACE)
+            .map(|(n, _)| n.clone())
+            .collect();
+        departed.sort();
+        departed
+    }
+
+    pub fn observe(&mut self, now: Instant, self_name: &str, members: &[Member]) -> Vec<String> {
+        let waiting: Vec<&Member> = members
+            .iter()
+            .filter(|m| {
+                m.name != self_name
+                    && m.liveness == Liveness::Alive
+                    && !m.ready
+                    && matches!(m.role, Role::Server | Role::Agent)
+                    && matches!(
+                        m.phase,
+                        Phase::Initializing | Phase::Joining | Phase::WaitingToJoin
+                    )
+            })
+            .collect();
+        self.since
+            .retain(|name, _| waiting.iter().any(|m| &m.name == name));
+        for m in &waiting {
+            self.since.entry(m.name.clone()).or_insert(now);
+        }
+        let mut stuck: Vec<String> = self
+            .since
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= STUCK_GRACE)
+            .map(|(n, _)| n.clone())
+            .collect();
+        stuck.sort();
+        stuck
+    }
+}
+
+/// The key of a node's password entry: the `<node>.node-password.rke2` secret in `kube-system`.
+pub fn node_password_key(node: &str) -> String {
+    format!(
+        "/registry/secrets/kube-system/{}.node-password.rke2",
+        node.to_lowercase()
+    )
+}
+
+/// etcd's v3 JSON gateway on this server.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Etcd {
+    pub fn new(client_addr: SocketAddr) -> Result<Self> {
+        Ok(Etcd {
+            http: reqwest::Client::builder()
+                .timeout(CALL_TIMEOUT)
+                .build()
+                .context("building the etcd client")?,
+            base: format!("http://{client_addr}"),
+        })
+    }
+
+    async fn call(&self, path: &str, body: Value) -> Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("calling etcd {path}"))?;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Some(error) = value.get("error").and_then(Value::as_str) {
+            bail!("etcd {path}: {error}");
+        }
+        if !status.is_success() {
+            bail!("etcd {path} answered {status}");
+        }
+        Ok(value)
+    }
+
+    /// A leader and a quorum read (`/health`).
+    pub async fn has_quorum(&self) -> bool {
+        let url = format!("{}/health", self.base);
+        match self.http.get(url).send().await {
+            Ok(r) => r.bytes().await.is_ok_and(|b| {
+                serde_json::from_slice::<Value>(&b).is_ok_and(|v| v["health"] == "true")
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// Members, each probed at its client URL. Fails on a learner (etcd refuses it the list).
+    pub async fn members(&self) -> Result<Vec<EtcdMember>> {
+        let v = self.call("/v3/cluster/member/list", json!({})).await?;
+        let mut members = Vec::new();
+        for m in v["members"].as_array().cloned().unwrap_or_default() {
+            let id = match &m["ID"] {
+                Value::String(s) => s.parse().unwrap_or(0),
+                other => other.as_u64().unwrap_or(0),
+            };
+            let mut answering = false;
+            for url in m["clientURLs"].as_array().cloned().unwrap_or_default() {
+                if let Some(url) = url.as_str() {
+                    answering |= self.http.get(format!("{url}/health")).send().await.is_ok();
+                }
+            }
+            members.push(EtcdMember {
+                id,
+                name: m["name"].as_str().unwrap_or_default().to_string(),
+                answering,
+            });
+        }
+        Ok(members)
+    }
+
+    /// The cluster ID this member belongs to and how many members its list holds (voting and
+    /// learners): "one cluster" as etcd itself reports it.
+    pub async fn cluster_summary(&self) -> Result<(String, usize)> {
+        let v = self.call("/v3/cluster/member/list", json!({})).await?;
+        let id = match &v["header"]["cluster_id"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let members = v["members"].as_array().map_or(0, Vec::len);
+        Ok((id, members))
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<()> {
+        self.call("/v3/cluster/member/remove", json!({"ID": id.to_string()}))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes a key; `true` if it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        let v = self.call("/v3/kv/deleterange", json!({"key": key})).await?;
+        Ok(v["deleted"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+            > 0)
+    }
+}
+
+/// Runs the sweep on a server for as long as the agent runs. Quiet while nobody is stuck (no
+/// etcd calls at all), and on a node whose etcd is not a voting member.
+pub fn spawn(
+    view: watch::Receiver<Arc<Vec<Member>>>,
+    self_name: String,
+    etcd_client: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let etcd = Etcd::new(etcd_client)?;
+    Ok(tokio::spawn(async move {
+        let mut clock = StuckClock::default();
+        loop {
+            tokio::time::sleep(SWEEP_INTERVAL).await;
+            let members = view.borrow().clone();
+            let now = Instant::now();
+            let stuck = clock.observe(now, &self_name, &members);
+            let departed = clock.departed(now, &members);
+            if stuck.is_empty() && departed.is_empty() {
+                continue;
+            }
+            if let Err(err) = sweep(&etcd, &stuck, &departed).await {
+                debug!(error = %format!("{err:#}"), "rejoin sweep skipped");
+            }
+        }
+    }))
+}
+
+async fn sweep(etcd: &Etcd, stuck: &[String], departed: &[String]) -> Result<()> {
+    let members = etcd.members().await?;
+    let quorum = etcd.has_quorum().await;
+    if !quorum {
+        warn!(stuck = ?stuck, "peers are stuck joining but etcd has no quorum: removing nothing");
+    }
+    for step in plan(stuck, departed, &members, quorum) {
+        match step {
+            Step::RemoveMember { node, id } => match etcd.remove_member(id).await {
+                Ok(()) => {
+                    info!(node = %node, member_id = id, "removed a stale etcd member")
+                }
+                Err(err) => {
+                    warn!(node = %node, member_id = id, error = %format!("{err:#}"), "cannot remove a stale etcd member")
+                }
+            },
+            Step::ForgetPassword { node } => {
+                if etcd.delete(&node_password_key(&node)).await? {
+                    info!(node = %node, "removed the node password entry of a host that is rejoining");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, name: &str, answering: bool) -> EtcdMember {
+        EtcdMember {
+            id,
+            name: name.into(),
+            answering,
+        }
+    }
+
+    #[test]
+    fn a_stuck_node_loses_its_silent_member_and_its_password() {
+        let members = [
+            member(1, "server-1-aaaa", false),
+            member(2, "server-2-bbbb", true),
+            member(3, "server-3-cccc", true),
+        ];
+        assert_eq!(
+            plan(&["server-1".into()], &[], &members, true),
+            [
+                Step::RemoveMember {
+                    node: "server-1".into(),
+                    id: 1
+                },
+                Step::ForgetPassword {
+                    node: "server-1".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_member_that_answers_is_never_stale() {
+        let members = [
+            member(1, "server-1-aaaa", true),
+            member(2, "server-2-b", true),
+        ];
+        assert_eq!(
+            plan(&["server-1".into()], &[], &members, true),
+            [Step::ForgetPassword {
+                node: "server-1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn nothing_without_quorum() {
+        let members = [
+            member(1, "server-1-aaaa", false),
+            member(2, "server-2-b", false),
+        ];
+        assert!(plan(&["server-1".into()], &[], &members, false).is_empty());
+    }
+
+    #[test]
+    fn names_match_whole_node_names_and_unstarted_learners_are_left_alone() {
+        let members = [
+            member(1, "server-10-aaaa", false),
+            member(2, "", false),
+            member(3, "server-1-cccc", true),
+        ];
+        assert_eq!(
+            plan(&["server-1".into()], &[], &members, true),
+            [Step::ForgetPassword {
+                node: "server-1".into()
+            }]
+        );
+        // An agent has no member: only its password goes.
+        assert_eq!(
+            plan(&["agent-1".into()], &[], &members, true),
+            [Step::ForgetPassword {
+                node: "agent-1".into()
+            }]
+        );
+    }
+
+    fn peer(name: &str, role: Role, phase: Phase) -> Member {
+        use crate::gossip::schema::Announcement;
+        let mut a = Announcement::new(role, "127.0.0.1".parse().unwrap());
+        a.phase = phase;
+        a.ready = phase == Phase::Ready;
+        Member::from_announcement(name, 1, "127.0.0.1:7947".parse().unwrap(), true, &a)
+    }
+
+    #[test]
+    fn peers_count_as_stuck_only_after_the_grace_while_they_keep_waiting() {
+        let mut clock = StuckClock::default();
+        let t0 = Instant::now();
+        let view = vec![
+            peer("me", Role::Server, Phase::Ready),
+            peer("a", Role::Server, Phase::Initializing),
+            peer("b", Role::Agent, Phase::Joining),
+            peer("c", Role::Server, Phase::Ready),
+            peer("lb", Role::Observer, Phase::Observing),
+        ];
+        assert!(clock.observe(t0, "me", &view).is_empty());
+        let later = t0 + STUCK_GRACE;
+        // "a" became ready in between: its clock starts over when it waits again.
+        let mut a_ready = view.clone();
+        a_ready[1] = peer("a", Role::Server, Phase::Ready);
+        assert!(clock
+            .observe(t0 + STUCK_GRACE / 2, "me", &a_ready)
+            .is_empty());
+        assert_eq!(clock.observe(later, "me", &view), ["b"]);
+        assert_eq!(clock.observe(later + STUCK_GRACE, "me", &view), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_departed_server_loses_its_member_once_it_is_silent() {
+        let members = [
+            member(1, "server-1-aaaa", true),
+            member(2, "server-2-bbbb", false),
+            member(3, "server-3-cccc", true),
+        ];
+        let departed = ["server-2".to_string(), "server-3".to_string()];
+        assert_eq!(
+            plan(&[], &departed, &members, true),
+            [Step::RemoveMember {
+                node: "server-2".into(),
+                id: 2
+            }]
+        );
+        assert!(plan(&[], &departed, &members, false).is_empty());
+    }
+
+    #[test]
+    fn departed_servers_count_after_their_grace() {
+        let mut clock = StuckClock::default();
+        let t0 = Instant::now();
+        let mut gone = peer("s", Role::Server, Phase::Ready);
+        gone.liveness = Liveness::Left;
+        let mut agent = peer("w", Role::Agent, Phase::Ready);
+        agent.liveness = Liveness::Dead;
+        let view = vec![gone, agent, peer("t", Role::Server, Phase::Ready)];
+        assert!(clock.departed(t0, &view).is_empty());
+        assert_eq!(clock.departed(t0 + DEPARTED_GRACE, &view), ["s"]);
+    }
+
+    #[test]
+    fn member_names_map_to_node_names() {
+        assert_eq!(member(1, "server-1-0a1b2c3d", true).node_name(), "server-1");
+        assert_eq!(member(1, "a-1", true).node_name(), "a-1");
+    }
+}
