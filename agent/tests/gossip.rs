@@ -563,6 +563,7 @@ async fn transport_counts_each_rejection_kind() {
 
     let expected = TransportStatsSnapshot {
         sent: 0,
+        sent_bytes: 0,
         received: 0,
         rejected_malformed: 1,
         rejected_auth: 2,

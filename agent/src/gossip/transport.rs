@@ -54,6 +54,8 @@ pub const REJECTION_LOG_PERIOD: Duration = Duration::from_secs(10);
 pub struct TransportStats {
     /// Datagrams sealed and handed to the socket.
     pub sent: AtomicU64,
+    /// Their size (UDP payload bytes, seal included): what gossip costs on the wire.
+    pub sent_bytes: AtomicU64,
     /// Datagrams that authenticated and parsed, and were passed to chitchat.
     pub received: AtomicU64,
     /// Not a sealed datagram: too short, wrong magic or unknown format version.
@@ -73,6 +75,7 @@ pub struct TransportStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransportStatsSnapshot {
     pub sent: u64,
+    pub sent_bytes: u64,
     pub received: u64,
     pub rejected_malformed: u64,
     pub rejected_auth: u64,
@@ -86,6 +89,7 @@ impl TransportStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TransportStatsSnapshot {
             sent: get(&self.sent),
+            sent_bytes: get(&self.sent_bytes),
             received: get(&self.received),
             rejected_malformed: get(&self.rejected_malformed),
             rejected_auth: get(&self.rejected_auth),
@@ -522,8 +526,11 @@ impl Socket for SealedSocket {
             }
         };
         match self.socket.send_to(&datagram, to).await {
-            Ok(_) => {
+            Ok(len) => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .sent_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
                 Ok(())
             }
             // Like a sealing failure, not an error for chitchat: it would log a warning for
