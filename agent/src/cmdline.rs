@@ -59,6 +59,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "existing-config-policy",
     "rke2-config",
     "gossip-interval",
+    "gossip-idle-interval",
     "dead-member-grace-period",
     "status-socket",
 ];

@@ -35,6 +35,7 @@ const GOSSIP_KEYS: &[&str] = &[
     "gossip-key-file",
     "state-dir",
     "gossip-interval",
+    "gossip-idle-interval",
     "dead-member-grace-period",
     "status-socket",
 ];

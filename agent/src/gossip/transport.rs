@@ -46,6 +46,9 @@ use super::keyring::{
 };
 pub use super::keyring::{MAX_DATAGRAM_LEN, SEAL_OVERHEAD};
 
+// chitchat (patched, see docs/gossip.md) leaves this much of every datagram free for us.
+const _: () = assert!(SEAL_OVERHEAD <= chitchat::TRANSPORT_ENVELOPE_HEADROOM);
+
 /// How often at most one warning per rejection reason is logged.
 pub const REJECTION_LOG_PERIOD: Duration = Duration::from_secs(10);
 

@@ -60,7 +60,13 @@ pub fn setup_tracing_for_tests() {
 /// we send the self digest "in full".
 /// An Ethernet frame size of 1400B would limit us to 20 nodes
 /// or so.
-pub(crate) const MAX_UDP_DATAGRAM_PAYLOAD_SIZE: usize = 65_507;
+/// The largest message chitchat composes (rke2-bootstrap patch: 65 507, the IPv4 UDP payload
+/// limit, less [`TRANSPORT_ENVELOPE_HEADROOM`], so that a transport can wrap every message, for
+/// example seal it, and still send it as one datagram).
+pub(crate) const MAX_UDP_DATAGRAM_PAYLOAD_SIZE: usize = 65_507 - TRANSPORT_ENVELOPE_HEADROOM;
+
+/// Bytes left free in every datagram for a transport's own envelope (rke2-bootstrap patch).
+pub const TRANSPORT_ENVELOPE_HEADROOM: usize = 128;
 
 /// To prevent dead nodes from being recorded again after deletion,
 /// we keep a local memory of the last nodes that were garbage collected.

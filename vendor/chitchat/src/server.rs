@@ -192,6 +192,15 @@ impl ChitchatHandle {
         self.join_handle.await?
     }
 
+    /// Changes the time between two gossip rounds from now on (rke2-bootstrap patch): the next
+    /// round starts one new interval from now. A caller can so gossip fast while membership
+    /// changes and slowly while it does not.
+    pub fn set_gossip_interval(&self, gossip_interval: Duration) -> Result<(), anyhow::Error> {
+        self.command_tx
+            .send(Command::SetGossipInterval(gossip_interval))?;
+        Ok(())
+    }
+
     /// Performs a Chitchat "handshake" with another UDP server.
     pub fn gossip(&self, addr: SocketAddr) -> Result<(), anyhow::Error> {
         self.command_tx.send(Command::Gossip(addr))?;
@@ -238,8 +247,8 @@ impl Server {
 
     /// Listen for new Chitchat messages.
     async fn run(&mut self) -> anyhow::Result<()> {
-        let gossip_interval = self.chitchat.lock().await.config.gossip_interval;
-        let mut gossip_interval = time::interval(gossip_interval);
+        let mut current_interval = self.chitchat.lock().await.config.gossip_interval;
+        let mut gossip_interval = time::interval(current_interval);
         loop {
             tokio::select! {
                 result = self.transport.recv() => match result {
@@ -259,6 +268,13 @@ impl Server {
                 command = self.command_rx.recv() => match command {
                     Some(Command::Gossip(addr)) => {
                         let _ = self.gossip(addr).await;
+                    },
+                    Some(Command::SetGossipInterval(interval)) => {
+                        if interval != current_interval && !interval.is_zero() {
+                            current_interval = interval;
+                            gossip_interval =
+                                time::interval_at(time::Instant::now() + interval, interval);
+                        }
                     },
                     Some(Command::Shutdown) | None => break,
                 }
@@ -352,6 +368,7 @@ impl Server {
 #[derive(Debug)]
 enum Command {
     Gossip(SocketAddr),
+    SetGossipInterval(Duration),
     Shutdown,
 }
 
