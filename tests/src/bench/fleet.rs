@@ -57,6 +57,8 @@ pub fn member_ip(kind: Kind, rep: usize, slot: usize, i: usize) -> Ipv4Addr {
 /// What one run measured.
 struct Outcome {
     converged: Duration,
+    /// Ours: from convergence until every member gossips at its slow interval.
+    idle_after: Option<Duration>,
     steady: Option<Result<Steady>>,
 }
 
@@ -115,6 +117,22 @@ pub fn run(ctx: &Ctx, report: &mut Report, slot: usize, n: usize) {
                         outcome.converged.as_millis()
                     );
                     row.samples_mut(kind).values.push(ms(outcome.converged));
+                    if kind == Kind::Ours {
+                        let idle = report.row(
+                            &scenario,
+                            "converged -> every member at the slow pace",
+                            Unit::Ms,
+                            None,
+                            false,
+                        );
+                        match outcome.idle_after {
+                            Some(after) => idle.ours.values.push(ms(after)),
+                            None => idle
+                                .ours
+                                .failures
+                                .push(format!("rep {}: not within {IDLE_TIMEOUT:?}", rep + 1)),
+                        }
+                    }
                     if let Some(steady) = outcome.steady {
                         steady_done[k] = true;
                         record_steady(report, n, kind, steady);
@@ -169,9 +187,13 @@ fn run_one(
                 Duration::from_millis(50)
             };
             let converged = wait_all_converged(&mut swarm, t0, timeout, period);
-            let outcome = converged.map(|converged| Outcome {
-                converged,
-                steady: steady.then(|| measure(&mut swarm, ctx.plan.bandwidth_window)),
+            let outcome = converged.map(|converged| {
+                let idle_after = wait_idle(&swarm, IDLE_TIMEOUT);
+                Outcome {
+                    converged,
+                    idle_after,
+                    steady: steady.then(|| measure(&mut swarm, ctx.plan.bandwidth_window)),
+                }
             });
             swarm.shutdown();
             outcome
@@ -184,9 +206,29 @@ fn run_one(
             let steady = steady.then(|| measure(&mut swarm, ctx.plan.bandwidth_window));
             drop(swarm);
             ctx.discard(&dir);
-            Ok(Outcome { converged, steady })
+            Ok(Outcome {
+                converged,
+                idle_after: None,
+                steady,
+            })
         }
     }
+}
+
+/// How long a converged swarm may take to settle at the slow pace before it is measured anyway.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Waits until every member gossips at its slow interval; the time it took, or `None` if that
+/// did not happen within `timeout` (the steady state is then measured as it is).
+fn wait_idle(swarm: &InProcessSwarm, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout && !interrupted() {
+        if swarm.all_idle() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 /// The shipped defaults: the swarm measures what every host would run.

@@ -225,6 +225,8 @@ pub struct InProcessSwarm {
     members: Vec<Cluster>,
     views: Vec<watch::Receiver<Arc<Vec<Member>>>>,
     ips: Vec<Ipv4Addr>,
+    /// Each member's slow gossip interval.
+    idle: Vec<Duration>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -252,6 +254,7 @@ impl InProcessSwarm {
         let seed = SocketAddr::new(IpAddr::V4(ips[0]), IN_PROCESS_PORT);
         let t0 = Instant::now();
         let mut members = Vec::with_capacity(ips.len());
+        let mut idle = Vec::with_capacity(ips.len());
         for (i, ip) in ips.iter().enumerate() {
             check_start_time(t0, timeout, i, ips.len())?;
             let addr = SocketAddr::new(IpAddr::V4(*ip), IN_PROCESS_PORT);
@@ -261,6 +264,7 @@ impl InProcessSwarm {
                 config.seeds = vec![seed.to_string()];
             }
             configure(&mut config);
+            idle.push(config.pacing().slow);
             let announcement = Announcement::new(Role::Server, IpAddr::V4(*ip));
             let member = runtime
                 .block_on(Cluster::join(config, &announcement))
@@ -273,10 +277,19 @@ impl InProcessSwarm {
                 members,
                 views,
                 ips: ips.to_vec(),
+                idle,
                 runtime,
             },
             t0,
         ))
+    }
+
+    /// Whether every member gossips at its slow interval.
+    pub fn all_idle(&self) -> bool {
+        self.members
+            .iter()
+            .zip(&self.idle)
+            .all(|(m, idle)| m.gossip_pace() == *idle)
     }
 
     /// Datagrams and bytes sealed and sent by all members, by their own counters.
