@@ -107,6 +107,9 @@ pub struct Plan {
     pub formation_sizes: Vec<usize>,
     /// Sizes of the fleet rows (ours in process).
     pub fleet_sizes: Vec<usize>,
+    /// Whether the fleet rows measure the steady state (a settled swarm takes 12 s to slow
+    /// down: not in the quick run).
+    pub fleet_steady: bool,
     /// The formation size whose first repetition also measures bandwidth.
     pub bandwidth_n: Option<usize>,
     pub bandwidth_window: Duration,
@@ -204,6 +207,7 @@ impl Args {
             reps,
             formation_sizes,
             fleet_sizes,
+            fleet_steady: !self.quick,
             bandwidth_n,
             bandwidth_window: Duration::from_secs(if self.quick { 5 } else { 30 }),
             churn: wants("churn", true),

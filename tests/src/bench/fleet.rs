@@ -79,27 +79,50 @@ impl Steady {
     }
 }
 
+/// The knobs of the variant run at large sizes: what the shipped fast end costs a thousand
+/// members forming on two cores, against rounds ten times slower.
+const VARIANT: &str = "ours with gossip-interval 1s, gossip-idle-interval 10s";
+
+fn variant(config: &mut GossipConfig) {
+    config.gossip_interval = Duration::from_secs(1);
+    config.idle_gossip_interval = Duration::from_secs(10);
+}
+
 pub fn run(ctx: &Ctx, report: &mut Report, slot: usize, n: usize) {
-    let scenario = format!("fleet N={n}");
+    run_with(ctx, report, slot, n, "", &shipped);
+    if n > LARGE {
+        run_with(ctx, report, slot, n, &format!(", {VARIANT}"), &variant);
+    }
+}
+
+fn run_with(
+    ctx: &Ctx,
+    report: &mut Report,
+    slot: usize,
+    n: usize,
+    suffix: &str,
+    configure: &dyn Fn(&mut GossipConfig),
+) {
+    let scenario = format!("fleet N={n}{suffix}");
     let timeout = if n <= LARGE {
         Duration::from_secs(45)
     } else {
         Duration::from_secs(30) + Duration::from_millis(120) * n as u32
     };
     let reps = if n > LARGE { 1 } else { ctx.plan.reps };
-    let kinds: &[Kind] = if n <= MAX_SERF {
+    let kinds: &[Kind] = if n <= MAX_SERF && suffix.is_empty() {
         &Kind::BOTH
     } else {
         &[Kind::Ours]
     };
-    let mut steady_done = [false; 2];
+    let mut steady_done = [!ctx.plan.fleet_steady; 2];
     let mut failures = [0u32; 2];
     for rep in 0..reps {
         for (k, &kind) in kinds.iter().enumerate() {
             if failures[k] >= 2 {
                 continue;
             }
-            let result = run_one(ctx, kind, rep, slot, n, timeout, !steady_done[k]);
+            let result = run_one(ctx, kind, rep, slot, n, timeout, !steady_done[k], configure);
             let row = report.row(
                 &scenario,
                 "start -> every member sees all N",
@@ -117,7 +140,7 @@ pub fn run(ctx: &Ctx, report: &mut Report, slot: usize, n: usize) {
                         outcome.converged.as_millis()
                     );
                     row.samples_mut(kind).values.push(ms(outcome.converged));
-                    if kind == Kind::Ours {
+                    if kind == Kind::Ours && outcome.steady.is_some() {
                         let idle = report.row(
                             &scenario,
                             "converged -> every member at the slow pace",
@@ -135,7 +158,13 @@ pub fn run(ctx: &Ctx, report: &mut Report, slot: usize, n: usize) {
                     }
                     if let Some(steady) = outcome.steady {
                         steady_done[k] = true;
-                        record_steady(report, n, kind, steady);
+                        record_steady(
+                            report,
+                            &format!("fleet steady N={n}{suffix}"),
+                            n,
+                            kind,
+                            steady,
+                        );
                     }
                 }
                 Err(err) => {
@@ -176,11 +205,12 @@ fn run_one(
     n: usize,
     timeout: Duration,
     steady: bool,
+    configure: &dyn Fn(&mut GossipConfig),
 ) -> Result<Outcome> {
     let ips: Vec<Ipv4Addr> = (0..n).map(|i| member_ip(kind, rep, slot, i)).collect();
     match kind {
         Kind::Ours => {
-            let (mut swarm, t0) = InProcessSwarm::start(&ips, &shipped, timeout)?;
+            let (mut swarm, t0) = InProcessSwarm::start(&ips, configure, timeout)?;
             let period = if n <= LARGE {
                 Duration::from_millis(10)
             } else {
@@ -188,7 +218,7 @@ fn run_one(
             };
             let converged = wait_all_converged(&mut swarm, t0, timeout, period);
             let outcome = converged.map(|converged| {
-                let idle_after = wait_idle(&swarm, IDLE_TIMEOUT);
+                let idle_after = steady.then(|| wait_idle(&swarm, IDLE_TIMEOUT)).flatten();
                 Outcome {
                     converged,
                     idle_after,
@@ -364,9 +394,17 @@ impl OwnCounters for SerfSwarm {
     }
 }
 
-fn record_steady(report: &mut Report, n: usize, kind: Kind, steady: Result<Steady>) {
-    let scenario = format!("fleet steady N={n}");
+fn record_steady(
+    report: &mut Report,
+    scenario: &str,
+    n: usize,
+    kind: Kind,
+    steady: Result<Steady>,
+) {
     let compared = n <= MAX_SERF;
+    let targeted = !scenario.contains("ours with");
+    let bandwidth_target = |n| if targeted { bandwidth_target(n) } else { None };
+    let cpu_target = |n| if targeted { cpu_target(n) } else { None };
     let bandwidth = "sent per member, IP bytes";
     let s = match steady {
         Ok(s) => s,
@@ -374,7 +412,7 @@ fn record_steady(report: &mut Report, n: usize, kind: Kind, steady: Result<Stead
             progress!("{scenario} {}: not measured: {err:#}", kind.name());
             report
                 .row(
-                    &scenario,
+                    scenario,
                     bandwidth,
                     Unit::KbitPerSec,
                     bandwidth_target(n),
@@ -399,7 +437,7 @@ fn record_steady(report: &mut Report, n: usize, kind: Kind, steady: Result<Stead
         })
         .unwrap_or_default();
     let row = report.row(
-        &scenario,
+        scenario,
         bandwidth,
         Unit::KbitPerSec,
         bandwidth_target(n),
@@ -423,7 +461,7 @@ fn record_steady(report: &mut Report, n: usize, kind: Kind, steady: Result<Stead
     ));
     report
         .row(
-            &scenario,
+            scenario,
             "packets sent per member per s",
             Unit::Count,
             None,
@@ -433,7 +471,7 @@ fn record_steady(report: &mut Report, n: usize, kind: Kind, steady: Result<Stead
         .values
         .push((t.udp_packets + t.tcp_packets) as f64 / s.window.as_secs_f64() / s.nodes as f64);
     let cpu = report.row(
-        &scenario,
+        scenario,
         "CPU per member",
         Unit::PctCore,
         cpu_target(n),
