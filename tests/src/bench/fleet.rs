@@ -104,11 +104,6 @@ fn run_with(
     configure: &dyn Fn(&mut GossipConfig),
 ) {
     let scenario = format!("fleet N={n}{suffix}");
-    let timeout = if n <= LARGE {
-        Duration::from_secs(45)
-    } else {
-        Duration::from_secs(30) + Duration::from_millis(120) * n as u32
-    };
     let reps = if n > LARGE { 1 } else { ctx.plan.reps };
     let kinds: &[Kind] = if n <= MAX_SERF && suffix.is_empty() {
         &Kind::BOTH
@@ -122,7 +117,7 @@ fn run_with(
             if failures[k] >= 2 {
                 continue;
             }
-            let result = run_one(ctx, kind, rep, slot, n, timeout, !steady_done[k], configure);
+            let result = run_one(ctx, kind, rep, slot, n, !steady_done[k], configure);
             let row = report.row(
                 &scenario,
                 "start -> every member sees all N",
@@ -203,10 +198,10 @@ fn run_one(
     rep: usize,
     slot: usize,
     n: usize,
-    timeout: Duration,
     steady: bool,
     configure: &dyn Fn(&mut GossipConfig),
 ) -> Result<Outcome> {
+    let timeout = timeout(n);
     let ips: Vec<Ipv4Addr> = (0..n).map(|i| member_ip(kind, rep, slot, i)).collect();
     match kind {
         Kind::Ours => {
@@ -259,6 +254,15 @@ fn wait_idle(swarm: &InProcessSwarm, timeout: Duration) -> Option<Duration> {
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// How long a run may take to converge before it counts as failed.
+fn timeout(n: usize) -> Duration {
+    if n <= LARGE {
+        Duration::from_secs(45)
+    } else {
+        Duration::from_secs(30) + Duration::from_millis(120) * n as u32
+    }
 }
 
 /// The shipped defaults: the swarm measures what every host would run.
