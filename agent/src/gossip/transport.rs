@@ -15,15 +15,14 @@
 //! # Datagram size limit
 //!
 //! A sealed datagram adds [`SEAL_OVERHEAD`] (55) bytes to the chitchat message and must fit in one
-//! UDP payload of at most [`MAX_DATAGRAM_LEN`] (65 507) bytes, the IPv4 maximum. chitchat 0.11 sizes
-//! its messages for that same limit and offers no knob to leave room for an envelope, so a message
-//! it fills to the brim cannot be sealed. That happens only when a peer lacks more state than fits
-//! in one datagram: with our dozen short keys per node (about 150 bytes per node once chitchat
-//! has compressed them) that means clusters of several hundred nodes, where a newcomer's first
-//! catch-up would overflow. (chitchat's own digest, about 50 bytes per node and uncompressed, caps
-//! a cluster at roughly a thousand nodes anyway.) Such a message is not truncated and never sent
-//! in the clear: it is dropped, counted in [`TransportStats::send_failed`] and logged
-//! (rate-limited) with its size, so the condition is visible long before it matters.
+//! UDP payload of at most [`MAX_DATAGRAM_LEN`] (65 507) bytes, the IPv4 maximum. Our vendored
+//! chitchat (docs/gossip.md) sizes its messages for that limit less
+//! `chitchat::TRANSPORT_ENVELOPE_HEADROOM` (128) bytes, so every message it fills to its budget
+//! can be sealed (checked at compile time below). What can still overflow is a digest alone:
+//! chitchat's digest, about 50 bytes per node and uncompressed, caps a cluster at roughly 1,300
+//! nodes with short names. Such a message is not truncated and never sent in the clear: it is
+//! dropped, counted in [`TransportStats::send_failed`] and logged (rate-limited) with its size, so
+//! the condition is visible long before it matters.
 //!
 //! There is no plaintext mode.
 
