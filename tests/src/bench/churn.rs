@@ -102,9 +102,14 @@ fn run_serf(ctx: &Ctx, rep: usize, idle: bool) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// Our agents gossip fast for 10 s after the last change, announce their slow pace for 2 s, then
+/// slow down: footprint and crash are measured in that steady state (the crash is then noticed
+/// by the sidecar's health checks, not by gossip's fast failure detector).
+const STEADY_AFTER: Duration = Duration::from_secs(15);
+
 /// Idle footprint of the hosts' agents and of the LB host's process, after a settling time.
 fn footprint(ctx: &Ctx, c: &dyn LbCluster) -> (Idle, Idle) {
-    nap(Duration::from_secs(3));
+    nap(STEADY_AFTER);
     let mut pids = c.host_pids();
     let lb = c.lb_pid();
     pids.extend(lb);
@@ -123,7 +128,7 @@ fn churn(
     idle: Option<(Idle, Idle)>,
     timeout: Duration,
 ) -> Result<Outcome> {
-    nap(Duration::from_millis(500));
+    nap(STEADY_AFTER);
     let crash = time_removal(c, CRASHED, |c, i| c.crash(i), timeout).context("crash")?;
     nap(Duration::from_secs(1));
     let leave = time_removal(c, LEAVING, |c, i| c.leave(i), timeout).context("leave")?;

@@ -256,9 +256,11 @@ fn total_ticks(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
 }
 
-/// Bytes sent by the members, their CPU and memory, over `window`, after a short settling time.
+/// Bytes sent by the members, their CPU and memory, over `window`, after a settling time.
 fn measure_steady(swarm: &mut dyn Swarm, window: Duration) -> Result<Steady> {
-    nap(Duration::from_secs(2));
+    // Our agents gossip fast for 10 s after the last change, then announce their slow pace for
+    // 2 s before slowing down (see the agent's `gossip::pacing`): the steady state starts after.
+    nap(Duration::from_secs(15));
     let sources: HashSet<_> = swarm.ips().into_iter().collect();
     let pids = swarm.pids();
     let counter = ByteCounter::start(sources)?;
