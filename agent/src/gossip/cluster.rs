@@ -525,13 +525,18 @@ impl Cluster {
         announcement.leaving = true;
         announcement.phase = Phase::Leaving;
         self.announce(&announcement).await;
+        // Every node we know, not only those chitchat's detector calls live: at the slow pace
+        // its opinion of a live peer flaps (see `pacing`), and a peer left out would learn of the
+        // leave only from its next slow round.
         let peers: Vec<SocketAddr> = {
             let chitchat = self.inner.chitchat.lock().await;
-            chitchat
-                .live_nodes()
+            let addrs: HashSet<SocketAddr> = chitchat
+                .node_states()
+                .keys()
                 .map(|id| id.gossip_advertise_addr)
                 .filter(|addr| *addr != self.inner.advertise_addr)
-                .collect()
+                .collect();
+            addrs.into_iter().collect()
         };
         for push in 0..LEAVE_PUSHES {
             for peer in &peers {
@@ -760,15 +765,16 @@ impl Inner {
 /// Keeps the typed view current: every gossip round, on chitchat membership events, and right
 /// after a local announcement. Bursts of events coalesce (watch channels keep only the latest).
 ///
-/// The task wakes every fast interval (the local-pause guard measures stalls with it, and a node
-/// chitchat just heard of must turn the pace fast at once), but recomputes the whole view only
-/// once per current gossip interval, or when something changed: at the slow pace a thousand
-/// members' views are not rebuilt ten times a second for nothing.
+/// The task wakes every fast interval (the local-pause guard measures stalls with it, and news
+/// such as a peer's leave must reach the view at once), but recomputes the whole view only once
+/// per current gossip interval, or when chitchat's state changed (a node or a key: the sum of the
+/// nodes' max versions moved): at the slow pace a thousand members' views are not rebuilt ten
+/// times a second for nothing.
 async fn run_view(inner: Arc<Inner>) {
     let mut live_nodes = inner.chitchat.lock().await.live_nodes_watcher();
     let mut ticker = tokio::time::interval(inner.gossip_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut known_nodes = 0;
+    let mut known_state = (0, 0);
     let mut next_full = Instant::now();
     loop {
         let event = tokio::select! {
@@ -782,9 +788,17 @@ async fn run_view(inner: Arc<Inner>) {
             _ = inner.refresh.notified() => true,
         };
         let now = Instant::now();
-        let nodes = inner.chitchat.lock().await.node_states().len();
-        if event || nodes != known_nodes || now >= next_full {
-            known_nodes = nodes;
+        let state = {
+            let chitchat = inner.chitchat.lock().await;
+            let states = chitchat.node_states();
+            let versions = states
+                .values()
+                .map(|s| s.max_version())
+                .fold(0u64, u64::wrapping_add);
+            (states.len(), versions)
+        };
+        if event || state != known_state || now >= next_full {
+            known_state = state;
             inner.refresh_view().await;
             next_full = now + lock(&inner.pacer).interval(now);
         } else {
