@@ -736,7 +736,15 @@ async fn fast_gossip_on_request() {
             .all(|n| n.gossip_pace() == Duration::from_millis(600))
     })
     .await;
+    // The agent re-announces every tick: the same announcement again is no motion.
+    nodes[1].announce(&announcement(181, 2)).await;
+    assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(600));
     nodes[0].request_fast_gossip(Duration::from_secs(30));
     assert_eq!(nodes[0].gossip_pace(), Duration::from_millis(50));
     assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(600));
+    // A changed one is.
+    let mut changed = announcement(181, 2);
+    changed.phase = rke2_bootstrap::gossip::Phase::Joining;
+    nodes[1].announce(&changed).await;
+    assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(50));
 }

@@ -465,23 +465,34 @@ impl Cluster {
     /// a new version that must travel to every peer).
     pub async fn announce(&self, announcement: &Announcement) {
         let key_values = ordered_key_values(announcement);
-        self.inner
+        let changed = self
+            .inner
             .handle
             .with_chitchat(|chitchat| {
                 let state = chitchat.self_node_state();
+                let mut changed = false;
                 for (key, value) in &key_values {
                     match value {
                         Some(value) if state.get(key) != Some(value.as_str()) => {
-                            state.set(*key, value)
+                            state.set(*key, value);
+                            changed = true;
                         }
-                        None if state.get(key).is_some() => state.delete(key),
+                        None if state.get(key).is_some() => {
+                            state.delete(key);
+                            changed = true;
+                        }
                         _ => {}
                     }
                 }
+                changed
             })
             .await;
         *lock(&self.inner.announcement) = announcement.clone();
-        self.inner.motion(Motion::Announced);
+        // The agent re-announces every tick; only a real change is motion, or a waiting agent
+        // would keep the whole cluster at the fast pace.
+        if changed {
+            self.inner.motion(Motion::Announced);
+        }
         self.inner.refresh.notify_one();
     }
 
