@@ -113,6 +113,10 @@ pub struct Plan {
     /// The formation size whose first repetition also measures bandwidth.
     pub bandwidth_n: Option<usize>,
     pub bandwidth_window: Duration,
+    /// How long after convergence or bring-up the steady state starts: our agents slow their
+    /// gossip down 12 s after the last change. Short in the quick run (CI), which then measures
+    /// the fast pace.
+    pub steady_after: Duration,
     pub churn: bool,
     /// How long idle CPU is measured (in the first churn repetition).
     pub idle_window: Duration,
@@ -210,6 +214,7 @@ impl Args {
             fleet_steady: !self.quick,
             bandwidth_n,
             bandwidth_window: Duration::from_secs(if self.quick { 5 } else { 30 }),
+            steady_after: Duration::from_secs(if self.quick { 2 } else { 15 }),
             churn: wants("churn", true),
             idle_window: Duration::from_secs(if self.quick { 5 } else { 20 }),
             soak,
