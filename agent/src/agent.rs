@@ -28,6 +28,9 @@ use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
 use crate::status::{self, StatusReport};
 
+/// How long each bring-up step keeps gossip at its fast pace (renewed by the next step).
+const FAST_GOSSIP_WHILE_BRINGING_UP: Duration = Duration::from_secs(15);
+
 /// How often the agent re-evaluates when nothing changes. A whole rack boots at once, so every
 /// wait gets jitter: hosts must not probe and retry in lockstep.
 fn tick(phase: Phase) -> Duration {
@@ -676,6 +679,13 @@ impl Agent {
 
     async fn set_phase(&mut self, phase: Phase, reason: &str) {
         self.announcement.phase = phase;
+        // While this host brings itself up (an election, a join turn), what it and its peers
+        // publish must travel at once: keep gossip at the fast pace, whatever the membership
+        // does. Every step of the bring-up passes here, so the request is renewed until Ready.
+        if phase != Phase::Ready {
+            self.cluster
+                .request_fast_gossip(FAST_GOSSIP_WHILE_BRINGING_UP);
+        }
         let changed = match self.report.lock() {
             Ok(mut report) => {
                 let changed = report.phase != phase || report.reason != reason;

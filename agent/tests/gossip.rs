@@ -563,6 +563,7 @@ async fn transport_counts_each_rejection_kind() {
 
     let expected = TransportStatsSnapshot {
         sent: 0,
+        sent_bytes: 0,
         received: 0,
         rejected_malformed: 1,
         rejected_auth: 2,
@@ -624,4 +625,126 @@ async fn local_pause_does_not_report_false_deaths() {
         !unguarded_recorder.violations().is_empty(),
         "control: without the guard the stall should have produced false deaths"
     );
+}
+
+/// Paced nodes: fast rounds of 50 ms while in motion, 600 ms once the view has been steady for
+/// 1 s. Test ids 180 and 181.
+fn paced_config(test: u8, host: u8, seeds: &[SocketAddr], key: [u8; 32]) -> GossipConfig {
+    let mut config = config(test, host, seeds, Keyring::new(key));
+    config.gossip_interval = Duration::from_millis(50);
+    config.idle_gossip_interval = Duration::from_millis(600);
+    config.pacing_settle = Duration::from_secs(1);
+    config
+}
+
+async fn start_paced(test: u8, count: u8, key: [u8; 32]) -> Vec<Cluster> {
+    let mut nodes = Vec::new();
+    for host in 1..=count {
+        let seeds = if host == 1 {
+            vec![]
+        } else {
+            vec![addr(test, 1)]
+        };
+        let config = paced_config(test, host, &seeds, key);
+        nodes.push(join_config(config, &announcement(test, host)).await);
+    }
+    nodes
+}
+
+/// A cluster that settles slows its rounds down without any live member ever looking dead
+/// (chitchat's detector, used to the fast gaps, would call every peer dead one slow round after
+/// the switch), goes fast again when a node joins, and still declares a killed node dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_gossip_slows_down_without_false_deaths_and_speeds_up_on_a_join() {
+    init_tracing();
+    const KEY: [u8; 32] = [180; 32];
+    let slow = Duration::from_millis(600);
+    let fast = Duration::from_millis(50);
+    let mut nodes = start_paced(180, 4, KEY).await;
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    wait_until("all alive", Duration::from_secs(10), &refs, || {
+        all_see_all_alive(&refs)
+    })
+    .await;
+    let recorder = Recorder::new(&refs, no_member_is_down);
+    wait_until(
+        "every node gossips slowly",
+        Duration::from_secs(20),
+        &refs,
+        || refs.iter().all(|n| n.gossip_pace() == slow),
+    )
+    .await;
+    // Ten slow rounds, more than the six after which a silent paced member would be dead.
+    let steady_since = Instant::now();
+    wait_until(
+        "ten slow rounds pass",
+        Duration::from_secs(20),
+        &refs,
+        || steady_since.elapsed() > slow * 10 && refs.iter().all(|n| n.gossip_pace() == slow),
+    )
+    .await;
+    assert_eq!(recorder.violations(), Vec::<String>::new());
+    assert!(all_see_all_alive(&refs), "{}", describe(&refs));
+    drop(recorder);
+
+    // A newcomer is motion: every node goes fast, and all see all five.
+    let newcomer = join_config(
+        paced_config(180, 5, &[addr(180, 1)], KEY),
+        &announcement(180, 5),
+    )
+    .await;
+    nodes.push(newcomer);
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    wait_until("all five alive", Duration::from_secs(15), &refs, || {
+        all_see_all_alive(&refs)
+    })
+    .await;
+    assert!(
+        refs.iter().any(|n| n.gossip_pace() == fast),
+        "a join left every node slow"
+    );
+
+    // The view still moves: back at the slow pace, a killed node is declared dead.
+    wait_until("slow again", Duration::from_secs(20), &refs, || {
+        refs.iter().all(|n| n.gossip_pace() == slow)
+    })
+    .await;
+    let victim = nodes.pop().unwrap();
+    let victim_name = victim.self_name().to_string();
+    drop(victim);
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    wait_until(
+        "survivors see the killed node dead",
+        Duration::from_secs(30),
+        &refs,
+        || {
+            refs.iter()
+                .all(|n| find(&view(n), &victim_name).is_some_and(|m| m.liveness == Liveness::Dead))
+        },
+    )
+    .await;
+}
+
+/// The bring-up's lever: fast rounds on request, even in a steady view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_gossip_on_request() {
+    init_tracing();
+    let nodes = start_paced(181, 2, [181; 32]).await;
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    wait_until("slow", Duration::from_secs(20), &refs, || {
+        refs.iter()
+            .all(|n| n.gossip_pace() == Duration::from_millis(600))
+    })
+    .await;
+    // The agent re-announces every tick: the same announcement again is no motion.
+    nodes[1].announce(&announcement(181, 2)).await;
+    assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(600));
+    nodes[0].request_fast_gossip(Duration::from_secs(30));
+    assert_eq!(nodes[0].gossip_pace(), Duration::from_millis(50));
+    assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(600));
+    // A changed one is.
+    let mut changed = announcement(181, 2);
+    changed.phase = rke2_bootstrap::gossip::Phase::Joining;
+    nodes[1].announce(&changed).await;
+    assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(50));
 }

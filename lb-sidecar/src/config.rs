@@ -268,6 +268,8 @@ pub struct SidecarConfig {
     pub command_timeout: Duration,
     pub damping: DampingConfig,
     pub debounce: DebounceConfig,
+    /// Direct checks of the listed servers (see [`crate::health`]).
+    pub health_check: crate::health::HealthCheckConfig,
     pub retry: RetryConfig,
     /// Where the JSON status record is kept, if anywhere.
     pub status_file: Option<PathBuf>,
@@ -292,6 +294,7 @@ impl Default for SidecarConfig {
             command_timeout: Duration::from_secs(10),
             damping: DampingConfig::default(),
             debounce: DebounceConfig::default(),
+            health_check: crate::health::HealthCheckConfig::default(),
             retry: RetryConfig::default(),
             status_file: None,
             ca_hash: None,
@@ -501,6 +504,12 @@ reload:
         let c: SidecarConfig = serde_yaml_ng::from_str(yaml).unwrap();
         c.check().unwrap();
         assert_eq!(c.lb, LbKind::Haproxy);
+        assert!(c.health_check.enabled);
+        let h: SidecarConfig =
+            serde_yaml_ng::from_str("health-check: {interval: 1s, fall: 3}").unwrap();
+        assert_eq!(h.health_check.interval, Duration::from_secs(1));
+        assert_eq!((h.health_check.fall, h.health_check.enabled), (3, true));
+        assert!(serde_yaml_ng::from_str::<SidecarConfig>("health-check: {falls: 3}").is_err());
         assert_eq!(c.supervisor_port, 9345);
         assert_eq!(c.damping.add_after, Duration::from_secs(2));
         assert_eq!(c.damping.flap_limit, 3);

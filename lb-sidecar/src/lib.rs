@@ -4,16 +4,19 @@
 //!
 //! Data flows one way, and only the last step does I/O:
 //! membership view -> routable set ([`view`]) -> flap damping ([`damper`]) -> coalescing
-//! ([`debounce`]) -> config text ([`render`]) -> validate, swap, reload ([`apply`]).
+//! ([`debounce`]) -> config text ([`render`]) -> validate, swap, reload ([`apply`]). Between the
+//! view and the damper, [`health`] vetoes servers that stopped answering direct checks.
 
 pub mod apply;
 pub mod config;
 pub mod damper;
 pub mod debounce;
+pub mod health;
 pub mod render;
 pub mod status;
 pub mod view;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +67,11 @@ pub struct Sidecar {
     retry_delay: Duration,
     status: Status,
     status_tx: watch::Sender<Status>,
+    /// The last membership view, re-read when the health checks' verdict changes.
+    members: Arc<Vec<Member>>,
+    /// Servers the health checks took out, and the gossip-routable set they check.
+    vetoed: BTreeSet<String>,
+    check_targets: watch::Sender<Vec<Upstream>>,
 }
 
 impl Sidecar {
@@ -99,6 +107,9 @@ impl Sidecar {
             applier,
             status,
             status_tx,
+            members: Arc::new(Vec::new()),
+            vetoed: BTreeSet::new(),
+            check_targets: watch::channel(Vec::new()).0,
             config,
         })
     }
@@ -120,6 +131,16 @@ impl Sidecar {
             "lb sidecar started"
         );
         let mut shutdown = std::pin::pin!(shutdown);
+        let (vetoed_tx, mut vetoed_rx) = watch::channel(BTreeSet::new());
+        let checks = self.config.health_check.enabled.then(|| {
+            tokio::spawn(health::run_checks(
+                self.config.health_check,
+                self.config.supervisor_port,
+                self.check_targets.subscribe(),
+                vetoed_tx,
+            ))
+        });
+        let _checks = checks.map(AbortOnDrop);
         let members = view_rx.borrow_and_update().clone();
         self.on_view(debounce::now(), &members);
         loop {
@@ -144,6 +165,11 @@ impl Sidecar {
                     let members = view_rx.borrow_and_update().clone();
                     self.on_view(debounce::now(), &members);
                 }
+                Ok(()) = vetoed_rx.changed() => {
+                    self.vetoed = vetoed_rx.borrow_and_update().clone();
+                    let members = self.members.clone();
+                    self.on_view(debounce::now(), &members);
+                }
                 () = sleep_until(deadline) => {}
             }
             let now = debounce::now();
@@ -156,7 +182,8 @@ impl Sidecar {
         }
     }
 
-    fn on_view(&mut self, now: Instant, members: &[Member]) {
+    fn on_view(&mut self, now: Instant, members: &Arc<Vec<Member>>) {
+        self.members = members.clone();
         let pinned = self.config.ca_hash.as_deref();
         let resolved = view::resolve_identity(members, pinned, self.identity.as_deref());
         if self.identity.is_none() {
@@ -176,6 +203,9 @@ impl Sidecar {
         self.rival_identity = elected.filter(|e| Some(e) != self.identity.as_ref());
 
         let view = view::routable_view(members, self.identity.as_deref());
+        self.check_targets
+            .send_if_modified(|targets| replace_if_different(targets, &view.upstreams));
+        let view = health::apply_veto(view, &self.vetoed);
         self.log_view_changes(&view);
         self.view = view;
         let events = self.damper.observe(now, &self.view.upstreams);
@@ -406,6 +436,23 @@ impl Sidecar {
             }
         }
     }
+}
+
+/// Aborts a background task when dropped (the health checks end with the run loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn replace_if_different(current: &mut Vec<Upstream>, new: &[Upstream]) -> bool {
+    if current.as_slice() == new {
+        return false;
+    }
+    *current = new.to_vec();
+    true
 }
 
 /// Renders the complete LB config for `upstreams` the way the run loop does: the user template

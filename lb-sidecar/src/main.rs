@@ -35,6 +35,7 @@ const GOSSIP_KEYS: &[&str] = &[
     "gossip-key-file",
     "state-dir",
     "gossip-interval",
+    "gossip-idle-interval",
     "dead-member-grace-period",
     "status-socket",
 ];
@@ -54,6 +55,7 @@ const LB_KEYS: &[KeySpec] = &[
     KeySpec { name: "command-timeout", help: "Upper bound for each validate or reload command (default: 10s)" },
     KeySpec { name: "damping", help: "Flap damping (add-after, flap-limit, flap-window, hold-down)" },
     KeySpec { name: "debounce", help: "Change coalescing (quiet, max-wait)" },
+    KeySpec { name: "health-check", help: "Direct TCP checks of listed servers' supervisor port (enabled, interval, timeout, fall)" },
     KeySpec { name: "retry", help: "Retry of failed applies (initial, max)" },
     KeySpec { name: "status-file", help: "Where the JSON status record is written" },
     KeySpec { name: "ca-hash", help: "Pin the cluster CA hash instead of learning it from gossip" },

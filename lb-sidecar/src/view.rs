@@ -53,6 +53,9 @@ pub enum Exclusion {
     OlderGeneration,
     /// Another routable member (the one named) already uses this address.
     DuplicateAddr { kept: String },
+    /// Ready in gossip, but it answered the LB host's health checks before and stopped (see
+    /// [`crate::health`]).
+    Unreachable,
 }
 
 impl fmt::Display for Exclusion {
@@ -68,6 +71,7 @@ impl fmt::Display for Exclusion {
             Exclusion::InvalidAddr { detail } => write!(f, "invalid address: {detail}"),
             Exclusion::OlderGeneration => f.write_str("superseded by a newer generation"),
             Exclusion::DuplicateAddr { kept } => write!(f, "address already used by {kept}"),
+            Exclusion::Unreachable => f.write_str("not answering health checks"),
         }
     }
 }

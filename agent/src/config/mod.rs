@@ -62,7 +62,8 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "control-plane-taint", help: "Dedicated control plane: taint servers CriticalAddonsOnly=true:NoExecute (default: false)" },
     KeySpec { name: "existing-config-policy", help: "What to do with an operator-written config.yaml: refuse or backup (default: refuse)" },
     KeySpec { name: "rke2-config", help: "Extra RKE2 config.yaml keys, passed through (a mapping)" },
-    KeySpec { name: "gossip-interval", help: "Gossip round interval (default: 100ms)" },
+    KeySpec { name: "gossip-interval", help: "Gossip round interval while membership is in motion (default: 100ms)" },
+    KeySpec { name: "gossip-idle-interval", help: "Gossip round interval once membership has been steady for 10s; equal to gossip-interval turns pacing off (default: 5s)" },
     KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten; at least 5m (default: 1h)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
@@ -117,6 +118,8 @@ pub struct RawAgentConfig {
     pub rke2_config: Option<serde_yaml_ng::Mapping>,
     #[serde(default, deserialize_with = "lenient::duration")]
     pub gossip_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "lenient::duration")]
+    pub gossip_idle_interval: Option<Duration>,
     #[serde(default, deserialize_with = "lenient::duration")]
     pub dead_member_grace_period: Option<Duration>,
     pub status_socket: Option<PathBuf>,
@@ -213,6 +216,8 @@ pub struct AgentConfig {
     pub existing_config_policy: ExistingConfigPolicy,
     pub rke2_config: serde_yaml_ng::Mapping,
     pub gossip_interval: Duration,
+    /// The slow end of the gossip pace (see `gossip::pacing`).
+    pub gossip_idle_interval: Duration,
     pub dead_member_grace_period: Duration,
     pub status_socket: PathBuf,
 }
@@ -407,6 +412,16 @@ impl AgentConfig {
                 "must be between 10ms and 10s".into(),
             ));
         }
+        let gossip_idle_interval = raw
+            .gossip_idle_interval
+            .unwrap_or(crate::gossip::DEFAULT_IDLE_GOSSIP_INTERVAL.max(gossip_interval));
+        if gossip_idle_interval < gossip_interval || gossip_idle_interval > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "gossip-idle-interval",
+                "must be between gossip-interval and 60s".into(),
+            ));
+        }
         let dead_member_grace_period = raw
             .dead_member_grace_period
             .unwrap_or(DEFAULT_DEAD_NODE_GRACE_PERIOD);
@@ -457,6 +472,7 @@ impl AgentConfig {
             existing_config_policy: raw.existing_config_policy.unwrap_or_default(),
             rke2_config: raw.rke2_config.unwrap_or_default(),
             gossip_interval,
+            gossip_idle_interval,
             dead_member_grace_period,
         })
     }
@@ -476,6 +492,7 @@ impl AgentConfig {
         gossip.advertise_addr = Some(advertise);
         gossip.seeds = self.seeds.clone();
         gossip.gossip_interval = self.gossip_interval;
+        gossip.idle_gossip_interval = self.gossip_idle_interval;
         gossip.failure_detector.dead_node_grace_period = self.dead_member_grace_period;
         gossip
     }
@@ -818,11 +835,49 @@ mod tests {
     }
 
     #[test]
+    fn gossip_idle_interval_is_the_slow_end_and_reaches_gossip() {
+        let err = load(
+            None,
+            &[],
+            &[
+                ("node-name", "a"),
+                ("gossip-interval", "2s"),
+                ("gossip-idle-interval", "1s"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gossip-idle-interval"), "{err}");
+        // A fast end above the default slow one moves the slow one up with it.
+        let cfg = load(None, &[], &[("node-name", "a"), ("gossip-interval", "8s")]).unwrap();
+        assert_eq!(cfg.gossip_idle_interval, Duration::from_secs(8));
+        let cfg = load(
+            None,
+            &[],
+            &[
+                ("node-name", "a"),
+                ("bind-addr", "127.0.0.1"),
+                ("gossip-idle-interval", "30s"),
+            ],
+        )
+        .unwrap();
+        let gossip = cfg.gossip_config(
+            "127.0.0.1:7947".parse().unwrap(),
+            crate::gossip::keyring::Keyring::new([7; 32]),
+        );
+        assert_eq!(gossip.pacing().slow, Duration::from_secs(30));
+    }
+
+    #[test]
     fn lists_maps_and_durations_from_text_and_yaml() {
         let f = file("node-name: a\nseeds: [\"lb.example:7947\", \"10.0.0.2:7947\"]\nrke2-config:\n  cni: cilium\n");
         let cfg = load(Some(f.path()), &[], &[("gossip-interval", "250ms")]).unwrap();
         assert_eq!(cfg.seeds, ["lb.example:7947", "10.0.0.2:7947"]);
         assert_eq!(cfg.gossip_interval, Duration::from_millis(250));
+        assert_eq!(
+            cfg.gossip_idle_interval,
+            crate::gossip::DEFAULT_IDLE_GOSSIP_INTERVAL
+        );
         assert_eq!(
             cfg.rke2_config.get("cni").and_then(|v| v.as_str()),
             Some("cilium")

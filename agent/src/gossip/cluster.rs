@@ -58,7 +58,7 @@
 //! arrive and chitchat to revise its opinion. Real deaths are then reported a little later, never
 //! invented. [`Cluster::members`] applies the same hold.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -71,7 +71,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use super::keyring::{unix_ms_now, Keyring, SharedKeyring, DEFAULT_REPLAY_WINDOW};
-use super::schema::{Announcement, Liveness, Member, Phase, ANNOUNCED_KEY};
+use super::pacing::{
+    self, Motion, Pacer, PacingSettings, DEFAULT_IDLE_GOSSIP_INTERVAL, DEFAULT_SETTLE,
+};
+use super::schema::{
+    pace_value, parse_pace, Announcement, Liveness, Member, Phase, ANNOUNCED_KEY, PACE_KEY,
+};
 use super::transport::{RateLimitedLog, SealedTransport, TransportStats};
 
 /// Default gossip port (UDP). Not 7946, Serf's and memberlist's default: MetalLB's speaker takes
@@ -172,7 +177,13 @@ pub struct GossipConfig {
     /// background and re-resolved (quickly while resolution fails), so an unresolvable seed never
     /// blocks start-up. Our own address may be listed (same list on every host).
     pub seeds: Vec<String>,
+    /// Time between gossip rounds while membership is in motion (see [`super::pacing`]).
     pub gossip_interval: Duration,
+    /// Time between gossip rounds once the view has been steady; never below
+    /// `gossip_interval` (equal turns pacing off).
+    pub idle_gossip_interval: Duration,
+    /// How long the view must stay steady before rounds slow down.
+    pub pacing_settle: Duration,
     pub failure_detector: FailureDetectorSettings,
     pub local_health: LocalHealthSettings,
     /// Accepted clock difference between hosts for sealed datagrams (replay protection).
@@ -197,6 +208,8 @@ impl GossipConfig {
             advertise_addr: None,
             seeds: Vec::new(),
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            idle_gossip_interval: DEFAULT_IDLE_GOSSIP_INTERVAL,
+            pacing_settle: DEFAULT_SETTLE,
             failure_detector: FailureDetectorSettings::default(),
             local_health: LocalHealthSettings::default(),
             replay_window: DEFAULT_REPLAY_WINDOW,
@@ -246,12 +259,26 @@ impl GossipConfig {
         Ok(())
     }
 
+    /// Both ends of the pace, the slow one never below the fast one.
+    pub fn pacing(&self) -> PacingSettings {
+        PacingSettings {
+            fast: self.gossip_interval,
+            slow: self.idle_gossip_interval.max(self.gossip_interval),
+            settle: self.pacing_settle,
+        }
+    }
+
     fn chitchat_failure_detector(&self) -> chitchat::FailureDetectorConfig {
         let fd = &self.failure_detector;
         chitchat::FailureDetectorConfig {
             phi_threshold: fd.phi_threshold,
             sampling_window_size: fd.sampling_window_size,
-            max_interval: fd.max_interval.unwrap_or(self.gossip_interval * 10),
+            // Long enough to record the gaps of the slow pace, so that the detector's mean
+            // follows a peer that slowed down instead of calling it dead forever (and chitchat
+            // forgetting it after the grace period).
+            max_interval: fd
+                .max_interval
+                .unwrap_or((self.gossip_interval * 10).max(self.pacing().slow * 3)),
             initial_interval: fd.initial_interval.unwrap_or(self.gossip_interval),
             dead_node_grace_period: fd.dead_node_grace_period,
         }
@@ -307,6 +334,27 @@ struct Inner {
     duplicate_log: Mutex<RateLimitedLog>,
     /// Wakes the view task right after a local change, instead of at the next round.
     refresh: Notify,
+    pacer: Mutex<Pacer>,
+    /// When each node's heartbeat last moved forward, as this node saw it.
+    heartbeats: Mutex<HashMap<ChitchatId, HeartbeatSeen>>,
+}
+
+/// A node's heartbeat as last observed, and when it last moved forward.
+#[derive(Debug, Clone, Copy)]
+struct HeartbeatSeen {
+    value: u64,
+    /// `None` until the heartbeat has been seen moving once: a node known only from an old
+    /// digest (dead before we started) gets no benefit of the doubt.
+    advanced_at: Option<Instant>,
+}
+
+/// What a view computation noticed that means membership is in motion.
+#[derive(Debug, Default, Clone, Copy)]
+struct Signals {
+    /// Nodes chitchat knows but has no opinion on yet.
+    unjudged: usize,
+    /// Members silent for longer than the slow pace explains.
+    suspects: usize,
 }
 
 impl Cluster {
@@ -376,6 +424,7 @@ impl Cluster {
 
         let interval = config.gossip_interval;
         let health = LocalHealth::new(&config.local_health, interval, Instant::now());
+        let pacer = Pacer::new(config.pacing(), Instant::now());
         let (view_tx, _) = watch::channel(Arc::new(Vec::new()));
         let inner = Arc::new(Inner {
             handle,
@@ -393,6 +442,8 @@ impl Cluster {
             schema_log: Mutex::new(RateLimitedLog::new(SCHEMA_LOG_PERIOD)),
             duplicate_log: Mutex::new(RateLimitedLog::new(SCHEMA_LOG_PERIOD)),
             refresh: Notify::new(),
+            pacer: Mutex::new(pacer),
+            heartbeats: Mutex::new(HashMap::new()),
         });
         inner.refresh_view().await;
 
@@ -416,30 +467,56 @@ impl Cluster {
     /// a new version that must travel to every peer).
     pub async fn announce(&self, announcement: &Announcement) {
         let key_values = ordered_key_values(announcement);
-        self.inner
+        let changed = self
+            .inner
             .handle
             .with_chitchat(|chitchat| {
                 let state = chitchat.self_node_state();
+                let mut changed = false;
                 for (key, value) in &key_values {
                     match value {
                         Some(value) if state.get(key) != Some(value.as_str()) => {
-                            state.set(*key, value)
+                            state.set(*key, value);
+                            changed = true;
                         }
-                        None if state.get(key).is_some() => state.delete(key),
+                        None if state.get(key).is_some() => {
+                            state.delete(key);
+                            changed = true;
+                        }
                         _ => {}
                     }
                 }
+                changed
             })
             .await;
         *lock(&self.inner.announcement) = announcement.clone();
+        // The agent re-announces every tick; only a real change is motion, or a waiting agent
+        // would keep the whole cluster at the fast pace.
+        if changed {
+            self.inner.motion(Motion::Announced);
+        }
         self.inner.refresh.notify_one();
+    }
+
+    /// Gossip rounds at the fast interval for at least `duration` from now, whatever the view
+    /// does: for a bring-up waiting on its peers (an election, a join turn), where a change
+    /// should travel at once even though the membership itself is steady.
+    pub fn request_fast_gossip(&self, duration: Duration) {
+        let now = Instant::now();
+        lock(&self.inner.pacer).request_fast(now, duration);
+        self.inner.apply_pace(now);
+    }
+
+    /// The gossip round interval in force now.
+    pub fn gossip_pace(&self) -> Duration {
+        lock(&self.inner.pacer).interval(Instant::now())
     }
 
     /// Every member we know of, this node included, sorted by name: alive, dead (until the dead
     /// node grace period expires) and left. A restarted node appears once, as its newest
     /// generation.
     pub async fn members(&self) -> Vec<Member> {
-        let raw = self.inner.raw_members().await;
+        let (raw, _) = self.inner.raw_members().await;
         let now = Instant::now();
         let mut health = lock(&self.inner.health);
         health.notice_stall(now);
@@ -461,13 +538,18 @@ impl Cluster {
         announcement.leaving = true;
         announcement.phase = Phase::Leaving;
         self.announce(&announcement).await;
+        // Every node we know, not only those chitchat's detector calls live: at the slow pace
+        // its opinion of a live peer flaps (see `pacing`), and a peer left out would learn of the
+        // leave only from its next slow round.
         let peers: Vec<SocketAddr> = {
             let chitchat = self.inner.chitchat.lock().await;
-            chitchat
-                .live_nodes()
+            let addrs: HashSet<SocketAddr> = chitchat
+                .node_states()
+                .keys()
                 .map(|id| id.gossip_advertise_addr)
                 .filter(|addr| *addr != self.inner.advertise_addr)
-                .collect()
+                .collect();
+            addrs.into_iter().collect()
         };
         for push in 0..LEAVE_PUSHES {
             for peer in &peers {
@@ -534,19 +616,41 @@ impl Drop for Cluster {
 }
 
 impl Inner {
-    async fn raw_members(&self) -> Vec<Member> {
+    async fn raw_members(&self) -> (Vec<Member>, Signals) {
         let mut schema_errors = Vec::new();
         let mut duplicates = Vec::new();
         let mut by_name: BTreeMap<String, Member> = BTreeMap::new();
+        let mut signals = Signals::default();
+        let now = Instant::now();
         {
             let chitchat = self.chitchat.lock().await;
             let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
             let dead: HashSet<&ChitchatId> = chitchat.dead_nodes().collect();
+            let mut heartbeats = lock(&self.heartbeats);
+            heartbeats.retain(|id, _| chitchat.node_state(id).is_some());
             for (id, state) in chitchat.node_states() {
-                let alive = live.contains(id);
+                let mut alive = live.contains(id);
+                if *id == *chitchat.self_chitchat_id() {
+                    alive = true;
+                } else {
+                    let silent =
+                        observe_heartbeat(&mut heartbeats, id, state.heartbeat().into(), now);
+                    let pace = state.get(PACE_KEY).and_then(parse_pace);
+                    if let (Some(silent), Some(pace)) = (silent, pace) {
+                        if silent > pacing::suspect_after(pace) {
+                            signals.suspects += 1;
+                        }
+                        // Dead for chitchat, whose mean gap is still the fast one, but heard
+                        // from recently enough for the pace it announced.
+                        if !alive && dead.contains(id) && silent < pacing::dead_after(pace) {
+                            alive = true;
+                        }
+                    }
+                }
                 // Heard of, but the detector has no opinion yet (fewer than two heartbeats):
                 // neither alive nor dead, so not listed until it is.
                 if !alive && !dead.contains(id) {
+                    signals.unjudged += 1;
                     continue;
                 }
                 let Some((member, errors)) = Member::from_key_values(
@@ -598,7 +702,53 @@ impl Inner {
                 );
             }
         }
-        by_name.into_values().collect()
+        (by_name.into_values().collect(), signals)
+    }
+
+    /// Fast rounds for a while: something moved.
+    fn motion(&self, why: Motion) {
+        let now = Instant::now();
+        lock(&self.pacer).motion(now, why);
+        self.apply_pace(now);
+    }
+
+    /// Announces our slow interval once the view has settled, before slowing down; withdraws
+    /// it once rounds are fast again (see [`super::pacing`]).
+    async fn publish_pace(&self) {
+        let (want, published, slow) = {
+            let pacer = lock(&self.pacer);
+            let now = Instant::now();
+            (
+                pacer.wants_slow(now),
+                pacer.published(),
+                pacer.settings().slow,
+            )
+        };
+        if want == published {
+            return;
+        }
+        let value = pace_value(want.then_some(slow));
+        self.handle
+            .with_chitchat(|chitchat| chitchat.self_node_state().set(PACE_KEY, &value))
+            .await;
+        lock(&self.pacer).mark_published(want, Instant::now());
+    }
+
+    /// Hands chitchat the interval due now, when it changed.
+    fn apply_pace(&self, now: Instant) {
+        let (change, reason) = {
+            let mut pacer = lock(&self.pacer);
+            (pacer.poll(now), pacer.reason())
+        };
+        if let Some(interval) = change {
+            debug!(
+                interval_ms = interval.as_millis() as u64,
+                reason = reason.as_str(),
+                "gossip pace changed"
+            );
+            // Fails only once chitchat has stopped, which `Cluster::stopped` reports.
+            let _ = self.handle.set_gossip_interval(interval);
+        }
     }
 
     /// Recomputes the view and publishes it if it changed.
@@ -606,13 +756,20 @@ impl Inner {
         // Measure the stall before waiting on anything.
         let woke = Instant::now();
         lock(&self.health).wake(woke);
-        let raw = self.raw_members().await;
+        let (raw, signals) = self.raw_members().await;
         let mut health = lock(&self.health);
         let view = health.apply(Instant::now(), raw);
+        if signals.unjudged > 0 {
+            self.motion(Motion::Unjudged);
+        }
+        if signals.suspects > 0 {
+            self.motion(Motion::Suspect);
+        }
         if *health.last_published != view {
             let view = Arc::new(view);
             health.last_published = view.clone();
             drop(health);
+            self.motion(Motion::ViewChanged);
             self.view_tx.send_replace(view);
         }
     }
@@ -620,21 +777,79 @@ impl Inner {
 
 /// Keeps the typed view current: every gossip round, on chitchat membership events, and right
 /// after a local announcement. Bursts of events coalesce (watch channels keep only the latest).
+///
+/// The task wakes every fast interval (the local-pause guard measures stalls with it, and news
+/// such as a peer's leave must reach the view at once), but recomputes the whole view only once
+/// per current gossip interval, or when chitchat's state changed (a node or a key: the sum of the
+/// nodes' max versions moved): at the slow pace a thousand members' views are not rebuilt ten
+/// times a second for nothing.
 async fn run_view(inner: Arc<Inner>) {
     let mut live_nodes = inner.chitchat.lock().await.live_nodes_watcher();
     let mut ticker = tokio::time::interval(inner.gossip_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut known_state = (0, 0);
+    let mut next_full = Instant::now();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let event = tokio::select! {
+            _ = ticker.tick() => false,
             changed = live_nodes.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                true
             }
-            _ = inner.refresh.notified() => {}
+            _ = inner.refresh.notified() => true,
+        };
+        let now = Instant::now();
+        let state = {
+            let chitchat = inner.chitchat.lock().await;
+            let states = chitchat.node_states();
+            let versions = states
+                .values()
+                .map(|s| s.max_version())
+                .fold(0u64, u64::wrapping_add);
+            (states.len(), versions)
+        };
+        if event || state != known_state || now >= next_full {
+            known_state = state;
+            inner.refresh_view().await;
+            next_full = now + lock(&inner.pacer).interval(now);
+        } else {
+            lock(&inner.health).wake(now);
         }
-        inner.refresh_view().await;
+        inner.publish_pace().await;
+        inner.apply_pace(Instant::now());
+    }
+}
+
+/// Records a node's heartbeat; returns how long it has not moved forward, once it has been seen
+/// moving at least once.
+fn observe_heartbeat(
+    seen: &mut HashMap<ChitchatId, HeartbeatSeen>,
+    id: &ChitchatId,
+    heartbeat: u64,
+    now: Instant,
+) -> Option<Duration> {
+    match seen.get_mut(id) {
+        None => {
+            seen.insert(
+                id.clone(),
+                HeartbeatSeen {
+                    value: heartbeat,
+                    advanced_at: None,
+                },
+            );
+            None
+        }
+        Some(entry) => {
+            if heartbeat > entry.value {
+                entry.value = heartbeat;
+                entry.advanced_at = Some(now);
+            }
+            entry
+                .advanced_at
+                .map(|at| now.saturating_duration_since(at))
+        }
     }
 }
 

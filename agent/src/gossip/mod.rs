@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod keyring;
+pub mod pacing;
 pub mod schema;
 pub mod transport;
 
@@ -13,5 +14,6 @@ pub use cluster::{
     DEFAULT_GOSSIP_PORT,
 };
 pub use keyring::{generate_key, KeyId, Keyring, KeyringError, SharedKeyring};
+pub use pacing::{PacingSettings, DEFAULT_IDLE_GOSSIP_INTERVAL};
 pub use schema::{Announcement, Liveness, Member, MemberSummary, Phase, Role};
 pub use transport::{TransportStats, TransportStatsSnapshot};

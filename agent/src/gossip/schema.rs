@@ -28,10 +28,30 @@ mod key {
     /// Written last when a node joins gossip: until it is present the node is "half-announced"
     /// and hidden from the live view (chitchat's `extra_liveness_predicate`).
     pub const ANNOUNCED: &str = "announced";
+    /// The node's slow gossip interval in milliseconds while it gossips at that pace, `0` (or
+    /// absent) while it gossips fast: see `gossip::pacing`. Not part of [`super::Member`].
+    pub const PACE: &str = "pace";
 }
 
 /// The key whose presence marks a node as fully announced; used by the liveness predicate.
 pub const ANNOUNCED_KEY: &str = key::ANNOUNCED;
+
+/// The key a node publishes its gossip pace in (see `gossip::pacing`).
+pub const PACE_KEY: &str = key::PACE;
+
+/// The value of [`PACE_KEY`]: a slow interval, or `None` for fast rounds.
+pub fn pace_value(slow: Option<std::time::Duration>) -> String {
+    slow.map_or(0, |d| d.as_millis() as u64).to_string()
+}
+
+/// Reads a [`PACE_KEY`] value: the announced slow interval, `None` for fast rounds (or a value
+/// this version cannot read, which then counts as fast: chitchat's detector alone).
+pub fn parse_pace(value: &str) -> Option<std::time::Duration> {
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms)),
+        _ => None,
+    }
+}
 
 /// What a host is, as published in gossip.
 #[derive(

@@ -15,15 +15,14 @@
 //! # Datagram size limit
 //!
 //! A sealed datagram adds [`SEAL_OVERHEAD`] (55) bytes to the chitchat message and must fit in one
-//! UDP payload of at most [`MAX_DATAGRAM_LEN`] (65 507) bytes, the IPv4 maximum. chitchat 0.11 sizes
-//! its messages for that same limit and offers no knob to leave room for an envelope, so a message
-//! it fills to the brim cannot be sealed. That happens only when a peer lacks more state than fits
-//! in one datagram: with our dozen short keys per node (about 150 bytes per node once chitchat
-//! has compressed them) that means clusters of several hundred nodes, where a newcomer's first
-//! catch-up would overflow. (chitchat's own digest, about 50 bytes per node and uncompressed, caps
-//! a cluster at roughly a thousand nodes anyway.) Such a message is not truncated and never sent
-//! in the clear: it is dropped, counted in [`TransportStats::send_failed`] and logged
-//! (rate-limited) with its size, so the condition is visible long before it matters.
+//! UDP payload of at most [`MAX_DATAGRAM_LEN`] (65 507) bytes, the IPv4 maximum. Our vendored
+//! chitchat (docs/gossip.md) sizes its messages for that limit less
+//! `chitchat::TRANSPORT_ENVELOPE_HEADROOM` (128) bytes, so every message it fills to its budget
+//! can be sealed (checked at compile time below). What can still overflow is a digest alone:
+//! chitchat's digest, about 50 bytes per node and uncompressed, caps a cluster at roughly 1,300
+//! nodes with short names. Such a message is not truncated and never sent in the clear: it is
+//! dropped, counted in [`TransportStats::send_failed`] and logged (rate-limited) with its size, so
+//! the condition is visible long before it matters.
 //!
 //! There is no plaintext mode.
 
@@ -46,6 +45,9 @@ use super::keyring::{
 };
 pub use super::keyring::{MAX_DATAGRAM_LEN, SEAL_OVERHEAD};
 
+// chitchat (patched, see docs/gossip.md) leaves this much of every datagram free for us.
+const _: () = assert!(SEAL_OVERHEAD <= chitchat::TRANSPORT_ENVELOPE_HEADROOM);
+
 /// How often at most one warning per rejection reason is logged.
 pub const REJECTION_LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -54,6 +56,8 @@ pub const REJECTION_LOG_PERIOD: Duration = Duration::from_secs(10);
 pub struct TransportStats {
     /// Datagrams sealed and handed to the socket.
     pub sent: AtomicU64,
+    /// Their size (UDP payload bytes, seal included): what gossip costs on the wire.
+    pub sent_bytes: AtomicU64,
     /// Datagrams that authenticated and parsed, and were passed to chitchat.
     pub received: AtomicU64,
     /// Not a sealed datagram: too short, wrong magic or unknown format version.
@@ -73,6 +77,7 @@ pub struct TransportStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransportStatsSnapshot {
     pub sent: u64,
+    pub sent_bytes: u64,
     pub received: u64,
     pub rejected_malformed: u64,
     pub rejected_auth: u64,
@@ -86,6 +91,7 @@ impl TransportStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TransportStatsSnapshot {
             sent: get(&self.sent),
+            sent_bytes: get(&self.sent_bytes),
             received: get(&self.received),
             rejected_malformed: get(&self.rejected_malformed),
             rejected_auth: get(&self.rejected_auth),
@@ -522,8 +528,11 @@ impl Socket for SealedSocket {
             }
         };
         match self.socket.send_to(&datagram, to).await {
-            Ok(_) => {
+            Ok(len) => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .sent_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
                 Ok(())
             }
             // Like a sealing failure, not an error for chitchat: it would log a warning for

@@ -85,7 +85,13 @@ fn run_ours(ctx: &Ctx, rep: usize, idle: bool) -> Result<Outcome> {
     let idle = idle.then(|| footprint(ctx, &c));
     c.start_variant(vec![(VARIANT_FLAGS.0.into(), VARIANT_FLAGS.1.into())])?;
     wait_lb_lists_all(&c, 1, std::time::Instant::now(), Duration::from_secs(30))?;
-    let outcome = churn(&mut c, bring_up, idle, Duration::from_secs(30))?;
+    let outcome = churn(
+        &mut c,
+        bring_up,
+        idle,
+        Duration::from_secs(30),
+        ctx.plan.steady_after,
+    )?;
     drop(c);
     ctx.discard(&dir);
     Ok(outcome)
@@ -96,15 +102,24 @@ fn run_serf(ctx: &Ctx, rep: usize, idle: bool) -> Result<Outcome> {
     let (mut c, t0) = SerfLbCluster::start(&ctx.serf, SERF_BLOCK, (rep % 250) as u8, &dir)?;
     let bring_up = wait_lb_lists_all(&c, 0, t0, Duration::from_secs(60))?;
     let idle = idle.then(|| footprint(ctx, &c));
-    let outcome = churn(&mut c, bring_up, idle, Duration::from_secs(60))?;
+    let outcome = churn(
+        &mut c,
+        bring_up,
+        idle,
+        Duration::from_secs(60),
+        ctx.plan.steady_after,
+    )?;
     drop(c);
     ctx.discard(&dir);
     Ok(outcome)
 }
 
+// Our agents gossip fast for 10 s after the last change, announce their slow pace for 2 s, then
+// slow down: footprint and crash are measured `plan.steady_after` later, in that steady state
+// (the crash is then noticed by the sidecar's health checks, not by gossip's fast detector).
 /// Idle footprint of the hosts' agents and of the LB host's process, after a settling time.
 fn footprint(ctx: &Ctx, c: &dyn LbCluster) -> (Idle, Idle) {
-    nap(Duration::from_secs(3));
+    nap(ctx.plan.steady_after);
     let mut pids = c.host_pids();
     let lb = c.lb_pid();
     pids.extend(lb);
@@ -122,8 +137,9 @@ fn churn(
     bring_up: Duration,
     idle: Option<(Idle, Idle)>,
     timeout: Duration,
+    settle: Duration,
 ) -> Result<Outcome> {
-    nap(Duration::from_millis(500));
+    nap(settle);
     let crash = time_removal(c, CRASHED, |c, i| c.crash(i), timeout).context("crash")?;
     nap(Duration::from_secs(1));
     let leave = time_removal(c, LEAVING, |c, i| c.leave(i), timeout).context("leave")?;

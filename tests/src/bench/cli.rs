@@ -23,8 +23,12 @@ pub struct Args {
     /// Formation cluster sizes (default 5,50,200; 5 with --quick). At most 250.
     #[arg(long, value_delimiter = ',')]
     pub sizes: Option<Vec<usize>>,
-    /// Run only these scenarios: formation, churn, soak, churn-soak (default: formation and
-    /// churn, plus soak with --soak and churn-soak with --churn-soak).
+    /// Gossip-at-fleet-scale sizes: ours in this process, Serf side by side up to N=50 (default
+    /// 5,50,1000; 5 with --quick). At most 2000.
+    #[arg(long, value_delimiter = ',')]
+    pub fleet_sizes: Option<Vec<usize>>,
+    /// Run only these scenarios: formation, fleet, churn, soak, churn-soak (default: formation,
+    /// fleet and churn, plus soak with --soak and churn-soak with --churn-soak).
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
     /// Opt in to the false-positive soak (minutes; runs in a network namespace it creates, needs
@@ -101,9 +105,18 @@ pub struct ChurnSoakPlan {
 pub struct Plan {
     pub reps: usize,
     pub formation_sizes: Vec<usize>,
+    /// Sizes of the fleet rows (ours in process).
+    pub fleet_sizes: Vec<usize>,
+    /// Whether the fleet rows measure the steady state (a settled swarm takes 12 s to slow
+    /// down: not in the quick run).
+    pub fleet_steady: bool,
     /// The formation size whose first repetition also measures bandwidth.
     pub bandwidth_n: Option<usize>,
     pub bandwidth_window: Duration,
+    /// How long after convergence or bring-up the steady state starts: our agents slow their
+    /// gossip down 12 s after the last change. Short in the quick run (CI), which then measures
+    /// the fast pace.
+    pub steady_after: Duration,
     pub churn: bool,
     /// How long idle CPU is measured (in the first churn repetition).
     pub idle_window: Duration,
@@ -112,7 +125,10 @@ pub struct Plan {
 }
 
 /// Scenario names for `--only`.
-const SCENARIOS: [&str; 4] = ["formation", "churn", "soak", "churn-soak"];
+const SCENARIOS: [&str; 5] = ["formation", "fleet", "churn", "soak", "churn-soak"];
+
+/// The largest in-process fleet: eight address blocks of 250 per run.
+pub const MAX_FLEET: usize = 2000;
 
 /// The largest cluster: one address block per run, hosts .1 to .250.
 pub const MAX_NODES: usize = 250;
@@ -149,6 +165,24 @@ impl Args {
                 bail!("unknown scenario {bad:?} ({})", SCENARIOS.join(", "));
             }
         }
+        let fleet_sizes = self.fleet_sizes.clone().unwrap_or_else(|| {
+            if self.quick {
+                vec![5]
+            } else {
+                vec![5, 50, 1000]
+            }
+        });
+        if let Some(n) = fleet_sizes.iter().find(|&&n| !(2..=MAX_FLEET).contains(&n)) {
+            bail!("fleet size {n} is out of range (2 to {MAX_FLEET})");
+        }
+        if fleet_sizes.len() > 30 {
+            bail!("at most 30 fleet sizes");
+        }
+        let fleet_sizes = if wants("fleet", true) {
+            fleet_sizes
+        } else {
+            Vec::new()
+        };
         let formation_sizes = if wants("formation", true) {
             sizes
         } else {
@@ -176,8 +210,11 @@ impl Args {
         Ok(Plan {
             reps,
             formation_sizes,
+            fleet_sizes,
+            fleet_steady: !self.quick,
             bandwidth_n,
             bandwidth_window: Duration::from_secs(if self.quick { 5 } else { 30 }),
+            steady_after: Duration::from_secs(if self.quick { 2 } else { 15 }),
             churn: wants("churn", true),
             idle_window: Duration::from_secs(if self.quick { 5 } else { 20 }),
             soak,
@@ -200,8 +237,16 @@ mod tests {
         assert_eq!((p.reps, p.formation_sizes.clone()), (5, vec![5, 50, 200]));
         assert_eq!(p.bandwidth_n, Some(50));
         assert!(p.churn && p.soak.is_none());
+        assert_eq!(p.fleet_sizes, vec![5, 50, 1000]);
         let q = args(&["--quick"]).plan().unwrap();
         assert_eq!((q.reps, q.formation_sizes.clone()), (1, vec![5]));
+        assert_eq!(q.fleet_sizes, vec![5]);
+        let f = args(&["--only", "fleet", "--fleet-sizes", "50,1000"])
+            .plan()
+            .unwrap();
+        assert!(f.formation_sizes.is_empty() && !f.churn);
+        assert_eq!(f.fleet_sizes, vec![50, 1000]);
+        assert!(args(&["--fleet-sizes", "5000"]).plan().is_err());
         assert_eq!(q.bandwidth_n, Some(5));
         let s = args(&["--only", "soak", "--soak-duration", "30s"])
             .plan()

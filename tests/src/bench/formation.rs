@@ -242,7 +242,13 @@ fn run_one(
         }
         Err(err) => return Err(err.context(format!("the members kept {cores:.2} cores busy"))),
     };
-    let steady = steady.then(|| measure_steady(swarm.as_mut(), ctx.plan.bandwidth_window));
+    let steady = steady.then(|| {
+        measure_steady(
+            swarm.as_mut(),
+            ctx.plan.steady_after,
+            ctx.plan.bandwidth_window,
+        )
+    });
     drop(swarm);
     ctx.discard(&dir);
     Ok(Outcome {
@@ -256,9 +262,11 @@ fn total_ticks(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
 }
 
-/// Bytes sent by the members, their CPU and memory, over `window`, after a short settling time.
-fn measure_steady(swarm: &mut dyn Swarm, window: Duration) -> Result<Steady> {
-    nap(Duration::from_secs(2));
+/// Bytes sent by the members, their CPU and memory, over `window`, after a settling time.
+fn measure_steady(swarm: &mut dyn Swarm, settle: Duration, window: Duration) -> Result<Steady> {
+    // Our agents gossip fast for 10 s after the last change, then announce their slow pace for
+    // 2 s before slowing down (see the agent's `gossip::pacing`): the steady state starts after.
+    nap(settle);
     let sources: HashSet<_> = swarm.ips().into_iter().collect();
     let pids = swarm.pids();
     let counter = ByteCounter::start(sources)?;

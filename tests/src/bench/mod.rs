@@ -3,9 +3,10 @@
 //!
 //! Modules, by concept:
 //! - [`cli`]: flags and the plan they make.
-//! - [`swarm`]: gossip-only clusters of N members (formation, bandwidth, the soak).
+//! - [`swarm`]: gossip-only clusters of N members (formation, bandwidth, the soak), as processes
+//!   or, for ours, in this process.
 //! - [`lbcluster`]: five hosts behind an LB host that keeps an upstream file (churn, footprint).
-//! - [`formation`], [`churn`], [`soak`], [`churn_soak`]: the scenarios, each adding rows to the
+//! - [`formation`], [`fleet`], [`churn`], [`soak`], [`churn_soak`]: the scenarios, each adding rows to the
 //!   [`report`].
 //! - [`ours`], [`serf`]: how each side's processes are started and read.
 //! - [`sniff`], [`footprint`], [`proc`]: what is measured from outside the processes.
@@ -14,6 +15,7 @@
 pub mod churn;
 pub mod churn_soak;
 pub mod cli;
+pub mod fleet;
 pub mod footprint;
 pub mod formation;
 pub mod lbcluster;
@@ -155,6 +157,9 @@ fn run(args: Args) -> Result<()> {
     }
     for n in large {
         formation::run(&ctx, &mut report, n);
+    }
+    for (slot, &n) in ctx.plan.fleet_sizes.iter().enumerate() {
+        fleet::run(&ctx, &mut report, slot, n);
     }
     if let Some(soak) = &ctx.plan.soak {
         soak::run(&ctx, &mut report, soak);

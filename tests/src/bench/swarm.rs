@@ -1,12 +1,20 @@
 //! Gossip-only clusters of N members, ours or Serf's, started the same way: the seed (member 1)
 //! first, and once it answers locally, every other member with the seed as its only join address.
 //! The clock starts before the seed is spawned, so start-up time counts for both.
+//!
+//! [`InProcessSwarm`] runs our gossip layer (the agent library's `gossip::Cluster`, the same code
+//! the agent runs) for N members inside this process, each with its own sealed UDP socket on its
+//! own loopback address: a thousand agent processes do not fit on a two-core machine, a thousand
+//! sockets and gossip loops on one runtime do.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring, Member, Phase, Role};
+use tokio::sync::watch;
 
 use crate::bench::ours::{self, MemberAgent, MemberSetup, OurBinaries};
 use crate::bench::registry::interrupted;
@@ -17,9 +25,17 @@ pub trait Swarm {
     fn len(&self) -> usize;
     /// The names of the members member `i` sees up (itself included), if it answers.
     fn up_seen_by(&mut self, i: usize) -> Option<Vec<String>>;
+    /// How many members member `i` sees up, if it answers.
+    fn up_count(&mut self, i: usize) -> Option<usize> {
+        self.up_seen_by(i).map(|up| up.len())
+    }
     fn name(&self, i: usize) -> String;
     fn ips(&self) -> Vec<Ipv4Addr>;
     fn pids(&self) -> Vec<u32>;
+    /// How many members share one of [`Swarm::pids`] (N for an in-process swarm).
+    fn members_per_process(&self) -> usize {
+        1
+    }
     /// Datagrams sent by all members, by their own count, if they keep one.
     fn datagrams_sent(&mut self) -> Option<u64>;
     /// SIGSTOP / SIGCONT of member `i`.
@@ -203,6 +219,154 @@ impl Swarm for SerfSwarm {
     }
 }
 
+/// N members of our gossip layer in this process, on a runtime of their own.
+pub struct InProcessSwarm {
+    // Field order: the members (and their tasks) go before the runtime that runs them.
+    members: Vec<Cluster>,
+    views: Vec<watch::Receiver<Arc<Vec<Member>>>>,
+    ips: Vec<Ipv4Addr>,
+    /// Each member's slow gossip interval.
+    idle: Vec<Duration>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// The name of an in-process swarm's runtime threads (their CPU time is the swarm's).
+pub const IN_PROCESS_THREAD: &str = "swarm";
+
+/// Gossip port of every in-process member (each has its own address).
+const IN_PROCESS_PORT: u16 = 7946;
+
+impl InProcessSwarm {
+    /// Joins `ips.len()` members, the first one being everybody's seed, each configured by
+    /// `configure` after the defaults; returns the swarm and the instant the clock started.
+    pub fn start(
+        ips: &[Ipv4Addr],
+        configure: &dyn Fn(&mut GossipConfig),
+        timeout: Duration,
+    ) -> Result<(InProcessSwarm, Instant)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .thread_name(IN_PROCESS_THREAD)
+            .enable_all()
+            .build()
+            .context("starting the swarm's runtime")?;
+        let key: [u8; 32] = rand::random();
+        let seed = SocketAddr::new(IpAddr::V4(ips[0]), IN_PROCESS_PORT);
+        let t0 = Instant::now();
+        let mut members = Vec::with_capacity(ips.len());
+        let mut idle = Vec::with_capacity(ips.len());
+        for (i, ip) in ips.iter().enumerate() {
+            check_start_time(t0, timeout, i, ips.len())?;
+            let addr = SocketAddr::new(IpAddr::V4(*ip), IN_PROCESS_PORT);
+            let mut config =
+                GossipConfig::new("bench", format!("node-{}", i + 1), addr, Keyring::new(key));
+            if i > 0 {
+                config.seeds = vec![seed.to_string()];
+            }
+            configure(&mut config);
+            idle.push(config.pacing().slow);
+            let announcement = Announcement::new(Role::Server, IpAddr::V4(*ip));
+            let member = runtime
+                .block_on(Cluster::join(config, &announcement))
+                .with_context(|| format!("joining member {} on {ip}", i + 1))?;
+            members.push(member);
+        }
+        let views = members.iter().map(Cluster::watch).collect();
+        Ok((
+            InProcessSwarm {
+                members,
+                views,
+                ips: ips.to_vec(),
+                idle,
+                runtime,
+            },
+            t0,
+        ))
+    }
+
+    /// Whether every member gossips at its slow interval.
+    pub fn all_idle(&self) -> bool {
+        self.members
+            .iter()
+            .zip(&self.idle)
+            .all(|(m, idle)| m.gossip_pace() == *idle)
+    }
+
+    /// Datagrams and bytes sealed and sent by all members, by their own counters.
+    pub fn sent(&self) -> (u64, u64) {
+        self.members.iter().fold((0, 0), |(d, b), m| {
+            let s = m.stats().snapshot();
+            (d + s.sent, b + s.sent_bytes)
+        })
+    }
+
+    /// Datagrams not sent because they were too large to seal or the socket refused them.
+    pub fn send_failed(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.stats().snapshot().send_failed)
+            .sum()
+    }
+
+    /// Leaves gracefully, one member at a time, and stops the runtime.
+    pub fn shutdown(self) {
+        let InProcessSwarm {
+            members, runtime, ..
+        } = self;
+        drop(members);
+        runtime.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
+impl Swarm for InProcessSwarm {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn up_seen_by(&mut self, i: usize) -> Option<Vec<String>> {
+        let view = self.views[i].borrow();
+        Some(
+            view.iter()
+                .filter(|m| is_up(m))
+                .map(|m| m.name.clone())
+                .collect(),
+        )
+    }
+
+    fn up_count(&mut self, i: usize) -> Option<usize> {
+        Some(self.views[i].borrow().iter().filter(|m| is_up(m)).count())
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.members[i].self_name().to_string()
+    }
+
+    fn ips(&self) -> Vec<Ipv4Addr> {
+        self.ips.clone()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![std::process::id()]
+    }
+
+    fn members_per_process(&self) -> usize {
+        self.members.len()
+    }
+
+    fn datagrams_sent(&mut self) -> Option<u64> {
+        Some(self.sent().0)
+    }
+
+    /// Not possible for one member of a process: the soak, which pauses members, runs process
+    /// swarms.
+    fn pause(&self, _i: usize, _on: bool) {}
+}
+
+/// Alive and not leaving, as the agent's status socket reports "up".
+fn is_up(m: &Member) -> bool {
+    m.is_alive() && m.phase != Phase::Leaving
+}
+
 /// On a saturated machine even starting the members can take minutes: past the run's timeout,
 /// give up.
 fn check_start_time(t0: Instant, timeout: Duration, started: usize, n: usize) -> Result<()> {
@@ -246,7 +410,7 @@ pub fn wait_converged(swarm: &mut dyn Swarm, t0: Instant, timeout: Duration) -> 
     let mut next_report = t0 + Duration::from_secs(10);
     loop {
         for (slot, &i) in converged.iter_mut().zip(&polled) {
-            if slot.is_none() && swarm.up_seen_by(i).is_some_and(|up| up.len() == n) {
+            if slot.is_none() && swarm.up_count(i) == Some(n) {
                 *slot = Some(t0.elapsed());
             }
         }
