@@ -266,7 +266,7 @@ impl Model {
         }
     }
 
-    fn from_state(&self, s: &ElectionState) -> Persisted {
+    fn persisted(&self, s: &ElectionState) -> Persisted {
         let p = Persisted {
             vote: s.vote.as_ref().map(|v| self.v(v)),
             ack: s.ack.as_ref().map(|v| self.v(v)),
@@ -372,15 +372,15 @@ impl Model {
         let o = match decide(&self.to_state(&h.p), &obs) {
             Decision::Wait { .. } => Outcome::Wait,
             Decision::CastVote { vote, state } => {
-                Outcome::Vote(self.v(&vote), self.from_state(&state))
+                Outcome::Vote(self.v(&vote), self.persisted(&state))
             }
             Decision::Prepare { round, .. } => Outcome::Prepare(round as u8),
-            Decision::Claim { state, .. } => Outcome::Claim(self.from_state(&state)),
+            Decision::Claim { state, .. } => Outcome::Claim(self.persisted(&state)),
             Decision::Acknowledge { claim, state } => {
-                Outcome::Ack(self.v(&claim), self.from_state(&state))
+                Outcome::Ack(self.v(&claim), self.persisted(&state))
             }
             Decision::BecomeInitializer { state, .. } => {
-                Outcome::Initialize(self.from_state(&state))
+                Outcome::Initialize(self.persisted(&state))
             }
             Decision::JoinExisting { .. } => Outcome::Join,
         };
@@ -452,7 +452,7 @@ impl Model {
                         if !h.install_failed {
                             match abdicate(&self.to_state(&h.p), u32::from(round)) {
                                 Ok(state) => {
-                                    let p = self.from_state(&state);
+                                    let p = self.persisted(&state);
                                     let me = &mut next.hosts[i];
                                     me.install_failed = true;
                                     persist(me, p);
