@@ -564,6 +564,24 @@ impl TestCluster {
         .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs_tail()))
     }
 
+    /// Starts every host with an installer slowed by `seconds` and returns the first-server
+    /// candidate once it is installing (the installer records its run before it sleeps, so the
+    /// first host with a record is the candidate). Panics with the logs after `timeout`.
+    pub fn start_with_a_slow_installer(&mut self, seconds: u32, timeout: Duration) -> String {
+        for host in &mut self.hosts {
+            host.env
+                .push(("STANDIN_INSTALL_SLEEP".into(), seconds.to_string()));
+        }
+        self.start_all().unwrap();
+        wait_until(timeout, Duration::from_millis(20), || {
+            self.hosts
+                .iter()
+                .find(|h| !h.root.install_env_records().is_empty())
+                .map(|h| h.name.clone())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}{}", self.logs_tail()))
+    }
+
     /// Names of members that any host has seen flagged as initializer.
     pub fn initializers(&self) -> Vec<String> {
         let mut names: Vec<String> = self

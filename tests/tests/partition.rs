@@ -26,21 +26,7 @@ fn partition_during_the_election_never_makes_two_first_servers() {
     let hosts = layout(&SERVERS, &AGENTS);
     let mut cluster = TestCluster::new(ClusterSpec::new(30, &hosts)).unwrap();
     // A slow installer keeps the candidate in its prepare step long enough to cut it off there.
-    for name in SERVERS {
-        cluster
-            .host_mut(name)
-            .env
-            .push(("STANDIN_INSTALL_SLEEP".into(), "2".into()));
-    }
-    cluster.start_all().unwrap();
-    let candidate = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
-        cluster
-            .hosts
-            .iter()
-            .find(|h| !h.root.install_env_records().is_empty())
-            .map(|h| h.name.clone())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    let candidate = cluster.start_with_a_slow_installer(2, Duration::from_secs(30));
 
     // The candidate and one worker on one side, the other servers and worker on the other.
     let side_a: Vec<&str> = vec![candidate.as_str(), AGENTS[0]];

@@ -32,24 +32,8 @@ fn cluster(test_id: u8) -> TestCluster {
 fn agent_killed_mid_install_resumes_without_reinitializing() {
     let mut cluster = cluster(14);
     // A slow installer on every server, so that whoever the election picks is caught mid-install.
-    for name in ["server-1", "server-2", "server-3"] {
-        cluster
-            .host_mut(name)
-            .env
-            .push(("STANDIN_INSTALL_SLEEP".into(), "3".into()));
-    }
-    cluster.start_all().unwrap();
-
-    // The installer records its run before it sleeps: the first host with a record is the one
-    // installing as the first-server candidate.
-    let victim = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
-        cluster
-            .hosts
-            .iter()
-            .find(|h| !h.root.install_env_records().is_empty())
-            .map(|h| h.name.clone())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    // The first host whose installer runs is the one installing as the first-server candidate.
+    let victim = cluster.start_with_a_slow_installer(3, Duration::from_secs(30));
     eprintln!("killing {victim} mid-install");
     assert!(
         cluster.host(&victim).root.config_yaml().is_none(),

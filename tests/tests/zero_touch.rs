@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap_tests::cluster::{skip_without_nft, ClusterSpec, Partition, TestCluster};
-use rke2_bootstrap_tests::wait_until;
 
 const FORMATION: Duration = Duration::from_secs(120);
 /// Short enough for a test, long against a false death on a loaded machine.
@@ -148,21 +147,7 @@ fn a_candidate_that_loses_power_while_installing_is_replaced_after_the_lease() {
     let names = ["p-1", "p-2", "p-3", "p-4"];
     let mut cluster = rack(103, &names, 3);
     // A slow installer keeps the candidate in its prepare step long enough to cut its power.
-    for name in names {
-        cluster
-            .host_mut(name)
-            .env
-            .push(("STANDIN_INSTALL_SLEEP".into(), "3".into()));
-    }
-    cluster.start_all().unwrap();
-    let candidate = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-        cluster
-            .hosts
-            .iter()
-            .find(|h| !h.root.install_env_records().is_empty())
-            .map(|h| h.name.clone())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    let candidate = cluster.start_with_a_slow_installer(3, Duration::from_secs(60));
     cluster.power_off(&candidate).unwrap();
     let rest: Vec<&str> = names.iter().copied().filter(|n| *n != candidate).collect();
     cluster
