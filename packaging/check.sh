@@ -267,7 +267,13 @@ for example in "$here"/cloud-init/*.yaml; do
 	check "cloud-init content $name" content_check "$example" "$scratch/$name.config"
 	check "cloud-init embedded config $name" config_check "$scratch/$name.config" "$kind"
 done
-check "default config config.yaml" config_check "$here/config/config.yaml" agent
+# The packaged agent config names no seeds (every site has its own), so as shipped it has no
+# electorate and is refused; a host adds its seeds, and then it must load.
+{
+	cat "$here/config/config.yaml"
+	echo 'seeds: [10.0.0.11:7947]'
+} >"$scratch/config-with-seeds.yaml"
+check "default config config.yaml (with a site's seeds)" config_check "$scratch/config-with-seeds.yaml" agent
 check "default config lb-sidecar.yaml" config_check "$here/config/lb-sidecar.yaml" sidecar
 
 # --- Scripts ------------------------------------------------------------------------------------
