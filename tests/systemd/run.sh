@@ -65,6 +65,9 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
 command -v ps >/dev/null || need+=(procps)
+# The RKE2 stand-in's servers run a real etcd: the host's binary (static) is bound into each
+# container rather than installed into the cached root.
+command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
 	log "installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -235,6 +238,7 @@ seed_cloud_init() {
 boot() {
 	local n=$1 d=$work/$1
 	shift
+	set -- --bind-ro="$(command -v etcd):/usr/bin/etcd" "$@"
 	# shellcheck disable=SC2016 # expanded by the inner shell
 	setsid bash -c '
 		n=$1
