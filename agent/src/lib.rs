@@ -14,6 +14,7 @@ pub mod election;
 pub mod fsutil;
 pub mod gossip;
 pub mod process;
+pub mod release;
 pub mod rke2;
 pub mod state;
 pub mod status;

@@ -42,6 +42,28 @@ enum Command {
     /// Load the configuration exactly as `agent` would (file, kernel command line, environment,
     /// flags) and report the first problem; nothing is started or written. Exit 0 or 2.
     CheckConfig(AgentArgs),
+    /// The first-server election's operator actions.
+    Election {
+        #[command(subcommand)]
+        action: ElectionAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ElectionAction {
+    /// Release the claim of a first-server candidate that is gone for good, on this host (run it,
+    /// with the agent stopped, on each host that acknowledged the claim). Only safe if that host
+    /// never started RKE2 as the first server and never will with its disk.
+    Release {
+        /// The claim, as `members --json` shows it in `ack`: ROUND:NAME.
+        #[arg(long)]
+        claim: String,
+        /// Confirm that the claimant never started RKE2 and never will with its disk.
+        #[arg(long)]
+        confirm: bool,
+        #[command(flatten)]
+        config: AgentArgs,
+    },
 }
 
 /// `--config FILE`, `--kernel-cmdline FILE` and one flag per configuration key.
@@ -187,6 +209,34 @@ fn main() -> ExitCode {
             "{}\n",
             rke2_bootstrap::gossip::keyring::generate_key()
         ))),
+        Command::Election {
+            action:
+                ElectionAction::Release {
+                    claim,
+                    confirm,
+                    config,
+                },
+        } => {
+            let claim = match rke2_bootstrap::release::parse_claim(&claim) {
+                Ok(claim) => claim,
+                Err(err) => return start_error(StartError::Config(format!("{err:#}"))),
+            };
+            let cfg = match config.load(false) {
+                Ok(cfg) => cfg,
+                Err(err) => return start_error(err),
+            };
+            if !confirm {
+                // A missing confirmation is a usage problem: say what would happen, exit 2.
+                let err = rke2_bootstrap::release::release_claim(&cfg, &claim, false)
+                    .expect_err("refused without a confirmation");
+                eprintln!("rke2-bootstrap: {err:#}");
+                return ExitCode::from(2);
+            }
+            runtime_outcome(
+                rke2_bootstrap::release::release_claim(&cfg, &claim, true)
+                    .and_then(|msg| print_stdout(&format!("{msg}\n"))),
+            )
+        }
         Command::Members { json, config } => {
             let cfg = match config.load(false) {
                 Ok(cfg) => cfg,

@@ -263,6 +263,7 @@ impl Model {
             ack: p.ack.map(|v| self.vote(v)),
             initializer_of: p.init.map(u32::from),
             abdicated: p.abdicated.map(u32::from),
+            released: Vec::new(),
         }
     }
 

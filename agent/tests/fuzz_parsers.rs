@@ -1564,6 +1564,7 @@ mod seeds {
                 ack: None,
                 initializer_of: Some(2),
                 abdicated: None,
+                released: Vec::new(),
             },
             role: Some(Role::Server),
             config_written: true,

@@ -384,3 +384,60 @@ fn packaged_sidecar_config_examples_use_real_keys() {
     }
     assert!(seen >= 5, "only {seen} example keys found");
 }
+
+/// `election release`: without `--confirm` it says what it would do and why that can break a
+/// cluster, and writes nothing (exit 2); with it, this host's acknowledgement of the claim is
+/// void and the claim is never acknowledged again.
+#[test]
+fn election_release_voids_an_acknowledgement_only_when_confirmed() {
+    use rke2_bootstrap::election::ElectionState;
+    use rke2_bootstrap::gossip::schema::Vote;
+    use rke2_bootstrap::state::{PersistedState, StateDir};
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = StateDir::open(&root.path().join("var/lib/rke2-bootstrap")).unwrap();
+    let claim = Vote {
+        round: 0,
+        candidate: "a".into(),
+    };
+    let acked = PersistedState {
+        version: 1,
+        election: ElectionState {
+            vote: Some(claim.clone()),
+            ack: Some(claim.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    dir.save(&acked).unwrap();
+    let release = |extra: &[&str]| {
+        Command::new(workspace_bin("rke2-bootstrap"))
+            .args(["election", "release", "--claim", "0:a"])
+            .args(["--kernel-cmdline", "/nonexistent", "--node-name", "b"])
+            .arg("--root")
+            .arg(root.path())
+            .args(extra)
+            .env_remove("RKE2_BOOTSTRAP_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let refused = release(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--confirm") && stderr.contains("two clusters"),
+        "{stderr}"
+    );
+    assert_eq!(dir.load().unwrap(), acked, "written without a confirmation");
+
+    let done = release(&["--confirm"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let state = dir.load().unwrap();
+    assert_eq!(state.election.ack, None);
+    assert_eq!(state.election.released, vec![claim]);
+    assert!(String::from_utf8_lossy(&done.stdout).contains("acknowledgement is void"));
+}

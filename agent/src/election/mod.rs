@@ -88,12 +88,18 @@
 //!
 //! Acknowledgements are for good, so a claimant that dies after claiming can leave the
 //! acknowledging seats waiting for it (rule 5): they cannot know whether it started the first
-//! server. If it comes back, it finishes. If it is gone for good, an operator must step in (the
-//! waiting hosts say so); a command for that, with its own argument for what it can break, is
-//! not written yet. Two claims can also split the live seats so that neither reaches a quorum (it
-//! needs two candidates with a quorum of votes each, in different rounds, the earlier one cut off
-//! while it claims); rule 6 and the standing of a seat that acknowledged another's claim make this
-//! rare, and the simulation's liveness check has not met it since.
+//! server. If it comes back, it finishes. If it is gone for good, an operator releases its claim
+//! on the hosts that acknowledged it (`rke2-bootstrap election release`, with a confirmation;
+//! [`ElectionState::release`]): their acknowledgement is void, they never acknowledge that claim
+//! again, and its claimant is passed over. This breaks F2 for that one claim on purpose, so it is
+//! safe exactly when the claimant never started the first server and never will with its disk
+//! (powered off for good, or wiped): a quorum of acknowledgements of it is then never used. If it
+//! did start RKE2 (it had its quorum and died after), a release makes a second cluster possible:
+//! that is what the confirmation asks the operator to rule out. The same command resolves two
+//! claims that split the live seats so that neither reaches a quorum (it needs two candidates
+//! with a quorum of votes each, in different rounds, the earlier one cut off while it claims);
+//! rule 6 and the standing of a seat that acknowledged another's claim make this rare, and the
+//! simulation's liveness check has not met it since.
 
 mod electorate;
 mod role;
@@ -316,11 +322,45 @@ impl Decision {
 /// claimed). Returns the state to fsync before publishing the abdication; refused once this host
 /// claimed or acknowledged a claim. From then on this host never claims, in any round.
 pub fn abdicate(state: &ElectionState, round: u32) -> Result<ElectionState, TransitionError> {
-    Ok(state.lifecycle()?.abdicate(round)?.into())
+    let mut next: ElectionState = state.lifecycle()?.abdicate(round)?.into();
+    next.released = state.released.clone();
+    Ok(next)
 }
 
 /// The next step of this host in the election. Pure: same inputs, same decision.
+///
+/// Claims an operator released on this host ([`ElectionState::release`]) are never
+/// acknowledged, and their claimants are passed over as if they had abdicated.
 pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
+    let released = |p: &PeerView| p.claim().is_some_and(|c| state.released.contains(c));
+    let decision = if obs.peers.iter().any(released) {
+        let mut obs = obs.clone();
+        for p in obs.peers.iter_mut().filter(|p| released(p)) {
+            let round = p.ack.as_ref().map_or(0, |c| c.round);
+            p.abdicated.get_or_insert(round);
+        }
+        decide_step(state, &obs)
+    } else {
+        decide_step(state, obs)
+    };
+    keep_released(state, decision)
+}
+
+/// Lifecycle transitions know nothing of released claims: carry them over.
+fn keep_released(state: &ElectionState, mut decision: Decision) -> Decision {
+    match &mut decision {
+        Decision::CastVote { state: next, .. }
+        | Decision::Claim { state: next, .. }
+        | Decision::Acknowledge { state: next, .. }
+        | Decision::BecomeInitializer { state: next, .. } => {
+            next.released = state.released.clone();
+        }
+        _ => {}
+    }
+    decision
+}
+
+fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
     let life = match state.lifecycle() {
         Ok(life) => life,
         Err(err) => return wait(format!("refusing to take part: {err}")),
@@ -386,7 +426,8 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
             if alive {
                 ""
             } else {
-                " (it is not alive: if it is gone for good, an operator must step in)"
+                " (it is not alive: if it is gone for good, an operator must step in: rke2-bootstrap \
+                 election release)"
             }
         ));
     }
@@ -423,7 +464,7 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
         .flat_map(|s| s.entries.iter())
         .filter(|p| p.alive && !p.left)
         .filter_map(|p| p.claim())
-        .filter(|c| c.round >= floor)
+        .filter(|c| c.round >= floor && !state.released.contains(c))
         .max_by(|a, b| {
             a.round
                 .cmp(&b.round)
@@ -685,7 +726,7 @@ fn lost_state(state: &ElectionState, roster: &Roster, seat: &SeatView) -> Option
     if let Some(ack) = own
         .iter()
         .filter_map(|p| p.ack.as_ref())
-        .find(|a| state.ack.as_ref() != Some(*a))
+        .find(|a| state.ack.as_ref() != Some(*a) && !state.released.contains(*a))
     {
         if state.initializer_of.is_none() {
             return Some(format!(

@@ -29,12 +29,41 @@ pub struct ElectionState {
     pub initializer_of: Option<u32>,
     /// Set when this node gave up winning (in the given round); it never initializes afterwards.
     pub abdicated: Option<u32>,
+    /// Claims an operator released on this host ([`ElectionState::release`]): never acknowledged
+    /// (again), and their claimants are passed over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<Vote>,
 }
 
 impl ElectionState {
     /// The typed view of this state, or why it cannot be trusted (a hand-edited or corrupted file).
     pub fn lifecycle(&self) -> Result<Lifecycle, TransitionError> {
         Lifecycle::try_from(self.clone())
+    }
+
+    /// An operator's release of `claim`, whose claimant is gone for good: this host's
+    /// acknowledgement of it (if any) is voided and it is never acknowledged again. Refused for
+    /// this host's own claim and for an initializer. Safe only if the claimant never started
+    /// RKE2 and never will with its disk: that is what the operator confirms (see README).
+    pub fn release(&self, me: &str, claim: &Vote) -> Result<ElectionState, TransitionError> {
+        if let Some(round) = self.initializer_of {
+            return Err(TransitionError::AlreadyInitializer {
+                action: "release a claim",
+                round,
+            });
+        }
+        if claim.candidate == me {
+            return Err(TransitionError::OwnClaim);
+        }
+        let mut next = self.clone();
+        if next.ack.as_ref() == Some(claim) {
+            next.ack = None;
+        }
+        if !next.released.contains(claim) {
+            next.released.push(claim.clone());
+        }
+        next.lifecycle()?;
+        Ok(next)
     }
 
     /// Copies what peers must learn from this state into the node's announcement. Call only with
@@ -95,6 +124,8 @@ pub enum TransitionError {
     Abdicated { action: &'static str, round: u32 },
     #[error("cannot become initializer of round {round} without having claimed it")]
     NotClaimed { round: u32 },
+    #[error("cannot release this host's own claim: release it on the hosts that acknowledged it")]
+    OwnClaim,
     #[error("persisted election state is inconsistent: {0}")]
     Inconsistent(&'static str),
 }
@@ -320,6 +351,7 @@ impl From<Lifecycle> for ElectionState {
                 ack: Some(ack),
                 initializer_of: None,
                 abdicated,
+                released: Vec::new(),
             },
             Lifecycle::Initializer { round, vote } => ElectionState {
                 round,
@@ -328,6 +360,7 @@ impl From<Lifecycle> for ElectionState {
                 ack: None,
                 initializer_of: Some(round),
                 abdicated: None,
+                released: Vec::new(),
             },
         }
     }
@@ -549,6 +582,7 @@ mod tests {
                 ack: Some(vote(2, "b")),
                 initializer_of: Some(1),
                 abdicated: None,
+                released: Vec::new(),
             },
         ];
         for s in illegal {

@@ -738,6 +738,44 @@ fn a_successor_is_another_live_seat_that_can_still_claim() {
 }
 
 #[test]
+fn a_released_claim_is_never_acknowledged_and_its_claimant_is_passed_over() {
+    // b acknowledged a's claim of round 0; a is gone for good; the operator released it on b.
+    let released = acked(0, "a").release("b", &v(0, "a")).unwrap();
+    assert_eq!(released.ack, None);
+    assert_eq!(released.released, vec![v(0, "a")]);
+    // b's own gossip entry still shows the old acknowledgement: not a lost state dir.
+    let peers = vec![
+        server("a").claiming(0),
+        server("b").voting(0, "a").acking(0, "a"),
+        server("c").voting(0, "a"),
+    ];
+    let o = obs("b", Role::Server, ABC, peers);
+    // The claimant is passed over even while it looks alive: the next seat is backed.
+    check("passed over", &released, &o, &Want::Vote(1, "b"));
+    let Decision::CastVote { state, .. } = decide(&released, &o) else {
+        unreachable!()
+    };
+    assert_eq!(state.released, vec![v(0, "a")], "the release is kept");
+    // Own claims and initializers cannot be released.
+    assert!(acked(0, "b").release("b", &v(0, "b")).is_err());
+    let init = ElectionState {
+        initializer_of: Some(0),
+        ..voted(0, "b")
+    };
+    assert!(init.release("b", &v(0, "a")).is_err());
+    // Idempotent, and a claim not acknowledged here can be released ahead of time.
+    assert_eq!(released.release("b", &v(0, "a")).unwrap(), released);
+    let ahead = fresh().release("c", &v(0, "a")).unwrap();
+    let o = obs(
+        "c",
+        Role::Server,
+        ABC,
+        vec![server("a").claiming(0), server("b")],
+    );
+    check("never acknowledged", &ahead, &o, &Want::Vote(1, "b"));
+}
+
+#[test]
 fn a_lost_state_dir_never_commits_again() {
     run(vec![
         (
