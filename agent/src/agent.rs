@@ -264,11 +264,13 @@ impl Agent {
                     self.set_phase(phase, &reason).await;
                     self.wait_for_change(tick(phase)).await;
                 }
-                Decision::CastVote { vote, state } => {
+                Decision::CastVote { state, .. }
+                | Decision::Claim { state, .. }
+                | Decision::Acknowledge { state, .. } => {
                     let mut next = self.state.clone();
                     next.election = state;
                     self.persist(next)?;
-                    info!(round = vote.round, candidate = %vote.candidate, "vote cast");
+                    info!(commitment = %reason, "election commitment persisted");
                     self.state.election.announce(&mut self.announcement);
                     self.set_phase(Phase::Voting, &reason).await;
                 }
@@ -307,25 +309,6 @@ impl Agent {
                         )
                         .await;
                     }
-                }
-                Decision::Claim { round, state } => {
-                    let mut next = self.state.clone();
-                    next.election = state;
-                    self.persist(next)?;
-                    info!(
-                        round,
-                        "claimed the first-server round: waiting for acknowledgements"
-                    );
-                    self.state.election.announce(&mut self.announcement);
-                    self.set_phase(Phase::Voting, &reason).await;
-                }
-                Decision::Acknowledge { claim, state } => {
-                    let mut next = self.state.clone();
-                    next.election = state;
-                    self.persist(next)?;
-                    info!(round = claim.round, candidate = %claim.candidate, "acknowledged a first-server claim");
-                    self.state.election.announce(&mut self.announcement);
-                    self.set_phase(Phase::Voting, &reason).await;
                 }
                 Decision::BecomeInitializer { round, state } => {
                     let mut next = self.state.clone();

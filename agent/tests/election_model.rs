@@ -784,14 +784,13 @@ fn at_most_one_initializer_in_every_interleaving() {
     );
 }
 
-#[test]
-fn negative_control_a_majority_of_those_seen_is_caught() {
-    let seats = env_usize("ELECTION_MODEL_SEATS").unwrap_or(2);
-    let mut model = Model::new(seats, 2 * seats as u8, 1, Fault::ElectorateOfSeatsSeen);
+/// Checks that the model finds two initializers under a deliberately broken `fault`.
+fn assert_caught(seats: usize, fault: Fault, missed: &str) {
+    let mut model = Model::new(seats, 2 * seats as u8, 1, fault);
     let report = check(&mut model);
     let (what, path) = report
         .violation
-        .expect("the checker missed an electorate of the seats seen");
+        .unwrap_or_else(|| panic!("the checker missed {missed}"));
     eprintln!(
         "caught as expected after {} states ({:.1?}):\n{}",
         report.states,
@@ -801,22 +800,25 @@ fn negative_control_a_majority_of_those_seen_is_caught() {
     assert!(what.contains("two hosts initialize"), "{what}");
 }
 
+#[test]
+fn negative_control_a_majority_of_those_seen_is_caught() {
+    let seats = env_usize("ELECTION_MODEL_SEATS").unwrap_or(2);
+    assert_caught(
+        seats,
+        Fault::ElectorateOfSeatsSeen,
+        "an electorate of the seats seen",
+    );
+}
+
 /// Needs three seats (with two, the first winner never acknowledges another claim), whose state
-/// space is too large for the default debug run: `cargo test --release ... -- --ignored`.
+/// space is too large for the default debug run: `cargo test --release ... -- --ignored`. Not yet
+/// seen to finish, so not yet seen to catch the fault.
 #[test]
 #[ignore]
 fn negative_control_forgetting_acknowledgements_is_caught() {
-    let seats = 3;
-    let mut model = Model::new(seats, 2 * seats as u8, 1, Fault::ForgetAckOnReboot);
-    let report = check(&mut model);
-    let (what, path) = report
-        .violation
-        .expect("the checker missed a driver that forgets its acknowledgements");
-    eprintln!(
-        "caught as expected after {} states ({:.1?}):\n{}",
-        report.states,
-        report.elapsed,
-        show(&format!("VIOLATION: {what}"), &path)
+    assert_caught(
+        3,
+        Fault::ForgetAckOnReboot,
+        "a driver that forgets its acknowledgements",
     );
-    assert!(what.contains("two hosts initialize"), "{what}");
 }

@@ -73,20 +73,7 @@ fn demo_json_forms_a_cluster_behind_nginx_and_follows_a_stop() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr);
-    let mut demo = ChildGuard::spawn(&mut cmd).unwrap();
-    let mut stdout = demo.child_mut().stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let status = demo.wait_timeout(Duration::from_secs(150)).unwrap();
-    let progress = std::fs::read_to_string(tmp.path().join("demo.stderr")).unwrap_or_default();
-    let status = status.unwrap_or_else(|| panic!("the demo did not finish:\n{progress}"));
-    assert!(status.success(), "{status:?}\n{progress}");
-    let out = reader.join().unwrap();
-    let summary: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}\n{progress}"));
+    let (summary, progress) = run_demo_json(&mut cmd, &tmp.path().join("demo.stderr"));
     eprintln!("{summary:#}");
 
     // Five hosts, three servers and two agents, all ready; one first server among the servers.
@@ -195,20 +182,7 @@ fn demo_forms_a_cluster_without_nginx_or_haproxy() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr);
-    let mut demo = ChildGuard::spawn(&mut cmd).unwrap();
-    let mut stdout = demo.child_mut().stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let status = demo.wait_timeout(Duration::from_secs(150)).unwrap();
-    let progress = std::fs::read_to_string(tmp.path().join("demo.stderr")).unwrap_or_default();
-    let status = status.unwrap_or_else(|| panic!("the demo did not finish:\n{progress}"));
-    assert!(status.success(), "{status:?}\n{progress}");
-    let out = reader.join().unwrap();
-    let summary: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}\n{progress}"));
+    let (summary, progress) = run_demo_json(&mut cmd, &tmp.path().join("demo.stderr"));
 
     let nodes = summary["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 5);
@@ -348,4 +322,23 @@ fn an_interrupted_demo_leaves_nothing_running() {
         );
         assert_eq!(processes_naming(&dir), Vec::new(), "{signal}");
     }
+}
+
+/// Runs a `demo --json` command (stdout piped, stderr to `progress`) to its end, within 150 s,
+/// and returns the summary it printed with its progress lines; fails with those lines.
+fn run_demo_json(cmd: &mut Command, progress: &std::path::Path) -> (Value, String) {
+    let mut demo = ChildGuard::spawn(cmd).unwrap();
+    let mut stdout = demo.child_mut().stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let status = demo.wait_timeout(Duration::from_secs(150)).unwrap();
+    let progress = std::fs::read_to_string(progress).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("the demo did not finish:\n{progress}"));
+    assert!(status.success(), "{status:?}\n{progress}");
+    let out = reader.join().unwrap();
+    let summary = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}\n{progress}"));
+    (summary, progress)
 }

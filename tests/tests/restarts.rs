@@ -71,7 +71,7 @@ fn agent_killed_mid_install_resumes_without_reinitializing() {
     // The restarted agent went on from its persisted vote instead of starting over.
     let resumed = host.log();
     assert!(
-        !resumed.contains("vote cast"),
+        !resumed.contains("voting for"),
         "voted again after the restart:\n{resumed}"
     );
     // Every server is in the one cluster.

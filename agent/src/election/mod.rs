@@ -281,7 +281,7 @@ pub enum Decision {
 
 impl Decision {
     /// The state the driver must fsync before acting, if this decision changes it.
-    pub fn state_to_persist(&self) -> Option<&ElectionState> {
+    fn state_to_persist_mut(&mut self) -> Option<&mut ElectionState> {
         match self {
             Decision::CastVote { state, .. }
             | Decision::Claim { state, .. }
@@ -348,14 +348,8 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
 
 /// Lifecycle transitions know nothing of released claims: carry them over.
 fn keep_released(state: &ElectionState, mut decision: Decision) -> Decision {
-    match &mut decision {
-        Decision::CastVote { state: next, .. }
-        | Decision::Claim { state: next, .. }
-        | Decision::Acknowledge { state: next, .. }
-        | Decision::BecomeInitializer { state: next, .. } => {
-            next.released = state.released.clone();
-        }
-        _ => {}
+    if let Some(next) = decision.state_to_persist_mut() {
+        next.released = state.released.clone();
     }
     decision
 }
@@ -402,7 +396,7 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
     // Rules 4 and 5: this host acknowledged a claim.
     if let Some(ack) = life.ack().cloned() {
         if ack.candidate == me {
-            let (acks, missing) = tally(&seats, |p| p.ack.as_ref() == Some(&ack), true);
+            let (acks, missing) = tally(&seats, |p| p.ack.as_ref() == Some(&ack));
             if acks >= quorum {
                 return match life.become_initializer(me, ack.round) {
                     Ok(won) => Decision::BecomeInitializer {
@@ -523,11 +517,7 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
 
     // Rule 8: the candidate's own path.
     if target.candidate == me && life.vote() == Some(&target) {
-        let (votes, missing) = tally(
-            &seats,
-            |p| p.vote.as_ref() == Some(&target) && p.alive,
-            true,
-        );
+        let (votes, missing) = tally(&seats, |p| p.vote.as_ref() == Some(&target) && p.alive);
         if votes < quorum {
             return wait(format!(
                 "candidate of round {}: {votes} of {quorum} votes (not yet: {})",
@@ -650,17 +640,13 @@ fn seat_views<'a>(obs: &'a Observation, roster: &Roster<'a>) -> Result<Vec<SeatV
         .collect())
 }
 
-/// Counts the seats with an entry matching `pred` (this host's seat counts when `mine_counts`,
-/// its own commitment being on its disk), and names the others.
-fn tally(
-    seats: &[SeatView],
-    pred: impl Fn(&PeerView) -> bool,
-    mine_counts: bool,
-) -> (usize, Vec<String>) {
+/// Counts the seats with an entry matching `pred`, this host's own seat included (callers ask
+/// about a commitment of its own, which is on its disk), and names the others.
+fn tally(seats: &[SeatView], pred: impl Fn(&PeerView) -> bool) -> (usize, Vec<String>) {
     let mut count = 0;
     let mut missing = Vec::new();
     for s in seats {
-        if (s.mine && mine_counts) || s.entries.iter().any(|p| pred(p)) {
+        if s.mine || s.entries.iter().any(|p| pred(p)) {
             count += 1;
         } else {
             missing.push(s.seat.to_string());

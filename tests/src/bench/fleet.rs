@@ -428,7 +428,6 @@ fn record_steady(
             return;
         }
     };
-    let t = &s.traffic;
     let own = s
         .own
         .map(|(d, b, f)| {
@@ -449,19 +448,9 @@ fn record_steady(
     );
     row.samples_mut(kind).values.push(s.kbit_per_node());
     row.notes.push(format!(
-        "{}: {:.0} s window, udp {} B in {} packets, tcp {} B in {} packets{}{}",
+        "{}: {}{own}",
         kind.name(),
-        s.window.as_secs_f64(),
-        t.udp_bytes,
-        t.udp_packets,
-        t.tcp_bytes,
-        t.tcp_packets,
-        if t.dropped > 0 {
-            format!(", {} packets missed by the counter", t.dropped)
-        } else {
-            String::new()
-        },
-        own
+        s.traffic.summary(s.window)
     ));
     report
         .row(
@@ -473,7 +462,11 @@ fn record_steady(
         )
         .samples_mut(kind)
         .values
-        .push((t.udp_packets + t.tcp_packets) as f64 / s.window.as_secs_f64() / s.nodes as f64);
+        .push(
+            (s.traffic.udp_packets + s.traffic.tcp_packets) as f64
+                / s.window.as_secs_f64()
+                / s.nodes as f64,
+        );
     let cpu = report.row(
         scenario,
         "CPU per member",

@@ -333,20 +333,10 @@ fn record_steady(
             return;
         }
     };
-    let t = &s.traffic;
     let detail = format!(
-        "{}: {:.0} s window, udp {} B in {} packets, tcp {} B in {} packets{}{}",
+        "{}: {}{}",
         kind.name(),
-        s.window.as_secs_f64(),
-        t.udp_bytes,
-        t.udp_packets,
-        t.tcp_bytes,
-        t.tcp_packets,
-        if t.dropped > 0 {
-            format!(", {} packets missed by the counter", t.dropped)
-        } else {
-            String::new()
-        },
+        s.traffic.summary(s.window),
         s.datagrams
             .map(|d| format!(", own counters: {d} datagrams sent"))
             .unwrap_or_default()

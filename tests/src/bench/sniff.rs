@@ -32,6 +32,23 @@ impl Traffic {
     pub fn bytes(&self) -> u64 {
         self.udp_bytes + self.tcp_bytes
     }
+
+    /// One line for a report's notes: what was counted over `window`.
+    pub fn summary(&self, window: std::time::Duration) -> String {
+        format!(
+            "{:.0} s window, udp {} B in {} packets, tcp {} B in {} packets{}",
+            window.as_secs_f64(),
+            self.udp_bytes,
+            self.udp_packets,
+            self.tcp_bytes,
+            self.tcp_packets,
+            if self.dropped > 0 {
+                format!(", {} packets missed by the counter", self.dropped)
+            } else {
+                String::new()
+            },
+        )
+    }
 }
 
 /// Counts, on a thread, the traffic sent from a set of addresses until [`ByteCounter::finish`].
