@@ -13,9 +13,10 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::bringup::progress::{Plan, Progress, RunFacts};
 use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
 use crate::config::AgentConfig;
-use crate::election::{self, Decision};
+use crate::election::{self, Decision, ElectionState};
 use crate::gossip::cluster::Cluster;
 use crate::gossip::keyring::Keyring;
 use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role};
@@ -50,19 +51,23 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     preflight(&cfg)?;
     let keyring = Keyring::load(&cfg.gossip_key_file)?;
     let advertise = advertise_addr(&cfg)?;
-    let role = state.role.unwrap_or_else(|| Role::from(cfg.role));
-    let mut announcement = Announcement::new(role, advertise.ip());
-    state.election.announce(&mut announcement);
-    announcement.ca_hash = state.ca_hash.clone();
+    let published = Published {
+        configured_role: Role::from(cfg.role),
+        node_addr: advertise.ip(),
+        run: RunFacts::default(),
+        ready: false,
+        token: None,
+        halted: None,
+    };
 
     let gossip = cfg.gossip_config(advertise, keyring);
     let keyring_handle = gossip.keyring.clone();
-    let cluster = Cluster::join(gossip, &announcement).await?;
+    let cluster = Cluster::join(gossip, &published.announcement(&state)).await?;
     let reload_task = tokio::spawn(reload_keyring_on_sighup(
         cfg.gossip_key_file.clone(),
         keyring_handle,
     ));
-    info!(node = %cfg.node_name, gossip_addr = %advertise, role = %role, "joined gossip");
+    info!(node = %cfg.node_name, gossip_addr = %advertise, step = %state.progress, "joined gossip");
     match &cfg.electorate {
         Some(election::Electorate::Pinned(seats)) => {
             let seats: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
@@ -93,7 +98,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         state,
         view: cluster.watch(),
         cluster,
-        announcement,
+        published,
+        service_enabled: false,
         report,
     };
     let outcome = tokio::select! {
@@ -102,12 +108,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     if let Err(err) = &outcome {
         error!(error = %format!("{err:#}"), "bring-up stopped");
-        agent.set_phase(Phase::Failed, &format!("{err:#}")).await;
+        agent.published.halted = Some(Phase::Failed);
+        agent.update(&format!("{err:#}")).await;
     }
     info!("leaving gossip");
-    agent.announcement.leaving = true;
-    agent.announcement.phase = Phase::Leaving;
-    agent.cluster.announce(&agent.announcement).await;
+    agent.published.halted = Some(Phase::Leaving);
+    agent.publish().await;
     if let Err(err) = agent.cluster.leave().await {
         warn!(error = %format!("{err:#}"), "graceful leave incomplete");
     }
@@ -164,62 +170,139 @@ fn preflight(cfg: &AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// What this host publishes besides its persisted state: the facts of this run. Together with
+/// [`PersistedState`] it is the whole announcement ([`Published::announcement`]); nothing else
+/// writes one.
+#[derive(Debug, Clone)]
+struct Published {
+    /// The role from the configuration, published until the election settles one.
+    configured_role: Role,
+    node_addr: IpAddr,
+    /// Facts of this run the phase depends on (the vote is read from the persisted state).
+    run: RunFacts,
+    /// RKE2 answers its readiness probes now.
+    ready: bool,
+    /// The join secret, published by servers of the cluster (sealed gossip).
+    token: Option<String>,
+    /// The run ended: failed, or leaving gossip.
+    halted: Option<Phase>,
+}
+
+impl Published {
+    fn phase(&self, state: &PersistedState) -> Phase {
+        let run = RunFacts {
+            voted: state.election.vote.is_some(),
+            ..self.run
+        };
+        self.halted.unwrap_or_else(|| state.progress.phase(run))
+    }
+
+    fn announcement(&self, state: &PersistedState) -> Announcement {
+        let role = state.role().unwrap_or(self.configured_role);
+        let mut announcement = Announcement::new(role, self.node_addr);
+        state.election.announce(&mut announcement);
+        announcement.ca_hash = state.ca_hash.clone();
+        announcement.phase = self.phase(state);
+        announcement.ready = self.ready;
+        announcement.token = self.token.clone();
+        announcement.leaving = self.halted == Some(Phase::Leaving);
+        announcement
+    }
+}
+
 struct Agent {
     cfg: AgentConfig,
     state_dir: StateDir,
     state: PersistedState,
     cluster: Cluster,
     view: watch::Receiver<Arc<Vec<Member>>>,
-    announcement: Announcement,
+    published: Published,
+    /// `enable --now` ran in this run (once per run: it is how the service comes back after a
+    /// reboot, and it is idempotent).
+    service_enabled: bool,
     probe: Prober,
     services: ServiceManager,
     report: Arc<Mutex<StatusReport>>,
 }
 
 impl Agent {
+    /// Walks the persisted steps from wherever this host stands to a ready member, then keeps
+    /// publishing readiness. Each arm does one step's work and persists the next step.
     async fn bring_up(&mut self) -> Result<()> {
-        let plan = self.decide().await?;
-        let role = self.state.role.unwrap_or(Role::Server);
-        match plan {
-            Plan::Initialize => self.initialize().await?,
-            Plan::Join if role == Role::Server => self.join_as_server().await?,
-            Plan::Join => self.join_as_agent().await?,
-        }
+        let plan = loop {
+            let step = self.state.progress;
+            match step {
+                Progress::Electing => {
+                    let (plan, election) = self.elect().await?;
+                    self.advance(|next| {
+                        next.election = election;
+                        next.progress = step.settle(plan)?;
+                        Ok(())
+                    })?;
+                    info!(plan = %plan, "bring-up settled");
+                }
+                Progress::Settled(plan) => self.configure(plan).await?,
+                Progress::Configured(plan) => {
+                    self.ensure_service(plan).await?;
+                    self.advance(|next| {
+                        next.progress = step.started()?;
+                        Ok(())
+                    })?;
+                    info!(unit = plan.service().unit(), "service started");
+                }
+                Progress::Started(plan) => {
+                    self.ensure_service(plan).await?;
+                    self.await_ready(plan).await?;
+                    let ca_hash = self.cluster_identity_after_ready(plan).await?;
+                    self.advance(|next| {
+                        next.progress = step.joined()?;
+                        next.ca_hash = Some(ca_hash);
+                        Ok(())
+                    })?;
+                    self.came_up(plan).await?;
+                    break plan;
+                }
+                Progress::Joined(plan) => {
+                    info!(plan = %plan, "this host already joined a cluster; resuming");
+                    if plan == Plan::Initialize {
+                        self.point_first_server_at_its_cluster().await?;
+                    }
+                    self.ensure_service(plan).await?;
+                    self.await_ready(plan).await?;
+                    self.came_up(plan).await?;
+                    break plan;
+                }
+            }
+        };
+        let role = plan.role();
         if role == Role::Server {
             // A live server clears what keeps a wiped peer from rejoining under its old name.
-            let etcd = SocketAddr::new(self.announcement.node_addr, rejoin::ETCD_CLIENT_PORT);
+            let etcd = SocketAddr::new(self.published.node_addr, rejoin::ETCD_CLIENT_PORT);
             rejoin::spawn(self.view.clone(), self.cfg.node_name.clone(), etcd)?;
         }
         // Steady state: keep publishing readiness as it changes.
         loop {
             let ready = self.is_ready(role).await;
-            if ready && role == Role::Server && self.announcement.token.is_none() {
+            if ready && role == Role::Server && self.published.token.is_none() {
                 // A restarted member learns the token back from its peers, so any ready server
                 // can hand it to later joiners.
                 if let Some(material) = self.join_material_now() {
-                    self.announcement.token = Some(material.secret);
+                    self.published.token = Some(material.secret);
                     self.publish().await;
                 }
             }
-            if ready != self.announcement.ready {
+            if ready != self.published.ready {
                 warn!(ready, "readiness changed");
-                self.announcement.ready = ready;
+                self.published.ready = ready;
                 self.publish().await;
             }
             self.wait_for_change(tick(Phase::Ready)).await;
         }
     }
 
-    /// Election until this host knows whether it initializes the cluster or joins one.
-    async fn decide(&mut self) -> Result<Plan> {
-        if self.state.joined {
-            info!("this host already joined a cluster; resuming");
-            return Ok(if self.state.election.initializer_of.is_some() {
-                Plan::Initialize
-            } else {
-                Plan::Join
-            });
-        }
+    /// The election, until it settles this host's plan. Returns the plan and the election state
+    /// to persist with it.
+    async fn elect(&mut self) -> Result<(Plan, ElectionState)> {
         let mut last_reason = String::new();
         let mut registration_checked_at: Option<tokio::time::Instant> = None;
         let mut registration_answers = false;
@@ -238,7 +321,7 @@ impl Agent {
             }
             let observation = election::Observation {
                 self_name: self.cfg.node_name.clone(),
-                self_addr: Some(self.announcement.node_addr),
+                self_addr: Some(self.published.node_addr),
                 config: self.cfg.election_config(),
                 observing_for: started.elapsed(),
                 local: election::LocalFacts {
@@ -256,28 +339,23 @@ impl Agent {
             }
             match decision {
                 Decision::Wait { .. } => {
-                    let phase = if self.state.election.vote.is_some() {
-                        Phase::Voting
-                    } else {
-                        Phase::Discovering
-                    };
-                    self.set_phase(phase, &reason).await;
-                    self.wait_for_change(tick(phase)).await;
+                    self.update(&reason).await;
+                    self.wait_for_change(tick(self.phase())).await;
                 }
                 Decision::CastVote { state, .. }
                 | Decision::Claim { state, .. }
                 | Decision::Acknowledge { state, .. } => {
-                    let mut next = self.state.clone();
-                    next.election = state;
-                    self.persist(next)?;
+                    self.advance(|next| {
+                        next.election = state;
+                        Ok(())
+                    })?;
                     info!(commitment = %reason, "election commitment persisted");
-                    self.state.election.announce(&mut self.announcement);
-                    self.set_phase(Phase::Voting, &reason).await;
+                    self.update(&reason).await;
                 }
                 Decision::Prepare { round, .. } => {
                     // Install before claiming the win, so that an installer that keeps failing
                     // ends in an abdication (and a new round) instead of a stuck cluster.
-                    self.set_phase(Phase::Voting, &reason).await;
+                    self.update(&reason).await;
                     if let Err(err) = self.install(ServiceKind::Server).await {
                         install_failures += 1;
                         let successor = election::successor(&observation);
@@ -288,184 +366,170 @@ impl Agent {
                                 warn!(round, "no other candidate could take over: keeping the first-server candidacy");
                             }
                             warn!(round, attempt = install_failures, retry_in_s = delay.as_secs(), error = %format!("{err:#}"), "installing rke2 failed; retrying");
-                            self.set_phase(
-                                Phase::Voting,
-                                &format!("installer failed ({err:#}); retrying"),
-                            )
-                            .await;
+                            self.update(&format!("installer failed ({err:#}); retrying"))
+                                .await;
                             tokio::time::sleep(delay).await;
                             continue;
                         }
                         error!(round, error = %format!("{err:#}"), "cannot install rke2: giving up the first-server candidacy");
-                        let mut next = self.state.clone();
-                        next.election = election::abdicate(&self.state.election, round)?;
-                        self.persist(next)?;
-                        self.state.election.announce(&mut self.announcement);
+                        let abdicated = election::abdicate(&self.state.election, round)?;
+                        self.advance(|next| {
+                            next.election = abdicated;
+                            Ok(())
+                        })?;
                         // This host stays a voter: its seat still counts toward every quorum,
                         // and an agent that exited here would leave the others one vote short.
-                        self.set_phase(
-                            Phase::Voting,
-                            &format!("abdicated round {round} ({err:#}); still voting"),
-                        )
-                        .await;
+                        self.update(&format!("abdicated round {round} ({err:#}); still voting"))
+                            .await;
                     }
                 }
                 Decision::BecomeInitializer { round, state } => {
-                    let mut next = self.state.clone();
-                    next.election = state;
-                    next.role = Some(Role::Server);
-                    self.persist(next)?;
                     info!(round, "elected to initialize the cluster");
-                    self.state.election.announce(&mut self.announcement);
-                    self.announcement.role = Role::Server;
-                    return Ok(Plan::Initialize);
+                    return Ok((Plan::Initialize, state));
                 }
                 Decision::JoinExisting { role, .. } => {
-                    // `auto` is resolved by the election; a role settled before a reboot stays.
-                    let role = self.state.role.unwrap_or(role);
-                    let mut next = self.state.clone();
-                    next.role = Some(role);
-                    self.persist(next)?;
                     info!(role = %role, "a cluster exists or is forming: joining it");
-                    self.announcement.role = role;
-                    return Ok(Plan::Join);
+                    return Ok((Plan::join_as(role), self.state.election.clone()));
                 }
             }
         }
     }
 
-    async fn initialize(&mut self) -> Result<()> {
-        self.set_phase(Phase::Initializing, "bringing up the first server")
-            .await;
-        // After the cluster formed, the first server is just a member: when it comes back (a
-        // reboot, a crash) while other servers are ready, its config points at the cluster like
-        // every joiner's. Should its RKE2 data be gone, it then joins instead of creating a
-        // second cluster; with its data in place RKE2 simply restarts its etcd member.
-        if self.state.joined {
-            let material = if self.rke2_data_dir_present() {
-                self.join_material_now()
-            } else {
-                // Gossip may not have shown anyone yet: starting now, as the first server without
-                // data, would create a second cluster. Wait for the cluster, however long.
-                warn!("rke2 data is gone: waiting for the cluster to rejoin it, never re-initializing");
-                Some(self.wait_for_join_material().await?)
-            };
-            if let Some(material) = material {
-                let server = bringup::registration_host(&self.cfg, &material);
-                if !self.rke2_data_dir_present() {
-                    warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");
+    /// Writes RKE2's config for the settled plan: the first server's own, or a joiner's once the
+    /// cluster can take it (its join material published, and for a server its join turn).
+    async fn configure(&mut self, plan: Plan) -> Result<()> {
+        let (rke2, ca_hash) = match plan {
+            Plan::Initialize => {
+                self.update("bringing up the first server").await;
+                let secret = self.cluster_secret()?;
+                let token = JoinToken::from_secret(secret);
+                (self.rke2_config(Role::Server, token, None), None)
+            }
+            Plan::JoinAsServer | Plan::JoinAsAgent => {
+                let material = self.wait_for_join_material().await?;
+                if plan == Plan::JoinAsServer {
+                    self.wait_for_join_turn().await;
                 }
-                let token = JoinToken::full_server(
-                    Secret::new(material.secret.clone())?,
-                    &material.ca_hash,
-                )?;
-                let rke2 = self.rke2_config(Role::Server, token, Some(server));
-                self.write_rke2_config(&rke2)?;
-                info!("first server restarting as a member of its cluster");
+                self.published.run.going = true;
+                self.update(match plan {
+                    Plan::JoinAsServer => "joining",
+                    _ => "joining as a worker",
+                })
+                .await;
+                let (rke2, ca_hash) = self.join_config(plan.role(), &material).await?;
+                (rke2, Some(ca_hash))
+            }
+        };
+        self.write_rke2_config(&rke2)?;
+        let step = self.state.progress;
+        self.advance(|next| {
+            next.progress = step.configured()?;
+            next.ca_hash = ca_hash.or(next.ca_hash.take());
+            Ok(())
+        })
+    }
+
+    /// Servers join etcd one at a time: waits until it is this host's turn ([`bringup::join_turn`]).
+    async fn wait_for_join_turn(&mut self) {
+        self.update("waiting for a join turn").await;
+        // Servers usually become eligible together (the moment the first server is ready): give
+        // every waiting server's phase a few gossip rounds to spread before anyone takes the
+        // turn, so the lowest name really goes first.
+        tokio::time::sleep(self.cfg.gossip_interval * 5).await;
+        let mut deaths = election::DeathClock::default();
+        loop {
+            let members = self.view.borrow().clone();
+            let peers = deaths.peer_views(std::time::Instant::now(), &members);
+            match bringup::join_turn(&self.cfg.node_name, &peers) {
+                Ok(()) => {
+                    // What the turn was decided on: two servers joining at once is only ever a
+                    // stale view, and this line shows which.
+                    info!(servers = %bringup::servers_summary(&peers), "taking the join turn");
+                    return;
+                }
+                Err(reason) => {
+                    self.update(&reason).await;
+                    self.wait_for_change(tick(Phase::WaitingToJoin)).await;
+                }
             }
         }
-        let secret = self.cluster_secret()?;
-        if !self.state.config_written {
-            let rke2 = self.rke2_config(Role::Server, JoinToken::from_secret(secret.clone()), None);
-            self.write_rke2_config(&rke2)?;
+    }
+
+    /// After the cluster formed, the first server is just a member: when it comes back (a
+    /// reboot, a crash) while other servers are ready, its config points at the cluster like
+    /// every joiner's. Should its RKE2 data be gone, it then joins instead of creating a second
+    /// cluster; with its data in place RKE2 simply restarts its etcd member.
+    async fn point_first_server_at_its_cluster(&mut self) -> Result<()> {
+        self.update("restarting the first server").await;
+        let material = if self.rke2_data_dir_present() {
+            self.join_material_now()
+        } else {
+            // Gossip may not have shown anyone yet: starting now, as the first server without
+            // data, would create a second cluster. Wait for the cluster, however long.
+            warn!("rke2 data is gone: waiting for the cluster to rejoin it, never re-initializing");
+            Some(self.wait_for_join_material().await?)
+        };
+        let Some(material) = material else {
+            return Ok(());
+        };
+        let server = bringup::registration_host(&self.cfg, &material);
+        if !self.rke2_data_dir_present() {
+            warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");
         }
-        self.install_and_start(ServiceKind::Server).await?;
-        self.await_server_ready().await?;
+        let token =
+            JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+        let rke2 = self.rke2_config(Role::Server, token, Some(server));
+        self.write_rke2_config(&rke2)?;
+        info!("first server restarting as a member of its cluster");
+        Ok(())
+    }
+
+    /// The cluster identity once RKE2 is ready: the first server reads the CA it created; a
+    /// joiner pinned it before it wrote its config.
+    async fn cluster_identity_after_ready(&mut self, plan: Plan) -> Result<String> {
+        if let Some(known) = &self.state.ca_hash {
+            return Ok(known.clone());
+        }
+        if plan != Plan::Initialize {
+            bail!("joined without a pinned cluster identity");
+        }
         let ca = self
             .probe
-            .fetch_cacerts(&self.announcement.node_addr.to_string())
+            .fetch_cacerts(&self.published.node_addr.to_string())
             .await?;
-        let ca_hash = token::ca_hash(&ca);
-        let mut next = self.state.clone();
-        next.joined = true;
-        next.ca_hash = Some(ca_hash.clone());
-        self.persist(next)?;
-        self.announcement.ca_hash = Some(ca_hash.clone());
-        self.announcement.token = Some(secret.expose().to_string());
-        self.announcement.ready = true;
-        info!(ca_hash = %ca_hash, "first server ready: the cluster exists");
-        self.set_phase(Phase::Ready, "first server ready").await;
-        Ok(())
+        Ok(token::ca_hash(&ca))
     }
 
-    async fn join_as_server(&mut self) -> Result<()> {
-        if !self.state.config_written {
-            let material = self.wait_for_join_material().await?;
-            self.set_phase(Phase::WaitingToJoin, "waiting for a join turn")
-                .await;
-            // Servers usually become eligible together (the moment the first server is ready):
-            // give every waiting server's phase a few gossip rounds to spread before anyone
-            // takes the turn, so the lowest name really goes first.
-            let settle = self.cfg.gossip_interval * 5;
-            tokio::time::sleep(settle).await;
-            let mut deaths = election::DeathClock::default();
-            loop {
-                let members = self.view.borrow().clone();
-                let peers = deaths.peer_views(std::time::Instant::now(), &members);
-                match bringup::join_turn(&self.cfg.node_name, &peers) {
-                    Ok(()) => {
-                        // What the turn was decided on: two servers joining at once is only
-                        // ever a stale view, and this line shows which.
-                        info!(
-                            servers = %bringup::servers_summary(&peers),
-                            "taking the join turn"
-                        );
-                        break;
-                    }
-                    Err(reason) => {
-                        self.set_phase(Phase::WaitingToJoin, &reason).await;
-                        self.wait_for_change(tick(Phase::WaitingToJoin)).await;
-                    }
-                }
-            }
-            self.set_phase(Phase::Joining, "joining").await;
-            self.write_join_config(Role::Server, &material).await?;
-        }
-        self.set_phase(Phase::Joining, "joining").await;
-        self.install_and_start(ServiceKind::Server).await?;
-        self.await_server_ready().await?;
-        let mut next = self.state.clone();
-        next.joined = true;
-        self.persist(next)?;
-        self.announcement.ready = true;
-        // Every ready server can hand the token to later joiners, so the first server is
-        // not a single point of failure for growing the cluster.
-        if let Some(material) = self.join_material_now() {
-            self.announcement.token = Some(material.secret);
-        }
-        info!("server joined and ready");
-        self.set_phase(Phase::Ready, "server ready").await;
-        Ok(())
-    }
-
-    async fn join_as_agent(&mut self) -> Result<()> {
-        if !self.state.config_written {
-            let material = self.wait_for_join_material().await?;
-            self.set_phase(Phase::Joining, "joining as a worker").await;
-            self.write_join_config(Role::Agent, &material).await?;
-        }
-        self.set_phase(Phase::Joining, "joining as a worker").await;
-        self.install_and_start(ServiceKind::Agent).await?;
-        loop {
-            if self.is_ready(Role::Agent).await {
-                break;
-            }
-            self.wait_for_change(tick(Phase::Joining)).await;
-        }
-        let mut next = self.state.clone();
-        next.joined = true;
-        self.persist(next)?;
-        self.announcement.ready = true;
-        info!("worker joined and ready");
-        self.set_phase(Phase::Ready, "worker ready").await;
+    /// RKE2 answered as a member: from now on this host is `ready`, and a server hands the
+    /// token to later joiners (the first server is not a single point of failure for growing
+    /// the cluster).
+    async fn came_up(&mut self, plan: Plan) -> Result<()> {
+        self.published.run.up = true;
+        self.published.ready = true;
+        self.published.token = match plan {
+            Plan::Initialize => Some(self.cluster_secret()?.expose().to_string()),
+            Plan::JoinAsServer => self.join_material_now().map(|m| m.secret),
+            Plan::JoinAsAgent => None,
+        };
+        let summary = match plan {
+            Plan::Initialize => "first server ready",
+            Plan::JoinAsServer => "server ready",
+            Plan::JoinAsAgent => "worker ready",
+        };
+        info!(ca_hash = self.state.ca_hash.as_deref().unwrap_or(""), plan = %plan, "{summary}");
+        self.update(summary).await;
         Ok(())
     }
 
     /// Pins the cluster CA at the registration address (before any secret is sent there), then
-    /// writes the joiner's config with the full `K10<ca-hash>::server:<secret>` token, so RKE2
-    /// checks the CA too. The cluster identity is persisted with the config: a restarted member
-    /// must keep announcing which cluster it belongs to.
-    async fn write_join_config(&mut self, role: Role, material: &JoinMaterial) -> Result<()> {
+    /// builds the joiner's config with the full `K10<ca-hash>::server:<secret>` token, so RKE2
+    /// checks the CA too. Returns the config and the cluster identity to persist with it: a
+    /// restarted member must keep announcing which cluster it belongs to.
+    async fn join_config(
+        &mut self,
+        role: Role,
+        material: &JoinMaterial,
+    ) -> Result<(Rke2Config, String)> {
         let server = bringup::registration_host(&self.cfg, material);
         self.probe
             .verify_ca(&server, &material.ca_hash)
@@ -473,13 +537,10 @@ impl Agent {
             .with_context(|| format!("pinning the cluster CA at {server}"))?;
         let token =
             JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
-        let rke2 = self.rke2_config(role, token, Some(server));
-        let mut next = self.state.clone();
-        next.ca_hash = Some(material.ca_hash.clone());
-        self.persist(next)?;
-        self.write_rke2_config(&rke2)?;
-        self.announcement.ca_hash = Some(material.ca_hash.clone());
-        Ok(())
+        Ok((
+            self.rke2_config(role, token, Some(server)),
+            material.ca_hash.clone(),
+        ))
     }
 
     /// Waits until a ready server of the cluster publishes the identity and the token, and (when
@@ -495,7 +556,7 @@ impl Agent {
                 .as_deref()
                 .and_then(|id| bringup::join_material(&members, id))
             {
-                None => "waiting for the first server to be ready".to_string(),
+                None => bringup::waiting_for_first_server(&members),
                 Some(material) => {
                     let host = bringup::registration_host(&self.cfg, &material);
                     if self.probe.registration_answers(&host).await {
@@ -504,8 +565,7 @@ impl Agent {
                     format!("waiting for the registration address {host} to answer")
                 }
             };
-            let phase = self.announcement.phase;
-            self.set_phase(phase, &reason).await;
+            self.update(&reason).await;
             self.wait_for_change(tick(Phase::WaitingToJoin)).await;
         }
     }
@@ -536,7 +596,7 @@ impl Agent {
                 Vec::new()
             },
             node_name: Some(self.cfg.node_name.clone()),
-            node_ip: Some(self.announcement.node_addr),
+            node_ip: Some(self.published.node_addr),
             node_taint: if is_server && self.cfg.control_plane_taint {
                 vec![CONTROL_PLANE_TAINT.to_string()]
             } else {
@@ -551,68 +611,68 @@ impl Agent {
         }
     }
 
+    /// Writes RKE2's config file; the caller records the step.
     fn write_rke2_config(&mut self, rke2: &Rke2Config) -> Result<()> {
         let rendered = config_yaml::render(rke2)?;
         let outcome =
             config_yaml::write_config(&self.cfg.root, &rendered, self.cfg.existing_config_policy)?;
-        let mut next = self.state.clone();
-        next.config_written = true;
-        self.persist(next)?;
         info!(path = %self.cfg.host_path(config_yaml::CONFIG_PATH).display(), outcome = ?outcome, "rke2 config written");
         Ok(())
     }
 
-    async fn install_and_start(&mut self, kind: ServiceKind) -> Result<()> {
+    /// RKE2 installed for the plan and its service enabled and started, once per run.
+    async fn ensure_service(&mut self, plan: Plan) -> Result<()> {
+        let kind = plan.service();
         self.install(kind).await?;
-        // `enable --now` is idempotent: after a reboot it is how the service comes back.
-        self.services.enable_now(kind.unit()).await?;
-        if !self.state.service_started {
-            let mut next = self.state.clone();
-            next.service_started = true;
-            self.persist(next)?;
-            info!(unit = kind.unit(), "service started");
+        if !self.service_enabled {
+            self.services.enable_now(kind.unit()).await?;
+            self.service_enabled = true;
         }
         Ok(())
     }
 
     async fn install(&mut self, kind: ServiceKind) -> Result<()> {
-        if !self.state.installed {
-            let install_type = match kind {
-                ServiceKind::Server => InstallType::Server,
-                ServiceKind::Agent => InstallType::Agent,
-            };
-            let settings = &self.cfg.installer;
-            let installer = InstallerConfig {
-                url: settings.url.clone(),
-                sha256: settings.sha256.clone(),
-                allow_insecure_http: settings.allow_insecure_http,
-                run_timeout: settings.timeout,
-                version: settings.version.clone(),
-                channel: settings.channel.clone(),
-                method: settings.method,
-                artifact_path: settings.artifact_path.clone(),
-                ..InstallerConfig::new(
-                    install_type,
-                    self.cfg.root.clone(),
-                    self.cfg.state_dir.join("installer"),
-                )
-            };
-            let outcome = installer::ensure_installed(&installer).await?;
-            let mut next = self.state.clone();
-            next.installed = true;
-            self.persist(next)?;
-            info!(outcome = ?outcome, "rke2 installed");
+        if self.state.installed {
+            return Ok(());
         }
+        let install_type = match kind {
+            ServiceKind::Server => InstallType::Server,
+            ServiceKind::Agent => InstallType::Agent,
+        };
+        let settings = &self.cfg.installer;
+        let installer = InstallerConfig {
+            url: settings.url.clone(),
+            sha256: settings.sha256.clone(),
+            allow_insecure_http: settings.allow_insecure_http,
+            run_timeout: settings.timeout,
+            version: settings.version.clone(),
+            channel: settings.channel.clone(),
+            method: settings.method,
+            artifact_path: settings.artifact_path.clone(),
+            ..InstallerConfig::new(
+                install_type,
+                self.cfg.root.clone(),
+                self.cfg.state_dir.join("installer"),
+            )
+        };
+        let outcome = installer::ensure_installed(&installer).await?;
+        self.advance(|next| {
+            next.installed = true;
+            Ok(())
+        })?;
+        info!(outcome = ?outcome, "rke2 installed");
         Ok(())
     }
 
-    async fn await_server_ready(&mut self) -> Result<()> {
+    /// Until RKE2 answers as a member: a server's readiness probe (bounded), an agent's unit.
+    async fn await_ready(&mut self, plan: Plan) -> Result<()> {
         let started = tokio::time::Instant::now();
+        let role = plan.role();
         loop {
-            if self.is_ready(Role::Server).await {
+            if self.is_ready(role).await {
                 return Ok(());
             }
-            if started.elapsed() > Duration::from_secs(30 * 60) {
+            if role == Role::Server && started.elapsed() > Duration::from_secs(30 * 60) {
                 bail!("rke2-server did not become ready within 30 minutes");
             }
             self.wait_for_change(tick(Phase::Joining)).await;
@@ -628,7 +688,7 @@ impl Agent {
             }
         }
         match role {
-            Role::Server => self.probe.server_ready(self.announcement.node_addr).await,
+            Role::Server => self.probe.server_ready(self.published.node_addr).await,
             _ => self
                 .services
                 .is_active(ServiceKind::Agent.unit())
@@ -654,14 +714,22 @@ impl Agent {
     }
 
     /// Persists first, then adopts: nothing is published from a state that is not on disk.
-    fn persist(&mut self, next: PersistedState) -> Result<()> {
+    fn advance(&mut self, edit: impl FnOnce(&mut PersistedState) -> Result<()>) -> Result<()> {
+        let mut next = self.state.clone();
+        edit(&mut next)?;
         self.state_dir.save(&next)?;
         self.state = next;
         Ok(())
     }
 
-    async fn set_phase(&mut self, phase: Phase, reason: &str) {
-        self.announcement.phase = phase;
+    fn phase(&self) -> Phase {
+        self.published.phase(&self.state)
+    }
+
+    /// Publishes the state as it is now, with `reason` for the status socket, `members` and
+    /// `systemctl status`.
+    async fn update(&mut self, reason: &str) {
+        let phase = self.phase();
         // While this host brings itself up (an election, a join turn), what it and its peers
         // publish must travel at once: keep gossip at the fast pace, whatever the membership
         // does. Every step of the bring-up passes here, so the request is renewed until Ready.
@@ -669,12 +737,13 @@ impl Agent {
             self.cluster
                 .request_fast_gossip(FAST_GOSSIP_WHILE_BRINGING_UP);
         }
+        let role = self.state.role().unwrap_or(self.published.configured_role);
         let changed = match self.report.lock() {
             Ok(mut report) => {
                 let changed = report.phase != phase || report.reason != reason;
                 report.phase = phase;
                 report.reason = reason.to_string();
-                report.role = self.announcement.role;
+                report.role = role;
                 changed
             }
             Err(_) => false,
@@ -689,17 +758,13 @@ impl Agent {
     }
 
     async fn publish(&mut self) {
-        self.cluster.announce(&self.announcement).await;
+        let announcement = self.published.announcement(&self.state);
+        self.cluster.announce(&announcement).await;
     }
 
     async fn wait_for_change(&mut self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.view.changed()).await;
     }
-}
-
-enum Plan {
-    Initialize,
-    Join,
 }
 
 /// The advertised gossip address: configured, or the local address of the route to the first

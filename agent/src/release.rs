@@ -63,9 +63,19 @@ pub fn release_claim(cfg: &AgentConfig, claim: &Vote, confirm: bool) -> Result<S
         );
     }
     state.election = released;
+    // A decision to join that nothing acted on yet may rest on the released claim (its claimant
+    // looked like the initializer): the host takes part in the election again, and settles to
+    // join again at once if a real cluster shows.
+    let reopened = match state.progress.reset_join() {
+        Ok(electing) => {
+            state.progress = electing;
+            true
+        }
+        Err(_) => false,
+    };
     dir.save(&state)?;
     Ok(format!(
-        "released the claim of {} in round {} on {}{}; start the agent again",
+        "released the claim of {} in round {} on {}{}{}; start the agent again",
         claim.candidate,
         claim.round,
         cfg.node_name,
@@ -73,6 +83,11 @@ pub fn release_claim(cfg: &AgentConfig, claim: &Vote, confirm: bool) -> Result<S
             " (its acknowledgement is void)"
         } else {
             " (it had not acknowledged it: it never will)"
+        },
+        if reopened {
+            "; its decision to join is undone, it takes part in the election again"
+        } else {
+            ""
         }
     ))
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::bringup::progress::{Plan, Progress};
 use crate::election::ElectionState;
 use crate::fsutil::{self, SECRET_DIR_MODE, SECRET_FILE_MODE};
 use crate::gossip::schema::Role;
@@ -18,23 +19,106 @@ const STATE_FILE: &str = "state.json";
 const JOINED_MARKER: &str = "joined";
 const TOKEN_FILE: &str = "token";
 
+/// The current format of the state file.
+pub const STATE_VERSION: u32 = 2;
+
 /// The persisted progress of this host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistedState {
     /// Format version, for upgrades of this file.
     pub version: u32,
     pub election: ElectionState,
-    /// `server` or `agent` once decided (an `auto` host decides once).
-    pub role: Option<Role>,
-    /// Bring-up checkpoints, in order.
-    pub config_written: bool,
+    /// Where the bring-up stands; the role this host plays is its plan's.
+    pub progress: Progress,
+    /// The RKE2 installer ran to the end on this host (a candidate installs while still electing).
     pub installed: bool,
-    pub service_started: bool,
-    /// RKE2 passed its readiness probes at least once: this host is part of the cluster.
-    pub joined: bool,
     /// The cluster identity (CA hash) this host belongs to, once known.
     pub ca_hash: Option<String>,
+}
+
+impl Default for PersistedState {
+    fn default() -> Self {
+        PersistedState {
+            version: STATE_VERSION,
+            election: ElectionState::default(),
+            progress: Progress::Electing,
+            installed: false,
+            ca_hash: None,
+        }
+    }
+}
+
+impl PersistedState {
+    /// The role this host plays, once the election settled it.
+    pub fn role(&self) -> Option<Role> {
+        self.progress.role()
+    }
+
+    /// Reads any format this agent ever wrote.
+    fn parse(bytes: &[u8]) -> Result<PersistedState> {
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            version: u32,
+        }
+        let Version { version } = serde_json::from_slice(bytes)?;
+        match version {
+            STATE_VERSION => Ok(serde_json::from_slice(bytes)?),
+            0 | 1 => Ok(serde_json::from_slice::<StateV1>(bytes)?.upgrade()),
+            newer => anyhow::bail!(
+                "written by a newer agent (format {newer}, this agent reads up to {STATE_VERSION})"
+            ),
+        }
+    }
+}
+
+/// The first format: the bring-up as flags beside an optional role.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateV1 {
+    #[allow(dead_code)]
+    version: u32,
+    election: ElectionState,
+    role: Option<Role>,
+    config_written: bool,
+    installed: bool,
+    service_started: bool,
+    joined: bool,
+    ca_hash: Option<String>,
+}
+
+impl StateV1 {
+    /// The flags were set in order, so the furthest one set is the step. A settled role without
+    /// a won election was a decision to join.
+    fn upgrade(self) -> PersistedState {
+        let progress = match self.role {
+            None => Progress::Electing,
+            Some(role) => {
+                let plan = if self.election.initializer_of.is_some() {
+                    Plan::Initialize
+                } else {
+                    Plan::join_as(role)
+                };
+                if self.joined {
+                    Progress::Joined(plan)
+                } else if self.service_started {
+                    Progress::Started(plan)
+                } else if self.config_written {
+                    Progress::Configured(plan)
+                } else {
+                    Progress::Settled(plan)
+                }
+            }
+        };
+        PersistedState {
+            version: STATE_VERSION,
+            election: self.election,
+            progress,
+            installed: self.installed,
+            ca_hash: self.ca_hash,
+        }
+    }
 }
 
 /// The state directory and its files.
@@ -62,13 +146,13 @@ impl StateDir {
     pub fn load(&self) -> Result<PersistedState> {
         let path = self.dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            Ok(bytes) => PersistedState::parse(&bytes).with_context(|| {
                 format!(
                     "state file {} is corrupt; refusing to start over (move it away only if this host never voted)",
                     path.display()
                 )
             }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(PersistedState { version: 1, ..Default::default() }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(PersistedState::default()),
             Err(err) => Err(err).with_context(|| format!("reading state file {}", path.display())),
         }
     }
@@ -79,7 +163,7 @@ impl StateDir {
         let json = serde_json::to_vec_pretty(state).context("encoding state")?;
         fsutil::write_file_atomic(&path, &json, SECRET_FILE_MODE)
             .with_context(|| format!("persisting state to {}", path.display()))?;
-        if state.joined {
+        if state.progress.is_joined() {
             let marker = self.dir.join(JOINED_MARKER);
             if !marker.exists() {
                 fsutil::write_file_atomic(&marker, b"", 0o644)?;
@@ -117,12 +201,10 @@ mod tests {
     fn roundtrip_and_permissions() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(&tmp.path().join("state")).unwrap();
-        assert_eq!(dir.load().unwrap().version, 1);
+        assert_eq!(dir.load().unwrap(), PersistedState::default());
         let state = PersistedState {
-            version: 1,
             installed: true,
-            joined: true,
-            role: Some(Role::Server),
+            progress: Progress::Joined(Plan::JoinAsServer),
             ..Default::default()
         };
         dir.save(&state).unwrap();
@@ -143,5 +225,55 @@ mod tests {
         std::fs::write(tmp.path().join("state.json"), b"{not json").unwrap();
         let err = format!("{:#}", dir.load().unwrap_err());
         assert!(err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn the_first_format_is_upgraded_to_the_step_it_had_reached() {
+        let v1 = |role: &str, flags: [bool; 3], initializer: bool| {
+            format!(
+                r#"{{"version":1,"election":{{"round":0,"vote":null,"initializer_of":{init},"abdicated":null}},
+                    "role":{role},"config_written":{},"installed":true,"service_started":{},
+                    "joined":{},"ca_hash":null}}"#,
+                flags[0],
+                flags[1],
+                flags[2],
+                init = if initializer { "0" } else { "null" },
+            )
+        };
+        let cases = [
+            (v1("null", [false; 3], false), Progress::Electing),
+            (
+                v1(r#""agent""#, [false; 3], false),
+                Progress::Settled(Plan::JoinAsAgent),
+            ),
+            (
+                v1(r#""server""#, [true, false, false], true),
+                Progress::Configured(Plan::Initialize),
+            ),
+            (
+                v1(r#""server""#, [true, true, false], false),
+                Progress::Started(Plan::JoinAsServer),
+            ),
+            (
+                v1(r#""server""#, [true, true, true], true),
+                Progress::Joined(Plan::Initialize),
+            ),
+        ];
+        for (json, want) in cases {
+            let state =
+                PersistedState::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e:#}: {json}"));
+            assert_eq!(state.progress, want, "{json}");
+            assert!(state.installed);
+            assert_eq!(state.version, STATE_VERSION);
+        }
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_not_guessed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("state.json"), br#"{"version":9}"#).unwrap();
+        let err = format!("{:#}", dir.load().unwrap_err());
+        assert!(err.contains("newer agent (format 9"), "{err}");
     }
 }

@@ -1270,6 +1270,7 @@ mod seeds {
     use std::fs;
     use std::path::{Path, PathBuf};
 
+    use rke2_bootstrap::bringup::progress::{Plan, Progress};
     use rke2_bootstrap::election::ElectionState;
     use rke2_bootstrap::gossip::schema::{Announcement, Phase, Role, Vote};
     use rke2_bootstrap::state::PersistedState;
@@ -1554,7 +1555,6 @@ mod seeds {
         );
         seed("token_and_state", "token-file", "\x01s3cret-token\n");
         let state = PersistedState {
-            version: 1,
             election: ElectionState {
                 round: 2,
                 vote: Some(Vote {
@@ -1566,8 +1566,8 @@ mod seeds {
                 abdicated: None,
                 released: Vec::new(),
             },
-            role: Some(Role::Server),
-            config_written: true,
+            progress: Progress::Configured(Plan::Initialize),
+            installed: true,
             ca_hash: Some(HASH.into()),
             ..PersistedState::default()
         };

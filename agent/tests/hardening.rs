@@ -103,10 +103,7 @@ fn packaged_config_file_and_its_examples_use_real_keys() {
 // Persisting.
 
 fn voted() -> PersistedState {
-    let mut state = PersistedState {
-        version: 1,
-        ..PersistedState::default()
-    };
+    let mut state = PersistedState::default();
     state.election.round = 0;
     state.election.vote = Some(rke2_bootstrap::gossip::schema::Vote {
         round: 0,
@@ -122,10 +119,7 @@ fn voted() -> PersistedState {
 fn save_fails_loudly_and_keeps_the_last_good_state() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = StateDir::open(&tmp.path().join("state")).unwrap();
-    let before = PersistedState {
-        version: 1,
-        ..PersistedState::default()
-    };
+    let before = PersistedState::default();
     dir.save(&before).unwrap();
     let blocker = dir
         .path()

@@ -423,6 +423,28 @@ impl TestCluster {
         Ok(())
     }
 
+    /// `rke2-bootstrap election release --claim <claim> --confirm` on a host, as its operator
+    /// runs it (the host's agent stopped first).
+    pub fn election_release(&self, name: &str, claim: &str) -> Result<String> {
+        let host = self.host(name);
+        let out = Command::new(workspace_bin("rke2-bootstrap"))
+            .args(["election", "release", "--claim", claim, "--confirm"])
+            .args(["--kernel-cmdline", "/nonexistent", "--node-name", name])
+            .arg("--root")
+            .arg(host.root.path())
+            .env_remove("RKE2_BOOTSTRAP_CONFIG")
+            .output()
+            .context("running election release")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(
+            out.status.success(),
+            "election release on {name} failed ({}): {}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
     /// Hosts whose RKE2 (stand-in) created a new cluster, with how many times: the ground truth
     /// for "exactly one initialization, ever", across restarts.
     pub fn new_cluster_events(&self) -> Vec<(String, usize)> {

@@ -56,7 +56,12 @@ fn five_auto_hosts_become_three_servers_and_two_agents() {
             "{name} never started {unit}"
         );
         let state = host.persisted_state().unwrap();
-        assert_eq!(state["role"], kind, "{name}: {state}");
+        let plan = match kind {
+            _ if *name == initializers[0] => "initialize",
+            "server" => "join-as-server",
+            _ => "join-as-agent",
+        };
+        assert_eq!(state["progress"]["plan"], plan, "{name}: {state}");
         let config = host.root.config_yaml().unwrap();
         assert_eq!(
             config.get("server").is_none(),

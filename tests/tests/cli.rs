@@ -401,7 +401,6 @@ fn election_release_voids_an_acknowledgement_only_when_confirmed() {
         candidate: "a".into(),
     };
     let acked = PersistedState {
-        version: 1,
         election: ElectionState {
             vote: Some(claim.clone()),
             ack: Some(claim.clone()),

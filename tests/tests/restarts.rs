@@ -64,7 +64,7 @@ fn agent_killed_mid_install_resumes_without_reinitializing() {
         .collect();
     assert_eq!(starts.len(), 1, "{victim} started RKE2 once: {starts:?}");
     let state = host.persisted_state().expect("state.json");
-    assert_eq!(state["joined"], true, "{state}");
+    assert_eq!(state["progress"]["step"], "joined", "{state}");
     assert_eq!(state["installed"], true, "{state}");
     // The killed run was recorded, then the resumed one finished the install.
     assert_eq!(host.root.install_env_records().len(), 2);

@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rke2_bootstrap::bringup::progress::{Plan, Progress};
 use rke2_bootstrap::gossip::keyring::{seal, unix_ms_now};
 use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring};
@@ -424,13 +425,20 @@ fn read_state(path: &Path) -> Option<PersistedState> {
 
 /// The checkpoints in the order a first server reaches them.
 fn checkpoint(state: &PersistedState) -> usize {
+    let step = match state.progress {
+        Progress::Electing => 0,
+        Progress::Settled(_) => 1,
+        Progress::Configured(_) => 2,
+        Progress::Started(_) => 3,
+        Progress::Joined(_) => 4,
+    };
     [
         state.election.vote.is_some(),
         state.installed,
-        state.election.initializer_of.is_some(),
-        state.config_written,
-        state.service_started,
-        state.joined,
+        step >= 1 && state.election.initializer_of.is_some(),
+        step >= 2,
+        step >= 3,
+        step >= 4,
     ]
     .iter()
     .take_while(|done| **done)
@@ -441,9 +449,9 @@ const CHECKPOINTS: [&str; 7] = [
     "nothing",
     "vote",
     "installed",
-    "initializer",
-    "config_written",
-    "service_started",
+    "settled as initializer",
+    "configured",
+    "started",
     "joined",
 ];
 
@@ -506,7 +514,8 @@ fn initializer_killed_at_each_checkpoint_resumes_and_never_reinitializes() {
         .unwrap();
     let host = cluster.host("kill-1");
     let state = read_state(&state_file).unwrap();
-    assert!(state.joined && state.installed && state.config_written && state.service_started);
+    assert_eq!(state.progress, Progress::Joined(Plan::Initialize));
+    assert!(state.installed);
     assert_eq!(state.election.initializer_of, Some(0));
     assert_eq!(host.root.unit_pid("rke2-server"), server_pid);
     assert_eq!(

@@ -1,14 +1,16 @@
 //! Zero-touch formation the way real racks boot, with the shipped recipe's shape (`role: auto`,
 //! the electorate pinned to a few reserved addresses, `servers: 3`): more hosts than the
 //! electorate, a seat whose host never boots, a switch split from the first instant, and a
-//! candidate that loses power while it installs. Each ends in one cluster with the right number of
-//! servers, every other host joined, and one initialization on disk, ever.
+//! candidate that loses power while it installs, and a winner gone for good before it started RKE2
+//! (released by the operator). Each ends in one cluster with the right number of servers, every
+//! other host joined, and one initialization on disk, ever.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap_tests::cluster::{skip_without_nft, ClusterSpec, Partition, TestCluster};
+use rke2_bootstrap_tests::wait::wait_until;
 
 const FORMATION: Duration = Duration::from_secs(120);
 /// Short enough for a test, long against a false death on a loaded machine.
@@ -161,4 +163,72 @@ fn a_candidate_that_loses_power_while_installing_is_replaced_after_the_lease() {
     );
     // Two seats of three are left: both are servers, and the outsider fills the third place.
     assert_one_cluster(&cluster, &rest, 3);
+}
+
+/// The election's winner (a quorum acknowledged its claim, it published `initializer`) loses
+/// power for good between writing its config and starting RKE2. The seats that acknowledged it
+/// wait for it forever and say an operator must step in; the outsider, seeing an initializer,
+/// settled to join it. The operator, who knows the host is gone, runs `election release` on each
+/// other host (agent stopped, one host after the other): the seats elect again, the outsider
+/// takes part again, and one cluster forms without the dead winner.
+#[test]
+fn a_winner_gone_for_good_before_starting_rke2_is_released_by_the_operator() {
+    let names = ["r-1", "r-2", "r-3", "r-4"];
+    let mut cluster = rack(98, &names, 3);
+    for host in &mut cluster.hosts {
+        // Long enough to cut the power while the winner's start is pending.
+        host.env.push(("STANDIN_START_SLEEP".into(), "120".into()));
+    }
+    cluster.start_all().unwrap();
+    let winner = wait_until(FORMATION, Duration::from_millis(20), || {
+        cluster.initializers().into_iter().next()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    cluster.power_off(&winner).unwrap();
+    let round = cluster.host(&winner).persisted_state().unwrap()["election"]["initializer_of"]
+        .as_u64()
+        .expect("the winner persisted its win");
+    let rest: Vec<&str> = names.iter().copied().filter(|n| *n != winner).collect();
+
+    // Stuck, and saying why: a seat that acknowledged the claim may not move on by itself (the
+    // winner may have started RKE2); a host that saw the initializer first waits to join it.
+    wait_until(FORMATION, Duration::from_millis(200), || {
+        cluster
+            .statuses()
+            .into_iter()
+            .any(|(_, s)| s.reason.contains("election release"))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cluster.hosts_that_initialized().is_empty());
+
+    let claim = format!("{round}:{winner}");
+    for name in &rest {
+        cluster.kill_agent(name).unwrap();
+        let said = cluster.election_release(name, &claim).unwrap();
+        assert!(said.contains("released the claim"), "{said}");
+        cluster
+            .host_mut(name)
+            .env
+            .retain(|(k, _)| k != "STANDIN_START_SLEEP");
+        cluster.start(name).unwrap();
+    }
+    cluster
+        .wait_for_phase(&rest, Phase::Ready, FORMATION)
+        .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    let initialized = cluster.hosts_that_initialized();
+    assert_eq!(initialized.len(), 1, "{initialized:?}");
+    assert_ne!(initialized[0], winner);
+    let events = cluster.new_cluster_events();
+    assert_eq!(
+        events,
+        [(initialized[0].clone(), 1)],
+        "one cluster, created once"
+    );
+    let servers = rest
+        .iter()
+        .filter(|n| cluster.role_of(n) == Some(Role::Server))
+        .count();
+    assert_eq!(servers, 3, "two seats and the outsider are the servers");
 }

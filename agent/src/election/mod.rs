@@ -91,7 +91,10 @@
 //! server. If it comes back, it finishes. If it is gone for good, an operator releases its claim
 //! on the hosts that acknowledged it (`rke2-bootstrap election release`, with a confirmation;
 //! [`ElectionState::release`]): their acknowledgement is void, they never acknowledge that claim
-//! again, and its claimant is passed over. This breaks F2 for that one claim on purpose, so it is
+//! again, and its claimant is passed over; should the claimant have become initializer, its flag
+//! is no longer evidence of a cluster on those hosts (rule 2), so hosts that settled to join it
+//! (the operator releases on them too) take part in the election again. This breaks F2 for that
+//! one claim on purpose, so it is
 //! safe exactly when the claimant never started the first server and never will with its disk
 //! (powered off for good, or wiped): a quorum of acknowledgements of it is then never used. If it
 //! did start RKE2 (it had its quorum and died after), a release makes a second cluster possible:
@@ -330,7 +333,9 @@ pub fn abdicate(state: &ElectionState, round: u32) -> Result<ElectionState, Tran
 /// The next step of this host in the election. Pure: same inputs, same decision.
 ///
 /// Claims an operator released on this host ([`ElectionState::release`]) are never
-/// acknowledged, and their claimants are passed over as if they had abdicated.
+/// acknowledged, and their claimants are passed over as if they had abdicated. A released
+/// claimant that had become initializer is no evidence of a cluster either: the operator asserts
+/// it never started RKE2 (what it publishes as a member, a CA hash, still is).
 pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
     let released = |p: &PeerView| p.claim().is_some_and(|c| state.released.contains(c));
     let decision = if obs.peers.iter().any(released) {
@@ -338,6 +343,7 @@ pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
         for p in obs.peers.iter_mut().filter(|p| released(p)) {
             let round = p.ack.as_ref().map_or(0, |c| c.round);
             p.abdicated.get_or_insert(round);
+            p.initializer = false;
         }
         decide_step(state, &obs)
     } else {

@@ -775,6 +775,43 @@ fn a_released_claim_is_never_acknowledged_and_its_claimant_is_passed_over() {
     check("never acknowledged", &ahead, &o, &Want::Vote(1, "b"));
 }
 
+/// The claimant won (a quorum acknowledged it, it published `initializer`) and died before it
+/// started RKE2. Its entry lingers in gossip until the dead-member grace ends; without the
+/// release, every host reads it as a cluster being created and waits to join it.
+#[test]
+fn a_released_initializer_is_no_evidence_of_a_cluster() {
+    let peers = || {
+        vec![
+            server("a").claiming(0).initializer().dead_for(600),
+            server("b").voting(0, "a").acking(0, "a"),
+        ]
+    };
+    let o = obs("c", Role::Server, ABC, peers()).with_observing(600);
+    assert!(
+        matches!(decide(&fresh(), &o), Decision::JoinExisting { .. }),
+        "without a release the dead initializer still means a cluster"
+    );
+    let released = fresh().release("c", &v(0, "a")).unwrap();
+    // b still shows its acknowledgement of a (its release has not shown yet): passed over too.
+    check("released", &released, &o, &Want::Vote(2, "c"));
+    // What a member publishes (a CA hash: RKE2 did start) still counts, released or not.
+    let started = obs(
+        "c",
+        Role::Server,
+        ABC,
+        vec![server("a")
+            .claiming(0)
+            .initializer()
+            .identity()
+            .dead_for(600)],
+    )
+    .with_observing(600);
+    assert!(matches!(
+        decide(&released, &started),
+        Decision::JoinExisting { .. }
+    ));
+}
+
 #[test]
 fn a_lost_state_dir_never_commits_again() {
     run(vec![

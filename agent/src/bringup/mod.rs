@@ -1,13 +1,15 @@
 //! Pure decisions of the bring-up that follow the election: where to join, with which token,
-//! whose turn it is, and what goes into RKE2's config.yaml. The runtime ([`crate::agent`]) does
-//! the I/O around them.
+//! whose turn it is, and what goes into RKE2's config.yaml; and the bring-up's persisted steps
+//! ([`progress`]). The runtime ([`crate::agent`]) does the I/O around them.
+
+pub mod progress;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::AgentConfig;
 use crate::election::PeerView;
-use crate::gossip::schema::{Member, Phase, Role};
+use crate::gossip::schema::{Liveness, Member, Phase, Role};
 
 /// Taint of a dedicated control plane, as in the manual procedure.
 pub const CONTROL_PLANE_TAINT: &str = "CriticalAddonsOnly=true:NoExecute";
@@ -49,6 +51,27 @@ pub fn join_material(members: &[Member], identity: &str) -> Option<JoinMaterial>
         secret: source.token.clone()?,
         fallback_server: source.node_addr,
     })
+}
+
+/// Why a joiner still has no join material, in words: the first server is not ready yet, and
+/// when the initializer is not alive, what an operator may have to do. A joiner that settled on
+/// an initializer which then lost power for good waits for it forever (it cannot know whether
+/// RKE2 started there); this is where the operator learns so.
+pub fn waiting_for_first_server(members: &[Member]) -> String {
+    let gone: Vec<&str> = members
+        .iter()
+        .filter(|m| m.initializer && m.liveness != Liveness::Alive)
+        .map(|m| m.name.as_str())
+        .collect();
+    match gone.as_slice() {
+        [] => "waiting for the first server to be ready".to_string(),
+        names => format!(
+            "waiting for the first server to be ready; the initializer {} is not alive: if it is \
+             gone for good and never started RKE2, an operator must step in: rke2-bootstrap \
+             election release",
+            names.join(", ")
+        ),
+    }
 }
 
 /// How long a server that was joining or waiting to join keeps its place after the failure
@@ -241,6 +264,20 @@ mod tests {
                 "{failures} failures, successor {successor:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_joiner_waiting_on_a_dead_initializer_says_what_an_operator_can_do() {
+        let mut first = member("a", Role::Server, Phase::Initializing);
+        first.initializer = true;
+        let alive = waiting_for_first_server(std::slice::from_ref(&first));
+        assert_eq!(alive, "waiting for the first server to be ready");
+        first.liveness = Liveness::Dead;
+        let dead = waiting_for_first_server(&[first, member("b", Role::Server, Phase::Ready)]);
+        assert!(
+            dead.contains("the initializer a is not alive") && dead.contains("election release"),
+            "{dead}"
+        );
     }
 
     #[test]
