@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod config;
 pub mod demo;
 pub mod election;
+pub mod exit;
 pub mod fsutil;
 pub mod gossip;
 pub mod process;

@@ -10,6 +10,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use rke2_bootstrap::config::{
     layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX,
 };
+use rke2_bootstrap::exit;
 use rke2_bootstrap::gossip::schema::Role;
 
 #[derive(Parser)]
@@ -201,6 +202,8 @@ fn fetch_config(url: &str, sha256: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+const PROGRAM: &str = "rke2-bootstrap";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     rke2_bootstrap::process::init_logging(rke2_bootstrap::config::ENV_LOG);
@@ -229,8 +232,8 @@ fn main() -> ExitCode {
                 // A missing confirmation is a usage problem: say what would happen, exit 2.
                 let err = rke2_bootstrap::release::release_claim(&cfg, &claim, false)
                     .expect_err("refused without a confirmation");
-                eprintln!("rke2-bootstrap: {err:#}");
-                return ExitCode::from(2);
+                eprintln!("{PROGRAM}: {err:#}");
+                return ExitCode::from(exit::CONFIGURATION);
             }
             runtime_outcome(
                 rke2_bootstrap::release::release_claim(&cfg, &claim, true)
@@ -277,13 +280,7 @@ fn main() -> ExitCode {
 
 fn start_error(err: StartError) -> ExitCode {
     match err {
-        StartError::Config(err) => {
-            eprintln!(
-                "{}rke2-bootstrap: configuration error: {err}",
-                rke2_bootstrap::process::error_line_prefix()
-            );
-            ExitCode::from(2)
-        }
+        StartError::Config(err) => exit::config_error(PROGRAM, err),
         StartError::Runtime(err) => runtime_outcome(Err(err)),
     }
 }
@@ -297,38 +294,6 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the error is only that our reader went away (`members | head`): not a failure, and
-/// nothing to say about it (ripgrep and the like exit 0 quietly too).
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
-
 fn runtime_outcome(outcome: anyhow::Result<()>) -> ExitCode {
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        // A key file that does not load is a configuration problem: restarting will not help.
-        Err(err)
-            if err
-                .downcast_ref::<rke2_bootstrap::gossip::keyring::KeyringError>()
-                .is_some() =>
-        {
-            eprintln!(
-                "{}rke2-bootstrap: configuration error: {err:#}",
-                rke2_bootstrap::process::error_line_prefix()
-            );
-            ExitCode::from(2)
-        }
-        Err(err) => {
-            eprintln!(
-                "{}rke2-bootstrap: error: {err:#}",
-                rke2_bootstrap::process::error_line_prefix()
-            );
-            ExitCode::from(1)
-        }
-    }
+    exit::outcome(PROGRAM, outcome)
 }

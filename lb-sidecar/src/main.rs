@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::{Arg, ArgAction, Command};
 use rke2_bootstrap::config::{layers, AgentConfig, ConfigError, KeySpec, Layers, AGENT_KEYS};
+use rke2_bootstrap::exit;
 use rke2_bootstrap::gossip::cluster::Cluster;
 use rke2_bootstrap::gossip::keyring::Keyring;
 use rke2_bootstrap::gossip::schema::{Announcement, Role};
@@ -129,18 +130,14 @@ fn load(matches: &clap::ArgMatches) -> Result<Settings, ConfigError> {
     Ok(Settings { gossip, lb })
 }
 
+const PROGRAM: &str = "rke2-lb-sidecar";
+
 fn main() -> ExitCode {
     let matches = cli().get_matches();
     rke2_bootstrap::process::init_logging(ENV_LOG);
     let settings = match load(&matches) {
         Ok(settings) => settings,
-        Err(err) => {
-            eprintln!(
-                "{}rke2-lb-sidecar: configuration error: {err}",
-                rke2_bootstrap::process::error_line_prefix()
-            );
-            return ExitCode::from(2);
-        }
+        Err(err) => return exit::config_error(PROGRAM, err),
     };
     if matches.get_flag("check-config") {
         // Not `println!`, which panics when the reader went away (`| head`); that is no failure.
@@ -155,16 +152,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let runtime = rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
-    match runtime.block_on(run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "{}rke2-lb-sidecar: error: {err:#}",
-                rke2_bootstrap::process::error_line_prefix()
-            );
-            ExitCode::from(1)
-        }
-    }
+    exit::outcome(PROGRAM, runtime.block_on(run(settings)))
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {

@@ -440,3 +440,45 @@ fn election_release_voids_an_acknowledgement_only_when_confirmed() {
     assert_eq!(state.election.released, vec![claim]);
     assert!(String::from_utf8_lossy(&done.stdout).contains("acknowledgement is void"));
 }
+
+/// One exit-code contract for both binaries: a key file that does not load is a configuration
+/// problem (exit 2, one line naming the file), for the sidecar as for the agent.
+#[test]
+fn both_binaries_exit_2_on_a_key_file_that_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("gossip.key");
+    std::fs::write(&key, "c2hvcnQ=\n").unwrap(); // 5 bytes, not 32
+    let sidecar = Command::new(workspace_bin("rke2-lb-sidecar"))
+        .args(["--cluster-name", "exit-codes", "--node-name", "lb"])
+        .args(["--bind-addr", "127.9.0.3:7947", "--lb", "haproxy"])
+        .arg("--config-file")
+        .arg(dir.path().join("haproxy.cfg"))
+        .arg("--state-dir")
+        .arg(dir.path().join("sidecar-state"))
+        .arg("--gossip-key-file")
+        .arg(&key)
+        .env_clear()
+        .output()
+        .unwrap();
+    let agent = agent(&[
+        "--node-name",
+        "a",
+        "--bind-addr",
+        "127.9.0.4:7947",
+        "--initial-servers",
+        "127.9.0.4",
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--gossip-key-file",
+        key.to_str().unwrap(),
+    ]);
+    for (name, out) in [("rke2-lb-sidecar", sidecar), ("rke2-bootstrap", agent)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}: configuration error"))
+                && stderr.contains(key.to_str().unwrap()),
+            "{name}: {stderr}"
+        );
+    }
+}
