@@ -183,7 +183,7 @@ struct Published {
     /// RKE2 answers its readiness probes now.
     ready: bool,
     /// The join secret, published by servers of the cluster (sealed gossip).
-    token: Option<String>,
+    token: Option<Secret>,
     /// The run ended: failed, or leaving gossip.
     halted: Option<Phase>,
 }
@@ -476,8 +476,7 @@ impl Agent {
         if !self.rke2_data_dir_present() {
             warn!(server = %server, "rke2 data is gone but the cluster is alive: rejoining, never re-initializing");
         }
-        let token =
-            JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+        let token = JoinToken::full_server(material.secret.clone(), &material.ca_hash)?;
         let rke2 = self.rke2_config(Role::Server, token, Some(server));
         self.write_rke2_config(&rke2)?;
         info!("first server restarting as a member of its cluster");
@@ -507,7 +506,7 @@ impl Agent {
         self.published.run.up = true;
         self.published.ready = true;
         self.published.token = match plan {
-            Plan::Initialize => Some(self.cluster_secret()?.expose().to_string()),
+            Plan::Initialize => Some(self.cluster_secret()?),
             Plan::JoinAsServer => self.join_material_now().map(|m| m.secret),
             Plan::JoinAsAgent => None,
         };
@@ -535,8 +534,7 @@ impl Agent {
             .verify_ca(&server, &material.ca_hash)
             .await
             .with_context(|| format!("pinning the cluster CA at {server}"))?;
-        let token =
-            JoinToken::full_server(Secret::new(material.secret.clone())?, &material.ca_hash)?;
+        let token = JoinToken::full_server(material.secret.clone(), &material.ca_hash)?;
         Ok((
             self.rke2_config(role, token, Some(server)),
             material.ca_hash.clone(),
@@ -577,10 +575,10 @@ impl Agent {
             return Ok(token::read_token_file(path)?.secret().clone());
         }
         if let Some(secret) = self.state_dir.load_token()? {
-            return Secret::new(secret);
+            return Ok(secret);
         }
         let secret = token::generate_secret();
-        self.state_dir.save_token(secret.expose())?;
+        self.state_dir.save_token(&secret)?;
         info!("generated a cluster token");
         Ok(secret)
     }

@@ -17,5 +17,6 @@ pub mod gossip;
 pub mod process;
 pub mod release;
 pub mod rke2;
+pub mod secret;
 pub mod state;
 pub mod status;

@@ -13,6 +13,7 @@ use crate::bringup::progress::{Plan, Progress};
 use crate::election::ElectionState;
 use crate::fsutil::{self, SECRET_DIR_MODE, SECRET_FILE_MODE};
 use crate::gossip::schema::Role;
+use crate::secret::Secret;
 
 const STATE_FILE: &str = "state.json";
 /// Marker for the service unit: this host is part of a cluster (see packaging).
@@ -173,19 +174,22 @@ impl StateDir {
     }
 
     /// The generated cluster token, if this host generated or received one.
-    pub fn load_token(&self) -> Result<Option<String>> {
+    pub fn load_token(&self) -> Result<Option<Secret>> {
         let path = self.dir.join(TOKEN_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(token) => Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty())),
+            Ok(token) if token.trim().is_empty() => Ok(None),
+            Ok(token) => Secret::new(token.trim())
+                .map(Some)
+                .with_context(|| format!("token file {}", path.display())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err).with_context(|| format!("reading token {}", path.display())),
         }
     }
 
-    pub fn save_token(&self, token: &str) -> Result<()> {
+    pub fn save_token(&self, token: &Secret) -> Result<()> {
         fsutil::write_file_atomic(
             &self.dir.join(TOKEN_FILE),
-            token.as_bytes(),
+            token.expose().as_bytes(),
             SECRET_FILE_MODE,
         )
     }
@@ -213,9 +217,9 @@ mod tests {
         assert_eq!(mode(dir.path()), 0o700);
         assert_eq!(mode(&dir.path().join("state.json")), 0o600);
         assert!(dir.path().join("joined").exists());
-        dir.save_token("s3cret").unwrap();
+        dir.save_token(&Secret::new("s3cret").unwrap()).unwrap();
         assert_eq!(mode(&dir.path().join("token")), 0o600);
-        assert_eq!(dir.load_token().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(dir.load_token().unwrap().unwrap().expose(), "s3cret");
     }
 
     #[test]

@@ -105,6 +105,7 @@ fuzz_target!(|data: &[u8]| {
             }
             std::fs::write(dir.join("token"), body).expect("scratch write");
             if let Ok(Some(token)) = state.load_token() {
+                let token = token.expose();
                 assert!(!token.is_empty() && token == token.trim());
             }
         }

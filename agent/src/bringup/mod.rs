@@ -10,29 +10,20 @@ use std::time::Duration;
 use crate::config::AgentConfig;
 use crate::election::PeerView;
 use crate::gossip::schema::{Liveness, Member, Phase, Role};
+use crate::secret::Secret;
 
 /// Taint of a dedicated control plane, as in the manual procedure.
 pub const CONTROL_PLANE_TAINT: &str = "CriticalAddonsOnly=true:NoExecute";
 
 /// What a joiner needs from the existing cluster.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinMaterial {
     /// The cluster identity: SHA-256 of the cluster CA, pinned before any secret is sent.
     pub ca_hash: String,
     /// The shared secret part of the token.
-    pub secret: String,
+    pub secret: Secret,
     /// A ready server to register through when no registration address is configured.
     pub fallback_server: IpAddr,
-}
-
-impl std::fmt::Debug for JoinMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinMaterial")
-            .field("ca_hash", &self.ca_hash)
-            .field("secret", &"<redacted>")
-            .field("fallback_server", &self.fallback_server)
-            .finish()
-    }
 }
 
 /// Finds the join material for the cluster `identity`: a ready server of that cluster that
@@ -286,12 +277,12 @@ mod tests {
         let mut first = member("z", Role::Server, Phase::Ready);
         first.initializer = true;
         first.ca_hash = Some(hash.clone());
-        first.token = Some("secret".into());
+        first.token = Some(Secret::new("secret").unwrap());
         let mut other = member("b", Role::Server, Phase::Ready);
         other.ca_hash = Some(hash.clone());
-        other.token = Some("secret".into());
+        other.token = Some(Secret::new("secret").unwrap());
         let got = join_material(&[other.clone(), first], &hash).unwrap();
-        assert_eq!(got.secret, "secret");
+        assert_eq!(got.secret.expose(), "secret");
         other.token = None;
         assert!(join_material(&[other], &hash).is_none());
         assert!(!format!("{got:?}").contains("secret\""));

@@ -9,6 +9,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use crate::secret::Secret;
+
 /// Raw key names. Private on purpose: callers go through [`Announcement::to_key_values`] and
 /// [`Member::from_key_values`].
 mod key {
@@ -245,7 +247,7 @@ pub struct Announcement {
     pub ack: Option<Vote>,
     /// The cluster join secret; published only by servers that are part of the cluster. Gossip
     /// is sealed, so it reaches members holding the cluster key and no one else.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub leaving: bool,
     pub rke2_version: Option<String>,
 }
@@ -285,7 +287,10 @@ impl Announcement {
             (key::INITIALIZER, flag(self.initializer)),
             (key::ABDICATED, self.abdicated.map(|r| r.to_string())),
             (key::ACK, self.ack.as_ref().map(Vote::encode)),
-            (key::TOKEN, self.token.clone()),
+            (
+                key::TOKEN,
+                self.token.as_ref().map(|t| t.expose().to_string()),
+            ),
             (key::LEAVING, flag(self.leaving)),
             (
                 key::AGENT_VERSION,
@@ -325,8 +330,8 @@ pub struct Member {
     pub initializer: bool,
     pub abdicated: Option<u32>,
     pub ack: Option<Vote>,
-    /// Never printed: see the `Serialize` impl below, which leaves it out.
-    pub token: Option<String>,
+    /// Never printed: redacted by its type, and left out of [`MemberSummary`].
+    pub token: Option<Secret>,
     pub agent_version: Option<String>,
     pub rke2_version: Option<String>,
 }
@@ -380,6 +385,12 @@ impl Member {
             }
             ok
         });
+        // A token RKE2 would refuse is dropped; its value is never kept, not even in the error.
+        let token = parse(key::TOKEN).and_then(|v| {
+            Secret::new(v)
+                .map_err(|_| errors.push(SchemaError::bad(key::TOKEN, "<redacted>")))
+                .ok()
+        });
         let leaving = kv.get(key::LEAVING) == Some(&"true");
         let liveness = match (alive, leaving) {
             (_, true) => Liveness::Left,
@@ -400,7 +411,7 @@ impl Member {
             initializer: kv.get(key::INITIALIZER) == Some(&"true"),
             abdicated,
             ack,
-            token: kv.get(key::TOKEN).map(|v| v.to_string()),
+            token,
             agent_version: kv.get(key::AGENT_VERSION).map(|v| v.to_string()),
             rke2_version: kv.get(key::RKE2_VERSION).map(|v| v.to_string()),
         };
@@ -579,7 +590,7 @@ mod tests {
         });
         a.initializer = true;
         a.abdicated = Some(1);
-        a.token = Some("secret".into());
+        a.token = Some(Secret::new("secret").unwrap());
         let m = roundtrip(&a, true);
         assert_eq!(m.role, Role::Server);
         assert_eq!(m.phase, Phase::Ready);
@@ -587,7 +598,7 @@ mod tests {
         assert_eq!(m.vote, a.vote);
         assert_eq!(m.abdicated, Some(1));
         assert_eq!(m.ca_hash, a.ca_hash);
-        assert_eq!(m.token.as_deref(), Some("secret"));
+        assert_eq!(m.token.as_ref().map(Secret::expose), Some("secret"));
         assert_eq!(m.generation, 3);
     }
 
@@ -642,7 +653,7 @@ mod tests {
     #[test]
     fn summary_never_carries_the_token() {
         let mut a = Announcement::new(Role::Server, "127.0.0.1".parse().unwrap());
-        a.token = Some("K10deadbeef::server:topsecret".into());
+        a.token = Some(Secret::new("K10deadbeef::server:topsecret").unwrap());
         let json = serde_json::to_string(&MemberSummary::from(&roundtrip(&a, true))).unwrap();
         assert!(!json.contains("topsecret"), "{json}");
     }

@@ -23,7 +23,6 @@ use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// The fixed prefix that marks a full token.
@@ -34,63 +33,7 @@ pub const CA_HASH_HEX_LEN: usize = 64;
 pub const SERVER_TOKEN_USER: &str = "server";
 /// The user RKE2 puts in the agent (node) token.
 pub const NODE_TOKEN_USER: &str = "node";
-/// Bytes of randomness in a generated secret (hex encoded: 64 characters).
-pub const GENERATED_SECRET_BYTES: usize = 32;
-
-/// A secret string whose `Debug` never shows the value.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret. Rejects empty strings and surrounding whitespace, which RKE2 would keep
-    /// literally and which are almost always a copy-paste accident.
-    pub fn new(value: impl Into<String>) -> Result<Self> {
-        let value = value.into();
-        if value.is_empty() {
-            bail!("secret must not be empty");
-        }
-        if value.trim() != value {
-            bail!("secret must not start or end with whitespace");
-        }
-        if value.chars().any(char::is_control) {
-            bail!("secret must not contain control characters");
-        }
-        Ok(Self(value))
-    }
-
-    /// The secret itself. Callers decide where it may go (config.yaml, sealed gossip); never a log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Compares in time independent of where the first difference is, so equality checks on secrets
-/// do not leak a prefix through timing.
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
-
-impl Eq for Secret {}
-
-/// A fresh cluster secret: 32 bytes from the operating system's CSPRNG, hex encoded. Hex keeps it
-/// safe in YAML, shell and URLs, and it can never start with the `K10` full-token prefix.
-pub fn generate_secret() -> Secret {
-    let mut bytes = [0u8; GENERATED_SECRET_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    Secret(hex::encode(bytes))
-}
+pub use crate::secret::{generate_secret, Secret, GENERATED_SECRET_BYTES};
 
 /// The CA hash a full token carries: sha256 (lowercase hex) of what k3s hashes of the bundle
 /// served at `/cacerts`.
