@@ -13,6 +13,7 @@ pub mod demo;
 pub mod election;
 pub mod fsutil;
 pub mod gossip;
+pub mod node_addr;
 pub mod process;
 pub mod release;
 pub mod rke2;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::election::ElectionState;
 use crate::fsutil::{self, SECRET_DIR_MODE, SECRET_FILE_MODE};
 use crate::gossip::schema::Role;
+use crate::rke2::installer::{InstallType, Installed};
 
 const STATE_FILE: &str = "state.json";
 /// Marker for the service unit: this host is part of a cluster (see packaging).
@@ -30,11 +31,27 @@ pub struct PersistedState {
     /// Bring-up checkpoints, in order.
     pub config_written: bool,
     pub installed: bool,
+    /// The type the installer last ran for (`None` with `installed` in a state written before
+    /// types were recorded). The rpm packages ship one unit each, so a host that settles on
+    /// another role than it installed for may need the installer again.
+    #[serde(default)]
+    pub installed_type: Option<InstallType>,
     pub service_started: bool,
     /// RKE2 passed its readiness probes at least once: this host is part of the cluster.
     pub joined: bool,
     /// The cluster identity (CA hash) this host belongs to, once known.
     pub ca_hash: Option<String>,
+}
+
+impl PersistedState {
+    /// What the installer step has done, for [`crate::rke2::installer::installer_needed`].
+    pub fn installed(&self) -> Installed {
+        match (self.installed, self.installed_type) {
+            (false, _) => Installed::Nothing,
+            (true, Some(t)) => Installed::Type(t),
+            (true, None) => Installed::UnknownType,
+        }
+    }
 }
 
 /// The state directory and its files.
@@ -134,6 +151,32 @@ mod tests {
         dir.save_token("s3cret").unwrap();
         assert_eq!(mode(&dir.path().join("token")), 0o600);
         assert_eq!(dir.load_token().unwrap().as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn a_state_from_before_install_types_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let mut old = serde_json::to_value(PersistedState {
+            version: 1,
+            installed: true,
+            role: Some(Role::Agent),
+            ..Default::default()
+        })
+        .unwrap();
+        old.as_object_mut().unwrap().remove("installed_type");
+        std::fs::write(tmp.path().join("state.json"), old.to_string()).unwrap();
+        let state = dir.load().unwrap();
+        assert_eq!(state.installed(), Installed::UnknownType);
+        let state = PersistedState {
+            installed_type: Some(InstallType::Server),
+            ..state
+        };
+        dir.save(&state).unwrap();
+        assert_eq!(
+            dir.load().unwrap().installed(),
+            Installed::Type(InstallType::Server)
+        );
     }
 
     #[test]

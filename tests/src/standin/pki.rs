@@ -80,13 +80,18 @@ pub struct ServingCert {
 impl ClusterCa {
     /// A new CA named like RKE2's (`rke2-server-ca@<unix seconds>`).
     pub fn generate() -> Result<Self> {
+        Self::generate_named("rke2-server-ca")
+    }
+
+    /// A new CA named `<name>@<unix seconds>`, as RKE2 names its CAs (`etcd-server-ca`, ...).
+    pub fn generate_named(name: &str) -> Result<Self> {
         let key = KeyPair::generate().context("generating the ca key")?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         let mut params = CertificateParams::default();
-        params.distinguished_name = ca_name(&format!("rke2-server-ca@{now}"));
+        params.distinguished_name = ca_name(&format!("{name}@{now}"));
         ca_extensions(&mut params);
         let cert = params.self_signed(&key).context("self-signing the ca")?;
         Ok(ClusterCa {
@@ -186,6 +191,40 @@ impl ClusterCa {
             .signed_by(&key, &issuer, &issuer_key)
             .context("signing the client certificate")?;
         Ok((cert.pem(), sec1_pem(&key.serialize_der())?))
+    }
+
+    /// etcd's `server-client` certificate: serves etcd's client port for `sans` and authenticates
+    /// as a client (RKE2 uses the one certificate for both). The key is PKCS#8: Go's TLS stack
+    /// (etcd) refuses the SEC1 form [`sec1_pem`] produces, which leaves out the curve parameters.
+    pub fn server_client_cert(&self, sans: &[String]) -> Result<(String, String)> {
+        let issuer_key = KeyPair::from_pem(
+            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
+        )
+        .context("parsing the ca key")?;
+        let ca_der = self.cert_der()?;
+        let issuer = self.issuer(&ca_der, &issuer_key)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "etcd-server");
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| san_type(san))
+            .collect::<Result<Vec<_>>>()?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().context("generating the etcd key")?;
+        let cert = params
+            .signed_by(&key, &issuer, &issuer_key)
+            .context("signing the etcd certificate")?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// Rebuilds an rcgen issuer equivalent to the stored CA: same subject (read back from the DER,
