@@ -27,7 +27,10 @@
 //! is added as a learner (etcd accepts one at a time), starts its member and promotes itself once
 //! caught up. `/readyz` answers 200 only on a voting member of a cluster with quorum. A joiner
 //! whose name still has a member, or whose node password differs from the stored one, is refused
-//! with RKE2's own words and exits, as `rke2 server` does.
+//! with RKE2's own words and exits, as `rke2 server` does. Like RKE2's, that etcd serves its
+//! clients only over TLS and only to certificates of the cluster's etcd server CA
+//! (`server/tls/etcd/server-ca.crt`; each server's `server-client.{crt,key}` serves and
+//! authenticates), which the first server creates and joiners receive with their etcd join.
 
 pub mod config;
 pub mod etcd;
