@@ -143,12 +143,9 @@ pub fn choose(inputs: &Inputs) -> Result<Addresses, (&'static str, String)> {
             format!("{node_ip} (from {node_ip_from}) is not an address a node can serve on"),
         ));
     }
-    let gossip = match (inputs.advertise_addr, &node_ip_from) {
-        (Some(addr), _) => addr,
-        (None, NodeIpFrom::SeedRoute(_)) | (None, _) => {
-            SocketAddr::new(node_ip, inputs.gossip_port)
-        }
-    };
+    let gossip = inputs
+        .advertise_addr
+        .unwrap_or_else(|| SocketAddr::new(node_ip, inputs.gossip_port));
     Ok(Addresses {
         gossip,
         node_ip,

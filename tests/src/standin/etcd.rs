@@ -158,7 +158,7 @@ impl Client {
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
         let name = ServerName::IpAddress(self.addr.ip().into());
         let conn = rustls::ClientConnection::new(self.tls.clone(), name)
-            .context("starting a tls session with etcd")?;
+            .context("starting tls with etcd")?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let head = format!(
