@@ -4,7 +4,7 @@
 //! before it is published.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,10 +50,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let state = state_dir.load()?;
     preflight(&cfg)?;
     let keyring = Keyring::load(&cfg.gossip_key_file)?;
-    let advertise = advertise_addr(&cfg)?;
+    let addrs = crate::node_addr::resolve(&cfg)?;
+    let advertise = addrs.gossip;
     let published = Published {
         configured_role: Role::from(cfg.role),
-        node_addr: advertise.ip(),
+        node_addr: addrs.node_ip,
         run: RunFacts::default(),
         ready: false,
         token: None,
@@ -278,7 +279,13 @@ impl Agent {
         if role == Role::Server {
             // A live server clears what keeps a wiped peer from rejoining under its old name.
             let etcd = SocketAddr::new(self.published.node_addr, rejoin::ETCD_CLIENT_PORT);
-            rejoin::spawn(self.view.clone(), self.cfg.node_name.clone(), etcd)?;
+            rejoin::spawn(
+                self.view.clone(),
+                self.cfg.node_name.clone(),
+                etcd,
+                self.cfg.root.clone(),
+                self.cfg.departed_server_grace_period,
+            );
         }
         // Steady state: keep publishing readiness as it changes.
         loop {
@@ -629,14 +636,18 @@ impl Agent {
         Ok(())
     }
 
+    /// Installs RKE2 for `kind` unless what is installed already serves it: on the rpm method a
+    /// package ships one unit, so an `auto` host that installed the server package while it was a
+    /// candidate installs again when it settles as an agent ([`installer::installer_needed`]).
     async fn install(&mut self, kind: ServiceKind) -> Result<()> {
-        if self.state.installed {
-            return Ok(());
-        }
         let install_type = match kind {
             ServiceKind::Server => InstallType::Server,
             ServiceKind::Agent => InstallType::Agent,
         };
+        let unit_present = installer::unit_file_present(&self.cfg.root, install_type.unit());
+        if !installer::installer_needed(self.state.installed(), install_type, unit_present) {
+            return Ok(());
+        }
         let settings = &self.cfg.installer;
         let installer = InstallerConfig {
             url: settings.url.clone(),
@@ -656,9 +667,10 @@ impl Agent {
         let outcome = installer::ensure_installed(&installer).await?;
         self.advance(|next| {
             next.installed = true;
+            next.installed_type = Some(install_type);
             Ok(())
         })?;
-        info!(outcome = ?outcome, "rke2 installed");
+        info!(outcome = ?outcome, install_type = install_type.as_str(), "rke2 installed");
         Ok(())
     }
 
@@ -763,29 +775,4 @@ impl Agent {
     async fn wait_for_change(&mut self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.view.changed()).await;
     }
-}
-
-/// The advertised gossip address: configured, or the local address of the route to the first
-/// seed (a UDP `connect` sends nothing), or loopback for a lone host.
-fn advertise_addr(cfg: &AgentConfig) -> Result<SocketAddr> {
-    if let Some(addr) = cfg.advertise_addr {
-        return Ok(addr);
-    }
-    let port = cfg.bind_addr.port();
-    for seed in &cfg.seeds {
-        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(seed.as_str()) else {
-            continue;
-        };
-        if let Some(target) = addrs.next() {
-            let socket =
-                UdpSocket::bind(("0.0.0.0", 0)).context("probing the route to the seeds")?;
-            if socket.connect(target).is_ok() {
-                if let Ok(local) = socket.local_addr() {
-                    return Ok(SocketAddr::new(local.ip(), port));
-                }
-            }
-        }
-    }
-    warn!("no advertise-addr and no reachable seed: advertising 127.0.0.1");
-    Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port))
 }

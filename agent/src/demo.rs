@@ -566,10 +566,10 @@ async fn run_in(args: &DemoArgs, dir: &Path) -> Result<()> {
     for h in &procs.hosts {
         let report = &reports[&h.name];
         let etcd = if report.role == Role::Server {
-            let client = crate::rke2::rejoin::Etcd::new(std::net::SocketAddr::new(
-                h.ip,
-                crate::rke2::rejoin::ETCD_CLIENT_PORT,
-            ))?;
+            let client = crate::rke2::rejoin::Etcd::new(
+                std::net::SocketAddr::new(h.ip, crate::rke2::rejoin::ETCD_CLIENT_PORT),
+                &h.root,
+            )?;
             match client.cluster_summary().await {
                 Ok((cluster_id, members)) => Some(EtcdSummary {
                     cluster_id,

@@ -14,6 +14,7 @@ pub mod election;
 pub mod exit;
 pub mod fsutil;
 pub mod gossip;
+pub mod node_addr;
 pub mod process;
 pub mod release;
 pub mod rke2;

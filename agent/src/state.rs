@@ -13,6 +13,7 @@ use crate::bringup::progress::{Plan, Progress};
 use crate::election::ElectionState;
 use crate::fsutil::{self, SECRET_DIR_MODE, SECRET_FILE_MODE};
 use crate::gossip::schema::Role;
+use crate::rke2::installer::{InstallType, Installed};
 use crate::secret::Secret;
 
 const STATE_FILE: &str = "state.json";
@@ -34,6 +35,11 @@ pub struct PersistedState {
     pub progress: Progress,
     /// The RKE2 installer ran to the end on this host (a candidate installs while still electing).
     pub installed: bool,
+    /// The type the installer last ran for (`None` with `installed` in a state written before
+    /// types were recorded). The rpm packages ship one unit each, so a host that settles on
+    /// another role than it installed for may need the installer again.
+    #[serde(default)]
+    pub installed_type: Option<InstallType>,
     /// The cluster identity (CA hash) this host belongs to, once known.
     pub ca_hash: Option<String>,
 }
@@ -45,6 +51,7 @@ impl Default for PersistedState {
             election: ElectionState::default(),
             progress: Progress::Electing,
             installed: false,
+            installed_type: None,
             ca_hash: None,
         }
     }
@@ -117,7 +124,19 @@ impl StateV1 {
             election: self.election,
             progress,
             installed: self.installed,
+            installed_type: None,
             ca_hash: self.ca_hash,
+        }
+    }
+}
+
+impl PersistedState {
+    /// What the installer step has done, for [`crate::rke2::installer::installer_needed`].
+    pub fn installed(&self) -> Installed {
+        match (self.installed, self.installed_type) {
+            (false, _) => Installed::Nothing,
+            (true, Some(t)) => Installed::Type(t),
+            (true, None) => Installed::UnknownType,
         }
     }
 }
@@ -223,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn a_state_from_before_install_types_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let mut old = serde_json::to_value(PersistedState {
+            installed: true,
+            progress: Progress::Settled(Plan::JoinAsAgent),
+            ..Default::default()
+        })
+        .unwrap();
+        old.as_object_mut().unwrap().remove("installed_type");
+        std::fs::write(tmp.path().join("state.json"), old.to_string()).unwrap();
+        let state = dir.load().unwrap();
+        assert_eq!(state.installed(), Installed::UnknownType);
+        let state = PersistedState {
+            installed_type: Some(InstallType::Server),
+            ..state
+        };
+        dir.save(&state).unwrap();
+        assert_eq!(
+            dir.load().unwrap().installed(),
+            Installed::Type(InstallType::Server)
+        );
+    }
+
+    #[test]
     fn corrupt_state_is_an_error_not_a_fresh_start() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(tmp.path()).unwrap();
@@ -267,7 +311,7 @@ mod tests {
             let state =
                 PersistedState::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e:#}: {json}"));
             assert_eq!(state.progress, want, "{json}");
-            assert!(state.installed);
+            assert_eq!(state.installed(), Installed::UnknownType);
             assert_eq!(state.version, STATE_VERSION);
         }
     }

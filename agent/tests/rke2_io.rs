@@ -123,8 +123,8 @@ fn handler(f: impl Fn(&str, usize, bool) -> (u16, Vec<u8>) + Send + Sync + 'stat
 // ---------------------------------------------------------------------------------------------
 // Installer
 
-/// A stand-in installer: records its INSTALL_RKE2_* environment and installs a fake `rke2` that
-/// reports `version`.
+/// A stand-in installer: records its INSTALL_RKE2_* environment and installs, as the tarball
+/// does, a fake `rke2` that reports `version` and both units.
 fn stand_in_installer(env_out: &Path, version: &str) -> String {
     format!(
         r#"#!/bin/sh
@@ -137,6 +137,9 @@ echo "rke2 version {version} (0123abcd)"
 echo "go version go1.22"
 STUB
 chmod 755 "$INSTALL_RKE2_TAR_PREFIX/bin/rke2"
+mkdir -p "$INSTALL_RKE2_TAR_PREFIX/lib/systemd/system"
+touch "$INSTALL_RKE2_TAR_PREFIX/lib/systemd/system/rke2-server.service" \
+    "$INSTALL_RKE2_TAR_PREFIX/lib/systemd/system/rke2-agent.service"
 echo "[INFO]  installed rke2 {version}"
 echo "[WARN]  stand-in installer" >&2
 "#,

@@ -336,6 +336,9 @@ impl TestCluster {
             ("initial-servers", self.initial_servers().join(",")),
             ("servers", self.spec.servers.to_string()),
             ("installer-url", self.installer.url()),
+            // What the sweep waited before the grace became a setting: short, so tests that
+            // replace a dead server do not wait the production 15 minutes.
+            ("departed-server-grace-period", "30s".to_string()),
             ("allow-insecure-installer-url", "true".to_string()),
             (
                 "service-manager",
@@ -541,7 +544,11 @@ impl TestCluster {
             .iter()
             .map(|name| {
                 let host = self.host(name);
-                let client = etcd::Client::new(SocketAddr::new(host.ip, etcd::CLIENT_PORT));
+                let client = etcd::Client::for_host(
+                    SocketAddr::new(host.ip, etcd::CLIENT_PORT),
+                    &host.root.rke2(),
+                )
+                .with_context(|| format!("etcd credentials of {name}"))?;
                 let list = client
                     .member_list()
                     .with_context(|| format!("asking etcd on {name} for its members"))?;

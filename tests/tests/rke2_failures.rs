@@ -308,7 +308,11 @@ fn simultaneous_joiners_take_one_learner_at_a_time() {
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", joiner.unit_log("rke2-server.service")));
     }
-    let client = etcd::Client::new(std::net::SocketAddr::new(first_ip, etcd::CLIENT_PORT));
+    let client = etcd::Client::for_host(
+        std::net::SocketAddr::new(first_ip, etcd::CLIENT_PORT),
+        &first.rke2(),
+    )
+    .unwrap();
     let list = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
         client
             .member_list()
@@ -377,4 +381,297 @@ fn units_are_activating_until_ready_and_never_run_together() {
     assert_eq!(String::from_utf8_lossy(&inactive.stdout).trim(), "inactive");
     let log = std::fs::read_to_string(host.join("/var/log/systemctl.log")).unwrap();
     assert!(log.contains("ExecCondition failed"), "{log}");
+}
+
+/// On hosts with yum the installer uses the rpm method, whose packages ship one unit each. An
+/// `auto` host that installed the server package while preparing its first-server candidacy,
+/// then lost (here: powered off before anyone acknowledged its claim, its peers frozen meanwhile),
+/// comes back to a cluster that has its one server: it settles as an agent, runs the installer
+/// again for the agent type, and ends with rke2-agent active.
+#[test]
+fn an_auto_host_that_prepared_with_rpm_settles_as_an_agent_with_rke2_agent() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let names = ["auto-1", "auto-2", "auto-3"];
+    let mut spec = ClusterSpec::new(125, &names.map(|n| (n, "auto")));
+    spec.servers = 1;
+    let mut cluster = TestCluster::new(spec).unwrap();
+    for name in names {
+        let host = cluster.host_mut(name);
+        // The installer's default method where yum exists.
+        host.env.push(("STANDIN_HAS_YUM".into(), "1".into()));
+        host.extra.push(("election-lease".into(), "3s".into()));
+    }
+    let candidate = cluster.start_with_a_slow_installer(2, Duration::from_secs(60));
+    let others: Vec<&str> = names.iter().copied().filter(|n| *n != candidate).collect();
+    let pids: Vec<Pid> = others
+        .iter()
+        .map(|n| Pid::from_raw(cluster.agent_pid(n).unwrap() as i32))
+        .collect();
+    for pid in &pids {
+        kill(*pid, Signal::SIGSTOP).unwrap();
+    }
+    let prepared = wait_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        cluster
+            .host(&candidate)
+            .persisted_state()
+            .is_some_and(|s| s["installed_type"] == "server")
+            .then_some(())
+    });
+    if prepared.is_ok() {
+        cluster.power_off(&candidate).unwrap();
+    }
+    for pid in &pids {
+        kill(*pid, Signal::SIGCONT).unwrap();
+    }
+    prepared.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail()));
+    let root = cluster.host(&candidate).root.path().to_path_buf();
+    assert!(root
+        .join("usr/lib/systemd/system/rke2-server.service")
+        .exists());
+    assert!(!root
+        .join("usr/lib/systemd/system/rke2-agent.service")
+        .exists());
+
+    cluster
+        .wait_for_phase(&others, Phase::Ready, FORMATION)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail()));
+    cluster.start(&candidate).unwrap();
+    cluster
+        .wait_for_phase(&names, Phase::Ready, FORMATION)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail()));
+
+    let host = &cluster.host(&candidate).root;
+    assert_eq!(
+        cluster.role_of(&candidate),
+        Some(rke2_bootstrap::gossip::schema::Role::Agent)
+    );
+    let active = systemctl(host, &["is-active", "rke2-agent.service"]);
+    assert_eq!(
+        String::from_utf8_lossy(&active.stdout).trim(),
+        "active",
+        "{active:?}\n{}",
+        cluster.host(&candidate).log()
+    );
+    // Two installer runs, with the installer's own default method: the server package, then
+    // the agent package.
+    let types: Vec<String> = host
+        .install_env_records()
+        .iter()
+        .map(|r| {
+            assert!(!r.contains_key("INSTALL_RKE2_METHOD"), "{r:?}");
+            r.get("INSTALL_RKE2_TYPE").cloned().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(types, ["server", "agent"]);
+    let packages = std::fs::read_to_string(root.join("var/lib/rpm/standin-packages")).unwrap();
+    assert!(packages.lines().any(|p| p == "rke2-agent"), "{packages}");
+    assert!(
+        !root.join("usr/local/bin/rke2").exists(),
+        "not the tar method"
+    );
+    assert_eq!(
+        cluster.host(&candidate).persisted_state().unwrap()["installed_type"],
+        "agent"
+    );
+}
+
+/// Without an address it can tell, the agent refuses to start and names the key, rather than
+/// give RKE2 127.0.0.1: a seed that resolves to loopback through a name (as a hostname mapped to
+/// 127.0.1.1 in /etc/hosts does) is not a choice; neither is having no seed at all. A loopback
+/// node-ip that is given is used, and said loudly.
+#[test]
+fn node_ip_is_never_a_silent_loopback() {
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("gossip.key");
+    let keygen = std::process::Command::new(rke2_bootstrap_tests::workspace_bin("rke2-bootstrap"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(&key, &keygen.stdout).unwrap();
+    let refused = |extra: &[&str]| {
+        let out = std::process::Command::new(rke2_bootstrap_tests::workspace_bin("rke2-bootstrap"))
+            .args(["agent", "--role", "agent", "--node-name", "worker-1"])
+            .arg("--root")
+            .arg(root.path())
+            .arg("--gossip-key-file")
+            .arg(&key)
+            .args(extra)
+            .env("RKE2_BOOTSTRAP_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} started: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let by_name = refused(&["--seeds", "localhost:7947"]);
+    assert!(
+        by_name.contains("`node-ip`") && by_name.contains("loopback"),
+        "{by_name}"
+    );
+    let alone = refused(&[]);
+    assert!(
+        alone.contains("`node-ip`") && alone.contains("node-interface"),
+        "{alone}"
+    );
+    assert!(!root.path().join("etc/rancher/rke2/config.yaml").exists());
+
+    // Given explicitly (as every loopback test gives its bind address): used, and said.
+    let spec = ClusterSpec::new(126, &[("server-1", "server")]);
+    let mut cluster = TestCluster::new(spec).unwrap();
+    let ip = cluster.host("server-1").ip.to_string();
+    cluster
+        .host_mut("server-1")
+        .extra
+        .push(("node-ip".into(), ip.clone()));
+    cluster.start_all().unwrap();
+    cluster
+        .wait_for_phase(&["server-1"], Phase::Ready, FORMATION)
+        .unwrap();
+    let config = cluster.host("server-1").root.config_yaml().unwrap();
+    assert_eq!(config["node-ip"].as_str(), Some(ip.as_str()), "{config:?}");
+    let log = cluster.host("server-1").log();
+    assert!(
+        log.contains("rke2 node-ip is a loopback address") && log.contains("from=node-ip"),
+        "{log}"
+    );
+}
+
+/// The rejoin sweep reaches etcd as RKE2's own tools do: over TLS with the etcd client
+/// certificate (the stand-in's etcd, like RKE2's, refuses plain HTTP and clients without a
+/// certificate of its CA). A server wiped and reinstalled under its name is refused while its
+/// old member and password exist; a live server's agent removes both over TLS, and it rejoins.
+#[test]
+fn the_sweep_over_tls_lets_a_wiped_server_rejoin() {
+    let spec = ClusterSpec::new(
+        127,
+        &[
+            (SERVERS[0], "server"),
+            (SERVERS[1], "server"),
+            (SERVERS[2], "server"),
+        ],
+    );
+    let mut cluster = TestCluster::new(spec).unwrap();
+    cluster.start_all().unwrap();
+    cluster
+        .wait_for_phase(&SERVERS, Phase::Ready, FORMATION)
+        .unwrap();
+    let etcd_addr = std::net::SocketAddr::new(
+        cluster.host(SERVERS[0]).ip,
+        rke2_bootstrap_tests::standin::etcd::CLIENT_PORT,
+    );
+    assert_tls_only(etcd_addr);
+
+    let wiped = SERVERS[2];
+    cluster.power_off(wiped).unwrap();
+    let root = cluster.host(wiped).root.path().to_path_buf();
+    for dir in ["var/lib/rancher/rke2", "etc/rancher/node"] {
+        std::fs::remove_dir_all(root.join(dir)).unwrap();
+    }
+    cluster.start(wiped).unwrap();
+    cluster
+        .wait_for_phase(&SERVERS, Phase::Ready, FORMATION)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail()));
+    cluster
+        .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(30))
+        .unwrap();
+    let unit_log = cluster.host(wiped).root.unit_log("rke2-server.service");
+    // Refused for its old password, its old name, or (while its old member is a voter that does
+    // not answer) by etcd itself: whichever the cluster checked first.
+    assert!(
+        unit_log.to_lowercase().contains("node password rejected")
+            || unit_log.contains("duplicate node name")
+            || unit_log.contains("unhealthy cluster"),
+        "the wiped server was never refused:\n{unit_log}"
+    );
+    let removed = SERVERS[..2].iter().any(|s| {
+        let log = cluster.host(s).log();
+        log.contains("removed a stale etcd member") && log.contains(&format!("node={wiped}"))
+    });
+    assert!(removed, "{}", cluster.logs_tail());
+}
+
+/// etcd at `addr` answers neither plain HTTP nor a TLS client without a certificate.
+fn assert_tls_only(addr: std::net::SocketAddr) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.contains("\"health\""),
+        "plain http answered: {answer}"
+    );
+    let anonymous = rke2_bootstrap_tests::http::https_get_blocking(
+        addr,
+        "/health",
+        &[],
+        &rke2_bootstrap_tests::http::Trust::Any,
+        Duration::from_secs(3),
+    );
+    assert!(
+        anonymous.is_err() || anonymous.as_ref().is_ok_and(|r| r.status != 200),
+        "a client without a certificate was answered: {anonymous:?}"
+    );
+}
+
+/// A server that is merely rebooting keeps its etcd member: down longer than the sweep's former
+/// fixed 30 s grace, it comes back to the member it had (same member ID, its data reused), and
+/// no live server removed anything. The grace is the production default here (15 minutes).
+#[test]
+fn a_rebooting_server_keeps_its_etcd_member() {
+    let spec = ClusterSpec::new(
+        128,
+        &[
+            (SERVERS[0], "server"),
+            (SERVERS[1], "server"),
+            (SERVERS[2], "server"),
+        ],
+    );
+    let mut cluster = TestCluster::new(spec).unwrap();
+    for name in SERVERS {
+        cluster
+            .host_mut(name)
+            .extra
+            .push(("departed-server-grace-period".into(), "15m".into()));
+    }
+    cluster.start_all().unwrap();
+    cluster
+        .wait_for_phase(&SERVERS, Phase::Ready, FORMATION)
+        .unwrap();
+    cluster
+        .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(20))
+        .unwrap();
+    let rebooting = SERVERS[2];
+    let member_of = |cluster: &TestCluster| {
+        let (_, list) = cluster.etcd_views(&[SERVERS[0]]).unwrap().remove(0);
+        list.members
+            .into_iter()
+            .find(|m| rke2_bootstrap_tests::standin::etcd::member_node_name(&m.name) == rebooting)
+            .map(|m| m.id)
+    };
+    let before = member_of(&cluster).expect("the server has a member");
+
+    cluster.power_off(rebooting).unwrap();
+    std::thread::sleep(Duration::from_secs(35));
+    assert_eq!(member_of(&cluster), Some(before), "removed while down");
+    cluster.start(rebooting).unwrap();
+    cluster
+        .wait_for_phase(&SERVERS, Phase::Ready, FORMATION)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail()));
+    cluster
+        .wait_for_one_etcd_cluster(&SERVERS, Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(member_of(&cluster), Some(before), "its member was replaced");
+    for name in SERVERS {
+        assert!(
+            !cluster
+                .host(name)
+                .log()
+                .contains("removed a stale etcd member"),
+            "{name} removed a member:\n{}",
+            cluster.host(name).log()
+        );
+    }
 }

@@ -231,7 +231,7 @@ fn installer_refuses_the_real_prefix() {
     // Invalid requests are refused like the real installer refuses them.
     for env in [
         [("INSTALL_RKE2_TYPE", "worker")],
-        [("INSTALL_RKE2_METHOD", "rpm")],
+        [("INSTALL_RKE2_METHOD", "zip")],
         [("INSTALL_RKE2_ARTIFACT_PATH", "/nonexistent/artifacts")],
     ] {
         let out = run_installer(&host, &env);
@@ -239,6 +239,58 @@ fn installer_refuses_the_real_prefix() {
     }
     assert!(!host.join("/usr/local/bin/rke2").exists());
     assert_clean(host);
+}
+
+/// The rpm method as the real installer runs it where yum exists: one package per run, each
+/// shipping only its own unit, so a host that installed the server package has no
+/// rke2-agent.service until the installer runs again for the agent type.
+#[test]
+fn installer_rpm_method_ships_one_unit_per_package() {
+    let host = HostRoot::new("rpm").unwrap();
+    let units = |host: &HostRoot| {
+        ["rke2-server.service", "rke2-agent.service"]
+            .map(|u| host.join(format!("/usr/lib/systemd/system/{u}")).exists())
+    };
+    // With yum, rpm is the default method.
+    let out = run_installer(&host, &[("STANDIN_HAS_YUM", "1")]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(host.join("/usr/bin/rke2").exists());
+    assert!(!host.join("/usr/local/bin/rke2").exists());
+    assert_eq!(units(&host), [true, false]);
+    let out = systemctl(&host, &["start", "rke2-agent.service"], &[]);
+    assert_eq!(code(&out), 5, "no agent unit yet: {out:?}");
+
+    let out = run_installer(
+        &host,
+        &[
+            ("INSTALL_RKE2_METHOD", "rpm"),
+            ("INSTALL_RKE2_TYPE", "agent"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(units(&host), [true, true]);
+    let packages = std::fs::read_to_string(host.join("/var/lib/rpm/standin-packages")).unwrap();
+    assert_eq!(
+        packages.lines().collect::<Vec<_>>(),
+        ["rke2-common", "rke2-server", "rke2-agent"]
+    );
+    // An air-gap artifact path turns the rpm default off, as in the real installer.
+    let tar = HostRoot::new("rpm-airgap").unwrap();
+    let artifacts = tempfile::tempdir().unwrap();
+    let out = run_installer(
+        &tar,
+        &[
+            ("STANDIN_HAS_YUM", "1"),
+            (
+                "INSTALL_RKE2_ARTIFACT_PATH",
+                artifacts.path().to_str().unwrap(),
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(tar.join("/usr/local/bin/rke2").exists());
+    assert_clean(host);
+    assert_clean(tar);
 }
 
 #[test]

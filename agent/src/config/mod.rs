@@ -38,7 +38,9 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "node-name", help: "This host's name in gossip and in RKE2 (default: the hostname)" },
     KeySpec { name: "role", help: "server, agent or auto (auto: a server while there are fewer than `servers`) (default: auto)" },
     KeySpec { name: "bind-addr", help: "Gossip UDP listen address, ip or ip:port (default: 0.0.0.0:7947)" },
-    KeySpec { name: "advertise-addr", help: "Address peers reach this host at, and RKE2's node-ip (default: the bind ip, or the route to the first seed)" },
+    KeySpec { name: "advertise-addr", help: "Gossip address peers reach this host at (default: the bind ip, else node-ip, else the route to the first seed)" },
+    KeySpec { name: "node-ip", help: "RKE2's node-ip: the address RKE2 serves on and peers, probes and the LB use; a loopback address only when given so (default: the advertise address, else the route to the first seed; none found is an error)" },
+    KeySpec { name: "node-interface", help: "Take node-ip from this interface (its first IPv4 address, else its first routable IPv6 one); instead of node-ip" },
     KeySpec { name: "seeds", help: "Gossip seeds, host:port list (DNS names are resolved and retried)" },
     KeySpec { name: "gossip-key-file", help: "Keyring file: base64 32-byte keys, one per line, first is primary (default: <root>/etc/rke2-bootstrap/gossip.key)" },
     KeySpec { name: "root", help: "Prefix for every host path, to run unprivileged in a temp dir (default: /)" },
@@ -65,6 +67,7 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "gossip-interval", help: "Gossip round interval while membership is in motion (default: 100ms)" },
     KeySpec { name: "gossip-idle-interval", help: "Gossip round interval once membership has been steady for 10s; equal to gossip-interval turns pacing off (default: 5s)" },
     KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten; at least 5m (default: 1h)" },
+    KeySpec { name: "departed-server-grace-period", help: "How long a server must be gone from gossip (left or dead) before a live server removes its etcd member so a replacement can join; longer than any reboot, shorter than dead-member-grace-period (default: 15m)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
 
@@ -80,6 +83,9 @@ pub struct RawAgentConfig {
     pub bind_addr: Option<AddrOrSocket>,
     #[serde(default, deserialize_with = "lenient::scalar")]
     pub advertise_addr: Option<AddrOrSocket>,
+    #[serde(default, deserialize_with = "lenient::scalar")]
+    pub node_ip: Option<IpAddr>,
+    pub node_interface: Option<String>,
     #[serde(default, deserialize_with = "lenient::list")]
     pub seeds: Option<Vec<String>>,
     pub gossip_key_file: Option<PathBuf>,
@@ -122,6 +128,8 @@ pub struct RawAgentConfig {
     pub gossip_idle_interval: Option<Duration>,
     #[serde(default, deserialize_with = "lenient::duration")]
     pub dead_member_grace_period: Option<Duration>,
+    #[serde(default, deserialize_with = "lenient::duration")]
+    pub departed_server_grace_period: Option<Duration>,
     pub status_socket: Option<PathBuf>,
 }
 
@@ -197,6 +205,10 @@ pub struct AgentConfig {
     pub bind_addr: SocketAddr,
     /// `None`: derived at start-up from the route to the first seed.
     pub advertise_addr: Option<SocketAddr>,
+    /// RKE2's node-ip as configured (see [`crate::node_addr`] for the default).
+    pub node_ip: Option<IpAddr>,
+    /// The interface RKE2's node-ip is read from at start (instead of `node_ip`).
+    pub node_interface: Option<String>,
     pub seeds: Vec<String>,
     pub gossip_key_file: PathBuf,
     pub root: PathBuf,
@@ -219,6 +231,8 @@ pub struct AgentConfig {
     /// The slow end of the gossip pace (see `gossip::pacing`).
     pub gossip_idle_interval: Duration,
     pub dead_member_grace_period: Duration,
+    /// How long a departed server keeps its etcd member (see [`crate::rke2::rejoin`]).
+    pub departed_server_grace_period: Duration,
     pub status_socket: PathBuf,
 }
 
@@ -348,6 +362,33 @@ impl AgentConfig {
             None if !bind.ip.is_unspecified() => Some(bind_addr),
             None => None,
         };
+        if let Some(ip) = raw.node_ip {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(invalid(
+                    "node-ip",
+                    format!("{ip} is not an address a node can serve on"),
+                ));
+            }
+        }
+        if let Some(name) = &raw.node_interface {
+            if raw.node_ip.is_some() {
+                return Err(invalid(
+                    "node-interface",
+                    "set either node-ip or node-interface, not both".into(),
+                ));
+            }
+            // Linux interface names: at most 15 bytes, no '/', no whitespace.
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.chars().any(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "node-interface",
+                    format!("{name:?} is not an interface name"),
+                ));
+            }
+        }
         let seeds = raw.seeds.unwrap_or_default();
         for seed in &seeds {
             if seed
@@ -434,12 +475,31 @@ impl AgentConfig {
                 ),
             ));
         }
+        // A short dead-member-grace-period (at least 5m) pulls the default down with it.
+        let departed_server_grace_period = raw.departed_server_grace_period.unwrap_or_else(|| {
+            crate::rke2::rejoin::DEFAULT_DEPARTED_GRACE.min(dead_member_grace_period / 2)
+        });
+        if departed_server_grace_period.is_zero()
+            || departed_server_grace_period >= dead_member_grace_period
+        {
+            return Err(invalid(
+                "departed-server-grace-period",
+                format!(
+                    "must be above zero and below dead-member-grace-period ({}s): a server \
+                     forgotten by gossip before it counts as departed would keep its etcd \
+                     member for good",
+                    dead_member_grace_period.as_secs()
+                ),
+            ));
+        }
         Ok(AgentConfig {
             cluster_name,
             node_name,
             role: raw.role.unwrap_or(ConfiguredRole::Auto),
             bind_addr,
             advertise_addr,
+            node_ip: raw.node_ip,
+            node_interface: raw.node_interface,
             seeds,
             gossip_key_file: raw
                 .gossip_key_file
@@ -474,6 +534,7 @@ impl AgentConfig {
             gossip_interval,
             gossip_idle_interval,
             dead_member_grace_period,
+            departed_server_grace_period,
         })
     }
 
@@ -832,6 +893,73 @@ mod tests {
             gossip.failure_detector.dead_node_grace_period,
             Duration::from_secs(600)
         );
+    }
+
+    #[test]
+    fn node_ip_and_its_interface_are_checked_and_exclusive() {
+        let cfg = load(None, &[], &[("node-name", "a"), ("node-ip", "10.0.0.5")]).unwrap();
+        assert_eq!(cfg.node_ip, Some("10.0.0.5".parse().unwrap()));
+        let err = load(None, &[], &[("node-name", "a"), ("node-ip", "0.0.0.0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`node-ip`") && err.contains("--node-ip"),
+            "{err}"
+        );
+        let f = file("node-name: a\nnode-ip: 10.0.0.5\nnode-interface: eth1\n");
+        let err = load(Some(f.path()), &[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`node-interface`")
+                && err.contains("config file")
+                && err.contains("not both"),
+            "{err}"
+        );
+        let err = load(
+            None,
+            &[("RKE2_BOOTSTRAP_NODE_INTERFACE", "eth 1")],
+            &[("node-name", "a")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("RKE2_BOOTSTRAP_NODE_INTERFACE"), "{err}");
+    }
+
+    #[test]
+    fn departed_server_grace_period_outlasts_a_reboot_and_stays_below_the_dead_grace() {
+        let cfg = load(None, &[], &[("node-name", "a")]).unwrap();
+        assert_eq!(
+            cfg.departed_server_grace_period,
+            Duration::from_secs(15 * 60)
+        );
+        let cfg = load(
+            None,
+            &[],
+            &[("node-name", "a"), ("dead-member-grace-period", "10m")],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.departed_server_grace_period,
+            Duration::from_secs(5 * 60)
+        );
+        let cfg = load(
+            None,
+            &[],
+            &[("node-name", "a"), ("departed-server-grace-period", "2s")],
+        )
+        .unwrap();
+        assert_eq!(cfg.departed_server_grace_period, Duration::from_secs(2));
+        let err = load(
+            None,
+            &[],
+            &[
+                ("node-name", "a"),
+                ("dead-member-grace-period", "10m"),
+                ("departed-server-grace-period", "10m"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`departed-server-grace-period`"), "{err}");
     }
 
     #[test]

@@ -86,6 +86,57 @@ impl InstallType {
             InstallType::Agent => "agent",
         }
     }
+
+    /// The systemd unit this type installs.
+    pub fn unit(self) -> &'static str {
+        match self {
+            InstallType::Server => "rke2-server.service",
+            InstallType::Agent => "rke2-agent.service",
+        }
+    }
+}
+
+/// What a host's state records about its RKE2 installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    Nothing,
+    /// The installer ran for this type (the last one it ran for).
+    Type(InstallType),
+    /// The installer ran, recorded by an agent from before types were recorded.
+    UnknownType,
+}
+
+/// Whether the installer must run before `needed`'s unit is started. The tarball ships both units,
+/// but the rpm packages (the installer's default wherever yum exists) ship one each: an `auto`
+/// host that installed the server package while preparing a first-server candidacy and then
+/// settles as an agent has no `rke2-agent.service` until the installer runs again with
+/// `INSTALL_RKE2_TYPE=agent`. A type installed earlier counts only if its unit is there.
+pub fn installer_needed(
+    installed: Installed,
+    needed: InstallType,
+    needed_unit_present: bool,
+) -> bool {
+    match installed {
+        Installed::Nothing => true,
+        Installed::Type(done) if done == needed => false,
+        Installed::Type(_) | Installed::UnknownType => !needed_unit_present,
+    }
+}
+
+/// Where systemd finds unit files (the tar method's `/usr/local` prefix, the rpm packages'
+/// `/usr/lib`, the tar fallback prefix moving them to `/etc`), under `root`.
+const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
+
+/// Whether `unit`'s file is installed under `root`.
+pub fn unit_file_present(root: &Path, unit: &str) -> bool {
+    UNIT_DIRS
+        .iter()
+        .any(|dir| fsutil::under_root(root, Path::new(dir).join(unit)).is_file())
 }
 
 /// How the installer installs (`INSTALL_RKE2_METHOD`).
@@ -397,12 +448,18 @@ pub async fn run(cfg: &InstallerConfig, script: &[u8]) -> Result<()> {
 }
 
 /// Whether RKE2 is installed under `root` (tar prefix `/usr/local` or `/opt/rke2`, or rpm's
-/// `/usr/bin`) and, when a version is pinned, whether `rke2 --version` reports it. A pinned version
+/// `/usr/bin`) with the unit of the configured type, and, when a version is pinned, whether `rke2 --version` reports it. A pinned version
 /// that differs counts as not installed, so [`ensure_installed`] runs the installer (an upgrade).
 pub async fn is_installed(cfg: &InstallerConfig) -> bool {
     let Some(binary) = installed_binary(cfg) else {
         return false;
     };
+    // The rpm packages ship one unit each: a binary from the other package is not enough.
+    let unit = cfg.install_type.unit();
+    if !unit_file_present(&cfg.root, unit) {
+        tracing::info!(unit, "rke2 is installed but not its unit for this role");
+        return false;
+    }
     let Some(version) = &cfg.version else {
         return true;
     };
@@ -665,6 +722,41 @@ async fn log_lines<R: AsyncRead + Unpin>(
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod install_decision_tests {
+    use super::*;
+
+    #[test]
+    fn the_installer_runs_again_only_for_a_missing_unit_of_another_type() {
+        use InstallType::{Agent, Server};
+        // Never installed: run.
+        assert!(installer_needed(Installed::Nothing, Agent, false));
+        assert!(installer_needed(Installed::Nothing, Server, true));
+        // Installed for this type: done, as before.
+        assert!(!installer_needed(Installed::Type(Agent), Agent, false));
+        // The rpm path: the server package while preparing, then settled as an agent.
+        assert!(installer_needed(Installed::Type(Server), Agent, false));
+        // The tarball ships both units: nothing to do.
+        assert!(!installer_needed(Installed::Type(Server), Agent, true));
+        // A state from before types were recorded: judged by the unit alone.
+        assert!(installer_needed(Installed::UnknownType, Agent, false));
+        assert!(!installer_needed(Installed::UnknownType, Agent, true));
+    }
+
+    #[test]
+    fn unit_files_are_found_where_either_method_puts_them() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(!unit_file_present(root.path(), "rke2-agent.service"));
+        for dir in ["usr/lib/systemd/system", "usr/local/lib/systemd/system"] {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+            std::fs::write(root.path().join(dir).join("rke2-agent.service"), "").unwrap();
+            assert!(unit_file_present(root.path(), "rke2-agent.service"));
+            assert!(!unit_file_present(root.path(), "rke2-server.service"));
         }
     }
 }

@@ -96,6 +96,11 @@ impl ClientIdentity {
         )
     }
 
+    /// The identity for a reqwest client.
+    pub(crate) fn reqwest_identity(&self) -> Result<reqwest::Identity> {
+        reqwest::Identity::from_pem(&self.pem).context("loading a client identity")
+    }
+
     /// SHA-256 of the certificate and key: tells a renewed identity from the loaded one.
     fn fingerprint(&self) -> [u8; 32] {
         use sha2::Digest;

@@ -14,16 +14,24 @@
 //! - its node-password entry is removed: harmless for a node that merely joins slowly, since its
 //!   next registration stores its password again.
 //!
-//! A server that left (gossip shows it leaving or dead) for [`DEPARTED_GRACE`] loses its etcd
-//! member the same way, once that member stops answering: etcd adds no member at all, not even a
-//! learner, while a voting member is unreachable ("unhealthy cluster"), so a server that is gone
-//! for good would otherwise block every replacement. A server that comes back after that rejoins
-//! like a wiped one (RKE2 moves a removed member's data aside and joins again).
+//! A server that left (gossip shows it leaving or dead) for `departed-server-grace-period`
+//! ([`DEFAULT_DEPARTED_GRACE`]) loses its etcd member the same way, once that member stops
+//! answering: etcd adds no member at all, not even a learner, while a voting member is
+//! unreachable ("unhealthy cluster"), so a server that is gone for good would otherwise block
+//! every replacement. A server that comes back after that rejoins like a wiped one (RKE2 moves a
+//! removed member's data aside and joins again).
+//!
+//! etcd is reached as RKE2's own tools reach it: over TLS on the client port, trusting
+//! `server/tls/etcd/server-ca.crt` and presenting `server/tls/etcd/server-client.{crt,key}`
+//! (RKE2's etcd runs with client certificate auth; these are the files its etcd snapshot and
+//! `etcdctl` recipes use). They are read again before each sweep that calls etcd, so a rotated
+//! certificate is picked up.
 //!
 //! [`plan`] is the decision, pure and table-tested; [`spawn`] runs it against etcd.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,13 +41,29 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::probe::ClientIdentity;
+use crate::fsutil;
 use crate::gossip::schema::{Liveness, Member, Phase, Role};
 
 /// How long a peer must look alive and not ready before its leftovers are removed: longer than a
 /// restarting server needs to bring its etcd member back.
 pub const STUCK_GRACE: Duration = Duration::from_secs(15);
-/// How long a server must have been gone from gossip before its member is removed.
-pub const DEPARTED_GRACE: Duration = Duration::from_secs(30);
+/// How long a server must have been gone from gossip before its member is removed, unless
+/// `departed-server-grace-period` says otherwise. A server that is rebooting must keep its
+/// member: removed, it comes back to an etcd that no longer knows it, and RKE2 moves its data
+/// aside and joins anew (a full resync, and one more learner turn for the whole cluster). A
+/// reboot of a physical server is firmware POST (2-5 minutes on machines with many DIMMs or RAID
+/// controllers), the OS, then RKE2 starting etcd, so under 10 minutes, a kernel update included.
+/// 15 minutes covers that with margin, while a server gone for good blocks new servers (etcd
+/// adds no member while a voting one is unreachable) for a quarter of an hour only; the
+/// cluster keeps serving meanwhile.
+pub const DEFAULT_DEPARTED_GRACE: Duration = Duration::from_secs(15 * 60);
+/// Where RKE2 keeps the CA its etcd's serving certificates are signed by.
+pub const ETCD_SERVER_CA: &str = "/var/lib/rancher/rke2/server/tls/etcd/server-ca.crt";
+/// The etcd client certificate on an RKE2 server (signed by [`ETCD_SERVER_CA`], client auth).
+pub const ETCD_CLIENT_CERT: &str = "/var/lib/rancher/rke2/server/tls/etcd/server-client.crt";
+/// The key of [`ETCD_CLIENT_CERT`].
+pub const ETCD_CLIENT_KEY: &str = "/var/lib/rancher/rke2/server/tls/etcd/server-client.key";
 /// RKE2's etcd client port on a server.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -110,15 +134,24 @@ pub fn plan(
 }
 
 /// Peers that look alive but have not been ready for [`STUCK_GRACE`], and servers gone from
-/// gossip for [`DEPARTED_GRACE`], tracked across sweeps.
-#[derive(Debug, Default)]
+/// gossip for `departed_grace`, tracked across sweeps.
+#[derive(Debug)]
 pub struct StuckClock {
+    departed_grace: Duration,
     since: HashMap<String, Instant>,
     departed_since: HashMap<String, Instant>,
 }
 
 impl StuckClock {
-    /// Servers that left or died, for at least [`DEPARTED_GRACE`].
+    pub fn new(departed_grace: Duration) -> Self {
+        StuckClock {
+            departed_grace,
+            since: HashMap::new(),
+            departed_since: HashMap::new(),
+        }
+    }
+
+    /// Servers that left or died, for at least the departed grace.
     pub fn departed(&mut self, now: Instant, members: &[Member]) -> Vec<String> {
         let gone: Vec<&Member> = members
             .iter()
@@ -132,7 +165,7 @@ impl StuckClock {
         let mut departed: Vec<String> = self
             .departed_since
             .iter()
-            .filter(|(_, t)| now.duration_since(**t) >= DEPARTED_GRACE)
+            .filter(|(_, t)| now.duration_since(**t) >= self.departed_grace)
             .map(|(n, _)| n.clone())
             .collect();
         departed.sort();
@@ -177,7 +210,7 @@ pub fn node_password_key(node: &str) -> String {
     )
 }
 
-/// etcd's v3 JSON gateway on this server.
+/// etcd's v3 JSON gateway on this server, over TLS with RKE2's etcd client certificate.
 #[derive(Debug, Clone)]
 pub struct Etcd {
     http: reqwest::Client,
@@ -185,13 +218,32 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    pub fn new(client_addr: SocketAddr) -> Result<Self> {
+    /// A client for the etcd at `client_addr`, with the certificates RKE2 wrote under `root`;
+    /// errors name the file that is missing or unusable.
+    pub fn new(client_addr: SocketAddr, root: &Path) -> Result<Self> {
+        super::probe::install_crypto_provider();
+        let ca_path = fsutil::under_root(root, ETCD_SERVER_CA);
+        let ca_pem = std::fs::read(&ca_path)
+            .with_context(|| format!("reading etcd's server ca {}", ca_path.display()))?;
+        let identity = ClientIdentity::from_files(
+            &fsutil::under_root(root, ETCD_CLIENT_CERT),
+            &fsutil::under_root(root, ETCD_CLIENT_KEY),
+        )
+        .context("loading the etcd client certificate")?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(CALL_TIMEOUT)
+            .no_proxy()
+            .tls_built_in_root_certs(false)
+            .identity(identity.reqwest_identity()?);
+        for cert in super::probe::parse_ca_bundle(&ca_pem)
+            .with_context(|| format!("parsing etcd's server ca {}", ca_path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
         Ok(Etcd {
-            http: reqwest::Client::builder()
-                .timeout(CALL_TIMEOUT)
-                .build()
-                .context("building the etcd client")?,
-            base: format!("http://{client_addr}"),
+            http: builder.build().context("building the etcd client")?,
+            base: format!("https://{client_addr}"),
         })
     }
 
@@ -239,7 +291,7 @@ impl Etcd {
             let mut answering = false;
             for url in m["clientURLs"].as_array().cloned().unwrap_or_default() {
                 if let Some(url) = url.as_str() {
-                    answering |= self.http.get(format!("{url}/health")).send().await.is_ok();
+                    answering |= listens(url).await;
                 }
             }
             members.push(EtcdMember {
@@ -281,16 +333,32 @@ impl Etcd {
     }
 }
 
+/// Whether an etcd client URL (`https://ip:port`) accepts connections: its member runs. Judged
+/// by TCP alone, never by a TLS or HTTP answer: a certificate problem on this side must not make
+/// a running member look stale.
+async fn listens(url: &str) -> bool {
+    let hostport = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    matches!(
+        tokio::time::timeout(CALL_TIMEOUT, tokio::net::TcpStream::connect(hostport)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Runs the sweep on a server for as long as the agent runs. Quiet while nobody is stuck (no
-/// etcd calls at all), and on a node whose etcd is not a voting member.
+/// etcd calls at all), and on a node whose etcd is not a voting member. `root` is where RKE2's
+/// files are (`/` on a real host).
 pub fn spawn(
     view: watch::Receiver<Arc<Vec<Member>>>,
     self_name: String,
     etcd_client: SocketAddr,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let etcd = Etcd::new(etcd_client)?;
-    Ok(tokio::spawn(async move {
-        let mut clock = StuckClock::default();
+    root: PathBuf,
+    departed_grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut clock = StuckClock::new(departed_grace);
         loop {
             tokio::time::sleep(SWEEP_INTERVAL).await;
             let members = view.borrow().clone();
@@ -300,11 +368,19 @@ pub fn spawn(
             if stuck.is_empty() && departed.is_empty() {
                 continue;
             }
+            // Loaded afresh: RKE2 renews these certificates.
+            let etcd = match Etcd::new(etcd_client, &root) {
+                Ok(etcd) => etcd,
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "rejoin sweep cannot reach etcd");
+                    continue;
+                }
+            };
             if let Err(err) = sweep(&etcd, &stuck, &departed).await {
                 debug!(error = %format!("{err:#}"), "rejoin sweep skipped");
             }
         }
-    }))
+    })
 }
 
 async fn sweep(etcd: &Etcd, stuck: &[String], departed: &[String]) -> Result<()> {
@@ -421,7 +497,7 @@ mod tests {
 
     #[test]
     fn peers_count_as_stuck_only_after_the_grace_while_they_keep_waiting() {
-        let mut clock = StuckClock::default();
+        let mut clock = StuckClock::new(DEFAULT_DEPARTED_GRACE);
         let t0 = Instant::now();
         let view = vec![
             peer("me", Role::Server, Phase::Ready),
@@ -462,7 +538,8 @@ mod tests {
 
     #[test]
     fn departed_servers_count_after_their_grace() {
-        let mut clock = StuckClock::default();
+        let grace = Duration::from_secs(5);
+        let mut clock = StuckClock::new(grace);
         let t0 = Instant::now();
         let mut gone = peer("s", Role::Server, Phase::Ready);
         gone.liveness = Liveness::Left;
@@ -470,7 +547,35 @@ mod tests {
         agent.liveness = Liveness::Dead;
         let view = vec![gone, agent, peer("t", Role::Server, Phase::Ready)];
         assert!(clock.departed(t0, &view).is_empty());
-        assert_eq!(clock.departed(t0 + DEPARTED_GRACE, &view), ["s"]);
+        assert!(clock.departed(t0 + grace / 2, &view).is_empty());
+        assert_eq!(clock.departed(t0 + grace, &view), ["s"]);
+    }
+
+    #[test]
+    fn a_rebooting_server_keeps_its_member_under_the_default_grace() {
+        let mut clock = StuckClock::new(DEFAULT_DEPARTED_GRACE);
+        let t0 = Instant::now();
+        let mut rebooting = peer("s", Role::Server, Phase::Ready);
+        rebooting.liveness = Liveness::Dead;
+        let view = vec![rebooting, peer("t", Role::Server, Phase::Ready)];
+        assert!(clock.departed(t0, &view).is_empty());
+        // The former fixed 30 s, and a slow reboot of ten minutes: still not departed.
+        for down in [30, 10 * 60] {
+            assert!(clock
+                .departed(t0 + Duration::from_secs(down), &view)
+                .is_empty());
+        }
+        // Back before the grace: its clock starts over on the next departure.
+        let back = vec![peer("s", Role::Server, Phase::Ready)];
+        assert!(clock
+            .departed(t0 + DEFAULT_DEPARTED_GRACE, &back)
+            .is_empty());
+        assert!(clock
+            .departed(
+                t0 + DEFAULT_DEPARTED_GRACE * 2 - Duration::from_secs(1),
+                &view
+            )
+            .is_empty());
     }
 
     #[test]

@@ -3,14 +3,26 @@
 //! `<root>/var/lib/rancher/rke2/server/db/etcd` as RKE2 keeps it. The same client reads etcd for
 //! the harness's "one cluster" checks.
 //!
-//! The client speaks etcd's v3 JSON gateway (`POST /v3/...`) over plain HTTP/1.0 (no chunked
-//! bodies), so neither the stand-in nor the tests need etcdctl or a gRPC stack.
+//! Like RKE2's, the etcd serves clients over TLS only and requires a client certificate: its
+//! serving certificate, `server/tls/etcd/server-client.{crt,key}`, is signed by the etcd server
+//! CA `server/tls/etcd/server-ca.crt` (one CA for the whole cluster, handed to joining servers),
+//! and it trusts only that CA for clients. Whoever talks to it (the stand-in, the harness, the
+//! agent's rejoin sweep) presents that certificate, as `etcdctl` on an RKE2 server does. Peer
+//! traffic stays plain HTTP here (RKE2 uses TLS there too, with a peer CA; nothing outside the
+//! members talks to it).
+//!
+//! The client speaks etcd's v3 JSON gateway (`POST /v3/...`) over HTTP/1.0 (no chunked bodies),
+//! so neither the stand-in nor the tests need etcdctl or a gRPC stack.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -44,6 +56,43 @@ pub fn peer_url(ip: IpAddr, port: u16) -> String {
     format!("http://{}", SocketAddr::new(ip, port))
 }
 
+/// A client URL: TLS only, as RKE2's etcd serves its clients.
+pub fn client_url(ip: IpAddr, port: u16) -> String {
+    format!("https://{}", SocketAddr::new(ip, port))
+}
+
+/// The files of an etcd TLS setup: the CA, and a certificate with its key that serves and
+/// authenticates (RKE2's `server-client` certificate does both).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A client configuration that trusts the CA and presents the certificate.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let roots = crate::http::root_store(&read(&self.ca)?)
+            .with_context(|| format!("etcd ca {}", self.ca.display()))?;
+        let chain = CertificateDer::pem_slice_iter(&read(&self.cert)?)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&self.key)?)
+            .with_context(|| format!("parsing {}", self.key.display()))?;
+        let config = rustls::ClientConfig::builder_with_provider(crate::http::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .context("tls protocol versions")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .context("the etcd client certificate")?;
+        Ok(Arc::new(config))
+    }
+}
+
 /// One member as etcd lists it (a learner that never started has no name and no client URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -70,46 +119,66 @@ pub struct EtcdError {
     pub message: String,
 }
 
-/// A client for one etcd endpoint.
-#[derive(Debug, Clone, Copy)]
+/// A client for one etcd endpoint, over TLS with a client certificate.
+#[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Self {
-        Client { addr }
+    pub fn new(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Self {
+        Client { addr, tls }
     }
 
-    /// From a client URL as etcd lists it (`http://ip:port`).
-    pub fn from_url(url: &str) -> Result<Self> {
+    /// A client of the etcd at `addr` with the certificates RKE2 keeps under `paths`.
+    pub fn for_host(addr: SocketAddr, paths: &super::Rke2Paths) -> Result<Self> {
+        Ok(Client::new(addr, paths.etcd_tls().client_config()?))
+    }
+
+    /// The same credentials, another member (by its client URL as etcd lists it,
+    /// `https://ip:port`).
+    pub fn at_url(&self, url: &str) -> Result<Self> {
         let hostport = url
-            .strip_prefix("http://")
-            .with_context(|| format!("{url:?} is not an http url"))?;
+            .strip_prefix("https://")
+            .with_context(|| format!("{url:?} is not an https url"))?;
         Ok(Client {
             addr: hostport
                 .trim_end_matches('/')
                 .parse()
                 .with_context(|| format!("{url:?} does not name ip:port"))?,
+            tls: self.tls.clone(),
         })
     }
 
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        let mut tcp = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)
+        let tcp = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)
             .with_context(|| format!("connecting to etcd at {}", self.addr))?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let conn = rustls::ClientConnection::new(self.tls.clone(), name)
+            .context("starting tls with etcd")?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.addr,
             body.len()
         );
-        tcp.write_all(head.as_bytes())?;
-        tcp.write_all(body.as_bytes())?;
+        tls.write_all(head.as_bytes())
+            .with_context(|| format!("sending {path} to etcd at {}", self.addr))?;
+        tls.write_all(body.as_bytes())?;
         let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw)
-            .with_context(|| format!("reading etcd's answer to {path} from {}", self.addr))?;
+        match tls.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // HTTP/1.0: the answer ends when the connection does, with or without close_notify.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading etcd's answer to {path} from {}", self.addr))
+            }
+        }
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -258,6 +327,8 @@ pub struct Launch {
     pub ip: IpAddr,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Client TLS: this certificate serves, and client certificates must be signed by the CA.
+    pub tls: TlsFiles,
     /// `Some(initial cluster)` for a member that has no data yet: `new` when it is the only
     /// entry, `existing` when it joins. `None` once `member/wal` exists (etcd ignores them then).
     pub initial_cluster: Option<(String, bool)>,
@@ -266,7 +337,7 @@ pub struct Launch {
 
 impl Launch {
     pub fn args(&self) -> Vec<String> {
-        let client = peer_url(self.ip, self.client_port);
+        let client = client_url(self.ip, self.client_port);
         let peer = peer_url(self.ip, self.peer_port);
         let mut args = vec![
             format!("--name={}", self.name),
@@ -279,6 +350,10 @@ impl Launch {
             format!("--election-timeout={ELECTION_MS}"),
             // No metrics listener, no v2 store: only what RKE2's etcd serves to its peers.
             "--listen-metrics-urls=".into(),
+            format!("--cert-file={}", self.tls.cert.display()),
+            format!("--key-file={}", self.tls.key.display()),
+            format!("--trusted-ca-file={}", self.tls.ca.display()),
+            "--client-cert-auth=true".into(),
         ];
         if let Some((cluster, existing)) = &self.initial_cluster {
             args.push(format!("--initial-cluster={cluster}"));

@@ -27,7 +27,10 @@
 //! is added as a learner (etcd accepts one at a time), starts its member and promotes itself once
 //! caught up. `/readyz` answers 200 only on a voting member of a cluster with quorum. A joiner
 //! whose name still has a member, or whose node password differs from the stored one, is refused
-//! with RKE2's own words and exits, as `rke2 server` does.
+//! with RKE2's own words and exits, as `rke2 server` does. Like RKE2's, that etcd serves its
+//! clients only over TLS and only to certificates of the cluster's etcd server CA
+//! (`server/tls/etcd/server-ca.crt`; each server's `server-client.{crt,key}` serves and
+//! authenticates), which the first server creates and joiners receive with their etcd join.
 
 pub mod config;
 pub mod etcd;
@@ -143,6 +146,41 @@ impl Rke2Paths {
     /// registration; the cluster keeps its hash per node name.
     pub fn node_password(&self) -> PathBuf {
         self.at("/etc/rancher/node/password")
+    }
+    /// The etcd server CA (one per cluster, handed to joining servers), at RKE2's path.
+    pub fn etcd_server_ca(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/tls/etcd/server-ca.crt")
+    }
+    pub fn etcd_server_ca_key(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/tls/etcd/server-ca.key")
+    }
+    /// etcd's serving certificate, also its client certificate (what `etcdctl` on an RKE2 server
+    /// presents).
+    pub fn etcd_server_client_cert(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/tls/etcd/server-client.crt")
+    }
+    pub fn etcd_server_client_key(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/tls/etcd/server-client.key")
+    }
+    /// The TLS files a client of this server's etcd uses.
+    pub fn etcd_tls(&self) -> etcd::TlsFiles {
+        etcd::TlsFiles {
+            ca: self.etcd_server_ca(),
+            cert: self.etcd_server_client_cert(),
+            key: self.etcd_server_client_key(),
+        }
+    }
+    /// The persisted etcd server CA, if both halves are on disk.
+    pub fn load_etcd_ca(&self) -> Result<Option<ClusterCa>> {
+        let (cert, key) = (self.etcd_server_ca(), self.etcd_server_ca_key());
+        if !cert.exists() || !key.exists() {
+            return Ok(None);
+        }
+        Ok(Some(ClusterCa {
+            cert_pem: std::fs::read(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
+            key_pem: std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+        }))
     }
     /// This server's etcd member name (`<node-name>-<suffix>`), kept next to its data.
     pub fn etcd_name(&self) -> PathBuf {
@@ -411,6 +449,12 @@ struct EtcdJoin {
     member_id: String,
     /// Client URLs of the voting members (where the joiner asks to be promoted).
     endpoints: Vec<String>,
+    /// The cluster's etcd server CA, certificate and key (PEM), which RKE2 hands joining
+    /// servers with the rest of its bootstrap data.
+    #[serde(default)]
+    etcd_ca_cert: String,
+    #[serde(default)]
+    etcd_ca_key: String,
 }
 
 async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) -> Result<()> {
@@ -519,9 +563,16 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         format!("{node}-{}", hex::encode(suffix))
     })?;
     let peer = etcd::peer_url(node_ip, settings.etcd_peer_port);
-    let (initial_cluster, promotion) = if has_data {
+    let (initial_cluster, promotion, etcd_ca) = if has_data {
         log(kind, "etcd has data: restarting its member");
-        (None, None)
+        let etcd_ca = paths.load_etcd_ca()?.with_context(|| {
+            format!(
+                "etcd data exists in {} but the etcd server ca ({}) is gone",
+                paths.etcd_dir().display(),
+                paths.etcd_server_ca().display()
+            )
+        })?;
+        (None, None, etcd_ca)
     } else if let Some(url) = &join_url {
         let base = BaseUrl::parse(url).context("the server url in config.yaml")?;
         let token = Token::full(&ca.hash(), &secret);
@@ -544,17 +595,30 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
             ),
         );
         let id: u64 = joined.member_id.parse().context("member id")?;
+        let etcd_ca = ClusterCa {
+            cert_pem: joined.etcd_ca_cert.into_bytes(),
+            key_pem: joined.etcd_ca_key.into_bytes(),
+        };
+        etcd_ca
+            .validate()
+            .context("the etcd server ca handed out by the cluster")?;
         (
             Some((joined.initial_cluster, true)),
             Some((id, joined.endpoints)),
+            etcd_ca,
         )
     } else {
         log(
             kind,
             format!("initializing a new cluster (ca hash {})", ca.hash()),
         );
-        (Some((format!("{member_name}={peer}"), false)), None)
+        (
+            Some((format!("{member_name}={peer}"), false)),
+            None,
+            ClusterCa::generate_named("etcd-server-ca")?,
+        )
     };
+    write_etcd_tls(paths, &etcd_ca, node_ip)?;
     let launch = etcd::Launch {
         binary: settings.etcd_binary.clone(),
         name: member_name,
@@ -562,13 +626,14 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         ip: node_ip,
         client_port: settings.etcd_client_port,
         peer_port: settings.etcd_peer_port,
+        tls: paths.etcd_tls(),
         initial_cluster,
         log: paths.root().join("var/log/etcd.log"),
     };
     let child = launch.spawn()?;
-    let local = etcd::Client::new(SocketAddr::new(node_ip, settings.etcd_client_port));
+    let local = etcd::Client::for_host(SocketAddr::new(node_ip, settings.etcd_client_port), paths)?;
     if let Some((id, endpoints)) = promotion {
-        tokio::spawn(promote_when_caught_up(kind, id, endpoints));
+        tokio::spawn(promote_when_caught_up(kind, id, local.clone(), endpoints));
     }
 
     let mut sans = vec![node_ip.to_string()];
@@ -582,13 +647,40 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         kind,
         node_ip,
         &sans,
-        ca,
+        (ca, etcd_ca),
         secret,
         settings,
         Etcd { child, local },
         node_identity,
     )
     .await
+}
+
+/// Writes the etcd server CA (the same on every server) and this server's `server-client`
+/// certificate, renewed at every start as RKE2 renews its certificates.
+fn write_etcd_tls(paths: &Rke2Paths, etcd_ca: &ClusterCa, node_ip: IpAddr) -> Result<()> {
+    if let Some(dir) = paths.etcd_server_ca().parent() {
+        fsutil::create_dir_with_mode(dir, fsutil::SECRET_DIR_MODE)?;
+    }
+    fsutil::write_file_atomic(
+        &paths.etcd_server_ca_key(),
+        &etcd_ca.key_pem,
+        fsutil::SECRET_FILE_MODE,
+    )?;
+    fsutil::write_file_atomic(&paths.etcd_server_ca(), &etcd_ca.cert_pem, 0o644)?;
+    let sans = [
+        node_ip.to_string(),
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+    ];
+    let (cert, key) = etcd_ca.server_client_cert(&sans)?;
+    // The key first: a reader that sees the new certificate finds its key in place.
+    fsutil::write_file_atomic(
+        &paths.etcd_server_client_key(),
+        key.as_bytes(),
+        fsutil::SECRET_FILE_MODE,
+    )?;
+    fsutil::write_file_atomic(&paths.etcd_server_client_cert(), cert.as_bytes(), 0o644)
 }
 
 /// The local etcd member: its process and a client for it.
@@ -649,10 +741,10 @@ async fn register_member(
 }
 
 /// A learner asks to be promoted until etcd agrees that it caught up with the leader.
-async fn promote_when_caught_up(kind: Kind, id: u64, endpoints: Vec<String>) {
+async fn promote_when_caught_up(kind: Kind, id: u64, local: etcd::Client, endpoints: Vec<String>) {
     let clients: Vec<etcd::Client> = endpoints
         .iter()
-        .filter_map(|u| etcd::Client::from_url(u).ok())
+        .filter_map(|u| local.at_url(u).ok())
         .collect();
     let mut attempts = 0u32;
     loop {
@@ -703,6 +795,8 @@ struct ServerState {
     etcd_ready: std::sync::atomic::AtomicBool,
     /// The local etcd member (where registrations are checked and recorded).
     etcd: Option<etcd::Client>,
+    /// The etcd server CA, handed to joining servers.
+    etcd_ca: ClusterCa,
 }
 
 impl ServerState {
@@ -724,7 +818,7 @@ async fn serve(
     kind: Kind,
     node_ip: IpAddr,
     sans: &[String],
-    ca: ClusterCa,
+    (ca, etcd_ca): (ClusterCa, ClusterCa),
     secret: String,
     settings: &Settings,
     mut etcd: Etcd,
@@ -768,7 +862,8 @@ async fn serve(
         api_ready_at: Instant::now() + settings.api_delay,
         api_anonymous: settings.api_anonymous,
         etcd_ready: false.into(),
-        etcd: Some(etcd.local),
+        etcd: Some(etcd.local.clone()),
+        etcd_ca,
     });
     log(
         kind,
@@ -818,7 +913,9 @@ async fn watch_etcd(
     let mut marked = false;
     let mut password_stored = false;
     loop {
+        let client_now = client.clone();
         let check = tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+            let client = client_now;
             let list = client.member_list().map_err(|e| flat(&e))?;
             let me = list.members.iter().find(|m| m.id == list.member_id);
             if me.is_none_or(|m| m.is_learner) {
@@ -851,6 +948,7 @@ async fn watch_etcd(
         }
         if ready && !password_stored {
             let (node, password) = (node.clone(), password.clone());
+            let client = client.clone();
             let stored = tokio::task::spawn_blocking(move || {
                 ensure_node_password(&client, &node, &password)
             })
@@ -1012,11 +1110,11 @@ fn supervisor_route(request: &Request, state: &ServerState, peer: SocketAddr) ->
 
 /// Checks the node password, then (servers) adds the joiner to etcd as a learner.
 fn register(state: &ServerState, registration: Registration, peer: SocketAddr) -> Reply {
-    let Some(client) = state.etcd else {
+    let Some(client) = &state.etcd else {
         return (503, TEXT, b"no datastore\n".to_vec());
     };
     if let Some((node, password)) = &registration.node {
-        match ensure_node_password(&client, node, password) {
+        match ensure_node_password(client, node, password) {
             Ok(true) => {}
             Ok(false) => {
                 log(
@@ -1037,8 +1135,10 @@ fn register(state: &ServerState, registration: Registration, peer: SocketAddr) -
         return (200, TEXT, state.key_pem.clone());
     };
     let node = registration.node.map(|(n, _)| n).unwrap_or_default();
-    match add_member(&client, &node, &member_name, &peer_url) {
-        Ok(join) => {
+    match add_member(client, &node, &member_name, &peer_url) {
+        Ok(mut join) => {
+            join.etcd_ca_cert = String::from_utf8_lossy(&state.etcd_ca.cert_pem).into_owned();
+            join.etcd_ca_key = String::from_utf8_lossy(&state.etcd_ca.key_pem).into_owned();
             log(
                 Kind::Server,
                 format!(
@@ -1118,6 +1218,8 @@ fn add_member(
         initial_cluster: cluster.join(","),
         member_id: id.to_string(),
         endpoints,
+        etcd_ca_cert: String::new(),
+        etcd_ca_key: String::new(),
     })
 }
 
@@ -1386,6 +1488,10 @@ mod tests {
             api_anonymous: false,
             etcd_ready: false.into(),
             etcd: None,
+            etcd_ca: ClusterCa {
+                cert_pem: vec![],
+                key_pem: vec![],
+            },
         };
         let req = |path: &str, auth: Option<&str>| Request {
             method: "GET".into(),

@@ -20,11 +20,14 @@ pub fn ca_hash(ca_pem: &[u8]) -> String {
 }
 
 /// The SEC1 `ECPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (DER), as PEM: the form RKE2 writes
-/// its EC keys in (`-----BEGIN EC PRIVATE KEY-----`).
+/// its EC keys in (`-----BEGIN EC PRIVATE KEY-----`). PKCS#8 may leave the curve out of the inner
+/// key (it is in the algorithm identifier); it is put back as SEC1's `parameters [0]`, as OpenSSL
+/// and Go write it, since Go (etcd, RKE2) refuses a SEC1 key without it.
 pub fn sec1_pem(pkcs8_der: &[u8]) -> Result<String> {
     use base64::Engine;
-    /// One DER element at the start of `der`: (tag, contents, rest).
-    fn tlv(der: &[u8]) -> Result<(u8, &[u8], &[u8])> {
+    /// One DER element at the start of `der`: (tag, contents, whole element, rest).
+    type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+    fn tlv(der: &[u8]) -> Result<Element<'_>> {
         let (&tag, rest) = der.split_first().context("truncated der")?;
         let (&first, rest) = rest.split_first().context("truncated der")?;
         let (len, rest) = if first < 0x80 {
@@ -42,19 +45,54 @@ pub fn sec1_pem(pkcs8_der: &[u8]) -> Result<String> {
         if rest.len() < len {
             bail!("truncated der");
         }
-        Ok((tag, &rest[..len], &rest[len..]))
+        let header = der.len() - rest.len();
+        Ok((tag, &rest[..len], &der[..header + len], &rest[len..]))
     }
-    let (tag, info, _) = tlv(pkcs8_der)?;
+    fn element(tag: u8, contents: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = contents.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+    let (tag, info, _, _) = tlv(pkcs8_der)?;
     if tag != 0x30 {
         bail!("not a pkcs#8 sequence");
     }
-    let (_, _version, rest) = tlv(info)?;
-    let (_, _algorithm, rest) = tlv(rest)?;
-    let (tag, sec1, _) = tlv(rest)?;
+    let (_, _, _, rest) = tlv(info)?;
+    let (_, algorithm, _, rest) = tlv(rest)?;
+    let (tag, sec1, _, _) = tlv(rest)?;
     if tag != 0x04 {
         bail!("pkcs#8 without a private key octet string");
     }
-    let b64 = base64::engine::general_purpose::STANDARD.encode(sec1);
+    // The algorithm identifier: ecPublicKey, then the named curve.
+    let (_, _, _, curve) = tlv(algorithm)?;
+    let (_, _, curve_oid, _) = tlv(curve).context("pkcs#8 without a named curve")?;
+    let (tag, key, _, _) = tlv(sec1)?;
+    if tag != 0x30 {
+        bail!("not an ECPrivateKey sequence");
+    }
+    let (_, _, version, rest) = tlv(key)?;
+    let (_, _, private_key, rest) = tlv(rest)?;
+    let mut fields = [version, private_key].concat();
+    if rest.first() == Some(&0xa0) {
+        fields.extend_from_slice(rest);
+    } else {
+        fields.extend(element(0xa0, curve_oid));
+        fields.extend_from_slice(rest);
+    }
+    let der = element(0x30, &fields);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN EC PRIVATE KEY-----\n");
     for line in b64.as_bytes().chunks(64) {
         pem.push_str(std::str::from_utf8(line).unwrap_or_default());
@@ -80,13 +118,18 @@ pub struct ServingCert {
 impl ClusterCa {
     /// A new CA named like RKE2's (`rke2-server-ca@<unix seconds>`).
     pub fn generate() -> Result<Self> {
+        Self::generate_named("rke2-server-ca")
+    }
+
+    /// A new CA named `<name>@<unix seconds>`, as RKE2 names its CAs (`etcd-server-ca`, ...).
+    pub fn generate_named(name: &str) -> Result<Self> {
         let key = KeyPair::generate().context("generating the ca key")?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         let mut params = CertificateParams::default();
-        params.distinguished_name = ca_name(&format!("rke2-server-ca@{now}"));
+        params.distinguished_name = ca_name(&format!("{name}@{now}"));
         ca_extensions(&mut params);
         let cert = params.self_signed(&key).context("self-signing the ca")?;
         Ok(ClusterCa {
@@ -185,6 +228,40 @@ impl ClusterCa {
         let cert = params
             .signed_by(&key, &issuer, &issuer_key)
             .context("signing the client certificate")?;
+        Ok((cert.pem(), sec1_pem(&key.serialize_der())?))
+    }
+
+    /// etcd's `server-client` certificate: serves etcd's client port for `sans` and authenticates
+    /// as a client (RKE2 uses the one certificate for both), with its key in SEC1 form as RKE2
+    /// writes it.
+    pub fn server_client_cert(&self, sans: &[String]) -> Result<(String, String)> {
+        let issuer_key = KeyPair::from_pem(
+            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
+        )
+        .context("parsing the ca key")?;
+        let ca_der = self.cert_der()?;
+        let issuer = self.issuer(&ca_der, &issuer_key)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "etcd-server");
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| san_type(san))
+            .collect::<Result<Vec<_>>>()?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().context("generating the etcd key")?;
+        let cert = params
+            .signed_by(&key, &issuer, &issuer_key)
+            .context("signing the etcd certificate")?;
         Ok((cert.pem(), sec1_pem(&key.serialize_der())?))
     }
 
@@ -369,6 +446,27 @@ mod tests {
             Some(DnValue::Utf8String(cn)) => assert!(cn.starts_with("rke2-server-ca@")),
             other => panic!("unexpected common name {other:?}"),
         }
+    }
+
+    #[test]
+    fn sec1_keys_name_their_curve() {
+        use base64::Engine;
+        let ca = ClusterCa::generate_named("etcd-server-ca").unwrap();
+        let (_, key) = ca.server_client_cert(&["127.9.0.1".into()]).unwrap();
+        assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{key}");
+        let b64: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        // parameters [0] { prime256v1 }, as Go's x509.ParseECPrivateKey needs it.
+        let p256 = [
+            0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+        ];
+        assert!(der.windows(p256.len()).any(|w| w == p256), "{der:02x?}");
+        assert!(matches!(
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            PrivateKeyDer::Sec1(_)
+        ));
     }
 
     #[test]
