@@ -13,20 +13,18 @@ use rke2_bootstrap_tests::wait_until;
 const FORMATION: Duration = Duration::from_secs(90);
 const SERVERS: [&str; 3] = ["server-1", "server-2", "server-3"];
 
+/// A cluster of the three `SERVERS`, all `role: server`.
+fn three_servers(test_id: u8) -> ClusterSpec {
+    ClusterSpec::new(test_id, &SERVERS.map(|name| (name, "server")))
+}
+
 /// RKE2 renews the kubelet client certificate the API probe presents; the old one expires. Here
 /// each certificate lives 6 s and is renewed every 2 s: a probe that kept the identity it loaded
 /// first would be refused from the first expiry on, and the servers would drop out of ready.
 #[test]
 fn probes_keep_passing_across_kubelet_certificate_renewals() {
     const TTL_MS: u64 = 6000;
-    let spec = ClusterSpec::new(
-        120,
-        &[
-            (SERVERS[0], "server"),
-            (SERVERS[1], "server"),
-            (SERVERS[2], "server"),
-        ],
-    );
+    let spec = three_servers(120);
     let mut cluster = TestCluster::new(spec).unwrap();
     for name in SERVERS {
         cluster
@@ -153,15 +151,7 @@ fn etcd_pid(root: &std::path::Path) -> i32 {
 fn cluster_without_quorum_leaves_the_lb_list_and_comes_back() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let spec = ClusterSpec::new(
-        122,
-        &[
-            (SERVERS[0], "server"),
-            (SERVERS[1], "server"),
-            (SERVERS[2], "server"),
-        ],
-    )
-    .with_lb();
+    let spec = three_servers(122).with_lb();
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_lb().unwrap();
     cluster.start_all().unwrap();
@@ -542,14 +532,7 @@ fn node_ip_is_never_a_silent_loopback() {
 /// old member and password exist; a live server's agent removes both over TLS, and it rejoins.
 #[test]
 fn the_sweep_over_tls_lets_a_wiped_server_rejoin() {
-    let spec = ClusterSpec::new(
-        127,
-        &[
-            (SERVERS[0], "server"),
-            (SERVERS[1], "server"),
-            (SERVERS[2], "server"),
-        ],
-    );
+    let spec = three_servers(127);
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
     cluster
@@ -621,14 +604,7 @@ fn assert_tls_only(addr: std::net::SocketAddr) {
 /// no live server removed anything. The grace is the production default here (15 minutes).
 #[test]
 fn a_rebooting_server_keeps_its_etcd_member() {
-    let spec = ClusterSpec::new(
-        128,
-        &[
-            (SERVERS[0], "server"),
-            (SERVERS[1], "server"),
-            (SERVERS[2], "server"),
-        ],
-    );
+    let spec = three_servers(128);
     let mut cluster = TestCluster::new(spec).unwrap();
     for name in SERVERS {
         cluster

@@ -172,15 +172,7 @@ impl Rke2Paths {
     }
     /// The persisted etcd server CA, if both halves are on disk.
     pub fn load_etcd_ca(&self) -> Result<Option<ClusterCa>> {
-        let (cert, key) = (self.etcd_server_ca(), self.etcd_server_ca_key());
-        if !cert.exists() || !key.exists() {
-            return Ok(None);
-        }
-        Ok(Some(ClusterCa {
-            cert_pem: std::fs::read(&cert)
-                .with_context(|| format!("reading {}", cert.display()))?,
-            key_pem: std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
-        }))
+        load_ca_pair(&self.etcd_server_ca(), &self.etcd_server_ca_key())
     }
     /// This server's etcd member name (`<node-name>-<suffix>`), kept next to its data.
     pub fn etcd_name(&self) -> PathBuf {
@@ -193,15 +185,7 @@ impl Rke2Paths {
 
     /// The persisted CA, if both halves are on disk.
     pub fn load_ca(&self) -> Result<Option<ClusterCa>> {
-        let (cert, key) = (self.ca_cert(), self.ca_key());
-        if !cert.exists() || !key.exists() {
-            return Ok(None);
-        }
-        Ok(Some(ClusterCa {
-            cert_pem: std::fs::read(&cert)
-                .with_context(|| format!("reading {}", cert.display()))?,
-            key_pem: std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
-        }))
+        load_ca_pair(&self.ca_cert(), &self.ca_key())
     }
 }
 
@@ -1457,6 +1441,17 @@ async fn run_agent(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings) 
     mark_ready(kind, settings);
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// A CA from its certificate and key files, if both are on disk.
+fn load_ca_pair(cert: &Path, key: &Path) -> Result<Option<ClusterCa>> {
+    if !cert.exists() || !key.exists() {
+        return Ok(None);
+    }
+    Ok(Some(ClusterCa {
+        cert_pem: std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+        key_pem: std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+    }))
 }
 
 #[cfg(test)]

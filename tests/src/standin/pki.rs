@@ -158,35 +158,16 @@ impl ClusterCa {
     /// A serving certificate for `sans` (IP addresses or DNS names) signed by this CA; the chain
     /// holds the leaf, then the CA.
     pub fn serving_cert(&self, sans: &[String]) -> Result<ServingCert> {
-        let issuer_key = KeyPair::from_pem(
-            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
-        )
-        .context("parsing the ca key")?;
-        let ca_der = self.cert_der()?;
-        let issuer = self.issuer(&ca_der, &issuer_key)?;
-
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "rke2");
-        dn.push(DnType::OrganizationName, "rke2");
-        params.distinguished_name = dn;
-        params.subject_alt_names = sans
-            .iter()
-            .map(|san| san_type(san))
-            .collect::<Result<Vec<_>>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().context("generating the serving key")?;
-        let leaf = params
-            .signed_by(&key, &issuer, &issuer_key)
-            .context("signing the serving certificate")?;
+        let leaf = self.sign_leaf(
+            subject("rke2", Some("rke2")),
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            None,
+            "serving",
+        )?;
         Ok(ServingCert {
-            chain: vec![leaf.der().clone(), ca_der],
-            key: PrivateKeyDer::try_from(key.serialize_der())
+            chain: vec![leaf.cert.der().clone(), leaf.ca_der],
+            key: PrivateKeyDer::try_from(leaf.key.serialize_der())
                 .map_err(|e| anyhow::anyhow!("serving key: {e}"))?,
         })
     }
@@ -201,6 +182,43 @@ impl ClusterCa {
         organization: &str,
         ttl: Option<std::time::Duration>,
     ) -> Result<(String, String)> {
+        let leaf = self.sign_leaf(
+            subject(common_name, Some(organization)),
+            &[],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            ttl,
+            "client",
+        )?;
+        Ok((leaf.cert.pem(), sec1_pem(&leaf.key.serialize_der())?))
+    }
+
+    /// etcd's `server-client` certificate: serves etcd's client port for `sans` and authenticates
+    /// as a client (RKE2 uses the one certificate for both), with its key in SEC1 form as RKE2
+    /// writes it.
+    pub fn server_client_cert(&self, sans: &[String]) -> Result<(String, String)> {
+        let leaf = self.sign_leaf(
+            subject("etcd-server", None),
+            sans,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            None,
+            "etcd",
+        )?;
+        Ok((leaf.cert.pem(), sec1_pem(&leaf.key.serialize_der())?))
+    }
+
+    /// A leaf certificate for `subject`, `sans` (IP addresses or DNS names) and `usages`, with a
+    /// fresh key, signed by this CA. `ttl`: valid for that long from now, else for years.
+    fn sign_leaf(
+        &self,
+        subject: DistinguishedName,
+        sans: &[String],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        ttl: Option<std::time::Duration>,
+        what: &str,
+    ) -> Result<SignedLeaf> {
         let issuer_key = KeyPair::from_pem(
             std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
         )
@@ -208,11 +226,12 @@ impl ClusterCa {
         let ca_der = self.cert_der()?;
         let issuer = self.issuer(&ca_der, &issuer_key)?;
         let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        dn.push(DnType::OrganizationName, organization);
-        params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.distinguished_name = subject;
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| san_type(san))
+            .collect::<Result<Vec<_>>>()?;
+        params.extended_key_usages = usages;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -224,45 +243,11 @@ impl ClusterCa {
             params.not_before = now - time::Duration::seconds(5);
             params.not_after = now + ttl;
         }
-        let key = KeyPair::generate().context("generating the client key")?;
+        let key = KeyPair::generate().with_context(|| format!("generating the {what} key"))?;
         let cert = params
             .signed_by(&key, &issuer, &issuer_key)
-            .context("signing the client certificate")?;
-        Ok((cert.pem(), sec1_pem(&key.serialize_der())?))
-    }
-
-    /// etcd's `server-client` certificate: serves etcd's client port for `sans` and authenticates
-    /// as a client (RKE2 uses the one certificate for both), with its key in SEC1 form as RKE2
-    /// writes it.
-    pub fn server_client_cert(&self, sans: &[String]) -> Result<(String, String)> {
-        let issuer_key = KeyPair::from_pem(
-            std::str::from_utf8(&self.key_pem).context("the ca key is not utf-8")?,
-        )
-        .context("parsing the ca key")?;
-        let ca_der = self.cert_der()?;
-        let issuer = self.issuer(&ca_der, &issuer_key)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "etcd-server");
-        params.distinguished_name = dn;
-        params.subject_alt_names = sans
-            .iter()
-            .map(|san| san_type(san))
-            .collect::<Result<Vec<_>>>()?;
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().context("generating the etcd key")?;
-        let cert = params
-            .signed_by(&key, &issuer, &issuer_key)
-            .context("signing the etcd certificate")?;
-        Ok((cert.pem(), sec1_pem(&key.serialize_der())?))
+            .with_context(|| format!("signing the {what} certificate"))?;
+        Ok(SignedLeaf { cert, key, ca_der })
     }
 
     /// Rebuilds an rcgen issuer equivalent to the stored CA: same subject (read back from the DER,
@@ -275,6 +260,22 @@ impl ClusterCa {
             .self_signed(key)
             .context("rebuilding the ca as an issuer")
     }
+}
+
+/// A signed leaf, its key, and the CA certificate that signed it.
+struct SignedLeaf {
+    cert: Certificate,
+    key: KeyPair,
+    ca_der: CertificateDer<'static>,
+}
+
+fn subject(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(organization) = organization {
+        dn.push(DnType::OrganizationName, organization);
+    }
+    dn
 }
 
 fn ca_name(common_name: &str) -> DistinguishedName {
