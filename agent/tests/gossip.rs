@@ -748,3 +748,59 @@ async fn fast_gossip_on_request() {
     nodes[1].announce(&changed).await;
     assert_eq!(nodes[1].gossip_pace(), Duration::from_millis(50));
 }
+
+/// Once views agree, a handshake carries a fingerprint of the view and the heartbeats instead
+/// of a digest naming every member, and skips its empty ACK (our chitchat patch); an
+/// announcement made then still reaches everyone, through the full digest a peer whose view
+/// differs answers with. Test id 183.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agreeing_views_exchange_compact_digests_and_still_carry_a_change() {
+    init_tracing();
+    let slow = Duration::from_millis(600);
+    let nodes = start_paced(183, 6, [183; 32]).await;
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    wait_until("all alive", Duration::from_secs(10), &refs, || {
+        all_see_all_alive(&refs)
+    })
+    .await;
+    wait_until(
+        "every node gossips slowly",
+        Duration::from_secs(20),
+        &refs,
+        || refs.iter().all(|n| n.gossip_pace() == slow),
+    )
+    .await;
+    let sent = |refs: &[&Cluster]| {
+        refs.iter().fold((0, 0), |(d, b), n| {
+            let s = n.stats().snapshot();
+            (d + s.sent, b + s.sent_bytes)
+        })
+    };
+    let before = sent(&refs);
+    tokio::time::sleep(slow * 10).await;
+    let after = sent(&refs);
+    let (datagrams, bytes) = (after.0 - before.0, after.1 - before.1);
+    assert!(datagrams > 0, "no gossip at the slow pace");
+    // A full digest of six members is about 6 x 45 bytes; a compact one 12 bytes and a byte or
+    // two per member, plus the cluster name and 55 bytes of seal.
+    assert!(
+        bytes / datagrams < 150,
+        "{bytes} bytes in {datagrams} datagrams: digests are not compact in a steady view"
+    );
+
+    let mut changed = announcement(183, 3);
+    changed.phase = rke2_bootstrap::gossip::Phase::Joining;
+    nodes[2].announce(&changed).await;
+    wait_until(
+        "everyone sees the change",
+        Duration::from_secs(10),
+        &refs,
+        || {
+            refs.iter().all(|n| {
+                find(&view(n), &name(3))
+                    .is_some_and(|m| m.phase == rke2_bootstrap::gossip::Phase::Joining)
+            })
+        },
+    )
+    .await;
+}

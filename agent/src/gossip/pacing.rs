@@ -44,6 +44,21 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(10);
 /// all of N members in about `log3(N)` rounds (7 at N = 1,000), so 20 leaves room for loss.
 pub const PUBLISH_LEAD_ROUNDS: u32 = 20;
 
+/// Up to this many known nodes, fast rounds run at `gossip-interval`; above it, the fast interval
+/// grows by one `gossip-interval` per this many nodes (1 s at 1,000 nodes), never past the slow
+/// one. Every round costs each member O(N) work and bytes while views differ (each message of
+/// a handshake carries a digest of all N nodes, ~50 bytes each), so at a fixed 100 ms a forming
+/// swarm of a thousand needed tens of cores and its 50 to 65 KB datagrams overflowed every
+/// receive buffer; with the interval growing with N, what a member spends per second while in
+/// motion stays about what it spends at 100 nodes.
+pub const NODES_PER_FAST_STEP: usize = 100;
+
+/// The fast interval for a cluster of `nodes` known nodes (see [`NODES_PER_FAST_STEP`]).
+pub fn fast_interval(settings: &PacingSettings, nodes: usize) -> Duration {
+    let steps = nodes.div_ceil(NODES_PER_FAST_STEP).max(1) as u32;
+    (settings.fast * steps).min(settings.slow.max(settings.fast))
+}
+
 /// A member that announced slow rounds of `interval` is suspect (rounds go fast, to settle the
 /// question sooner) once its heartbeat has been still for this long. An observer hears a
 /// member's newer heartbeats from several peers' digests, about once a round, but with a lot of
@@ -117,6 +132,8 @@ pub struct Pacer {
     applied: Duration,
     /// Since when our slow interval has been published (`None`: not published).
     published_slow_at: Option<Instant>,
+    /// Nodes known to chitchat (this one included), for [`fast_interval`].
+    nodes: usize,
 }
 
 impl Pacer {
@@ -128,11 +145,22 @@ impl Pacer {
             reason: Motion::Start,
             applied: settings.fast,
             published_slow_at: None,
+            nodes: 1,
         }
     }
 
     pub fn settings(&self) -> PacingSettings {
         self.settings
+    }
+
+    /// How many nodes chitchat knows (the fast interval grows with it).
+    pub fn set_nodes(&mut self, nodes: usize) {
+        self.nodes = nodes;
+    }
+
+    /// The fast interval at the current cluster size.
+    pub fn fast(&self) -> Duration {
+        fast_interval(&self.settings, self.nodes)
     }
 
     /// Something moved: fast rounds for at least `settle` from now.
@@ -159,7 +187,7 @@ impl Pacer {
 
     /// Whether the view has been steady long enough to go slow (pacing on).
     pub fn wants_slow(&self, now: Instant) -> bool {
-        now >= self.fast_until && self.settings.slow > self.settings.fast
+        now >= self.fast_until && self.settings.slow > self.fast()
     }
 
     /// Whether our slow interval is published.
@@ -175,14 +203,14 @@ impl Pacer {
     /// Whether rounds are fast at `now`: until the view settled and the slow interval has been
     /// published for [`PUBLISH_LEAD_ROUNDS`] fast rounds.
     pub fn is_fast(&self, now: Instant) -> bool {
-        let lead = self.settings.fast * PUBLISH_LEAD_ROUNDS;
+        let lead = self.fast() * PUBLISH_LEAD_ROUNDS;
         !(self.wants_slow(now) && self.published_slow_at.is_some_and(|at| now >= at + lead))
     }
 
     /// The interval due at `now`.
     pub fn interval(&self, now: Instant) -> Duration {
         if self.is_fast(now) {
-            self.settings.fast
+            self.fast()
         } else {
             self.settings.slow
         }
@@ -274,6 +302,25 @@ mod tests {
             assert!(!p.wants_slow(now), "nothing to announce");
             assert_eq!(p.poll(now), None);
         }
+    }
+
+    #[test]
+    fn fast_rounds_slow_down_with_the_cluster_size_up_to_the_slow_end() {
+        let s = settings();
+        assert_eq!(fast_interval(&s, 1), s.fast);
+        assert_eq!(fast_interval(&s, 100), s.fast, "unchanged up to 100 nodes");
+        assert_eq!(fast_interval(&s, 101), s.fast * 2);
+        assert_eq!(fast_interval(&s, 1000), Duration::from_secs(1));
+        assert_eq!(
+            fast_interval(&s, 100_000),
+            s.slow,
+            "never past the slow end"
+        );
+        let t0 = Instant::now();
+        let mut p = Pacer::new(s, t0);
+        p.set_nodes(1000);
+        assert_eq!(p.poll(t0), Some(Duration::from_secs(1)));
+        assert_eq!(p.poll(t0), None);
     }
 
     #[test]

@@ -457,7 +457,16 @@ impl<'a> Reader<'a> {
         self.take(ip_len + 2).map(|_| ())
     }
     fn skip_digest(&mut self) -> Option<()> {
-        for _ in 0..self.u16()? {
+        let count = self.u16()?;
+        if count == u16::MAX {
+            // Compact digest (our chitchat patch): fingerprint, count, varint heartbeats.
+            self.take(8)?;
+            for _ in 0..self.u16()? {
+                while self.u8()? & 0x80 != 0 {}
+            }
+            return Some(());
+        }
+        for _ in 0..count {
             self.skip_id()?;
             self.take(24)?;
         }

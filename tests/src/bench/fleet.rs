@@ -294,10 +294,18 @@ fn wait_all_converged(
             );
         }
         if Instant::now() >= next_report {
+            // The laggard's count tells a slow spread from a view that flaps.
+            let fewest = pending
+                .iter()
+                .filter_map(|&i| swarm.up_count(i))
+                .min()
+                .unwrap_or(n);
             progress!(
-                "  {} of {n} members see all {n} after {:.0} s",
+                "  {} of {n} members see all {n} after {:.0} s (the fewest any sees: {fewest}, \
+                 {} datagrams too large to seal or refused)",
                 n - pending.len(),
-                elapsed.as_secs_f64()
+                elapsed.as_secs_f64(),
+                swarm.send_failed()
             );
             next_report += Duration::from_secs(10);
         }

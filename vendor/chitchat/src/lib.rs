@@ -81,6 +81,10 @@ pub struct Chitchat {
     previous_live_nodes: HashMap<ChitchatId, Version>,
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
     live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// rke2-bootstrap patch: whether the last digest received described the same nodes at the
+    /// same versions as ours (heartbeats aside). While it does, the cluster has converged and
+    /// SYNs go out in compact form (see [`digest::CompactDigest`]).
+    views_agree: bool,
 }
 
 impl Chitchat {
@@ -99,6 +103,7 @@ impl Chitchat {
             previous_live_nodes,
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
+            views_agree: false,
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -116,6 +121,13 @@ impl Chitchat {
     pub(crate) fn create_syn_message(&self) -> ChitchatMessage {
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         let digest = self.compute_digest(&scheduled_for_deletion);
+        // rke2-bootstrap patch: once views agree, a fingerprint and the heartbeats say all a
+        // digest would. A peer whose view differs answers with its full digest.
+        let digest = if self.views_agree {
+            digest.into_compact()
+        } else {
+            digest
+        };
         ChitchatMessage::Syn {
             cluster_id: self.config.cluster_id.clone(),
             digest,
@@ -127,6 +139,52 @@ impl Chitchat {
     fn report_heartbeats_in_digest(&mut self, digest: &Digest) {
         for (chitchat_id, node_digest) in &digest.node_digests {
             self.report_heartbeat(chitchat_id, node_digest.heartbeat);
+        }
+    }
+
+    /// rke2-bootstrap patch: whether a full `digest` names exactly our nodes at our versions
+    /// (heartbeats aside). Compared entry by entry, in the order both share, so a forming
+    /// cluster's views, which differ, are told apart at the first difference.
+    fn agrees_with(&self, digest: &Digest, scheduled_for_deletion: &HashSet<&ChitchatId>) -> bool {
+        let mut ours = self
+            .cluster_state
+            .node_states()
+            .iter()
+            .filter(|(chitchat_id, _)| !scheduled_for_deletion.contains(chitchat_id));
+        let mut theirs = digest.node_digests.iter();
+        loop {
+            match (ours.next(), theirs.next()) {
+                (None, None) => return true,
+                (Some((id, state)), Some((their_id, their_digest)))
+                    if id == their_id
+                        && state.digest().max_version == their_digest.max_version
+                        && state.digest().last_gc_version == their_digest.last_gc_version => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// rke2-bootstrap patch: answers a compact SYN. Same view: our heartbeats in compact form
+    /// and no delta (the versions are equal, there is nothing to send). Different view: our full
+    /// digest and no delta (we cannot tell what the peer lacks); its ACK brings us what it has,
+    /// and its next SYN, full again, what we have.
+    fn answer_compact_syn(&mut self, compact: &digest::CompactDigest) -> ChitchatMessage {
+        let own = self.compute_digest(&self.scheduled_for_deletion_nodes().collect());
+        let Some(expanded) = Digest::expand(compact, &own) else {
+            self.views_agree = false;
+            return ChitchatMessage::SynAck {
+                digest: own,
+                delta: Delta::default(),
+            };
+        };
+        self.views_agree = true;
+        self.report_heartbeats_in_digest(&expanded);
+        // Recomputed: the peer's newer heartbeats are ours now.
+        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        let own = self.compute_digest(&scheduled_for_deletion);
+        ChitchatMessage::SynAck {
+            digest: own.into_compact(),
+            delta: Delta::default(),
         }
     }
 
@@ -153,31 +211,54 @@ impl Chitchat {
                     );
                     return Some(ChitchatMessage::BadCluster);
                 }
+                let mut digest = digest;
+                if let Some(compact) = digest.compact.take() {
+                    return Some(self.answer_compact_syn(&compact));
+                }
                 self.report_heartbeats_in_digest(&digest);
                 let scheduled_for_deletion: HashSet<_> =
                     self.scheduled_for_deletion_nodes().collect();
                 let self_digest = self.compute_digest(&scheduled_for_deletion);
+                let views_agree = self.agrees_with(&digest, &scheduled_for_deletion);
                 let delta_mtu = MAX_UDP_DATAGRAM_PAYLOAD_SIZE - 1 - self_digest.serialized_len();
                 let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
                     &digest,
                     delta_mtu,
                     &scheduled_for_deletion,
                 );
+                self.views_agree = views_agree;
                 Some(ChitchatMessage::SynAck {
                     digest: self_digest,
                     delta,
                 })
             }
-            ChitchatMessage::SynAck { digest, delta } => {
+            ChitchatMessage::SynAck { mut digest, delta } => {
+                if let Some(compact) = digest.compact.take() {
+                    // The answer to our compact SYN from a peer that agreed: its heartbeats,
+                    // nothing to exchange, so no ACK (it would carry an empty delta).
+                    let own = self.compute_digest(&self.scheduled_for_deletion_nodes().collect());
+                    match Digest::expand(&compact, &own) {
+                        Some(expanded) => {
+                            self.views_agree = true;
+                            self.report_heartbeats_in_digest(&expanded);
+                        }
+                        // Our view moved since the SYN: the next SYN is full.
+                        None => self.views_agree = false,
+                    }
+                    self.process_delta(delta);
+                    return None;
+                }
                 self.report_heartbeats_in_digest(&digest);
                 self.process_delta(delta);
                 let scheduled_for_deletion =
                     self.scheduled_for_deletion_nodes().collect::<HashSet<_>>();
+                let views_agree = self.agrees_with(&digest, &scheduled_for_deletion);
                 let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
                     &digest,
                     MAX_UDP_DATAGRAM_PAYLOAD_SIZE - 1,
                     &scheduled_for_deletion,
                 );
+                self.views_agree = views_agree;
                 Some(ChitchatMessage::Ack { delta })
             }
             ChitchatMessage::Ack { delta } => {

@@ -249,6 +249,9 @@ impl Server {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut current_interval = self.chitchat.lock().await.config.gossip_interval;
         let mut gossip_interval = time::interval(current_interval);
+        // rke2-bootstrap patch: rounds missed while the process was starved are not made up
+        // in a burst (tokio's default), which only deepened the overload that caused them.
+        gossip_interval.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 result = self.transport.recv() => match result {
@@ -274,6 +277,8 @@ impl Server {
                             current_interval = interval;
                             gossip_interval =
                                 time::interval_at(time::Instant::now() + interval, interval);
+                            gossip_interval
+                                .set_missed_tick_behavior(time::MissedTickBehavior::Delay);
                         }
                     },
                     Some(Command::Shutdown) | None => break,

@@ -383,7 +383,7 @@ impl NodeState {
         }
     }
 
-    fn digest(&self) -> NodeDigest {
+    pub(crate) fn digest(&self) -> NodeDigest {
         NodeDigest {
             heartbeat: self.heartbeat,
             last_gc_version: self.last_gc_version,
@@ -618,6 +618,7 @@ impl ClusterState {
                 .filter(|(chitchat_id, _)| !scheduled_for_deletion.contains(chitchat_id))
                 .map(|(chitchat_id, node_state)| (chitchat_id.clone(), node_state.digest()))
                 .collect(),
+            compact: None,
         }
     }
 
