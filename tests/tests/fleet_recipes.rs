@@ -18,7 +18,8 @@
 //! for what a real host has of its own or the harness must serve: its node name (a real host's
 //! hostname), its root, the installer URL and the stand-in service manager. Everything else,
 //! `cluster-name`, `role`, `servers`, `existing-config-policy`, `rke2-config` and every default,
-//! is the recipe's.
+//! is the recipe's. An agent that exits on an error is started again, as the packaged unit's
+//! `Restart=on-failure` does; the test prints which were.
 //!
 //! Every fleet boots at once and must end as one cluster: exactly one initializer (on disk, in
 //! gossip and in the RKE2 stand-ins' logs), on a seed; the recipe's number of servers (`servers`
@@ -177,9 +178,24 @@ fn fleet(test_id: u8, recipe: &str, count: usize, timeout: Duration) {
     cluster.start_all().unwrap();
 
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
-    cluster
-        .wait_for_phase(&all, Phase::Ready, timeout)
-        .unwrap_or_else(|e| panic!("{e:#}{}", cluster.logs_tail()));
+    // The packaged unit restarts an agent that exits on an error (`Restart=on-failure`,
+    // `RestartSec=10s`): so does this loop, and it reports how often it had to.
+    let deadline = Instant::now() + timeout;
+    let mut restarted = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match cluster.wait_for_phase(&all, Phase::Ready, left.min(Duration::from_secs(10))) {
+            Ok(()) => break,
+            Err(e) if left.is_zero() => panic!("{e:#}{}", cluster.logs_tail()),
+            Err(_) => {}
+        }
+        for name in &all {
+            if cluster.host(name).agent_exited() {
+                restarted.push(name.to_string());
+                cluster.start(name).unwrap();
+            }
+        }
+    }
     let formed = started.elapsed();
 
     // Exactly one initializer, the same on disk, in gossip and in the stand-ins' logs, on a seat.
@@ -234,7 +250,7 @@ fn fleet(test_id: u8, recipe: &str, count: usize, timeout: Duration) {
         .unwrap();
     eprintln!(
         "{recipe} on {count} hosts: one cluster, {} servers and {} agents, ready after {:.1?} \
-         ({:.1?} with the checks)",
+         ({:.1?} with the checks); agents restarted after exiting on an error: {restarted:?}",
         server_hosts.len(),
         agent_hosts.len(),
         formed,
