@@ -82,8 +82,8 @@
 //! - **2 seats + outsider**, the normal test run: 102 states, 132 transitions, about 0.1 s in
 //!   the debug profile;
 //! - **3 seats + outsider**: 10 533 states, 35 705 transitions, 738 924 distinct `decide` calls
-//!   (103 622 more of the outsider), depth 15, no violation; 154 s in the debug profile, so it
-//!   runs from a release-mode command (README, "The safety rule");
+//!   (103 622 more of the outsider), depth 15, no violation; 154 s in the debug profile, 10 s in
+//!   release, so it runs from a release-mode command (README, "The safety rule");
 //! - negative controls: an electorate of the seats seen, caught after 216 states (2 seats,
 //!   0.1 s); forgetting acknowledgements, caught after 14 200 states (3 seats, 30 s in the debug
 //!   profile), both with a trace of 8 and 12 actions.
