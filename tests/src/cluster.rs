@@ -6,8 +6,8 @@
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
 //! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40,
 //! the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip relay's
-//! unit tests 79, cli 9, zero_touch 100-103, the etcd-backed stand-in's scenarios (rejoins,
-//! quorum, certificate rotation) 120-139, gossip pacing 180-181 (agent/tests/gossip.rs, as
+//! unit tests 79, cli 9, zero_touch 100-103, fleet_recipes 104-109, the etcd-backed stand-in's
+//! scenarios (rejoins, quorum, certificate rotation) 120-139, gossip pacing 180-181 (agent/tests/gossip.rs, as
 //! 127.0.<id>.x), the sidecar's health checks 182 (lb-sidecar/tests/health.rs). The benchmark's
 //! in-process fleet uses 127.210-229.x.x. Hosts are `.11` and up, the LB host `.10`.
 
@@ -40,6 +40,10 @@ pub struct TestHost {
     pub role: &'static str,
     /// Extra environment of this host's agent process (the installer it runs inherits it).
     pub env: Vec<(String, String)>,
+    /// The agent's config file, as a shipped recipe installs it (`--config`): then the file is
+    /// the configuration, and only what the harness must set on one machine is given as flags
+    /// (see [`TestCluster::agent_command`]).
+    pub config_file: Option<PathBuf>,
     child: Option<ChildGuard>,
     restarts: u32,
 }
@@ -117,6 +121,9 @@ pub struct ClusterSpec {
     pub lb: bool,
     /// Gossip settings (`--<key> <value>`) of every agent and of the LB host's sidecar.
     pub gossip_settings: Vec<(String, String)>,
+    /// The cluster name of the LB host's sidecar and of agents without a config file; default
+    /// `test-<id>`.
+    pub cluster_name: Option<String>,
 }
 
 impl ClusterSpec {
@@ -135,6 +142,7 @@ impl ClusterSpec {
             seeds: None,
             lb: false,
             gossip_settings: Vec::new(),
+            cluster_name: None,
         }
     }
 
@@ -193,6 +201,7 @@ impl TestCluster {
                     extra: Vec::new(),
                     role,
                     env: Vec::new(),
+                    config_file: None,
                     child: None,
                     restarts: 0,
                 })
@@ -223,6 +232,7 @@ impl TestCluster {
             extra: Vec::new(),
             role,
             env: Vec::new(),
+            config_file: None,
             child: None,
             restarts: 0,
         });
@@ -245,7 +255,7 @@ impl TestCluster {
             .collect();
         let lb = LbHost::start(
             lb_ip(self.spec.test_id),
-            &format!("test-{}", self.spec.test_id),
+            &self.cluster_name(),
             &self.key_file,
             &seeds,
             &self.spec.gossip_settings,
@@ -317,8 +327,41 @@ impl TestCluster {
         })
     }
 
-    /// The agent command line of a host.
+    fn cluster_name(&self) -> String {
+        self.spec
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| format!("test-{}", self.spec.test_id))
+    }
+
+    /// The agent command line of a host. With a config file ([`TestHost::config_file`]), only
+    /// what differs between simulated hosts on one machine is a flag: the node name (real hosts
+    /// have their own hostname), the root, the installer (the harness serves it) and the service
+    /// manager (the stand-in's); everything else comes from the file.
     pub fn agent_command(&self, host: &TestHost) -> Command {
+        if let Some(config) = &host.config_file {
+            let flags = [
+                ("node-name", host.name.clone()),
+                ("root", host.root.path().display().to_string()),
+                ("installer-url", self.installer.url()),
+                ("allow-insecure-installer-url", "true".to_string()),
+                (
+                    "service-manager",
+                    host.root.service_manager_command(&standin_bin()).join(" "),
+                ),
+            ];
+            let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
+            cmd.arg("agent").arg("--config").arg(config);
+            for (key, value) in flags.iter().map(|(k, v)| (k.to_string(), v.clone())) {
+                cmd.arg(format!("--{key}")).arg(value);
+            }
+            for (key, value) in &host.extra {
+                cmd.arg(format!("--{key}")).arg(value);
+            }
+            cmd.env("RKE2_BOOTSTRAP_LOG", "info,rke2_bootstrap=debug");
+            cmd.envs(host.env.iter().map(|(k, v)| (k, v)));
+            return cmd;
+        }
         let seeds = self.spec.seeds.clone().unwrap_or_else(|| {
             self.hosts
                 .iter()
@@ -326,7 +369,7 @@ impl TestCluster {
                 .collect()
         });
         let mut flags: Vec<(String, String)> = [
-            ("cluster-name", format!("test-{}", self.spec.test_id)),
+            ("cluster-name", self.cluster_name()),
             ("node-name", host.name.clone()),
             ("role", host.role.to_string()),
             ("bind-addr", format!("{}:{GOSSIP_PORT}", host.ip)),
