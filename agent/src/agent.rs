@@ -29,6 +29,9 @@ use crate::rke2::token::{self, JoinToken, Secret};
 use crate::state::{PersistedState, StateDir};
 use crate::status::{self, StatusReport};
 
+/// The pause before a joiner tries again to pin the cluster CA at the registration address.
+const CA_PIN_RETRY: Duration = Duration::from_secs(5);
+
 /// How long each bring-up step keeps gossip at its fast pace (renewed by the next step).
 const FAST_GOSSIP_WHILE_BRINGING_UP: Duration = Duration::from_secs(15);
 
@@ -412,7 +415,7 @@ impl Agent {
                 let token = JoinToken::from_secret(secret);
                 (self.rke2_config(Role::Server, token, None), None)
             }
-            Plan::JoinAsServer | Plan::JoinAsAgent => {
+            Plan::JoinAsServer | Plan::JoinAsAgent => loop {
                 let material = self.wait_for_join_material().await?;
                 if plan == Plan::JoinAsServer {
                     self.wait_for_join_turn().await;
@@ -423,9 +426,23 @@ impl Agent {
                     _ => "joining as a worker",
                 })
                 .await;
-                let (rke2, ca_hash) = self.join_config(plan.role(), &material).await?;
-                (rke2, Some(ca_hash))
-            }
+                match self.join_config(plan.role(), &material).await {
+                    Ok((rke2, ca_hash)) => break (rke2, Some(ca_hash)),
+                    // A registration address that timed out once, or a CA that does not match
+                    // (an LB still pointing elsewhere): say so and try again, giving the join
+                    // turn back meanwhile. Exiting would leave a host without a restart policy
+                    // stranded, and a retry loses nothing: no secret was sent.
+                    Err(err) => {
+                        self.published.run.going = false;
+                        warn!(error = %format!("{err:#}"), retry_in_s = CA_PIN_RETRY.as_secs(), "cannot pin the cluster CA");
+                        self.update(&format!(
+                            "cannot pin the cluster CA ({err:#}); trying again"
+                        ))
+                        .await;
+                        tokio::time::sleep(CA_PIN_RETRY).await;
+                    }
+                }
+            },
         };
         self.write_rke2_config(&rke2)?;
         let step = self.state.progress;

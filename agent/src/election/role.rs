@@ -35,9 +35,11 @@ pub enum AutoRole {
 /// Resolves the role of the `auto` host `self_name` while a cluster exists or is being created.
 ///
 /// - If gossip already shows this host with a settled role (from before a reboot), that role.
+/// - Otherwise `agent` once `servers_target` servers are settled: no wait, since an agent never
+///   makes one server too many.
 /// - Otherwise, if an auto host with a lower name has not settled yet, wait for it while it is
 ///   alive, or has looked dead for less than [`UNDECIDED_DEAD_WAIT`], and has not left.
-/// - Otherwise `server` while fewer than `servers_target` servers are settled, else `agent`.
+/// - Otherwise `server`.
 ///
 /// A server counts while it has not left, even when the failure detector currently calls it dead:
 /// a rebooting server comes back, and replacing it would leave an even (worse) number of etcd
@@ -47,6 +49,18 @@ pub fn auto_role(self_name: &str, peers: &[PeerView], servers_target: usize) -> 
     if let Some(role) = Roster::settled_role(roster.own()) {
         return AutoRole::Decided(role);
     }
+    let servers = roster
+        .names()
+        .filter(|(_, entries)| {
+            Roster::settled_role(entries) == Some(Role::Server) && !has_left(entries)
+        })
+        .count();
+    if servers >= servers_target {
+        // Every place is taken: settling as an agent adds no server, whatever a lower name
+        // decides, so there is nothing to wait for. (Without this, a rack of fifty settles one
+        // host at a time, each waiting for the gossip of the one before: minutes.)
+        return AutoRole::Decided(Role::Agent);
+    }
     let undecided_before_me = roster.names().find(|(name, entries)| {
         *name < self_name
             && Roster::settled_role(entries).is_none()
@@ -54,20 +68,10 @@ pub fn auto_role(self_name: &str, peers: &[PeerView], servers_target: usize) -> 
                 p.role == Role::Auto && !p.left && (p.alive || p.dead_for < UNDECIDED_DEAD_WAIT)
             })
     });
-    if let Some((name, _)) = undecided_before_me {
-        return AutoRole::WaitFor(name.to_string());
+    match undecided_before_me {
+        Some((name, _)) => AutoRole::WaitFor(name.to_string()),
+        None => AutoRole::Decided(Role::Server),
     }
-    let servers = roster
-        .names()
-        .filter(|(_, entries)| {
-            Roster::settled_role(entries) == Some(Role::Server) && !has_left(entries)
-        })
-        .count();
-    AutoRole::Decided(if servers < servers_target {
-        Role::Server
-    } else {
-        Role::Agent
-    })
 }
 
 /// A host has left when no entry shows it alive and present, and some entry says it left. (An
@@ -206,6 +210,21 @@ mod tests {
                 ],
                 3,
                 Decided(Role::Agent),
+            ),
+            // Every place taken: an agent at once, even with lower names still undecided (a
+            // rack of fifty would otherwise settle one host at a time).
+            (
+                "z",
+                vec![server("a"), server("b"), init(auto("c")), auto("d")],
+                3,
+                Decided(Role::Agent),
+            ),
+            // Places left: the lower undecided name still goes first.
+            (
+                "z",
+                vec![server("a"), init(auto("c")), auto("d")],
+                3,
+                WaitFor("d".into()),
             ),
             // Agents and observers never hold anyone up nor count as servers.
             (
