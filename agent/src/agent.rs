@@ -194,11 +194,9 @@ struct Published {
 
 impl Published {
     fn phase(&self, state: &PersistedState) -> Phase {
-        let run = RunFacts {
-            voted: state.election.vote.is_some(),
-            ..self.run
-        };
-        self.halted.unwrap_or_else(|| state.progress.phase(run))
+        let voted = state.election.vote.is_some();
+        self.halted
+            .unwrap_or_else(|| state.progress.phase(voted, self.run))
     }
 
     fn announcement(&self, state: &PersistedState) -> Announcement {

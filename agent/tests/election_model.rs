@@ -537,43 +537,39 @@ impl Model {
 
     /// Every view a host can have of the seats in `s` (its own slot, `me`, left empty).
     fn views(&self, s: &State, me: usize) -> Vec<View> {
-        let mut views = vec![View {
-            seats: [None; MAX_SEATS],
-            beyond_lease: false,
-        }];
-        for j in (0..self.seats).filter(|&j| j != me) {
+        self.every_view(|j| {
+            if j == me {
+                return vec![None];
+            }
             let mut options = vec![None];
             for seen in s.hosts[j].history(j as u8, self.seats) {
                 options.push(Some(Entry { seen, alive: true }));
                 options.push(Some(Entry { seen, alive: false }));
             }
-            views = views
-                .iter()
-                .flat_map(|v| {
-                    options.iter().map(move |e| {
-                        let mut v = *v;
-                        v.seats[j] = *e;
-                        v
-                    })
-                })
-                .collect();
-        }
-        with_both_lease_clocks(views)
+            options
+        })
     }
 
     /// The outsider's views: each seat absent, or its current announcement alive or dead.
     fn current_views(&self, s: &State) -> Vec<View> {
+        self.every_view(|j| {
+            let seen = Pub::from_host(&s.hosts[j]);
+            vec![
+                None,
+                Some(Entry { seen, alive: true }),
+                Some(Entry { seen, alive: false }),
+            ]
+        })
+    }
+
+    /// Every combination of one option per seat, each with both lease clocks.
+    fn every_view(&self, options_of: impl Fn(usize) -> Vec<Option<Entry>>) -> Vec<View> {
         let mut views = vec![View {
             seats: [None; MAX_SEATS],
             beyond_lease: false,
         }];
         for j in 0..self.seats {
-            let seen = Pub::from_host(&s.hosts[j]);
-            let options = [
-                None,
-                Some(Entry { seen, alive: true }),
-                Some(Entry { seen, alive: false }),
-            ];
+            let options = options_of(j);
             views = views
                 .iter()
                 .flat_map(|v| {

@@ -491,6 +491,22 @@ impl TestCluster {
         Ok(stdout)
     }
 
+    /// The one host that ever created a cluster: exactly one host's disk says it initialized,
+    /// and its RKE2 stand-in created a cluster exactly once (no other did). Panics otherwise,
+    /// with the agents' log tails.
+    #[track_caller]
+    pub fn the_only_initialization(&self) -> String {
+        let initialized = self.hosts_that_initialized();
+        assert_eq!(initialized.len(), 1, "{initialized:?}{}", self.logs_tail());
+        let events = self.new_cluster_events();
+        assert_eq!(
+            events,
+            [(initialized[0].clone(), 1)],
+            "one cluster, created once"
+        );
+        initialized[0].clone()
+    }
+
     /// Hosts whose RKE2 (stand-in) created a new cluster, with how many times: the ground truth
     /// for "exactly one initialization, ever", across restarts.
     pub fn new_cluster_events(&self) -> Vec<(String, usize)> {

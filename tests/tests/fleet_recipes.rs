@@ -206,20 +206,11 @@ fn fleet(test_id: u8, recipe: &str, count: usize, timeout: Duration) {
     let formed = started.elapsed();
 
     // Exactly one initializer, the same on disk, in gossip and in the stand-ins' logs, on a seat.
-    let initialized = cluster.hosts_that_initialized();
-    assert_eq!(
-        initialized.len(),
-        1,
-        "{initialized:?}{}",
-        cluster.logs_tail()
-    );
-    assert_eq!(cluster.initializers(), initialized);
-    let events = cluster.new_cluster_events();
-    assert_eq!(events, vec![(initialized[0].clone(), 1)]);
+    let initialized = cluster.the_only_initialization();
+    assert_eq!(cluster.initializers(), std::slice::from_ref(&initialized));
     assert!(
-        names[..seats].contains(&initialized[0]),
-        "{} is not on a seed",
-        initialized[0]
+        names[..seats].contains(&initialized),
+        "{initialized} is not on a seed"
     );
 
     // The recipe's number of servers; every other host an agent; all joined through the LB.
@@ -235,7 +226,7 @@ fn fleet(test_id: u8, recipe: &str, count: usize, timeout: Duration) {
     assert_eq!(server_hosts.len(), servers, "{roles:?}");
     assert_eq!(agent_hosts.len(), count - servers, "{roles:?}");
     let join_url = format!("https://{lb}:9345");
-    for host in cluster.hosts.iter().filter(|h| h.name != initialized[0]) {
+    for host in cluster.hosts.iter().filter(|h| h.name != initialized) {
         let rke2 = host.root.config_yaml().expect("RKE2 config.yaml written");
         assert_eq!(
             rke2["server"].as_str(),

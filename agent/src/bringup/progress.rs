@@ -108,8 +108,6 @@ pub struct IllegalStep {
 /// What this run of the agent has seen that the persisted step does not record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunFacts {
-    /// The election state holds a vote of this host.
-    pub voted: bool,
     /// Settled to join and holding what it needs to go on: the join material, and for a server
     /// the one-at-a-time join turn. Published as `joining`, which is what holds the turn.
     pub going: bool,
@@ -195,10 +193,10 @@ impl Progress {
         }
     }
 
-    /// The phase peers see.
-    pub fn phase(self, run: RunFacts) -> Phase {
+    /// The phase peers see; `voted`: the persisted election state holds a vote of this host.
+    pub fn phase(self, voted: bool, run: RunFacts) -> Phase {
         match self {
-            Progress::Electing if run.voted => Phase::Voting,
+            Progress::Electing if voted => Phase::Voting,
             Progress::Electing => Phase::Discovering,
             Progress::Settled(Plan::Initialize) => Phase::Initializing,
             Progress::Settled(_) if run.going => Phase::Joining,
@@ -311,10 +309,6 @@ mod tests {
     #[test]
     fn the_phase_follows_the_step_and_the_run() {
         let idle = RunFacts::default();
-        let voted = RunFacts {
-            voted: true,
-            ..idle
-        };
         let going = RunFacts {
             going: true,
             ..idle
@@ -323,22 +317,22 @@ mod tests {
         use Plan::*;
         use Progress::*;
         let cases = [
-            (Electing, idle, Phase::Discovering),
-            (Electing, voted, Phase::Voting),
-            (Settled(Initialize), idle, Phase::Initializing),
-            (Settled(JoinAsServer), idle, Phase::WaitingToJoin),
-            (Settled(JoinAsServer), going, Phase::Joining),
-            (Settled(JoinAsAgent), idle, Phase::WaitingToJoin),
-            (Configured(Initialize), idle, Phase::Initializing),
-            (Configured(JoinAsAgent), idle, Phase::Joining),
-            (Started(JoinAsServer), idle, Phase::Joining),
-            (Joined(Initialize), idle, Phase::Initializing),
-            (Joined(JoinAsServer), idle, Phase::Joining),
-            (Joined(JoinAsServer), up, Phase::Ready),
-            (Joined(Initialize), up, Phase::Ready),
+            (Electing, false, idle, Phase::Discovering),
+            (Electing, true, idle, Phase::Voting),
+            (Settled(Initialize), true, idle, Phase::Initializing),
+            (Settled(JoinAsServer), false, idle, Phase::WaitingToJoin),
+            (Settled(JoinAsServer), false, going, Phase::Joining),
+            (Settled(JoinAsAgent), false, idle, Phase::WaitingToJoin),
+            (Configured(Initialize), true, idle, Phase::Initializing),
+            (Configured(JoinAsAgent), false, idle, Phase::Joining),
+            (Started(JoinAsServer), false, idle, Phase::Joining),
+            (Joined(Initialize), true, idle, Phase::Initializing),
+            (Joined(JoinAsServer), true, idle, Phase::Joining),
+            (Joined(JoinAsServer), true, up, Phase::Ready),
+            (Joined(Initialize), true, up, Phase::Ready),
         ];
-        for (step, run, want) in cases {
-            assert_eq!(step.phase(run), want, "{step} {run:?}");
+        for (step, voted, run, want) in cases {
+            assert_eq!(step.phase(voted, run), want, "{step} voted {voted} {run:?}");
         }
     }
 
