@@ -15,17 +15,21 @@ use tracing::{error, info, warn};
 
 use crate::bringup::progress::{Plan, Progress, RunFacts};
 use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ConfiguredRole};
 use crate::election::{self, Decision, ElectionState};
 use crate::gossip::cluster::Cluster;
+use crate::gossip::etcd_roster::EtcdRoster;
 use crate::gossip::keyring::Keyring;
-use crate::gossip::schema::{cluster_identity, Announcement, Member, Phase, Role};
+use crate::gossip::schema::{
+    cluster_identity, published_etcd_roster, Announcement, Member, Phase, Role,
+};
 use crate::rke2::config_yaml::{self, Rke2Config};
 use crate::rke2::installer::{self, InstallType, InstallerConfig};
 use crate::rke2::probe::{ProbePorts, Prober};
 use crate::rke2::rejoin;
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::rke2::token::{self, JoinToken, Secret};
+use crate::shape::{self, steward};
 use crate::state::{PersistedState, StateDir};
 use crate::status::{self, StatusReport};
 
@@ -62,6 +66,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         ready: false,
         token: None,
         halted: None,
+        promotable: cfg.role == ConfiguredRole::Auto,
+        etcd_members: None,
     };
 
     let gossip = cfg.gossip_config(advertise, keyring);
@@ -105,6 +111,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         published,
         service_enabled: false,
         report,
+        roster: None,
     };
     let outcome = tokio::select! {
         result = agent.bring_up() => result,
@@ -190,6 +197,10 @@ struct Published {
     token: Option<Secret>,
     /// The run ended: failed, or leaving gossip.
     halted: Option<Phase>,
+    /// Configured `role: auto`: a worker that may become a server (day 2).
+    promotable: bool,
+    /// The etcd member list, while this server is the steward.
+    etcd_members: Option<EtcdRoster>,
 }
 
 impl Published {
@@ -208,6 +219,8 @@ impl Published {
         announcement.ready = self.ready;
         announcement.token = self.token.clone();
         announcement.leaving = self.halted == Some(Phase::Leaving);
+        announcement.promotable = self.promotable;
+        announcement.etcd_members = self.etcd_members.clone();
         announcement
     }
 }
@@ -225,13 +238,24 @@ struct Agent {
     probe: Prober,
     services: ServiceManager,
     report: Arc<Mutex<StatusReport>>,
+    /// The steward's etcd roster to publish, once this host serves as a server.
+    roster: Option<watch::Receiver<Option<EtcdRoster>>>,
 }
 
 impl Agent {
-    /// Walks the persisted steps from wherever this host stands to a ready member, then keeps
-    /// publishing readiness. Each arm does one step's work and persists the next step.
+    /// Brings this host to a ready member and keeps it one; a worker promoted to a server (day
+    /// 2) walks the steps again as a server.
     async fn bring_up(&mut self) -> Result<()> {
-        let plan = loop {
+        loop {
+            let plan = self.reach_membership().await?;
+            self.serve_as_member(plan).await?;
+        }
+    }
+
+    /// Walks the persisted steps from wherever this host stands to a ready member. Each arm does
+    /// one step's work and persists the next step.
+    async fn reach_membership(&mut self) -> Result<Plan> {
+        loop {
             let step = self.state.progress;
             match step {
                 Progress::Electing => {
@@ -262,7 +286,7 @@ impl Agent {
                         Ok(())
                     })?;
                     self.came_up(plan).await?;
-                    break plan;
+                    return Ok(plan);
                 }
                 Progress::Joined(plan) => {
                     info!(plan = %plan, "this host already joined a cluster; resuming");
@@ -272,24 +296,39 @@ impl Agent {
                     self.ensure_service(plan).await?;
                     self.await_ready(plan).await?;
                     self.came_up(plan).await?;
-                    break plan;
+                    return Ok(plan);
                 }
             }
-        };
-        let role = plan.role();
-        if role == Role::Server {
-            // A live server clears what keeps a wiped peer from rejoining under its old name.
-            let etcd = SocketAddr::new(self.published.node_addr, rejoin::ETCD_CLIENT_PORT);
-            rejoin::spawn(
-                self.view.clone(),
-                self.cfg.node_name.clone(),
-                etcd,
-                self.cfg.root.clone(),
-                self.cfg.departed_server_grace_period,
-            );
         }
-        // Steady state: keep publishing readiness as it changes.
+    }
+
+    /// Steady state: keeps publishing readiness as it changes, and on a server the etcd roster
+    /// while it is the steward. Returns only when this worker was promoted to a server.
+    async fn serve_as_member(&mut self, plan: Plan) -> Result<()> {
+        let role = plan.role();
+        if role == Role::Server && self.roster.is_none() {
+            self.start_server_duties();
+        }
+        let mut promotion = PromotionWatch::default();
         loop {
+            if plan == Plan::JoinAsAgent && self.published.promotable {
+                let members = self.view.borrow().clone();
+                if let Some(reason) = promotion.check(&self.cfg, &members) {
+                    self.update(&reason).await;
+                }
+                if promotion.due() {
+                    return self.promote().await;
+                }
+            }
+            let roster = self.roster.as_mut().and_then(|r| {
+                r.has_changed()
+                    .unwrap_or(false)
+                    .then(|| r.borrow_and_update().clone())
+            });
+            if let Some(roster) = roster {
+                self.published.etcd_members = roster;
+                self.publish().await;
+            }
             let ready = self.is_ready(role).await;
             if ready && role == Role::Server && self.published.token.is_none() {
                 // A restarted member learns the token back from its peers, so any ready server
@@ -306,6 +345,52 @@ impl Agent {
             }
             self.wait_for_change(tick(Phase::Ready)).await;
         }
+    }
+
+    /// What a live server does for the cluster besides serving: clears what keeps a wiped peer
+    /// from rejoining under its old name, and, as the steward, publishes etcd's member list and
+    /// removes servers gone for good.
+    fn start_server_duties(&mut self) {
+        let etcd = SocketAddr::new(self.published.node_addr, rejoin::ETCD_CLIENT_PORT);
+        rejoin::spawn(
+            self.view.clone(),
+            self.cfg.node_name.clone(),
+            etcd,
+            self.cfg.root.clone(),
+        );
+        let (roster_tx, roster_rx) = watch::channel(None);
+        steward::spawn(
+            self.view.clone(),
+            steward::StewardSettings {
+                self_name: self.cfg.node_name.clone(),
+                etcd_client: etcd,
+                root: self.cfg.root.clone(),
+                departed_grace: self.cfg.departed_server_grace_period,
+            },
+            roster_tx,
+        );
+        self.roster = Some(roster_rx);
+    }
+
+    /// This worker becomes a server: its agent service stops for good (the two cannot run side
+    /// by side, now or after a reboot), and the bring-up starts again from a settled decision to
+    /// join as a server, through the join turn like any server.
+    async fn promote(&mut self) -> Result<()> {
+        info!("the cluster is short of servers: this worker becomes one");
+        self.services
+            .disable_now(ServiceKind::Agent.unit())
+            .await
+            .context("stopping rke2-agent before becoming a server")?;
+        let step = self.state.progress;
+        self.advance(|next| {
+            next.progress = step.promote()?;
+            Ok(())
+        })?;
+        self.published.run = RunFacts::default();
+        self.published.ready = false;
+        self.service_enabled = false;
+        self.update("promoted to server: waiting to join").await;
+        Ok(())
     }
 
     /// The election, until it settles this host's plan. Returns the plan and the election state
@@ -789,5 +874,50 @@ impl Agent {
 
     async fn wait_for_change(&mut self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.view.changed()).await;
+    }
+}
+
+/// Whether this `auto` worker's promotion is due: [`shape::promotion_turn`] must have said yes for
+/// [`shape::PROMOTION_SETTLE`] without a break, so that a view that is still spreading does not
+/// promote two workers.
+#[derive(Debug, Default)]
+struct PromotionWatch {
+    clock: steward::GoneClock,
+    eligible_since: Option<std::time::Instant>,
+    last_reason: Option<String>,
+}
+
+impl PromotionWatch {
+    /// Evaluates the view; returns the reason to show when it changed.
+    fn check(&mut self, cfg: &AgentConfig, members: &[Member]) -> Option<String> {
+        let now = std::time::Instant::now();
+        let hosts = self.clock.observe(now, members);
+        let turn = shape::promotion_turn(
+            &cfg.node_name,
+            &hosts,
+            published_etcd_roster(members),
+            cfg.servers as usize,
+            cfg.departed_server_grace_period,
+        );
+        let reason = match turn {
+            Ok(()) => {
+                self.eligible_since.get_or_insert(now);
+                Some("the cluster is short of servers: this worker is next to become one".into())
+            }
+            Err(reason) => {
+                self.eligible_since = None;
+                reason
+            }
+        };
+        if reason == self.last_reason {
+            return None;
+        }
+        self.last_reason = reason.clone();
+        Some(reason.unwrap_or_else(|| "worker ready".into()))
+    }
+
+    fn due(&self) -> bool {
+        self.eligible_since
+            .is_some_and(|t| t.elapsed() >= shape::PROMOTION_SETTLE)
     }
 }

@@ -19,5 +19,6 @@ pub mod process;
 pub mod release;
 pub mod rke2;
 pub mod secret;
+pub mod shape;
 pub mod state;
 pub mod status;

@@ -73,7 +73,7 @@ where
                     .lock()
                     .map(|r| r.clone())
                     .unwrap_or_else(|p| p.into_inner().clone());
-                snapshot.members = view.borrow().iter().map(MemberSummary::from).collect();
+                snapshot.members = MemberSummary::of_view(&view.borrow());
                 snapshot.transport = stats();
                 snapshot
             };
@@ -130,8 +130,16 @@ pub fn print_members(report: &StatusReport, json: bool, out: &mut impl Write) ->
 /// READY says whether the member can be used now: a member that left or is dead is not, whatever
 /// it last reported.
 pub fn members_table(members: &[MemberSummary]) -> String {
-    const HEADER: [&str; 6] = ["NAME", "GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY"];
-    let rows: Vec<[String; 7]> = members
+    const HEADER: [&str; 7] = [
+        "NAME",
+        "GOSSIP ADDR",
+        "ROLE",
+        "PHASE",
+        "STATUS",
+        "READY",
+        "ETCD",
+    ];
+    let rows: Vec<[String; 8]> = members
         .iter()
         .map(|m| {
             let status = if m.left {
@@ -149,6 +157,7 @@ pub fn members_table(members: &[MemberSummary]) -> String {
                 m.phase.to_string(),
                 status.to_string(),
                 if ready { "yes" } else { "no" }.to_string(),
+                m.etcd.clone().unwrap_or_else(|| "-".to_string()),
                 if m.initializer { "(first server)" } else { "" }.to_string(),
             ]
         })
@@ -195,6 +204,7 @@ mod tests {
             ack: None,
             agent_version: None,
             rke2_version: None,
+            etcd: None,
         }
     }
 
@@ -208,6 +218,7 @@ mod tests {
         );
         long.gossip_addr = "[fd00:1234:5678::101]:7947".parse().unwrap();
         long.initializer = true;
+        long.etcd = Some("learner,silent".into());
         let table = members_table(&[member("s1", Role::Server, Phase::Ready), long]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
@@ -222,9 +233,9 @@ mod tests {
             starts
         };
         let header = starts(lines[0]);
-        assert_eq!(header.len(), 6, "{table}");
+        assert_eq!(header.len(), 7, "{table}");
         for row in &lines[1..] {
-            assert_eq!(starts(row)[..6], header[..], "{table}");
+            assert_eq!(starts(row)[..7], header[..], "{table}");
         }
         assert!(lines[2].ends_with("  (first server)"), "{table}");
         assert!(lines.iter().all(|l| !l.ends_with(' ')), "{table}");

@@ -282,6 +282,8 @@ pub(crate) mod tests {
             token: None,
             agent_version: None,
             rke2_version: None,
+            promotable: false,
+            etcd_members: None,
         }
     }
 

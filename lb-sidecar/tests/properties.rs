@@ -73,6 +73,8 @@ fn member() -> impl Strategy<Value = Member> {
                 token: None,
                 agent_version: None,
                 rke2_version: None,
+                promotable: false,
+                etcd_members: None,
             },
         )
 }
@@ -208,6 +210,8 @@ proptest! {
             token: None,
             agent_version: None,
             rke2_version: None,
+            promotable: false,
+            etcd_members: None,
         };
         let view = routable_view(&[member], Some(CA));
         prop_assert!(view.upstreams.is_empty());

@@ -187,7 +187,7 @@ fn members_json_lists_every_member_with_the_documented_fields() {
     );
     // Aligned: every column of every row starts under its header.
     let header = table.lines().next().unwrap();
-    for column in ["GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY"] {
+    for column in ["GOSSIP ADDR", "ROLE", "PHASE", "STATUS", "READY", "ETCD"] {
         let at = header.find(column).unwrap();
         // The rows end at the blank line before what this host waits for.
         for row in table.lines().skip(1).take_while(|l| !l.is_empty()) {

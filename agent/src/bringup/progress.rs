@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!   Electing --settle(plan)--> Settled --configured--> Configured --started--> Started --joined--> Joined
-//!      ^                          |
-//!      +------ reset_join --------+   (operator: `election release`, only before any config is written)
+//!     ^                          |  ^                                                                 |
+//!     +------ reset_join --------+  +----------- promote (join-as-agent -> join-as-server) -----------+
 //! ```
+//!
+//! `reset_join`: an operator's `election release`, only before any config is written. `promote`:
+//! an `auto` worker becomes a server when the cluster is short of one (day 2, [`crate::shape`]).
 //!
 //! Each variant is a step this host reached and persisted before acting on it; the only way
 //! forward is the transition method for that step, and any other move is an [`IllegalStep`]
@@ -193,6 +196,19 @@ impl Progress {
         }
     }
 
+    /// A worker of the cluster becomes a server: the cluster is short of one and this `auto`
+    /// host's turn came ([`crate::shape::promotion_turn`]). It joins again, as a server, through
+    /// the same steps and the same join turn as any server.
+    pub fn promote(self) -> Result<Progress, IllegalStep> {
+        match self {
+            Progress::Joined(Plan::JoinAsAgent) => Ok(Progress::Settled(Plan::JoinAsServer)),
+            from => Err(IllegalStep {
+                from,
+                action: "promote a worker",
+            }),
+        }
+    }
+
     /// The phase peers see; `voted`: the persisted election state holds a vote of this host.
     pub fn phase(self, voted: bool, run: RunFacts) -> Phase {
         match self {
@@ -240,6 +256,18 @@ mod tests {
             ]);
         }
         steps
+    }
+
+    #[test]
+    fn only_a_joined_worker_is_promoted_and_it_joins_again_as_a_server() {
+        for from in all_steps() {
+            let promoted = from.promote();
+            if from == Progress::Joined(Plan::JoinAsAgent) {
+                assert_eq!(promoted, Ok(Progress::Settled(Plan::JoinAsServer)));
+            } else {
+                assert!(promoted.is_err(), "{from} promoted");
+            }
+        }
     }
 
     #[test]

@@ -477,7 +477,7 @@ impl AgentConfig {
         }
         // A short dead-member-grace-period (at least 5m) pulls the default down with it.
         let departed_server_grace_period = raw.departed_server_grace_period.unwrap_or_else(|| {
-            crate::rke2::rejoin::DEFAULT_DEPARTED_GRACE.min(dead_member_grace_period / 2)
+            crate::shape::DEFAULT_DEPARTED_GRACE.min(dead_member_grace_period / 2)
         });
         if departed_server_grace_period.is_zero()
             || departed_server_grace_period >= dead_member_grace_period

@@ -4,6 +4,7 @@
 //! [`Member`]s, leave. No module outside this one touches chitchat or raw gossip keys.
 
 pub mod cluster;
+pub mod etcd_roster;
 pub mod keyring;
 pub mod pacing;
 pub mod schema;

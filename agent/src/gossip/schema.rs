@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use crate::gossip::etcd_roster::EtcdRoster;
 use crate::secret::Secret;
 
 /// Raw key names. Private on purpose: callers go through [`Announcement::to_key_values`] and
@@ -27,6 +28,8 @@ mod key {
     pub const LEAVING: &str = "leaving";
     pub const AGENT_VERSION: &str = "agent-version";
     pub const RKE2_VERSION: &str = "rke2-version";
+    pub const PROMOTABLE: &str = "promotable";
+    pub const ETCD_MEMBERS: &str = "etcd-members";
     /// Written last when a node joins gossip: until it is present the node is "half-announced"
     /// and hidden from the live view (chitchat's `extra_liveness_predicate`).
     pub const ANNOUNCED: &str = "announced";
@@ -250,6 +253,10 @@ pub struct Announcement {
     pub token: Option<Secret>,
     pub leaving: bool,
     pub rke2_version: Option<String>,
+    /// A worker that may become a server when the cluster is short of one (`role: auto`).
+    pub promotable: bool,
+    /// The etcd member list, published by the steward server only (see [`crate::shape`]).
+    pub etcd_members: Option<EtcdRoster>,
 }
 
 impl Announcement {
@@ -271,6 +278,8 @@ impl Announcement {
             token: None,
             leaving: false,
             rke2_version: None,
+            promotable: false,
+            etcd_members: None,
         }
     }
 
@@ -297,6 +306,11 @@ impl Announcement {
                 Some(env!("CARGO_PKG_VERSION").to_string()),
             ),
             (key::RKE2_VERSION, self.rke2_version.clone()),
+            (key::PROMOTABLE, flag(self.promotable)),
+            (
+                key::ETCD_MEMBERS,
+                self.etcd_members.as_ref().map(EtcdRoster::encode),
+            ),
             (key::ANNOUNCED, Some("true".to_string())),
         ]
     }
@@ -334,6 +348,8 @@ pub struct Member {
     pub token: Option<Secret>,
     pub agent_version: Option<String>,
     pub rke2_version: Option<String>,
+    pub promotable: bool,
+    pub etcd_members: Option<EtcdRoster>,
 }
 
 impl Member {
@@ -391,6 +407,11 @@ impl Member {
                 .map_err(|_| errors.push(SchemaError::bad(key::TOKEN, "<redacted>")))
                 .ok()
         });
+        let etcd_members = parse(key::ETCD_MEMBERS).and_then(|v| {
+            EtcdRoster::decode(&v)
+                .map_err(|_| errors.push(SchemaError::bad(key::ETCD_MEMBERS, &v)))
+                .ok()
+        });
         let leaving = kv.get(key::LEAVING) == Some(&"true");
         let liveness = match (alive, leaving) {
             (_, true) => Liveness::Left,
@@ -414,6 +435,8 @@ impl Member {
             token,
             agent_version: kv.get(key::AGENT_VERSION).map(|v| v.to_string()),
             rke2_version: kv.get(key::RKE2_VERSION).map(|v| v.to_string()),
+            promotable: kv.get(key::PROMOTABLE) == Some(&"true"),
+            etcd_members,
         };
         Some((member, errors))
     }
@@ -462,6 +485,8 @@ impl Member {
             token: None,
             agent_version: None,
             rke2_version: None,
+            promotable: false,
+            etcd_members: None,
         }
     }
 
@@ -496,6 +521,49 @@ pub struct MemberSummary {
     pub ack: Option<String>,
     pub agent_version: Option<String>,
     pub rke2_version: Option<String>,
+    /// A server's etcd membership as the steward last published it: `voter`, `learner`
+    /// (joining), `removed` (not in the list), with `,silent` when its member does not answer.
+    /// `None` for other roles, or while no server publishes the list.
+    #[serde(default)]
+    pub etcd: Option<String>,
+}
+
+impl MemberSummary {
+    /// Every member of `view`, each server with its etcd standing from the steward's roster.
+    pub fn of_view(view: &[Member]) -> Vec<MemberSummary> {
+        let roster = published_etcd_roster(view);
+        view.iter()
+            .map(|m| {
+                let mut summary = MemberSummary::from(m);
+                if m.role == Role::Server {
+                    summary.etcd = roster.map(|r| etcd_standing(r, &m.name).to_string());
+                }
+                summary
+            })
+            .collect()
+    }
+}
+
+/// The etcd roster the cluster goes by: the one published by the lowest-named live server that
+/// publishes one (the steward; during a change of steward, two may publish for a moment).
+pub fn published_etcd_roster(view: &[Member]) -> Option<&EtcdRoster> {
+    view.iter()
+        .filter(|m| m.role == Role::Server && m.is_alive())
+        .filter_map(|m| Some((m.name.as_str(), m.etcd_members.as_ref()?)))
+        .min_by_key(|(name, _)| *name)
+        .map(|(_, roster)| roster)
+}
+
+fn etcd_standing(roster: &EtcdRoster, node: &str) -> &'static str {
+    match roster.seat(node) {
+        None => "removed",
+        Some(seat) => match (seat.learner, seat.answering) {
+            (false, true) => "voter",
+            (false, false) => "voter,silent",
+            (true, true) => "learner",
+            (true, false) => "learner,silent",
+        },
+    }
 }
 
 impl From<&Member> for MemberSummary {
@@ -516,6 +584,7 @@ impl From<&Member> for MemberSummary {
             ack: m.ack.as_ref().map(Vote::encode),
             agent_version: m.agent_version.clone(),
             rke2_version: m.rke2_version.clone(),
+            etcd: None,
         }
     }
 }

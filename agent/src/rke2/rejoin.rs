@@ -14,12 +14,8 @@
 //! - its node-password entry is removed: harmless for a node that merely joins slowly, since its
 //!   next registration stores its password again.
 //!
-//! A server that left (gossip shows it leaving or dead) for `departed-server-grace-period`
-//! ([`DEFAULT_DEPARTED_GRACE`]) loses its etcd member the same way, once that member stops
-//! answering: etcd adds no member at all, not even a learner, while a voting member is
-//! unreachable ("unhealthy cluster"), so a server that is gone for good would otherwise block
-//! every replacement. A server that comes back after that rejoins like a wiped one (RKE2 moves a
-//! removed member's data aside and joins again).
+//! Servers gone for good are another matter, kept by [`crate::shape`]: their removal waits for
+//! the departed grace and takes the one-at-a-time turn.
 //!
 //! etcd is reached as RKE2's own tools reach it: over TLS on the client port, trusting
 //! `server/tls/etcd/server-ca.crt` and presenting `server/tls/etcd/server-client.{crt,key}`
@@ -48,16 +44,6 @@ use crate::gossip::schema::{Liveness, Member, Phase, Role};
 /// How long a peer must look alive and not ready before its leftovers are removed: longer than a
 /// restarting server needs to bring its etcd member back.
 pub const STUCK_GRACE: Duration = Duration::from_secs(15);
-/// How long a server must have been gone from gossip before its member is removed, unless
-/// `departed-server-grace-period` says otherwise. A server that is rebooting must keep its
-/// member: removed, it comes back to an etcd that no longer knows it, and RKE2 moves its data
-/// aside and joins anew (a full resync, and one more learner turn for the whole cluster). A
-/// reboot of a physical server is firmware POST (2-5 minutes on machines with many DIMMs or RAID
-/// controllers), the OS, then RKE2 starting etcd, so under 10 minutes, a kernel update included.
-/// 15 minutes covers that with margin, while a server gone for good blocks new servers (etcd
-/// adds no member while a voting one is unreachable) for a quarter of an hour only; the
-/// cluster keeps serving meanwhile.
-pub const DEFAULT_DEPARTED_GRACE: Duration = Duration::from_secs(15 * 60);
 /// Where RKE2 keeps the CA its etcd's serving certificates are signed by.
 pub const ETCD_SERVER_CA: &str = "/var/lib/rancher/rke2/server/tls/etcd/server-ca.crt";
 /// The etcd client certificate on an RKE2 server (signed by [`ETCD_SERVER_CA`], client auth).
@@ -75,6 +61,8 @@ pub struct EtcdMember {
     pub id: u64,
     /// `<node-name>-<suffix>`; empty for a learner that never started.
     pub name: String,
+    /// Not yet promoted to a voter (a join in flight).
+    pub learner: bool,
     /// Its client URL answered just now (any answer: the process runs).
     pub answering: bool,
 }
@@ -99,26 +87,11 @@ pub enum Step {
 /// The decision: for each stuck node, its members that do not answer and its password entry.
 /// Nothing at all without quorum (etcd would refuse, and a cluster without quorum is no place to
 /// judge which member is stale).
-pub fn plan(
-    stuck: &[String],
-    departed: &[String],
-    members: &[EtcdMember],
-    quorum: bool,
-) -> Vec<Step> {
+pub fn plan(stuck: &[String], members: &[EtcdMember], quorum: bool) -> Vec<Step> {
     if !quorum {
         return Vec::new();
     }
     let mut steps = Vec::new();
-    for node in departed {
-        for m in members {
-            if !m.name.is_empty() && m.node_name() == node && !m.answering {
-                steps.push(Step::RemoveMember {
-                    node: node.clone(),
-                    id: m.id,
-                });
-            }
-        }
-    }
     for node in stuck {
         for m in members {
             if !m.name.is_empty() && m.node_name() == node && !m.answering {
@@ -133,45 +106,13 @@ pub fn plan(
     steps
 }
 
-/// Peers that look alive but have not been ready for [`STUCK_GRACE`], and servers gone from
-/// gossip for `departed_grace`, tracked across sweeps.
-#[derive(Debug)]
+/// Peers that look alive but have not been ready for [`STUCK_GRACE`], tracked across sweeps.
+#[derive(Debug, Default)]
 pub struct StuckClock {
-    departed_grace: Duration,
     since: HashMap<String, Instant>,
-    departed_since: HashMap<String, Instant>,
 }
 
 impl StuckClock {
-    pub fn new(departed_grace: Duration) -> Self {
-        StuckClock {
-            departed_grace,
-            since: HashMap::new(),
-            departed_since: HashMap::new(),
-        }
-    }
-
-    /// Servers that left or died, for at least the departed grace.
-    pub fn departed(&mut self, now: Instant, members: &[Member]) -> Vec<String> {
-        let gone: Vec<&Member> = members
-            .iter()
-            .filter(|m| m.role == Role::Server && m.liveness != Liveness::Alive)
-            .collect();
-        self.departed_since
-            .retain(|name, _| gone.iter().any(|m| &m.name == name));
-        for m in &gone {
-            self.departed_since.entry(m.name.clone()).or_insert(now);
-        }
-        let mut departed: Vec<String> = self
-            .departed_since
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) >= self.departed_grace)
-            .map(|(n, _)| n.clone())
-            .collect();
-        departed.sort();
-        departed
-    }
-
     pub fn observe(&mut self, now: Instant, self_name: &str, members: &[Member]) -> Vec<String> {
         let waiting: Vec<&Member> = members
             .iter()
@@ -297,6 +238,7 @@ impl Etcd {
             members.push(EtcdMember {
                 id,
                 name: m["name"].as_str().unwrap_or_default().to_string(),
+                learner: m["isLearner"].as_bool().unwrap_or(false),
                 answering,
             });
         }
@@ -355,17 +297,15 @@ pub fn spawn(
     self_name: String,
     etcd_client: SocketAddr,
     root: PathBuf,
-    departed_grace: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut clock = StuckClock::new(departed_grace);
+        let mut clock = StuckClock::default();
         loop {
             tokio::time::sleep(SWEEP_INTERVAL).await;
             let members = view.borrow().clone();
             let now = Instant::now();
             let stuck = clock.observe(now, &self_name, &members);
-            let departed = clock.departed(now, &members);
-            if stuck.is_empty() && departed.is_empty() {
+            if stuck.is_empty() {
                 continue;
             }
             // Loaded afresh: RKE2 renews these certificates.
@@ -376,20 +316,20 @@ pub fn spawn(
                     continue;
                 }
             };
-            if let Err(err) = sweep(&etcd, &stuck, &departed).await {
+            if let Err(err) = sweep(&etcd, &stuck).await {
                 debug!(error = %format!("{err:#}"), "rejoin sweep skipped");
             }
         }
     })
 }
 
-async fn sweep(etcd: &Etcd, stuck: &[String], departed: &[String]) -> Result<()> {
+async fn sweep(etcd: &Etcd, stuck: &[String]) -> Result<()> {
     let members = etcd.members().await?;
     let quorum = etcd.has_quorum().await;
     if !quorum {
         warn!(stuck = ?stuck, "peers are stuck joining but etcd has no quorum: removing nothing");
     }
-    for step in plan(stuck, departed, &members, quorum) {
+    for step in plan(stuck, &members, quorum) {
         match step {
             Step::RemoveMember { node, id } => match etcd.remove_member(id).await {
                 Ok(()) => {
@@ -417,6 +357,7 @@ mod tests {
         EtcdMember {
             id,
             name: name.into(),
+            learner: false,
             answering,
         }
     }
@@ -429,7 +370,7 @@ mod tests {
             member(3, "server-3-cccc", true),
         ];
         assert_eq!(
-            plan(&["server-1".into()], &[], &members, true),
+            plan(&["server-1".into()], &members, true),
             [
                 Step::RemoveMember {
                     node: "server-1".into(),
@@ -449,7 +390,7 @@ mod tests {
             member(2, "server-2-b", true),
         ];
         assert_eq!(
-            plan(&["server-1".into()], &[], &members, true),
+            plan(&["server-1".into()], &members, true),
             [Step::ForgetPassword {
                 node: "server-1".into()
             }]
@@ -462,7 +403,7 @@ mod tests {
             member(1, "server-1-aaaa", false),
             member(2, "server-2-b", false),
         ];
-        assert!(plan(&["server-1".into()], &[], &members, false).is_empty());
+        assert!(plan(&["server-1".into()], &members, false).is_empty());
     }
 
     #[test]
@@ -473,14 +414,14 @@ mod tests {
             member(3, "server-1-cccc", true),
         ];
         assert_eq!(
-            plan(&["server-1".into()], &[], &members, true),
+            plan(&["server-1".into()], &members, true),
             [Step::ForgetPassword {
                 node: "server-1".into()
             }]
         );
         // An agent has no member: only its password goes.
         assert_eq!(
-            plan(&["agent-1".into()], &[], &members, true),
+            plan(&["agent-1".into()], &members, true),
             [Step::ForgetPassword {
                 node: "agent-1".into()
             }]
@@ -497,7 +438,7 @@ mod tests {
 
     #[test]
     fn peers_count_as_stuck_only_after_the_grace_while_they_keep_waiting() {
-        let mut clock = StuckClock::new(DEFAULT_DEPARTED_GRACE);
+        let mut clock = StuckClock::default();
         let t0 = Instant::now();
         let view = vec![
             peer("me", Role::Server, Phase::Ready),
@@ -516,66 +457,6 @@ mod tests {
             .is_empty());
         assert_eq!(clock.observe(later, "me", &view), ["b"]);
         assert_eq!(clock.observe(later + STUCK_GRACE, "me", &view), ["a", "b"]);
-    }
-
-    #[test]
-    fn a_departed_server_loses_its_member_once_it_is_silent() {
-        let members = [
-            member(1, "server-1-aaaa", true),
-            member(2, "server-2-bbbb", false),
-            member(3, "server-3-cccc", true),
-        ];
-        let departed = ["server-2".to_string(), "server-3".to_string()];
-        assert_eq!(
-            plan(&[], &departed, &members, true),
-            [Step::RemoveMember {
-                node: "server-2".into(),
-                id: 2
-            }]
-        );
-        assert!(plan(&[], &departed, &members, false).is_empty());
-    }
-
-    #[test]
-    fn departed_servers_count_after_their_grace() {
-        let grace = Duration::from_secs(5);
-        let mut clock = StuckClock::new(grace);
-        let t0 = Instant::now();
-        let mut gone = peer("s", Role::Server, Phase::Ready);
-        gone.liveness = Liveness::Left;
-        let mut agent = peer("w", Role::Agent, Phase::Ready);
-        agent.liveness = Liveness::Dead;
-        let view = vec![gone, agent, peer("t", Role::Server, Phase::Ready)];
-        assert!(clock.departed(t0, &view).is_empty());
-        assert!(clock.departed(t0 + grace / 2, &view).is_empty());
-        assert_eq!(clock.departed(t0 + grace, &view), ["s"]);
-    }
-
-    #[test]
-    fn a_rebooting_server_keeps_its_member_under_the_default_grace() {
-        let mut clock = StuckClock::new(DEFAULT_DEPARTED_GRACE);
-        let t0 = Instant::now();
-        let mut rebooting = peer("s", Role::Server, Phase::Ready);
-        rebooting.liveness = Liveness::Dead;
-        let view = vec![rebooting, peer("t", Role::Server, Phase::Ready)];
-        assert!(clock.departed(t0, &view).is_empty());
-        // The former fixed 30 s, and a slow reboot of ten minutes: still not departed.
-        for down in [30, 10 * 60] {
-            assert!(clock
-                .departed(t0 + Duration::from_secs(down), &view)
-                .is_empty());
-        }
-        // Back before the grace: its clock starts over on the next departure.
-        let back = vec![peer("s", Role::Server, Phase::Ready)];
-        assert!(clock
-            .departed(t0 + DEFAULT_DEPARTED_GRACE, &back)
-            .is_empty());
-        assert!(clock
-            .departed(
-                t0 + DEFAULT_DEPARTED_GRACE * 2 - Duration::from_secs(1),
-                &view
-            )
-            .is_empty());
     }
 
     #[test]

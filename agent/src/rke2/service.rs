@@ -89,6 +89,12 @@ impl ServiceManager {
         }
     }
 
+    /// `systemctl disable --now <unit>` (blocking: the caller starts a unit that must not run
+    /// beside it, now or after a reboot).
+    pub async fn disable_now(&self, unit: &str) -> Result<()> {
+        self.expect_success(&["disable", "--now", unit]).await
+    }
+
     /// `systemctl stop <unit>` (blocking: stopping is quick and the caller needs it done).
     pub async fn stop(&self, unit: &str) -> Result<()> {
         self.expect_success(&["stop", unit]).await

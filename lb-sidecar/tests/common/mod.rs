@@ -186,6 +186,8 @@ pub fn server(name: &str, addr: IpAddr) -> Member {
         token: None,
         agent_version: None,
         rke2_version: None,
+        promotable: false,
+        etcd_members: None,
     }
 }
 
