@@ -238,20 +238,31 @@ pub fn promotion_turn(
             joiner.name
         )));
     }
-    let first = hosts
+    let mut candidates: Vec<&str> = hosts
         .iter()
         .filter(|h| {
             h.promotable && h.role == Role::Agent && h.liveness == Liveness::Alive && h.ready
         })
         .map(|h| h.name.as_str())
-        .min();
-    match first {
-        Some(name) if name == me => Ok(()),
-        Some(name) => Err(Some(format!(
-            "{voters} of {target} servers; {name} is promoted first"
-        ))),
-        None => Err(Some(format!(
+        .collect();
+    candidates.sort_unstable();
+    // Four voters tolerate no more failures than three and need one more for quorum: step into an
+    // even count only when a second promotion can follow to the odd one.
+    if candidates.is_empty() {
+        return Err(Some(format!(
             "{voters} of {target} servers and no ready auto worker to promote"
+        )));
+    }
+    if (voters + 1) % 2 == 0 && voters + 1 < target && candidates.len() < 2 {
+        return Err(Some(format!(
+            "{voters} of {target} servers; one auto worker would make an even number, and no second \
+             one could follow"
+        )));
+    }
+    match candidates[0] {
+        first if first == me => Ok(()),
+        first => Err(Some(format!(
+            "{voters} of {target} servers; {first} is promoted first"
         ))),
     }
 }
@@ -468,6 +479,34 @@ mod tests {
         );
         // Nobody publishes etcd's view: nothing is known, nothing is done.
         assert_eq!(promotion_turn("w1", &hosts, None, 3, GRACE), Err(None));
+    }
+
+    #[test]
+    fn no_promotion_into_an_even_count_that_nothing_can_follow() {
+        let hosts = [
+            host("s1", Role::Server, Liveness::Alive, 0),
+            host("s2", Role::Server, Liveness::Alive, 0),
+            host("s3", Role::Server, Liveness::Alive, 0),
+            host("w1", Role::Agent, Liveness::Alive, 0),
+        ];
+        let three = roster(&[
+            ("s1", false, true),
+            ("s2", false, true),
+            ("s3", false, true),
+        ]);
+        assert!(matches!(
+            promotion_turn("w1", &hosts, Some(&three), 5, GRACE),
+            Err(Some(w)) if w.contains("even")
+        ));
+        let mut two_workers = hosts.to_vec();
+        two_workers.push(host("w2", Role::Agent, Liveness::Alive, 0));
+        assert_eq!(
+            promotion_turn("w1", &two_workers, Some(&three), 5, GRACE),
+            Ok(())
+        );
+        // Two of three: the third makes it odd, whatever follows.
+        let two = roster(&[("s1", false, true), ("s2", false, true)]);
+        assert_eq!(promotion_turn("w1", &hosts, Some(&two), 3, GRACE), Ok(()));
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! Day 2 against the etcd-backed stand-in: servers powered off for good are removed after the
+//! departed grace, `auto` workers are promoted to restore `servers`, and the LB follows each step.
+//!
+//! Loopback test ids used here: 132 to 139.
+
+use std::time::Duration;
+
+use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::wait_until;
+
+const FORMATION: Duration = Duration::from_secs(120);
+/// Short, so that the tests do not wait the production 15 minutes; long enough that gossip's
+/// failure detector has long settled.
+const GRACE: &str = "8s";
+/// A removal (grace + a steward round) and then a promotion (settle time, install, join turn,
+/// etcd learner, ready).
+const REPAIR: Duration = Duration::from_secs(120);
+
+/// `hosts` all `role: auto` with the given `servers` target, an LB in front, a short grace.
+fn auto_cluster(test_id: u8, hosts: &[&str], servers: u32) -> TestCluster {
+    let layout: Vec<(&str, &'static str)> = hosts.iter().map(|h| (*h, "auto")).collect();
+    let mut spec = ClusterSpec::new(test_id, &layout).with_lb();
+    spec.servers = servers;
+    let mut cluster = TestCluster::new(spec).unwrap();
+    for host in hosts {
+        cluster
+            .host_mut(host)
+            .extra
+            .push(("departed-server-grace-period".into(), GRACE.into()));
+    }
+    cluster.start_lb().unwrap();
+    cluster.start_all().unwrap();
+    cluster
+}
+
+fn with_role<'a>(cluster: &TestCluster, hosts: &[&'a str], role: Role) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .copied()
+        .filter(|h| cluster.role_of(h) == Some(role))
+        .collect()
+}
+
+/// The ETCD column of `members` on `observer`, per server name.
+fn etcd_column(cluster: &TestCluster, observer: &str) -> Vec<(String, Option<String>)> {
+    let mut column: Vec<(String, Option<String>)> = cluster
+        .members_seen_by(observer)
+        .into_iter()
+        .filter(|m| m.role == Role::Server && m.alive)
+        .map(|m| (m.name, m.etcd))
+        .collect();
+    column.sort();
+    column
+}
+
+/// Three servers and two `auto` workers; one server loses power for good. After the grace the
+/// steward removes its etcd member, the lowest-named worker becomes a server and joins through the
+/// LB, and the etcd member list is the three live servers again, with the LB routing to them.
+#[test]
+fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
+    let hosts = ["host-1", "host-2", "host-3", "host-4", "host-5"];
+    let mut cluster = auto_cluster(132, &hosts, 3);
+    cluster
+        .wait_for_phase(&hosts, Phase::Ready, FORMATION)
+        .unwrap();
+    let servers = with_role(&cluster, &hosts, Role::Server);
+    let workers = with_role(&cluster, &hosts, Role::Agent);
+    assert_eq!((servers.len(), workers.len()), (3, 2), "{servers:?}");
+    cluster
+        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
+        .unwrap();
+    cluster
+        .wait_for_lb_servers(&servers, Duration::from_secs(30))
+        .unwrap();
+    // Every host, a worker included, shows the servers' etcd standing from the steward's roster.
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let column = etcd_column(&cluster, workers[0]);
+        let want: Vec<(String, Option<String>)> = servers
+            .iter()
+            .map(|s| (s.to_string(), Some("voter".to_string())))
+            .collect();
+        if column == want {
+            Ok(())
+        } else {
+            Err(format!("{column:?}"))
+        }
+    })
+    .unwrap();
+
+    let gone = servers[1];
+    cluster.power_off(gone).unwrap();
+    let live: Vec<&str> = servers.iter().copied().filter(|s| *s != gone).collect();
+    // The LB drops it at once (gossip's failure detector), long before the grace.
+    cluster
+        .wait_for_lb_servers(&live, Duration::from_secs(30))
+        .unwrap();
+
+    let promoted = workers[0];
+    let mut after: Vec<&str> = live.clone();
+    after.push(promoted);
+    cluster
+        .wait_for_one_etcd_cluster(&after, REPAIR)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    cluster
+        .wait_for_phase(&after, Phase::Ready, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(cluster.role_of(promoted), Some(Role::Server));
+    assert_eq!(
+        cluster.role_of(workers[1]),
+        Some(Role::Agent),
+        "two promoted"
+    );
+    cluster
+        .wait_for_lb_servers(&after, Duration::from_secs(30))
+        .unwrap();
+    // One removal, by one server.
+    let removers: Vec<&str> = live
+        .iter()
+        .copied()
+        .filter(|s| {
+            cluster
+                .host(s)
+                .log()
+                .contains("removed the etcd member of a server gone for good")
+        })
+        .collect();
+    assert_eq!(removers.len(), 1, "{removers:?}\n{}", cluster.logs_tail());
+    // The promoted host runs the server and no longer the agent.
+    let calls = cluster.host(promoted).service_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|(_, c)| c.contains("disable --now rke2-agent")),
+        "{calls:?}"
+    );
+}
