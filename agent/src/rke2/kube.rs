@@ -105,7 +105,7 @@ impl KubeAdmin {
             .call(reqwest::Method::DELETE, &format!("/api/v1/nodes/{name}"))
             .await?;
         let outcome = deletion(status)
-            .map_err(|()| refusal(&format!("deleting node {name}"), status, &body))?;
+            .ok_or_else(|| refusal(&format!("deleting node {name}"), status, &body))?;
         match outcome {
             NodeDeletion::Deleted => info!(node = name, "deleted the node object"),
             NodeDeletion::Absent => debug!(node = name, "no node object to delete"),
@@ -130,13 +130,13 @@ impl KubeAdmin {
     }
 }
 
-/// The outcome of a DELETE by its status; `Err` for every status that is no answer to keep.
-fn deletion(status: u16) -> std::result::Result<NodeDeletion, ()> {
+/// The outcome of a DELETE by its status; `None` for a refusal or a failure.
+fn deletion(status: u16) -> Option<NodeDeletion> {
     match status {
         // 202: accepted, the finalizer still runs; the same to the caller.
-        200 | 202 => Ok(NodeDeletion::Deleted),
-        404 => Ok(NodeDeletion::Absent),
-        _ => Err(()),
+        200 | 202 => Some(NodeDeletion::Deleted),
+        404 => Some(NodeDeletion::Absent),
+        _ => None,
     }
 }
 
@@ -193,10 +193,10 @@ mod tests {
 
     #[test]
     fn deletion_statuses() {
-        assert_eq!(deletion(200), Ok(NodeDeletion::Deleted));
-        assert_eq!(deletion(404), Ok(NodeDeletion::Absent));
+        assert_eq!(deletion(200), Some(NodeDeletion::Deleted));
+        assert_eq!(deletion(404), Some(NodeDeletion::Absent));
         for status in [401, 403, 409, 500, 503] {
-            assert_eq!(deletion(status), Err(()), "{status}");
+            assert_eq!(deletion(status), None, "{status}");
         }
         let forbidden = refusal(
             "deleting node server-1",
