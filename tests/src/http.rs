@@ -100,8 +100,10 @@ pub fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -232,15 +234,29 @@ pub async fn https_get_as(
     identity: Option<&ClientIdentity>,
     timeout: Duration,
 ) -> Result<Response> {
-    tokio::time::timeout(
-        timeout,
-        https_get_inner(base, path, headers, trust, identity),
-    )
-    .await
-    .with_context(|| format!("{base}{path}: no answer within {timeout:?}"))?
+    https_request_as("GET", base, path, headers, trust, identity, timeout).await
 }
 
-async fn https_get_inner(
+/// A request of any method without a body (`DELETE`), as [`https_get_as`].
+pub async fn https_request_as(
+    method: &str,
+    base: &BaseUrl,
+    path: &str,
+    headers: &[(&str, &str)],
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> Result<Response> {
+    tokio::time::timeout(
+        timeout,
+        https_request_inner(method, base, path, headers, trust, identity),
+    )
+    .await
+    .with_context(|| format!("{method} {base}{path}: no answer within {timeout:?}"))?
+}
+
+async fn https_request_inner(
+    method: &str,
     base: &BaseUrl,
     path: &str,
     headers: &[(&str, &str)],
@@ -258,7 +274,7 @@ async fn https_get_inner(
         .await
         .with_context(|| format!("tls handshake with {base}"))?;
     let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rke2-standin\r\nAccept: */*\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rke2-standin\r\nAccept: */*\r\nConnection: close\r\n",
         base.host
     );
     for (name, value) in headers {
@@ -471,6 +487,20 @@ pub fn https_get_blocking_as(
     identity: Option<&ClientIdentity>,
     timeout: Duration,
 ) -> Result<Response> {
+    https_request_blocking_as("GET", addr, path, headers, trust, identity, timeout)
+}
+
+/// Blocking form of [`https_request_as`].
+pub fn https_request_blocking_as(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    trust: &Trust,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> Result<Response> {
+    let method = method.to_string();
     let identity = identity.cloned();
     let base = BaseUrl::https(addr.ip(), addr.port());
     let path = path.to_string();
@@ -487,7 +517,8 @@ pub fn https_get_blocking_as(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        runtime.block_on(https_get_as(
+        runtime.block_on(https_request_as(
+            &method,
             &base,
             &path,
             &headers,

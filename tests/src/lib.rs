@@ -86,7 +86,7 @@ fn bin_dir() -> PathBuf {
 
 /// `127.<test_id>.0.<host>`: the address of simulated host `host` in test `test_id`. Every test
 /// that binds addresses takes its own `test_id`, so tests running in parallel (in one binary or
-/// across binaries) never share one. `tests/tests/standin.rs` uses ids 200 to 229.
+/// across binaries) never share one. `tests/tests/standin.rs` uses ids 200 to 229, and 129.
 pub fn loopback_ip(test_id: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, test_id, 0, host))
 }

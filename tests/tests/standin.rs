@@ -1,7 +1,7 @@
 //! The stand-ins, exercised through their contracts: the installer script, the fake service
 //! manager, the `rke2-standin` server and agent, and the harness pieces around them.
 //!
-//! Loopback test ids used here: 200 to 229.
+//! Loopback test ids used here: 200 to 229, and 129.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rke2_bootstrap::rke2::kube::{self, KubeAdmin, NodeDeletion};
 use rke2_bootstrap_tests::http::{
-    https_get_blocking, https_get_blocking_as, ClientIdentity, Response, Trust,
+    https_get_blocking, https_get_blocking_as, https_request_blocking_as, ClientIdentity, Response,
+    Trust,
 };
 use rke2_bootstrap_tests::process::processes_under;
-use rke2_bootstrap_tests::standin::{ca_hash, Token};
+use rke2_bootstrap_tests::standin::{ca_hash, etcd, Token};
 use rke2_bootstrap_tests::{
     fixture_path, install_script, loopback_ip, wait_until, ChildGuard, FailMode, HostRoot,
     InstallerServer, TcpProxy,
@@ -74,6 +76,16 @@ fn code(out: &Output) -> i32 {
 /// Each host gets its own node name (from its address): RKE2 refuses a second node of one name.
 fn server_config(ip: IpAddr, token: &str, server: Option<SocketAddr>, sans: &[&str]) -> String {
     let name = format!("node-{ip}").replace('.', "-");
+    named_server_config(&name, ip, token, server, sans)
+}
+
+fn named_server_config(
+    name: &str,
+    ip: IpAddr,
+    token: &str,
+    server: Option<SocketAddr>,
+    sans: &[&str],
+) -> String {
     let mut yaml = format!("token: \"{token}\"\nnode-ip: \"{ip}\"\nnode-name: \"{name}\"\n");
     if let Some(server) = server {
         yaml.push_str(&format!("server: \"https://{server}\"\n"));
@@ -877,4 +889,216 @@ fn api_can_deny_anonymous_probes() {
         "{refused:?}"
     );
     assert_clean(host);
+}
+
+// --- day-2: node objects and the admin API ---------------------------------------------------------
+
+/// Runs a future on a runtime of its own (the agent's API client is async; these tests are not).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+/// The node names etcd's members stand for, as seen from `host`'s member.
+fn member_nodes(host: &HostRoot, ip: IpAddr) -> Vec<String> {
+    let client = etcd::Client::for_host(SocketAddr::new(ip, 2379), &host.rke2()).unwrap();
+    let members = client.member_list().unwrap().members;
+    sorted(
+        members
+            .iter()
+            .map(|m| etcd::member_node_name(&m.name).to_string())
+            .collect(),
+    )
+}
+
+fn etcd_has(host: &HostRoot, ip: IpAddr, key: &str) -> bool {
+    let client = etcd::Client::for_host(SocketAddr::new(ip, 2379), &host.rke2()).unwrap();
+    client.get(key).unwrap().is_some()
+}
+
+#[test]
+fn an_admin_deletes_a_dead_servers_node_and_its_etcd_member_goes_with_it() {
+    let ips = [
+        loopback_ip(129, 1),
+        loopback_ip(129, 2),
+        loopback_ip(129, 3),
+    ];
+    // "server-1" and "server-10": deleting the first must not touch the second's member.
+    let first = host_with_config(
+        "server-1",
+        "server",
+        &named_server_config("server-1", ips[0], "s3cret", None, &[]),
+    );
+    let out = systemctl(&first, &["enable", "--now", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}\n{}", first.unit_log(SERVER));
+    let token = first.server_token().unwrap();
+    let second = host_with_config(
+        "server-10",
+        "server",
+        &named_server_config("server-10", ips[1], &token, Some(supervisor(ips[0])), &[]),
+    );
+    let out = systemctl(&second, &["enable", "--now", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}\n{}", second.unit_log(SERVER));
+    // etcd adds the third member only once the second has been connected for 5 s: the unit
+    // restarts the third until then, as rke2's does.
+    let third = host_with_config(
+        "server-2",
+        "server",
+        &named_server_config("server-2", ips[2], &token, Some(supervisor(ips[0])), &[]),
+    );
+    let out = systemctl(&third, &["enable", "--now", "--no-block", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let agent = HostRoot::new("agent-1").unwrap();
+    install(&agent, "agent");
+    agent
+        .write_config_yaml(&format!(
+            "token: \"{token}\"\nnode-name: agent-1\nserver: \"https://{}\"\n",
+            supervisor(ips[0])
+        ))
+        .unwrap();
+    let out = systemctl(&agent, &["enable", "--now", AGENT], &[]);
+    assert_eq!(code(&out), 0, "{out:?}\n{}", agent.unit_log(AGENT));
+    wait_until(Duration::from_secs(60), POLL, || {
+        code(&systemctl(&third, &["is-active", SERVER], &[])) == 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", third.unit_log(SERVER)));
+
+    // Each server wrote RKE2's admin credentials, the key and the kubeconfig private.
+    let rke2 = second.rke2();
+    for secret in [rke2.admin_client_key(), rke2.kubeconfig()] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", secret.display());
+    }
+    let kubeconfig = std::fs::read_to_string(rke2.kubeconfig()).unwrap();
+    assert!(
+        kubeconfig.contains(&format!("server: https://{}\n", api(ips[1]))),
+        "{kubeconfig}"
+    );
+    {
+        use base64::Engine;
+        let embedded = base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(rke2.admin_client_cert()).unwrap());
+        assert!(kubeconfig.contains(&format!("client-certificate-data: {embedded}\n")));
+    }
+
+    // (c) Every node that registered has a Node, the servers and the agent.
+    let admin = KubeAdmin::new(api(ips[1]), second.path()).unwrap();
+    let all = ["agent-1", "server-1", "server-10", "server-2"];
+    wait_until(TIMEOUT, POLL, || {
+        block_on(admin.nodes())
+            .ok()
+            .filter(|nodes| sorted(nodes.clone()) == all)
+    })
+    .unwrap();
+
+    // (b) Without credentials: 401. With a kubelet's certificate (it authenticates, and may read
+    // nodes): 403, which the agent's client reports as not an admin.
+    let ca = Trust::CaPem(second.server_ca_pem().unwrap());
+    let anonymous = https_request_blocking_as(
+        "DELETE",
+        api(ips[1]),
+        "/api/v1/nodes/server-1",
+        &[],
+        &ca,
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let kubelet_view = tempfile::tempdir().unwrap();
+    let under = |path: &str| rke2_bootstrap::fsutil::under_root(kubelet_view.path(), path);
+    std::fs::create_dir_all(under(kube::ADMIN_CLIENT_CERT).parent().unwrap()).unwrap();
+    std::fs::copy(rke2.kubelet_client_cert(), under(kube::ADMIN_CLIENT_CERT)).unwrap();
+    std::fs::copy(rke2.kubelet_client_key(), under(kube::ADMIN_CLIENT_KEY)).unwrap();
+    std::fs::copy(rke2.ca_cert(), under(kube::API_SERVER_CA)).unwrap();
+    let as_kubelet = KubeAdmin::new(api(ips[1]), kubelet_view.path()).unwrap();
+    assert_eq!(sorted(block_on(as_kubelet.nodes()).unwrap()), all);
+    let refused = format!(
+        "{:#}",
+        block_on(as_kubelet.delete_node("server-1")).unwrap_err()
+    );
+    assert!(
+        refused.contains("forbidden: the client-admin certificate is not an admin"),
+        "{refused}"
+    );
+    assert!(refused.contains("system:node:server-10"), "{refused}");
+    assert_eq!(
+        member_nodes(&second, ips[1]),
+        ["server-1", "server-10", "server-2"]
+    );
+
+    // (a) server-1 dies; an admin deletes its Node: its etcd member and node password go with
+    // it, server-10's stay, and the two left keep a ready cluster. Right after the stop etcd may
+    // be electing a new leader (503): the delete is retried until it goes through.
+    assert_eq!(code(&systemctl(&first, &["stop", SERVER], &[])), 0);
+    let deleted = wait_until(TIMEOUT, POLL, || block_on(admin.delete_node("server-1"))).unwrap();
+    assert_eq!(deleted, NodeDeletion::Deleted);
+    assert_eq!(member_nodes(&second, ips[1]), ["server-10", "server-2"]);
+    let password = rke2_bootstrap::rke2::rejoin::node_password_key;
+    assert!(!etcd_has(&second, ips[1], &password("server-1")));
+    assert!(etcd_has(&second, ips[1], &password("server-10")));
+    assert!(!etcd_has(&second, ips[1], "/registry/minions/server-1"));
+    assert_eq!(
+        sorted(block_on(admin.nodes()).unwrap()),
+        ["agent-1", "server-10", "server-2"]
+    );
+    let node = second.kubelet_identity().unwrap();
+    for ip in [ips[1], ips[2]] {
+        wait_until(TIMEOUT, POLL, || {
+            https_get_blocking_as(api(ip), "/readyz", &[], &ca, Some(&node), TIMEOUT)
+                .ok()
+                .filter(|r| r.status == 200)
+        })
+        .unwrap_or_else(|e| panic!("{ip} not ready after the delete: {e}"));
+    }
+
+    // (d) Gone, or never there: absent.
+    assert_eq!(
+        block_on(admin.delete_node("server-1")).unwrap(),
+        NodeDeletion::Absent
+    );
+    assert_eq!(
+        block_on(admin.delete_node("nobody")).unwrap(),
+        NodeDeletion::Absent
+    );
+
+    // An agent's Node carries no etcd role: its password goes, no member does.
+    assert_eq!(code(&systemctl(&agent, &["stop", AGENT], &[])), 0);
+    assert_eq!(
+        block_on(admin.delete_node("agent-1")).unwrap(),
+        NodeDeletion::Deleted
+    );
+    assert!(!etcd_has(&second, ips[1], &password("agent-1")));
+    assert_eq!(member_nodes(&second, ips[1]), ["server-10", "server-2"]);
+
+    // Without quorum (server-2 stopped, server-10 alone of two) the API cannot write: 503, and
+    // nothing is removed.
+    assert_eq!(code(&systemctl(&third, &["stop", SERVER], &[])), 0);
+    wait_until(TIMEOUT, POLL, || {
+        https_get_blocking_as(api(ips[1]), "/readyz", &[], &ca, Some(&node), TIMEOUT)
+            .ok()
+            .filter(|r| r.status == 503)
+    })
+    .unwrap();
+    let unavailable = format!("{:#}", block_on(admin.delete_node("server-2")).unwrap_err());
+    assert!(unavailable.contains("503"), "{unavailable}");
+    assert!(unavailable.contains("unavailable"), "{unavailable}");
+    let out = systemctl(&third, &["start", SERVER], &[]);
+    assert_eq!(code(&out), 0, "{out:?}\n{}", third.unit_log(SERVER));
+    let nodes = wait_until(TIMEOUT, POLL, || block_on(admin.nodes())).unwrap();
+    assert_eq!(sorted(nodes), ["server-10", "server-2"]);
+    assert_eq!(member_nodes(&second, ips[1]), ["server-10", "server-2"]);
+
+    for host in [agent, third, second, first] {
+        assert_clean(host);
+    }
 }

@@ -4,6 +4,7 @@
 pub mod ca_bundle;
 pub mod config_yaml;
 pub mod installer;
+pub mod kube;
 pub mod probe;
 pub mod rejoin;
 pub mod service;

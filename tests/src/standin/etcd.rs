@@ -265,6 +265,29 @@ impl Client {
             .transpose()
     }
 
+    /// Every key under `prefix` with its value, in key order (etcd's range `[prefix, prefix+1)`).
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let v = self.call(
+            "/v3/kv/range",
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix.as_bytes()))}),
+        )?;
+        let decode = |field: &Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(field.as_str().unwrap_or_default())
+                .context("etcd returned a key or value that is not base64")
+        };
+        v["kvs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&decode(&kv["key"])?).into_owned();
+                Ok((key, decode(&kv["value"])?))
+            })
+            .collect()
+    }
+
     pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         self.call(
             "/v3/kv/put",
@@ -277,6 +300,20 @@ impl Client {
         self.call("/v3/kv/deleterange", json!({"key": b64(key.as_bytes())}))
             .map(drop)
     }
+}
+
+/// The end of the range that holds exactly the keys starting with `prefix`: the prefix with its
+/// last byte that is not 0xff incremented (etcd's own `GetPrefixRangeEnd`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff (or empty): to the end of the key space.
+    vec![0]
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -402,6 +439,13 @@ pub fn has_data(data_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_ranges_end_past_the_prefix() {
+        assert_eq!(prefix_end(b"/registry/minions/"), b"/registry/minions0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
 
     #[test]
     fn member_names_map_to_node_names() {

@@ -31,9 +31,16 @@
 //! clients only over TLS and only to certificates of the cluster's etcd server CA
 //! (`server/tls/etcd/server-ca.crt`; each server's `server-client.{crt,key}` serves and
 //! authenticates), which the first server creates and joiners receive with their etcd join.
+//!
+//! For day-2 operations each server also writes RKE2's admin credentials
+//! (`server/tls/client-admin.{crt,key}`, `CN=system:admin, O=system:masters`, and the kubeconfig
+//! `/etc/rancher/rke2/rke2.yaml`), keeps a Node object per registered node in etcd, and serves
+//! `GET /api/v1/nodes` and `DELETE /api/v1/nodes/<name>` on the API port with kube-apiserver's
+//! authorization and k3s's controllers' effects on a delete ([`nodes`]).
 
 pub mod config;
 pub mod etcd;
+pub mod nodes;
 pub mod pki;
 
 use std::net::{IpAddr, SocketAddr};
@@ -52,7 +59,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http::{self, BaseUrl, Request, Trust};
 pub use config::{StandinConfig, Token};
-pub use pki::{ca_hash, ClusterCa};
+pub use pki::{ca_hash, CertUser, ClusterCa};
 
 pub const DEFAULT_SUPERVISOR_PORT: u16 = 9345;
 pub const DEFAULT_API_PORT: u16 = 6443;
@@ -141,6 +148,18 @@ impl Rke2Paths {
     }
     pub fn kubelet_client_key(&self) -> PathBuf {
         self.at("/var/lib/rancher/rke2/agent/client-kubelet.key")
+    }
+    /// The admin client certificate RKE2 writes on every server (`CN=system:admin`,
+    /// `O=system:masters`), signed by the CA the API trusts for clients.
+    pub fn admin_client_cert(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/tls/client-admin.crt")
+    }
+    pub fn admin_client_key(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/tls/client-admin.key")
+    }
+    /// The admin kubeconfig RKE2 writes on every server.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.at("/etc/rancher/rke2/rke2.yaml")
     }
     /// The node's password: RKE2 generates it on first start and presents it with every
     /// registration; the cluster keeps its hash per node name.
@@ -352,6 +371,45 @@ fn write_kubelet_identity(
     fsutil::write_file_atomic(&paths.kubelet_client_cert(), cert.as_bytes(), 0o644)
 }
 
+/// RKE2's admin credentials on a server: `client-admin.{crt,key}` and the kubeconfig embedding
+/// them with the CA and this server's API URL. Issued anew at every start, as the kubelet
+/// identity is.
+fn write_admin_credentials(paths: &Rke2Paths, ca: &ClusterCa, api: SocketAddr) -> Result<()> {
+    let (cert, key) = ca.client_cert("system:admin", nodes::ADMIN_GROUP, None)?;
+    // The key first: a reader that sees the new certificate finds its key in place.
+    fsutil::write_file_atomic(
+        &paths.admin_client_key(),
+        key.as_bytes(),
+        fsutil::SECRET_FILE_MODE,
+    )?;
+    fsutil::write_file_atomic(&paths.admin_client_cert(), cert.as_bytes(), 0o644)?;
+    let config = kubeconfig(
+        &format!("https://{api}"),
+        &ca.cert_pem,
+        cert.as_bytes(),
+        key.as_bytes(),
+    );
+    // 0600 whatever config.yaml's write-kubeconfig-mode says: the stand-in does not read it.
+    fsutil::write_file_atomic(
+        &paths.kubeconfig(),
+        config.as_bytes(),
+        fsutil::SECRET_FILE_MODE,
+    )
+}
+
+/// A kubeconfig in the shape RKE2 writes `rke2.yaml`: one cluster, user and context, all named
+/// `default`, with the certificates embedded.
+fn kubeconfig(server: &str, ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = |pem: &[u8]| base64::engine::general_purpose::STANDARD.encode(pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(ca_pem),
+        b64(cert_pem),
+        b64(key_pem),
+    )
+}
+
 fn random_secret() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -539,6 +597,7 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         fsutil::SECRET_FILE_MODE,
     )?;
     kubelet_identity(kind, paths, &ca, &node, settings.kubelet_cert_ttl)?;
+    write_admin_credentials(paths, &ca, SocketAddr::new(node_ip, settings.api_port))?;
 
     // etcd: restart with data, start a new cluster, or join as a learner.
     let member_name = read_or_create(&paths.etcd_name(), 0o600, || {
@@ -884,7 +943,7 @@ async fn serve(
 
 /// Keeps `etcd_ready` current: the member answers the member list (a learner cannot) and etcd's
 /// `/health` passes (a leader and a quorum read). Marks the service ready the first time, and
-/// records this node's password the first time the cluster can store it.
+/// records this node's password and its Node the first time the cluster can store them.
 async fn watch_etcd(
     kind: Kind,
     state: Arc<ServerState>,
@@ -933,8 +992,12 @@ async fn watch_etcd(
         if ready && !password_stored {
             let (node, password) = (node.clone(), password.clone());
             let client = client.clone();
+            // As the kubelet creates its Node once the API answers: the first server gets its
+            // Node here, and a server restarted after its Node was deleted gets it back.
             let stored = tokio::task::spawn_blocking(move || {
-                ensure_node_password(&client, &node, &password)
+                let matches = ensure_node_password(&client, &node, &password)?;
+                nodes::put_node(&client, &node, true)?;
+                Ok::<_, anyhow::Error>(matches)
             })
             .await;
             match stored {
@@ -989,11 +1052,12 @@ async fn handle_connection(
     let mut tls = acceptor.accept(tcp).await?;
     let request = http::read_request(&mut tls).await?;
     // Only certificates the verifier accepted get here.
-    let client_cert = tls
+    let cert = tls
         .get_ref()
         .1
         .peer_certificates()
-        .is_some_and(|certs| !certs.is_empty());
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| pki::cert_user(leaf).ok());
     let (status, content_type, body) = match port {
         Port::Supervisor => match supervisor_route(&request, &state, peer) {
             Route::Reply(reply) => reply,
@@ -1005,7 +1069,21 @@ async fn handle_connection(
                     .unwrap_or_else(|e| (500, TEXT, format!("{e}\n").into_bytes()))
             }
         },
-        Port::Api => api_route(&request, &state, client_cert),
+        Port::Api => {
+            let caller = api_caller(&request, &state, cert);
+            match api_route(&request, &state, &caller) {
+                ApiRoute::Reply(reply) => reply,
+                ApiRoute::Nodes(nodes_request) => match state.etcd.clone() {
+                    // etcd calls block: off the async workers.
+                    Some(client) => {
+                        tokio::task::spawn_blocking(move || nodes::serve(&client, nodes_request))
+                            .await
+                            .unwrap_or_else(|e| (500, TEXT, format!("{e}\n").into_bytes()))
+                    }
+                    None => (503, TEXT, b"no datastore\n".to_vec()),
+                },
+            }
+        }
     };
     let with_body = request.method != "HEAD";
     http::write_response(&mut tls, status, content_type, &body, with_body).await?;
@@ -1115,12 +1193,25 @@ fn register(state: &ServerState, registration: Registration, peer: SocketAddr) -
         }
     }
     let Some((member_name, peer_url)) = registration.member else {
+        if let Some((node, _)) = &registration.node {
+            if let Err(e) = nodes::put_node(client, node, false) {
+                return (503, TEXT, format!("{}\n", flat(&e)).into_bytes());
+            }
+        }
         log(Kind::Server, format!("handed the cluster ca to {peer}"));
         return (200, TEXT, state.key_pem.clone());
     };
     let node = registration.node.map(|(n, _)| n).unwrap_or_default();
     match add_member(client, &node, &member_name, &peer_url) {
         Ok(mut join) => {
+            // The learner is in: a failed write here only delays its Node until it is ready
+            // (every server stores its own then).
+            if let Err(e) = nodes::put_node(client, &node, true) {
+                log(
+                    Kind::Server,
+                    format!("cannot store the node object of {node}: {}", flat(&e)),
+                );
+            }
             join.etcd_ca_cert = String::from_utf8_lossy(&state.etcd_ca.cert_pem).into_owned();
             join.etcd_ca_key = String::from_utf8_lossy(&state.etcd_ca.key_pem).into_owned();
             log(
@@ -1207,30 +1298,45 @@ fn add_member(
     })
 }
 
-/// `client_cert`: the client presented a certificate issued by the cluster CA.
-fn api_route(request: &Request, state: &ServerState, client_cert: bool) -> Reply {
+/// What an API request needs: an answer now, or a nodes request against etcd.
+#[derive(Debug)]
+enum ApiRoute {
+    Reply(Reply),
+    Nodes(nodes::NodesRequest),
+}
+
+/// Who the caller is: a client certificate issued by the cluster CA (`cert`: its subject, only
+/// set once the verifier accepted it), else the cluster token as a bearer, else nobody.
+fn api_caller(request: &Request, state: &ServerState, cert: Option<CertUser>) -> nodes::Caller {
+    match cert {
+        Some(user) => nodes::Caller::Cert(user),
+        None if secret_matches(request.bearer(), &state.secret) => nodes::Caller::ClusterToken,
+        None => nodes::Caller::Anonymous,
+    }
+}
+
+fn api_route(request: &Request, state: &ServerState, caller: &nodes::Caller) -> ApiRoute {
     if !state.ready() {
-        return (
+        // Also every nodes request: an apiserver whose etcd has no quorum cannot write.
+        return ApiRoute::Reply((
             503,
             TEXT,
             b"[-]etcd failed: reason withheld\nreadyz check failed\n".to_vec(),
-        );
+        ));
     }
     match request.path.as_str() {
         "/readyz" | "/livez" | "/healthz" => {
-            if state.api_anonymous || client_cert || secret_matches(request.bearer(), &state.secret)
-            {
-                (200, TEXT, b"ok".to_vec())
+            if state.api_anonymous || caller.authenticated() {
+                ApiRoute::Reply((200, TEXT, b"ok".to_vec()))
             } else {
-                (
-                    401,
-                    JSON,
-                    br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#
-                        .to_vec(),
-                )
+                ApiRoute::Reply(nodes::unauthorized())
             }
         }
-        _ => not_found(),
+        path => match nodes::route(&request.method, path, caller) {
+            Some(Ok(request)) => ApiRoute::Nodes(request),
+            Some(Err(reply)) => ApiRoute::Reply(reply),
+            None => ApiRoute::Reply(not_found()),
+        },
     }
 }
 
@@ -1495,7 +1601,29 @@ mod tests {
                 .map(|a| [("authorization".to_string(), a.to_string())].into())
                 .unwrap_or_default(),
         };
-        assert_eq!(api_route(&req("/readyz", None), &state, true).0, 503);
+        let kubelet = nodes::Caller::Cert(CertUser {
+            name: "system:node:a".into(),
+            groups: vec!["system:nodes".into()],
+        });
+        let admin = nodes::Caller::Cert(CertUser {
+            name: "system:admin".into(),
+            groups: vec![nodes::ADMIN_GROUP.into()],
+        });
+        let api = |request: &Request, state: &ServerState, cert: Option<&nodes::Caller>| {
+            let caller = match cert {
+                Some(caller) => caller.clone(),
+                None => api_caller(request, state, None),
+            };
+            match api_route(request, state, &caller) {
+                ApiRoute::Reply((status, _, _)) => status,
+                ApiRoute::Nodes(_) => 0,
+            }
+        };
+        assert_eq!(api(&req("/readyz", None), &state, Some(&kubelet)), 503);
+        let mut delete = req("/api/v1/nodes/a", None);
+        delete.method = "DELETE".into();
+        // Without quorum the API cannot write: 503 before any authorization.
+        assert_eq!(api(&delete, &state, Some(&admin)), 503);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let key = req("/standin/ca-key", Some("Bearer s"));
         assert_eq!(
@@ -1522,14 +1650,24 @@ mod tests {
             )),
             400
         );
-        assert_eq!(api_route(&req("/readyz", None), &state, false).0, 401);
+        assert_eq!(api(&req("/readyz", None), &state, None), 401);
+        assert_eq!(api(&req("/readyz", Some("Bearer s")), &state, None), 200);
+        assert_eq!(api(&req("/readyz", Some("Bearer x")), &state, None), 401);
+        assert_eq!(api(&req("/readyz", None), &state, Some(&kubelet)), 200);
+        // Nodes: an admin's delete goes on to etcd; a kubelet's is refused, an anonymous one
+        // is not even authenticated.
+        assert_eq!(api(&delete, &state, Some(&admin)), 0);
+        assert_eq!(api(&delete, &state, Some(&kubelet)), 403);
+        assert_eq!(api(&delete, &state, None), 401);
+        assert_eq!(api(&req("/api/v1/nodes", None), &state, Some(&kubelet)), 0);
         assert_eq!(
-            api_route(&req("/readyz", Some("Bearer s")), &state, false).0,
-            200
+            api(&req("/api/v1/nodes", Some("Bearer s")), &state, None),
+            0
         );
-        assert_eq!(api_route(&req("/readyz", None), &state, true).0, 200);
         state.api_anonymous = true;
-        assert_eq!(api_route(&req("/livez", None), &state, false).0, 200);
-        assert_eq!(api_route(&req("/other", None), &state, false).0, 404);
+        assert_eq!(api(&req("/livez", None), &state, None), 200);
+        // Anonymous health checks do not make anonymous callers of the nodes API.
+        assert_eq!(api(&delete, &state, None), 401);
+        assert_eq!(api(&req("/other", None), &state, None), 404);
     }
 }

@@ -409,6 +409,55 @@ fn subject_of(cert_der: &[u8]) -> Result<DistinguishedName> {
     Ok(dn)
 }
 
+/// A client certificate's identity as kube-apiserver's x509 authenticator reads it: the common
+/// name is the user, each organization a group (`O=system:masters` makes an admin,
+/// `O=system:nodes` a kubelet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertUser {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl CertUser {
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// The user and groups of a (verified) client certificate. Other subject attributes are skipped,
+/// as the authenticator skips them.
+pub fn cert_user(cert_der: &[u8]) -> Result<CertUser> {
+    let (cert, _) = expect(cert_der, SEQUENCE)?;
+    let (tbs, _) = expect(cert, SEQUENCE)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = tlv(rest)?.2;
+    }
+    rest = tlv(rest)?.2; // serialNumber
+    rest = expect(rest, SEQUENCE)?.1; // signature algorithm
+    rest = expect(rest, SEQUENCE)?.1; // issuer
+    rest = expect(rest, SEQUENCE)?.1; // validity
+    let (mut rdns, _) = expect(rest, SEQUENCE)?; // subject
+    let mut user = CertUser::default();
+    while !rdns.is_empty() {
+        let (mut set, next) = expect(rdns, SET)?;
+        rdns = next;
+        while !set.is_empty() {
+            let (attr, more) = expect(set, SEQUENCE)?;
+            set = more;
+            let (oid, value) = expect(attr, OID)?;
+            let (_, text, _) = tlv(value)?;
+            let text = String::from_utf8_lossy(text).into_owned();
+            match oid {
+                OID_COMMON_NAME => user.name = text,
+                OID_ORGANIZATION => user.groups.push(text),
+                _ => {}
+            }
+        }
+    }
+    Ok(user)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,5 +527,23 @@ mod tests {
             .unwrap();
         assert_eq!(cert.chain.len(), 2);
         assert!(ca.serving_cert(&["n\u{f6}t-ascii".into()]).is_err());
+    }
+
+    #[test]
+    fn client_certs_name_their_user_and_groups() {
+        let ca = ClusterCa::generate().unwrap();
+        let (cert, _) = ca
+            .client_cert("system:admin", "system:masters", None)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let user = cert_user(&der).unwrap();
+        assert_eq!(user.name, "system:admin");
+        assert!(user.in_group("system:masters"));
+        assert!(!user.in_group("system:nodes"));
+        // A CA certificate has a common name and no organization.
+        let user = cert_user(&ca.cert_der().unwrap()).unwrap();
+        assert!(user.name.starts_with("rke2-server-ca@"));
+        assert!(user.groups.is_empty());
+        assert!(cert_user(b"not der").is_err());
     }
 }
