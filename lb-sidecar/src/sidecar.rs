@@ -1,6 +1,7 @@
 //! The run loop: the only module with state and a clock. It feeds each membership view through
-//! the pure steps ([`view`], [`health`] vetoes, [`damper`], [`debounce`], [`render`]) and hands
-//! the result to [`apply`], reporting every decision in the [`status`] record and the log.
+//! the pure steps ([`view`], [`health`] vetoes, [`damper`](crate::damper), [`debounce`],
+//! [`render`](crate::render)) and hands the result to [`apply`](crate::apply), reporting every
+//! decision in the [`status`] record and the log.
 
 use std::collections::BTreeSet;
 use std::future::Future;
