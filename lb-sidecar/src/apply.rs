@@ -22,14 +22,14 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use rke2_bootstrap::fsutil::{sync_dir, write_file_atomic};
 use tokio::io::AsyncReadExt;
 
-use crate::config::{LbKind, NginxLayout, ReloadAction, SidecarConfig};
-use crate::render::nginx_check_wrapper;
+use crate::config::{working_file, LbKind, Reload, SidecarConfig};
+use crate::render::{RenderError, Rendered};
 
 /// How much of a command's output we keep for an error report.
 const OUTPUT_CAP: usize = 16 * 1024;
@@ -119,18 +119,6 @@ pub fn read_pid(pid_file: &Path) -> Result<i32> {
         bail!("pid file {} holds pid {pid}", pid_file.display());
     }
     Ok(pid)
-}
-
-/// `HUP`, `SIGHUP`, `hup` -> SIGHUP.
-pub fn parse_signal(name: &str) -> Result<Signal> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse::<Signal>()
-        .map_err(|_| anyhow!("unknown signal {name:?}"))
 }
 
 /// A finished command.
@@ -240,11 +228,9 @@ pub struct Applier {
     pub file_mode: u32,
     /// Validator argv template; empty disables validation.
     pub validate: Vec<String>,
-    pub reload: ReloadAction,
+    pub reload: Reload,
     pub pid_file: PathBuf,
     pub timeout: Duration,
-    /// For nginx include layouts: validate through a wrapper main config.
-    pub nginx_wrapper: Option<NginxWrapper>,
     /// How a signal reload is known to have taken effect.
     pub confirm: ReloadConfirm,
 }
@@ -263,25 +249,11 @@ pub enum ReloadConfirm {
     NewWorkers { error_log: Option<PathBuf> },
 }
 
-/// What the nginx check wrapper needs.
-#[derive(Debug, Clone)]
-pub struct NginxWrapper {
-    pub layout: NginxLayout,
-    pub stream_module: Option<PathBuf>,
-}
-
 impl Applier {
-    /// The applier for a config; `stream_module` is the resolved nginx module path.
-    pub fn from_config(config: &SidecarConfig, stream_module: Option<PathBuf>) -> Self {
-        let nginx_wrapper = (config.lb == LbKind::Nginx
-            && config.nginx.layout != NginxLayout::WholeFile)
-            .then_some(NginxWrapper {
-                layout: config.nginx.layout,
-                stream_module,
-            });
-        let reload = config.reload_action();
+    /// The applier for a config; `reload` is what [`SidecarConfig::check`] returned.
+    pub fn from_config(config: &SidecarConfig, reload: Reload) -> Self {
         let confirm = match (config.lb, &reload) {
-            (LbKind::Nginx, ReloadAction::Signal(_)) => ReloadConfirm::NewWorkers {
+            (LbKind::Nginx, Reload::Signal(_)) => ReloadConfirm::NewWorkers {
                 error_log: (config.nginx.error_log != "stderr")
                     .then(|| PathBuf::from(&config.nginx.error_log)),
             },
@@ -294,29 +266,29 @@ impl Applier {
             reload,
             pid_file: config.pid_file(),
             timeout: config.command_timeout,
-            nginx_wrapper,
             confirm,
         }
     }
 
     pub fn candidate_path(&self) -> PathBuf {
-        sibling(&self.live, "candidate")
+        working_file(&self.live, "candidate")
     }
     pub fn check_path(&self) -> PathBuf {
-        sibling(&self.live, "candidate-check")
+        working_file(&self.live, "candidate-check")
     }
     pub fn rejected_path(&self) -> PathBuf {
-        sibling(&self.live, "rejected")
+        working_file(&self.live, "rejected")
     }
     pub fn last_good_path(&self) -> PathBuf {
-        sibling(&self.live, "last-good")
+        working_file(&self.live, "last-good")
     }
     pub fn pending_path(&self) -> PathBuf {
-        sibling(&self.live, "reload-pending")
+        working_file(&self.live, "reload-pending")
     }
 
-    /// Validates, swaps in and reloads `candidate`, or does nothing if it is already live.
-    pub async fn apply(&self, candidate: &str) -> Result<Applied, ApplyError> {
+    /// Validates, swaps in and reloads a rendering, or does nothing if it is already live.
+    pub async fn apply(&self, rendered: &Rendered) -> Result<Applied, ApplyError> {
+        let candidate = rendered.config.as_str();
         let live_now = read_optional(&self.live).map_err(ApplyError::Io)?;
         let pending = self.pending_path().exists();
         if live_now.as_deref() == Some(candidate.as_bytes()) {
@@ -333,7 +305,8 @@ impl Applier {
         let candidate_path = self.candidate_path();
         write_file_atomic(&candidate_path, candidate.as_bytes(), self.file_mode)
             .map_err(ApplyError::Io)?;
-        if let Err(detail) = self.validate(&candidate_path).await {
+        let check_wrapper = rendered.check_wrapper.as_ref();
+        if let Err(detail) = self.validate(&candidate_path, check_wrapper).await {
             let _ = std::fs::rename(&candidate_path, self.rejected_path());
             return Err(ApplyError::Rejected { detail });
         }
@@ -397,21 +370,20 @@ impl Applier {
         }
     }
 
-    /// Runs the validator on the candidate; `Err` carries the validator's diagnostics.
-    async fn validate(&self, candidate: &Path) -> Result<(), String> {
+    /// Runs the validator on the candidate, through `check_wrapper` when the rendering has one;
+    /// `Err` carries the validator's diagnostics.
+    async fn validate(
+        &self,
+        candidate: &Path,
+        check_wrapper: Option<&Result<String, RenderError>>,
+    ) -> Result<(), String> {
         if self.validate.is_empty() {
             return Ok(());
         }
         let check_path = self.check_path();
-        let file = match &self.nginx_wrapper {
+        let file = match check_wrapper {
             Some(wrapper) => {
-                let text = nginx_check_wrapper(
-                    wrapper.layout,
-                    wrapper.stream_module.as_deref(),
-                    &self.pid_file,
-                    candidate,
-                )
-                .map_err(|e| e.to_string())?;
+                let text = wrapper.as_ref().map_err(|e| e.to_string())?;
                 write_file_atomic(&check_path, text.as_bytes(), self.file_mode)
                     .map_err(|e| format!("{e:#}"))?;
                 check_path.as_path()
@@ -437,7 +409,7 @@ impl Applier {
             }
         }
         .await;
-        if self.nginx_wrapper.is_some() {
+        if check_wrapper.is_some() {
             let _ = std::fs::remove_file(&check_path);
         }
         result
@@ -445,8 +417,8 @@ impl Applier {
 
     async fn reload_lb(&self) -> Result<()> {
         match &self.reload {
-            ReloadAction::Signal(name) => {
-                let signal = parse_signal(name)?;
+            Reload::Signal(signal) => {
+                let signal = *signal;
                 let pid = read_pid(&self.pid_file)?;
                 match &self.confirm {
                     ReloadConfirm::Delivered => send_signal(pid, signal),
@@ -456,7 +428,7 @@ impl Applier {
                     }
                 }
             }
-            ReloadAction::Command(argv) => {
+            Reload::Command(argv) => {
                 let argv = Placeholders {
                     file: &self.live,
                     candidate: &self.candidate_path(),
@@ -577,14 +549,6 @@ fn last_emergency(path: &Path, from: u64) -> Option<String> {
         .map(|line| line.trim().to_string())
 }
 
-/// `dir/name.conf` + `candidate` -> `dir/name.conf.candidate`.
-fn sibling(live: &Path, suffix: &str) -> PathBuf {
-    let mut name = live.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(suffix);
-    live.with_file_name(name)
-}
-
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -603,6 +567,14 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rendering without a check wrapper.
+    fn rendered(config: &str) -> Rendered {
+        Rendered {
+            config: config.to_string(),
+            check_wrapper: None,
+        }
+    }
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into(), "sh".into()]
@@ -623,10 +595,9 @@ mod tests {
             live: dir.join("lb.conf"),
             file_mode: 0o644,
             validate,
-            reload: ReloadAction::Command(reload),
+            reload: Reload::Command(reload),
             pid_file: dir.join("lb.pid"),
             timeout: Duration::from_secs(5),
-            nginx_wrapper: None,
             confirm: ReloadConfirm::Delivered,
         }
     }
@@ -707,7 +678,7 @@ mod tests {
         let d = dir.path();
         let _master = FakeMaster::start(d);
         let mut a = applier(d);
-        a.reload = ReloadAction::Signal("HUP".into());
+        a.reload = Reload::Signal(Signal::SIGHUP);
         a.timeout = Duration::from_millis(500);
         a.confirm = ReloadConfirm::NewWorkers {
             error_log: Some(d.join("error.log")),
@@ -743,8 +714,14 @@ mod tests {
     async fn identical_candidate_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         let a = applier(dir.path());
-        assert_eq!(a.apply("one\n").await.unwrap(), Applied::Reloaded);
-        assert_eq!(a.apply("one\n").await.unwrap(), Applied::Unchanged);
+        assert_eq!(
+            a.apply(&rendered("one\n")).await.unwrap(),
+            Applied::Reloaded
+        );
+        assert_eq!(
+            a.apply(&rendered("one\n")).await.unwrap(),
+            Applied::Unchanged
+        );
         assert_eq!(reloads(dir.path()), 1);
         assert!(!a.pending_path().exists());
         assert!(!a.candidate_path().exists());
@@ -754,8 +731,8 @@ mod tests {
     async fn swap_keeps_the_previous_file_as_last_good() {
         let dir = tempfile::tempdir().unwrap();
         let a = applier(dir.path());
-        a.apply("one\n").await.unwrap();
-        a.apply("two\n").await.unwrap();
+        a.apply(&rendered("one\n")).await.unwrap();
+        a.apply(&rendered("two\n")).await.unwrap();
         assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "two\n");
         assert_eq!(
             std::fs::read_to_string(a.last_good_path()).unwrap(),
@@ -768,8 +745,8 @@ mod tests {
     async fn rejected_candidate_leaves_live_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let a = applier(dir.path());
-        a.apply("one\n").await.unwrap();
-        let err = a.apply("BAD\n").await.unwrap_err();
+        a.apply(&rendered("one\n")).await.unwrap();
+        let err = a.apply(&rendered("BAD\n")).await.unwrap_err();
         assert!(matches!(err, ApplyError::Rejected { .. }), "{err}");
         assert!(err.to_string().contains("bad line"), "{err}");
         assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "one\n");
@@ -778,11 +755,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_check_wrapper_is_validated_in_place_of_the_candidate_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        let wrapped = |wrapper| Rendered {
+            config: "fragment\n".into(),
+            check_wrapper: Some(wrapper),
+        };
+        // The validator sees the wrapper: BAD there is refused although the fragment is fine.
+        let err = a.apply(&wrapped(Ok("BAD\n".into()))).await.unwrap_err();
+        assert!(matches!(err, ApplyError::Rejected { .. }), "{err}");
+        assert!(!a.check_path().exists(), "wrapper cleaned up");
+        // A wrapper that could not be rendered is the validator's refusal, as it always was.
+        let unrenderable = RenderError::InvalidValue {
+            what: "pid file",
+            value: "/x y".into(),
+            reason: "contains whitespace",
+        };
+        let err = a.apply(&wrapped(Err(unrenderable))).await.unwrap_err();
+        assert!(matches!(err, ApplyError::Rejected { .. }), "{err}");
+        assert!(err.to_string().contains("pid file"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(a.rejected_path()).unwrap(),
+            "fragment\n"
+        );
+        assert_eq!(
+            a.apply(&wrapped(Ok("ok\n".into()))).await.unwrap(),
+            Applied::Reloaded
+        );
+        assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "fragment\n");
+        assert!(!a.check_path().exists(), "wrapper cleaned up");
+    }
+
+    #[tokio::test]
     async fn failed_reload_rolls_back_and_reloads_the_old_file() {
         let dir = tempfile::tempdir().unwrap();
         let a = applier(dir.path());
-        a.apply("one\n").await.unwrap();
-        let err = a.apply("NORELOAD\n").await.unwrap_err();
+        a.apply(&rendered("one\n")).await.unwrap();
+        let err = a.apply(&rendered("NORELOAD\n")).await.unwrap_err();
         assert!(matches!(err, ApplyError::RolledBack { .. }), "{err}");
         assert!(err.to_string().contains("cannot bind"), "{err}");
         assert_eq!(std::fs::read_to_string(&a.live).unwrap(), "one\n");
@@ -794,7 +804,7 @@ mod tests {
     async fn first_file_failing_reload_cannot_roll_back() {
         let dir = tempfile::tempdir().unwrap();
         let a = applier(dir.path());
-        let err = a.apply("NORELOAD\n").await.unwrap_err();
+        let err = a.apply(&rendered("NORELOAD\n")).await.unwrap_err();
         assert!(matches!(err, ApplyError::RollbackFailed { .. }), "{err}");
         assert!(a.pending_path().exists(), "next start must reload");
     }
@@ -803,12 +813,18 @@ mod tests {
     async fn pending_reload_is_retried_for_an_identical_file() {
         let dir = tempfile::tempdir().unwrap();
         let a = applier(dir.path());
-        a.apply("one\n").await.unwrap();
+        a.apply(&rendered("one\n")).await.unwrap();
         // As if the sidecar died between the swap and the reload.
         std::fs::write(&a.live, "two\n").unwrap();
         std::fs::write(a.pending_path(), "").unwrap();
-        assert_eq!(a.apply("two\n").await.unwrap(), Applied::ReloadedPending);
-        assert_eq!(a.apply("two\n").await.unwrap(), Applied::Unchanged);
+        assert_eq!(
+            a.apply(&rendered("two\n")).await.unwrap(),
+            Applied::ReloadedPending
+        );
+        assert_eq!(
+            a.apply(&rendered("two\n")).await.unwrap(),
+            Applied::Unchanged
+        );
         assert_eq!(reloads(dir.path()), 2);
     }
 
@@ -868,12 +884,5 @@ mod tests {
         );
         assert_eq!(out("  plain failure\n").diagnostics(), "plain failure");
         assert_eq!(out("").diagnostics(), "stdout text");
-    }
-
-    #[test]
-    fn signals_parse_in_any_spelling() {
-        assert_eq!(parse_signal("HUP").unwrap(), Signal::SIGHUP);
-        assert_eq!(parse_signal("sigusr2").unwrap(), Signal::SIGUSR2);
-        assert!(parse_signal("NOPE").is_err());
     }
 }

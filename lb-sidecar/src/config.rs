@@ -2,17 +2,21 @@
 //! every field has a default so a config only says what differs.
 //!
 //! Validation and reload commands are data: argv templates with placeholders, never shell
-//! strings, so no value from gossip can reach a shell.
+//! strings, so no value from gossip can reach a shell. [`SidecarConfig::check`] turns the reload
+//! setting into a [`Reload`] once, at startup, so a misspelt signal stops the sidecar before it
+//! touches the LB instead of failing every reload.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::damper::DampingConfig;
 use crate::debounce::DebounceConfig;
+use crate::health::HealthCheckConfig;
 
 /// Which load balancer runs on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -180,7 +184,7 @@ impl HaproxyConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ReloadSpec", into = "ReloadSpec")]
 pub enum ReloadAction {
-    /// Run this argv (placeholders: see [`crate::apply::Placeholders`]); success is exit 0.
+    /// Run this argv (placeholders: see the apply module's `Placeholders`); success is exit 0.
     Command(Vec<String>),
     /// Send this signal (`HUP`, `USR2`, ...) to the pid in the LB's pid file.
     Signal(String),
@@ -220,6 +224,27 @@ impl From<ReloadAction> for ReloadSpec {
             },
         }
     }
+}
+
+/// A checked [`ReloadAction`]: what the apply step executes, with nothing left to parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Run this argv (never empty); success is exit 0.
+    Command(Vec<String>),
+    /// Send this signal to the pid in the LB's pid file.
+    Signal(Signal),
+}
+
+/// `HUP`, `SIGHUP`, `hup` -> SIGHUP.
+pub fn parse_signal(name: &str) -> Result<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| anyhow!("unknown signal {name:?}"))
 }
 
 /// Retry after a failed render, validation or reload.
@@ -269,7 +294,7 @@ pub struct SidecarConfig {
     pub damping: DampingConfig,
     pub debounce: DebounceConfig,
     /// Direct checks of the listed servers (see [`crate::health`]).
-    pub health_check: crate::health::HealthCheckConfig,
+    pub health_check: HealthCheckConfig,
     pub retry: RetryConfig,
     /// Where the JSON status record is kept, if anywhere.
     pub status_file: Option<PathBuf>,
@@ -294,7 +319,7 @@ impl Default for SidecarConfig {
             command_timeout: Duration::from_secs(10),
             damping: DampingConfig::default(),
             debounce: DebounceConfig::default(),
-            health_check: crate::health::HealthCheckConfig::default(),
+            health_check: HealthCheckConfig::default(),
             retry: RetryConfig::default(),
             status_file: None,
             ca_hash: None,
@@ -308,6 +333,11 @@ impl SidecarConfig {
             LbKind::Nginx => PathBuf::from("/etc/nginx/nginx.conf"),
             LbKind::Haproxy => PathBuf::from("/etc/haproxy/haproxy.cfg"),
         })
+    }
+
+    /// Where a new file is written and checked before it replaces the live one.
+    pub fn candidate_file(&self) -> PathBuf {
+        working_file(&self.config_file(), "candidate")
     }
 
     /// The LB's pid file, for the `{pid_file}`/`{pid}` placeholders and signal reloads.
@@ -374,8 +404,8 @@ impl SidecarConfig {
         }
     }
 
-    /// Checks what serde cannot.
-    pub fn check(&self) -> Result<()> {
+    /// Checks what serde cannot, and returns the reload to execute (the signal parsed).
+    pub fn check(&self) -> Result<Reload> {
         if self.supervisor_port == 0 || self.api_port == 0 {
             bail!("supervisor-port and api-port must be non-zero");
         }
@@ -399,16 +429,22 @@ impl SidecarConfig {
                 self.config_file().display()
             );
         }
-        if let Some(ReloadAction::Signal(name)) = &self.reload {
-            crate::apply::parse_signal(name)?;
+        match self.reload_action() {
+            ReloadAction::Signal(name) => Ok(Reload::Signal(parse_signal(&name)?)),
+            ReloadAction::Command(argv) if argv.is_empty() => bail!("reload command is empty"),
+            ReloadAction::Command(argv) => Ok(Reload::Command(argv)),
         }
-        if let Some(ReloadAction::Command(argv)) = &self.reload {
-            if argv.is_empty() {
-                bail!("reload command is empty");
-            }
-        }
-        Ok(())
     }
+}
+
+/// A working file the apply step keeps next to the live one: `dir/name.conf` + `candidate` ->
+/// `dir/name.conf.candidate`. Never ending in `.conf`/`.cfg`, so an operator's `include *.conf`
+/// never picks one up.
+pub fn working_file(live: &Path, suffix: &str) -> PathBuf {
+    let mut name = live.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    live.with_file_name(name)
 }
 
 fn path_arg(path: &Path) -> String {
@@ -527,6 +563,12 @@ reload:
         assert_eq!(c.reload_action(), ReloadAction::Signal("USR2".into()));
         assert_eq!(c.nginx.stream_module, StreamModule::Builtin);
         assert!(serde_yaml_ng::from_str::<SidecarConfig>("reload: {}").is_err());
+        assert_eq!(c.check().unwrap(), Reload::Signal(Signal::SIGUSR2));
+        let misspelt: SidecarConfig = serde_yaml_ng::from_str("reload: {signal: HUPP}").unwrap();
+        let err = misspelt.check().unwrap_err().to_string();
+        assert_eq!(err, "unknown signal \"HUPP\"");
+        let empty: SidecarConfig = serde_yaml_ng::from_str("reload: {command: []}").unwrap();
+        assert!(empty.check().is_err());
         let back: SidecarConfig =
             serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c, "round-trips");
@@ -550,6 +592,29 @@ reload:
             ..SidecarConfig::default()
         };
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn signals_parse_in_any_spelling() {
+        assert_eq!(parse_signal("HUP").unwrap(), Signal::SIGHUP);
+        assert_eq!(parse_signal("sigusr2").unwrap(), Signal::SIGUSR2);
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn working_files_sit_next_to_the_live_one() {
+        let c = SidecarConfig {
+            config_file: Some(PathBuf::from("/etc/lb/nginx.conf")),
+            ..SidecarConfig::default()
+        };
+        assert_eq!(
+            c.candidate_file(),
+            PathBuf::from("/etc/lb/nginx.conf.candidate")
+        );
+        assert_eq!(
+            working_file(Path::new("lb.cfg"), "last-good"),
+            PathBuf::from("lb.cfg.last-good")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::view::Upstream;
+use crate::upstream::Upstream;
 
 /// Damping knobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

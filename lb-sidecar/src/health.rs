@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::view::{Exclusion, RoutableView, Upstream};
+use crate::upstream::Upstream;
+use crate::view::{Exclusion, RoutableView};
 
 /// Health-check knobs (`health-check` in the sidecar's config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LbKind;
-use crate::view::{Alarm, Upstream};
+use crate::upstream::Upstream;
+use crate::view::Alarm;
 
 /// The result of the last apply attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -13,21 +13,7 @@ use std::net::IpAddr;
 use rke2_bootstrap::gossip::schema::{cluster_identity, Liveness, Member, Phase, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::render::{validate_addr, validate_name};
-
-/// One backend server of the LB. Ordered by name, then address, so every sidecar that sees the
-/// same membership produces the same list in the same order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Upstream {
-    pub name: String,
-    pub addr: IpAddr,
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.addr)
-    }
-}
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Why a server-role member is not in the routable set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +31,8 @@ pub enum Exclusion {
     NoClusterIdentity,
     /// Ready, but a member of another cluster (another CA). Also reported as an [`Alarm`].
     ForeignCa { ca_hash: String },
-    /// Its name could end up in the LB config and does not pass validation.
+    /// Its name could end up in the LB config and does not pass validation (see
+    /// [`crate::upstream`]).
     InvalidName { detail: String },
     /// Its address is not a usable unicast address.
     InvalidAddr { detail: String },
@@ -147,11 +134,11 @@ pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView
     // Candidates by name: the newest generation wins, ties broken by the lower address, so the
     // result does not depend on the order gossip listed the members in.
     let rank = |m: &Member| (m.generation, std::cmp::Reverse(m.node_addr));
-    let mut by_name: BTreeMap<&str, &Member> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, (&Member, Upstream)> = BTreeMap::new();
     let mut rejected: BTreeMap<&str, (&Member, Exclusion)> = BTreeMap::new();
     for m in members.iter().filter(|m| m.role == Role::Server) {
-        match exclusion(m, identity) {
-            Some(reason) => {
+        match routable_upstream(m, identity) {
+            Err(reason) => {
                 if let Exclusion::ForeignCa { ca_hash } = &reason {
                     view.alarms.push(Alarm {
                         name: m.name.clone(),
@@ -172,10 +159,10 @@ pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView
                     rejected.insert(&m.name, (m, reason));
                 }
             }
-            None => match by_name.get(m.name.as_str()) {
-                Some(other) if rank(other) >= rank(m) => {}
+            Ok(upstream) => match by_name.get(m.name.as_str()) {
+                Some((other, _)) if rank(other) >= rank(m) => {}
                 _ => {
-                    by_name.insert(&m.name, m);
+                    by_name.insert(&m.name, (m, upstream));
                 }
             },
         }
@@ -188,8 +175,8 @@ pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView
     }
     // Names are unique now; make addresses unique too, the lowest name keeping an address.
     let mut by_addr: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for (name, m) in &by_name {
-        if let Some(kept) = by_addr.get(&m.node_addr) {
+    for (name, (_, upstream)) in by_name {
+        if let Some(kept) = by_addr.get(&upstream.addr) {
             view.excluded.insert(
                 name.to_string(),
                 Exclusion::DuplicateAddr {
@@ -198,25 +185,23 @@ pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView
             );
             continue;
         }
-        by_addr.insert(m.node_addr, name);
-        view.upstreams.push(Upstream {
-            name: name.to_string(),
-            addr: m.node_addr,
-        });
+        by_addr.insert(upstream.addr, name);
+        view.upstreams.push(upstream);
     }
     view.alarms.sort();
     view.alarms.dedup();
     view
 }
 
-fn exclusion(m: &Member, identity: Option<&str>) -> Option<Exclusion> {
+/// The member as an upstream, or why it cannot be one.
+fn routable_upstream(m: &Member, identity: Option<&str>) -> Result<Upstream, Exclusion> {
     match m.liveness {
-        Liveness::Left => return Some(Exclusion::Left),
-        Liveness::Dead => return Some(Exclusion::Dead),
+        Liveness::Left => return Err(Exclusion::Left),
+        Liveness::Dead => return Err(Exclusion::Dead),
         Liveness::Alive => {}
     }
     if !m.is_routable_server() {
-        return Some(Exclusion::NotReady {
+        return Err(Exclusion::NotReady {
             phase: if m.phase == Phase::Ready && !m.ready {
                 // Phase says ready but the flag does not: report the flag.
                 Phase::Joining
@@ -226,27 +211,24 @@ fn exclusion(m: &Member, identity: Option<&str>) -> Option<Exclusion> {
         });
     }
     let Some(hash) = m.ca_hash.as_deref() else {
-        return Some(Exclusion::NoCaHash);
+        return Err(Exclusion::NoCaHash);
     };
     let Some(identity) = identity else {
-        return Some(Exclusion::NoClusterIdentity);
+        return Err(Exclusion::NoClusterIdentity);
     };
     if hash != identity {
-        return Some(Exclusion::ForeignCa {
+        return Err(Exclusion::ForeignCa {
             ca_hash: hash.to_string(),
         });
     }
-    if let Err(err) = validate_name(&m.name) {
-        return Some(Exclusion::InvalidName {
+    Upstream::new(m.name.clone(), m.node_addr).map_err(|err| match err {
+        UpstreamError::InvalidName { .. } => Exclusion::InvalidName {
             detail: err.to_string(),
-        });
-    }
-    if let Err(err) = validate_addr(m.node_addr) {
-        return Some(Exclusion::InvalidAddr {
+        },
+        UpstreamError::InvalidAddr { .. } => Exclusion::InvalidAddr {
             detail: err.to_string(),
-        });
-    }
-    None
+        },
+    })
 }
 
 fn short(hash: &str) -> &str {
