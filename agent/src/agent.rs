@@ -364,6 +364,7 @@ impl Agent {
             steward::StewardSettings {
                 self_name: self.cfg.node_name.clone(),
                 etcd_client: etcd,
+                api: SocketAddr::new(self.published.node_addr, self.probe.ports().api),
                 root: self.cfg.root.clone(),
                 departed_grace: self.cfg.departed_server_grace_period,
             },

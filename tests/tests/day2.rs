@@ -114,15 +114,15 @@ fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
     cluster
         .wait_for_lb_servers(&after, Duration::from_secs(30))
         .unwrap();
-    // One removal, by one server.
+    // One removal, by one server, through the API as the cluster admin (RKE2's controllers
+    // remove the member and the password with the Node).
     let removers: Vec<&str> = live
         .iter()
         .copied()
         .filter(|s| {
-            cluster
-                .host(s)
-                .log()
-                .contains("removed the etcd member of a server gone for good")
+            let log = cluster.host(s).log();
+            log.contains("deleted the node object of a server gone for good")
+                && log.contains(&format!("node={gone}"))
         })
         .collect();
     assert_eq!(removers.len(), 1, "{removers:?}\n{}", cluster.logs_tail());

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::{next_removal, steward_of, EtcdRoster, EtcdSeat, HostSeen, Removal};
 use crate::gossip::schema::{Liveness, Member};
+use crate::rke2::kube::{KubeAdmin, NodeDeletion};
 use crate::rke2::rejoin::{node_password_key, Etcd, EtcdMember};
 
 /// How often the steward reads etcd's member list. The list changes only when servers come or
@@ -88,6 +89,8 @@ impl SilenceClock {
 pub struct StewardSettings {
     pub self_name: String,
     pub etcd_client: SocketAddr,
+    /// This server's Kubernetes API (RKE2's 6443 on the node address).
+    pub api: SocketAddr,
     /// Where RKE2's files are (`/` on a real host).
     pub root: PathBuf,
     pub departed_grace: Duration,
@@ -150,9 +153,33 @@ async fn steward_round(
         Removal::Nothing => Ok((current, None)),
         Removal::Wait(why) => Ok((current, Some(why))),
         Removal::Remove(node) => {
+            delete_node_object(settings, &node).await;
+            // RKE2 removes the member as it deletes the Node; whatever it has not removed yet
+            // (or, on an older RKE2, never will) goes directly.
+            let members = etcd.members().await?;
             remove_departed(&etcd, &members, &node).await;
             let after = roster_of(&etcd.members().await?);
             Ok((after, None))
+        }
+    }
+}
+
+/// Deletes the Node of a departed server through the API as the cluster admin: RKE2's own
+/// controllers then remove its etcd member and node password, and no workload is scheduled on a
+/// Node that will never return. A failure is logged and the etcd cleanup goes on regardless: the
+/// member is what blocks the cluster.
+async fn delete_node_object(settings: &StewardSettings, node: &str) {
+    let deleted = match KubeAdmin::new(settings.api, &settings.root) {
+        Ok(admin) => admin.delete_node(node).await,
+        Err(err) => Err(err),
+    };
+    match deleted {
+        Ok(NodeDeletion::Deleted) => {
+            info!(node = %node, "deleted the node object of a server gone for good")
+        }
+        Ok(NodeDeletion::Absent) => {}
+        Err(err) => {
+            warn!(node = %node, error = %format!("{err:#}"), "cannot delete the node object of a server gone for good")
         }
     }
 }
