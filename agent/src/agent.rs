@@ -36,6 +36,12 @@ use crate::status::{self, StatusReport};
 /// The pause before a joiner tries again to pin the cluster CA at the registration address.
 const CA_PIN_RETRY: Duration = Duration::from_secs(5);
 
+/// Why the agent does nothing on a decommissioned host (checked before it joins gossip, and
+/// again by the bring-up).
+pub const DECOMMISSIONED: &str = "this host was decommissioned (rke2-bootstrap decommission): \
+its node and etcd member are gone and RKE2 is disabled; to make it a member again, reinstall it \
+(remove /var/lib/rancher/rke2 and the agent's state directory)";
+
 /// How long each bring-up step keeps gossip at its fast pace (renewed by the next step).
 const FAST_GOSSIP_WHILE_BRINGING_UP: Duration = Duration::from_secs(15);
 
@@ -55,6 +61,11 @@ fn tick(phase: Phase) -> Duration {
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let state_dir = StateDir::open(&cfg.state_dir)?;
     let state = state_dir.load()?;
+    if matches!(state.progress, Progress::Decommissioned(_)) {
+        // Not an error: nothing is wrong, and a unit restarting on failure must not loop.
+        info!("{DECOMMISSIONED}");
+        return Ok(());
+    }
     preflight(&cfg)?;
     let keyring = Keyring::load(&cfg.gossip_key_file)?;
     let addrs = crate::node_addr::resolve(&cfg)?;
@@ -288,6 +299,7 @@ impl Agent {
                     self.came_up(plan).await?;
                     return Ok(plan);
                 }
+                Progress::Decommissioned(_) => bail!(DECOMMISSIONED),
                 Progress::Joined(plan) => {
                     info!(plan = %plan, "this host already joined a cluster; resuming");
                     if plan == Plan::Initialize {

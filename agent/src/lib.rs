@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bringup;
 pub mod cmdline;
 pub mod config;
+pub mod decommission;
 pub mod demo;
 pub mod election;
 pub mod exit;

@@ -43,6 +43,19 @@ enum Command {
     /// Load the configuration exactly as `agent` would (file, kernel command line, environment,
     /// flags) and report the first problem; nothing is started or written. Exit 0 or 2.
     CheckConfig(AgentArgs),
+    /// Take a server out of the cluster: delete its node and etcd member (refused when the rest
+    /// would lose quorum), disable RKE2 on it. Run it on the server with its agent stopped, or on
+    /// another server with --node for a host that cannot run it (powered off for good).
+    Decommission {
+        /// Another host, gone from gossip, to remove from a live server.
+        #[arg(long)]
+        node: Option<String>,
+        /// Confirm: without it, everything is checked and what would happen is said.
+        #[arg(long)]
+        confirm: bool,
+        #[command(flatten)]
+        config: AgentArgs,
+    },
     /// The first-server election's operator actions.
     Election {
         #[command(subcommand)]
@@ -239,6 +252,35 @@ fn main() -> ExitCode {
                 rke2_bootstrap::release::release_claim(&cfg, &claim, true)
                     .and_then(|msg| print_stdout(&format!("{msg}\n"))),
             )
+        }
+        Command::Decommission {
+            node,
+            confirm,
+            config,
+        } => {
+            let cfg = match config.load(false) {
+                Ok(cfg) => cfg,
+                Err(err) => return start_error(err),
+            };
+            let target = match node {
+                Some(name) => rke2_bootstrap::decommission::Target::Other(name),
+                None => rke2_bootstrap::decommission::Target::ThisHost,
+            };
+            let runtime =
+                rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
+            let outcome = runtime.block_on(rke2_bootstrap::decommission::decommission(
+                &cfg, target, confirm,
+            ));
+            match outcome {
+                // A missing confirmation is a usage problem: say what would happen, exit 2.
+                Err(err) if err.is::<rke2_bootstrap::decommission::NotConfirmed>() => {
+                    eprintln!("{PROGRAM}: {err:#}");
+                    ExitCode::from(exit::CONFIGURATION)
+                }
+                outcome => {
+                    runtime_outcome(outcome.and_then(|msg| print_stdout(&format!("{msg}\n"))))
+                }
+            }
         }
         Command::Members { json, config } => {
             let cfg = match config.load(false) {

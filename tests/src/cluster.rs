@@ -339,6 +339,12 @@ impl TestCluster {
     /// have their own hostname), the root, the installer (the harness serves it) and the service
     /// manager (the stand-in's); everything else comes from the file.
     pub fn agent_command(&self, host: &TestHost) -> Command {
+        self.host_command(host, &["agent"])
+    }
+
+    /// `rke2-bootstrap <subcommand>` with the flags `host`'s agent runs with (an operator's
+    /// command on that host sees the same configuration).
+    pub fn host_command(&self, host: &TestHost, subcommand: &[&str]) -> Command {
         if let Some(config) = &host.config_file {
             let flags = [
                 ("node-name", host.name.clone()),
@@ -351,7 +357,7 @@ impl TestCluster {
                 ),
             ];
             let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-            cmd.arg("agent").arg("--config").arg(config);
+            cmd.args(subcommand).arg("--config").arg(config);
             for (key, value) in flags.iter().map(|(k, v)| (k.to_string(), v.clone())) {
                 cmd.arg(format!("--{key}")).arg(value);
             }
@@ -402,7 +408,7 @@ impl TestCluster {
             }
         }
         let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-        cmd.arg("agent");
+        cmd.args(subcommand);
         for (key, value) in &flags {
             cmd.arg(format!("--{key}")).arg(value);
         }
@@ -525,7 +531,18 @@ impl TestCluster {
             .collect()
     }
 
-    /// SIGTERM: the agent leaves gossip gracefully.
+    /// `systemctl stop rke2-bootstrap`: SIGTERM, the agent leaves gossip gracefully, and RKE2, in
+    /// its own unit, keeps running (the host root stops it when the test ends).
+    pub fn stop_agent(&mut self, name: &str) -> Result<()> {
+        let i = self.index(name);
+        if let Some(mut child) = self.hosts[i].child.take() {
+            child.terminate(Duration::from_secs(10))?;
+            std::mem::forget(child);
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: the agent leaves gossip gracefully, and the host's RKE2 is stopped with it.
     pub fn stop(&mut self, name: &str) -> Result<()> {
         let i = self.index(name);
         if let Some(mut child) = self.hosts[i].child.take() {

@@ -135,3 +135,108 @@ fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
         "{calls:?}"
     );
 }
+
+/// `rke2-bootstrap decommission` on `name` (its agent's flags), returning the output.
+fn decommission(cluster: &TestCluster, name: &str, args: &[&str]) -> std::process::Output {
+    let mut subcommand = vec!["decommission"];
+    subcommand.extend_from_slice(args);
+    cluster
+        .host_command(cluster.host(name), &subcommand)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Decommission is refused while the cluster without the server would lose quorum (one of three
+/// servers is off, a second would leave one of two answering), and for a live host named from
+/// elsewhere; it is accepted on a healthy cluster: the server's node and member go, its RKE2 is
+/// disabled, the LB follows, and its agent never brings it back.
+#[test]
+fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
+    let servers = ["server-1", "server-2", "server-3"];
+    let spec = ClusterSpec::new(135, &servers.map(|s| (s, "server"))).with_lb();
+    let mut cluster = TestCluster::new(spec).unwrap();
+    for host in servers {
+        // The power-off below must not be repaired by the steward while the test looks.
+        cluster
+            .host_mut(host)
+            .extra
+            .push(("departed-server-grace-period".into(), "15m".into()));
+    }
+    cluster.start_lb().unwrap();
+    cluster.start_all().unwrap();
+    cluster
+        .wait_for_phase(&servers, Phase::Ready, FORMATION)
+        .unwrap();
+    cluster
+        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
+        .unwrap();
+
+    // A live host cannot be decommissioned from elsewhere.
+    let out = decommission(&cluster, "server-1", &["--node", "server-3", "--confirm"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("alive in gossip"), "{}", text(&out));
+
+    // One server off: taking a second away would leave one of two members answering.
+    cluster.power_off("server-3").unwrap();
+    cluster.stop_agent("server-2").unwrap();
+    let out = decommission(&cluster, "server-2", &["--confirm"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("refused") && text(&out).contains("1 of 2"),
+        "{}",
+        text(&out)
+    );
+    cluster.start("server-2").unwrap();
+    cluster.start("server-3").unwrap();
+    cluster
+        .wait_for_phase(&servers, Phase::Ready, FORMATION)
+        .unwrap();
+    cluster
+        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
+        .unwrap();
+
+    // Healthy: accepted. Without --confirm it only says what it would do (exit 2).
+    cluster.stop_agent("server-3").unwrap();
+    let dry = decommission(&cluster, "server-3", &[]);
+    assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
+    assert!(text(&dry).contains("leaving 2 voters"), "{}", text(&dry));
+    let out = decommission(&cluster, "server-3", &["--confirm"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("decommissioned server-3"),
+        "{}",
+        text(&out)
+    );
+    cluster
+        .wait_for_one_etcd_cluster(&servers[..2], Duration::from_secs(30))
+        .unwrap();
+    cluster
+        .wait_for_lb_servers(&servers[..2], Duration::from_secs(30))
+        .unwrap();
+    let calls = cluster.host("server-3").service_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|(_, c)| c.contains("disable --now rke2-server")),
+        "{calls:?}"
+    );
+    // Its agent stays out: started again, it exits at once, successfully, saying why.
+    cluster.start("server-3").unwrap();
+    let status = cluster
+        .wait_exit("server-3", Duration::from_secs(20))
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        cluster.host("server-3").log().contains("decommissioned"),
+        "{}",
+        cluster.host("server-3").log()
+    );
+}

@@ -430,7 +430,7 @@ fn checkpoint(state: &PersistedState) -> usize {
         Progress::Settled(_) => 1,
         Progress::Configured(_) => 2,
         Progress::Started(_) => 3,
-        Progress::Joined(_) => 4,
+        Progress::Joined(_) | Progress::Decommissioned(_) => 4,
     };
     [
         state.election.vote.is_some(),

@@ -98,6 +98,9 @@ pub enum Progress {
     Started(Plan),
     /// RKE2 passed its readiness probes at least once: this host is a member of the cluster.
     Joined(Plan),
+    /// An operator took this host out of the cluster (`rke2-bootstrap decommission`): its Node
+    /// and etcd member are gone and RKE2 is disabled. The agent does nothing more here.
+    Decommissioned(Plan),
 }
 
 /// A transition that is not legal from the current step.
@@ -126,7 +129,8 @@ impl Progress {
             Progress::Settled(p)
             | Progress::Configured(p)
             | Progress::Started(p)
-            | Progress::Joined(p) => Some(p),
+            | Progress::Joined(p)
+            | Progress::Decommissioned(p) => Some(p),
         }
     }
 
@@ -209,6 +213,17 @@ impl Progress {
         }
     }
 
+    /// An operator decommissioned this member (only a member that joined can be).
+    pub fn decommissioned(self) -> Result<Progress, IllegalStep> {
+        match self {
+            Progress::Joined(p) => Ok(Progress::Decommissioned(p)),
+            from => Err(IllegalStep {
+                from,
+                action: "decommission",
+            }),
+        }
+    }
+
     /// The phase peers see; `voted`: the persisted election state holds a vote of this host.
     pub fn phase(self, voted: bool, run: RunFacts) -> Phase {
         match self {
@@ -222,6 +237,7 @@ impl Progress {
             // bringing its etcd member back holds the join turn like a joiner.
             Progress::Joined(p) if !run.up => p.working_phase(),
             Progress::Joined(_) => Phase::Ready,
+            Progress::Decommissioned(_) => Phase::Leaving,
         }
     }
 }
@@ -234,6 +250,7 @@ impl fmt::Display for Progress {
             Progress::Configured(p) => ("configured", p),
             Progress::Started(p) => ("started", p),
             Progress::Joined(p) => ("joined", p),
+            Progress::Decommissioned(p) => ("decommissioned", p),
         };
         write!(f, "{step} ({plan})")
     }
@@ -253,6 +270,7 @@ mod tests {
                 Progress::Configured(p),
                 Progress::Started(p),
                 Progress::Joined(p),
+                Progress::Decommissioned(p),
             ]);
         }
         steps
@@ -299,7 +317,7 @@ mod tests {
                 Progress::Settled(_) => &["configured"],
                 Progress::Configured(_) => &["started"],
                 Progress::Started(_) => &["joined"],
-                Progress::Joined(_) => &[],
+                Progress::Joined(_) | Progress::Decommissioned(_) => &[],
             };
             assert_eq!(legal, want, "from {from}");
             for (_, m) in moves {

@@ -65,6 +65,8 @@ pub struct EtcdMember {
     pub learner: bool,
     /// Its client URL answered just now (any answer: the process runs).
     pub answering: bool,
+    /// Where its clients reach it (`ip:port` of its client URLs).
+    pub client_addrs: Vec<SocketAddr>,
 }
 
 impl EtcdMember {
@@ -230,9 +232,11 @@ impl Etcd {
                 other => other.as_u64().unwrap_or(0),
             };
             let mut answering = false;
+            let mut client_addrs = Vec::new();
             for url in m["clientURLs"].as_array().cloned().unwrap_or_default() {
                 if let Some(url) = url.as_str() {
                     answering |= listens(url).await;
+                    client_addrs.extend(url_addr(url));
                 }
             }
             members.push(EtcdMember {
@@ -240,6 +244,7 @@ impl Etcd {
                 name: m["name"].as_str().unwrap_or_default().to_string(),
                 learner: m["isLearner"].as_bool().unwrap_or(false),
                 answering,
+                client_addrs,
             });
         }
         Ok(members)
@@ -273,6 +278,15 @@ impl Etcd {
             .unwrap_or(0)
             > 0)
     }
+}
+
+/// The `ip:port` of an etcd URL (`https://ip:port`, `https://[v6]:port`).
+fn url_addr(url: &str) -> Option<SocketAddr> {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .parse()
+        .ok()
 }
 
 /// Whether an etcd client URL (`https://ip:port`) accepts connections: its member runs. Judged
@@ -359,6 +373,7 @@ mod tests {
             name: name.into(),
             learner: false,
             answering,
+            client_addrs: Vec::new(),
         }
     }
 

@@ -272,12 +272,14 @@ mod tests {
                 name: "server-1-0a1b".into(),
                 learner: false,
                 answering: true,
+                client_addrs: Vec::new(),
             },
             EtcdMember {
                 id: 0x2a,
                 name: String::new(),
                 learner: true,
                 answering: false,
+                client_addrs: Vec::new(),
             },
         ];
         assert_eq!(roster_of(&members).encode(), "server-1:v+,unstarted-2a:l-");

@@ -1,0 +1,187 @@
+//! `rke2-bootstrap decommission`: taking a server out of the cluster on purpose.
+//!
+//! On the server itself (its agent stopped first, which leaves gossip as it stops): refused when
+//! the cluster without it would lose quorum ([`crate::shape::removal_keeps_quorum`]); otherwise
+//! its Node is deleted through the API as the cluster admin (RKE2 removes its etcd member and
+//! node password with it), its member is removed directly if etcd still lists it, RKE2 is
+//! disabled, and the host's state records the decommission so that the agent never brings it
+//! back. Nothing is drained: a server of a dedicated control plane runs no workloads, and a
+//! server that also runs workloads is drained by the operator first, as Kubernetes does it
+//! (`kubectl drain`), since only the operator knows what may move.
+//!
+//! From another server (`--node NAME`), for a host that cannot run the command itself (powered off,
+//! disk dead): the same checks and removal, refused while gossip shows NAME alive (it must then
+//! be decommissioned on itself, so that it also stops RKE2 and leaves gossip).
+
+use anyhow::{bail, Context, Result};
+
+use crate::bringup::progress::Progress;
+use crate::config::AgentConfig;
+use crate::gossip::schema::Role;
+use crate::rke2::kube::{KubeAdmin, NodeDeletion};
+use crate::rke2::probe::ProbePorts;
+use crate::rke2::rejoin::{self, node_password_key, Etcd};
+use crate::rke2::service::{ServiceKind, ServiceManager};
+use crate::shape::{self, steward::roster_of};
+use crate::state::StateDir;
+use crate::status;
+
+/// How long RKE2 is given to remove the member of a deleted Node before it is removed directly.
+const MEMBER_REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Refused for want of `--confirm`: what would have been done.
+#[derive(Debug, thiserror::Error)]
+#[error("not confirmed: this would {0}. Add --confirm to go ahead")]
+pub struct NotConfirmed(pub String);
+
+/// What is asked: this host, or another one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    ThisHost,
+    Other(String),
+}
+
+/// Decommissions `target`; without `confirm`, checks everything and says what it would do.
+pub async fn decommission(cfg: &AgentConfig, target: Target, confirm: bool) -> Result<String> {
+    let state_dir = StateDir::open(&cfg.state_dir)?;
+    let node = match &target {
+        Target::ThisHost => {
+            if status::fetch(&cfg.status_socket).is_ok() {
+                bail!(
+                    "the agent is running (its status socket {} answers): stop it first \
+                     (systemctl stop rke2-bootstrap; it leaves gossip as it stops), then \
+                     decommission",
+                    cfg.status_socket.display()
+                );
+            }
+            let state = state_dir.load()?;
+            match state.progress {
+                Progress::Joined(plan) if plan.role() == Role::Server => {}
+                Progress::Decommissioned(_) => bail!("this host is already decommissioned"),
+                step => bail!(
+                    "this host is not a server of the cluster (bring-up step {step}): only a \
+                     server that joined can be decommissioned; for a worker, delete its node \
+                     from a server with `rke2-bootstrap decommission --node {}`",
+                    cfg.node_name
+                ),
+            }
+            cfg.node_name.clone()
+        }
+        Target::Other(name) => {
+            refuse_if_alive(cfg, name)?;
+            name.clone()
+        }
+    };
+
+    let addrs = crate::node_addr::resolve(cfg)?;
+    let etcd_addr = std::net::SocketAddr::new(addrs.node_ip, rejoin::ETCD_CLIENT_PORT);
+    let etcd = Etcd::new(etcd_addr, &cfg.root)
+        .context("decommission runs on a server: it needs this server's etcd credentials")?;
+    let members = etcd.members().await.context("reading etcd's member list")?;
+    let roster = roster_of(&members);
+    if !etcd.has_quorum().await {
+        bail!("refused: etcd has no quorum now, so no member can be removed safely");
+    }
+    let is_member = roster.seat(&node).is_some();
+    if is_member {
+        shape::removal_keeps_quorum(&roster, &node)
+            .map_err(|why| anyhow::anyhow!("refused: {why}"))?;
+    }
+    let plan = format!(
+        "decommission {node}: delete its node{}{}",
+        if is_member {
+            format!(
+                ", remove its etcd member (leaving {} voters)",
+                roster.voters().filter(|s| s.node != node).count()
+            )
+        } else {
+            String::new()
+        },
+        if target == Target::ThisHost {
+            ", disable rke2-server on this host and keep the agent from bringing it back"
+        } else {
+            ""
+        }
+    );
+    if !confirm {
+        return Err(NotConfirmed(plan).into());
+    }
+
+    let api = std::net::SocketAddr::new(addrs.node_ip, ProbePorts::default().api);
+    let deleted = match KubeAdmin::new(api, &cfg.root) {
+        Ok(admin) => admin.delete_node(&node).await,
+        Err(err) => Err(err),
+    };
+    let mut done = vec![match deleted {
+        Ok(NodeDeletion::Deleted) => "deleted its node".to_string(),
+        Ok(NodeDeletion::Absent) => "it had no node".to_string(),
+        Err(err) => format!("could not delete its node ({err:#})"),
+    }];
+    // RKE2 removes the member with the Node (a controller, within seconds); what it has not
+    // removed goes directly. Watched from a member that stays: a server decommissioning itself
+    // loses its own etcd with its member.
+    let witness = match &target {
+        Target::Other(_) => etcd.clone(),
+        Target::ThisHost => {
+            let other = members
+                .iter()
+                .filter(|m| m.node_name() != node && m.answering && !m.learner)
+                .flat_map(|m| m.client_addrs.first().copied())
+                .next()
+                .context("no other etcd member answers to watch the removal from")?;
+            Etcd::new(other, &cfg.root)?
+        }
+    };
+    let deadline = tokio::time::Instant::now() + MEMBER_REMOVAL_WAIT;
+    loop {
+        let left = witness.members().await?;
+        let Some(member) = left.iter().find(|m| m.node_name() == node) else {
+            break;
+        };
+        if tokio::time::Instant::now() >= deadline {
+            witness
+                .remove_member(member.id)
+                .await
+                .with_context(|| format!("removing the etcd member of {node}"))?;
+            done.push("removed its etcd member".into());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    if witness.delete(&node_password_key(&node)).await? {
+        done.push("removed its node password".into());
+    }
+    if target == Target::ThisHost {
+        let services = ServiceManager::new(cfg.service_manager.clone());
+        services
+            .disable_now(ServiceKind::Server.unit())
+            .await
+            .context("disabling rke2-server")?;
+        done.push("disabled rke2-server".into());
+        let mut state = state_dir.load()?;
+        state.progress = state.progress.decommissioned()?;
+        state_dir.save(&state)?;
+    }
+    Ok(format!("decommissioned {node}: {}", done.join(", ")))
+}
+
+/// `--node NAME` is for a host that cannot decommission itself: one that gossip shows alive must
+/// do it on itself, so that it stops RKE2 too. Needs this server's agent running (its view).
+fn refuse_if_alive(cfg: &AgentConfig, name: &str) -> Result<()> {
+    let report = status::fetch(&cfg.status_socket)
+        .context("decommission --node asks this host's agent whether the node is still alive")?;
+    if name == report.node {
+        bail!("{name} is this host: run decommission without --node, with the agent stopped");
+    }
+    let alive = report
+        .members
+        .iter()
+        .any(|m| m.name == name && m.alive && !m.left);
+    if alive {
+        bail!(
+            "refused: {name} is alive in gossip; run `rke2-bootstrap decommission` on {name} \
+             itself (agent stopped), so that it also stops RKE2"
+        );
+    }
+    Ok(())
+}
