@@ -4,12 +4,13 @@
 //! ([`Partition`]).
 //!
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
-//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40,
-//! the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip relay's
-//! unit tests 79, cli 9, zero_touch 100-103, fleet_recipes 104-109, the etcd-backed stand-in's
-//! scenarios (rejoins, quorum, certificate rotation) 120-139, gossip pacing 180-181 (agent/tests/gossip.rs, as
-//! 127.0.<id>.x), the sidecar's health checks 182 (lb-sidecar/tests/health.rs). The benchmark's
-//! in-process fleet uses 127.210-229.x.x. Hosts are `.11` and up, the LB host `.10`.
+//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40
+//! and 42-43, the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip
+//! relay's unit tests 79, cli 9, zero_touch 98 and 100-103, fleet_recipes 104-109, the etcd-backed
+//! stand-in's scenarios (rejoins, quorum, certificate rotation) 120-128, the stand-in's admin API
+//! 129, day 2 (day2.rs, day2_returns.rs) 132-139, gossip pacing 180-183 (agent/tests/gossip.rs,
+//! as 127.0.<id>.x), the sidecar's health checks 182 (lb-sidecar/tests/health.rs). The
+//! benchmark's in-process fleet uses 127.210-229.x.x. Hosts are `.11` and up, the LB host `.10`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
