@@ -78,6 +78,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         token: None,
         halted: None,
         promotable: cfg.role == ConfiguredRole::Auto,
+        rke2_data: false,
         etcd_members: None,
     };
 
@@ -210,6 +211,8 @@ struct Published {
     halted: Option<Phase>,
     /// Configured `role: auto`: a worker that may become a server (day 2).
     promotable: bool,
+    /// RKE2's data is on disk (read again at every publication).
+    rke2_data: bool,
     /// The etcd member list, while this server is the steward.
     etcd_members: Option<EtcdRoster>,
 }
@@ -231,6 +234,7 @@ impl Published {
         announcement.token = self.token.clone();
         announcement.leaving = self.halted == Some(Phase::Leaving);
         announcement.promotable = self.promotable;
+        announcement.rke2_data = self.rke2_data;
         announcement.etcd_members = self.etcd_members.clone();
         announcement
     }
@@ -881,6 +885,7 @@ impl Agent {
     }
 
     async fn publish(&mut self) {
+        self.published.rke2_data = self.rke2_data_dir_present();
         let announcement = self.published.announcement(&self.state);
         self.cluster.announce(&announcement).await;
     }

@@ -265,6 +265,7 @@ pub(crate) mod tests {
             agent_version: None,
             rke2_version: None,
             promotable: false,
+            rke2_data: false,
             etcd_members: None,
         }
     }

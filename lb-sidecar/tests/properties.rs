@@ -74,6 +74,7 @@ fn member() -> impl Strategy<Value = Member> {
                 agent_version: None,
                 rke2_version: None,
                 promotable: false,
+                rke2_data: false,
                 etcd_members: None,
             },
         )
@@ -211,6 +212,7 @@ proptest! {
             agent_version: None,
             rke2_version: None,
             promotable: false,
+            rke2_data: false,
             etcd_members: None,
         };
         let view = routable_view(&[member], Some(CA));

@@ -29,6 +29,7 @@ mod key {
     pub const AGENT_VERSION: &str = "agent-version";
     pub const RKE2_VERSION: &str = "rke2-version";
     pub const PROMOTABLE: &str = "promotable";
+    pub const RKE2_DATA: &str = "rke2-data";
     pub const ETCD_MEMBERS: &str = "etcd-members";
     /// Written last when a node joins gossip: until it is present the node is "half-announced"
     /// and hidden from the live view (chitchat's `extra_liveness_predicate`).
@@ -255,6 +256,10 @@ pub struct Announcement {
     pub rke2_version: Option<String>,
     /// A worker that may become a server when the cluster is short of one (`role: auto`).
     pub promotable: bool,
+    /// RKE2 on this host holds data of its own (an etcd member's, or an agent's join): it
+    /// restarts as what it was. Without it, a host joining under a name the cluster knows was
+    /// wiped or reinstalled, and what its old self left behind may be cleared.
+    pub rke2_data: bool,
     /// The etcd member list, published by the steward server only (see [`crate::shape`]).
     pub etcd_members: Option<EtcdRoster>,
 }
@@ -279,6 +284,7 @@ impl Announcement {
             leaving: false,
             rke2_version: None,
             promotable: false,
+            rke2_data: false,
             etcd_members: None,
         }
     }
@@ -307,6 +313,7 @@ impl Announcement {
             ),
             (key::RKE2_VERSION, self.rke2_version.clone()),
             (key::PROMOTABLE, flag(self.promotable)),
+            (key::RKE2_DATA, flag(self.rke2_data)),
             (
                 key::ETCD_MEMBERS,
                 self.etcd_members.as_ref().map(EtcdRoster::encode),
@@ -349,6 +356,7 @@ pub struct Member {
     pub agent_version: Option<String>,
     pub rke2_version: Option<String>,
     pub promotable: bool,
+    pub rke2_data: bool,
     pub etcd_members: Option<EtcdRoster>,
 }
 
@@ -436,6 +444,7 @@ impl Member {
             agent_version: kv.get(key::AGENT_VERSION).map(|v| v.to_string()),
             rke2_version: kv.get(key::RKE2_VERSION).map(|v| v.to_string()),
             promotable: kv.get(key::PROMOTABLE) == Some(&"true"),
+            rke2_data: kv.get(key::RKE2_DATA) == Some(&"true"),
             etcd_members,
         };
         Some((member, errors))
@@ -486,6 +495,7 @@ impl Member {
             agent_version: None,
             rke2_version: None,
             promotable: false,
+            rke2_data: false,
             etcd_members: None,
         }
     }

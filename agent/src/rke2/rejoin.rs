@@ -122,6 +122,10 @@ impl StuckClock {
                 m.name != self_name
                     && m.liveness == Liveness::Alive
                     && !m.ready
+                    // A host with its RKE2 data restarts its own member, however slowly (a big
+                    // datastore, a slow disk after a reboot): never stale. Only a wiped or
+                    // reinstalled host is refused for what its old self left behind.
+                    && !m.rke2_data
                     && matches!(m.role, Role::Server | Role::Agent)
                     && matches!(
                         m.phase,
@@ -449,6 +453,17 @@ mod tests {
         a.phase = phase;
         a.ready = phase == Phase::Ready;
         Member::from_announcement(name, 1, "127.0.0.1:7947".parse().unwrap(), true, &a)
+    }
+
+    #[test]
+    fn a_restarting_server_with_its_data_is_never_stuck_however_slow() {
+        let mut clock = StuckClock::default();
+        let t0 = Instant::now();
+        let mut slow = peer("s", Role::Server, Phase::Joining);
+        slow.rke2_data = true;
+        let view = vec![peer("me", Role::Server, Phase::Ready), slow];
+        assert!(clock.observe(t0, "me", &view).is_empty());
+        assert!(clock.observe(t0 + STUCK_GRACE * 20, "me", &view).is_empty());
     }
 
     #[test]

@@ -187,6 +187,7 @@ pub fn server(name: &str, addr: IpAddr) -> Member {
         agent_version: None,
         rke2_version: None,
         promotable: false,
+        rke2_data: false,
         etcd_members: None,
     }
 }
