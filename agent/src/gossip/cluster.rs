@@ -516,6 +516,13 @@ impl Cluster {
         self.inner.apply_pace(now);
     }
 
+    /// How many nodes chitchat knows (this one included, listed in the view or not yet), as of
+    /// the view task's last wake-up: with the view's size, it tells a member that never hears
+    /// of its peers from one that hears of them but cannot judge them alive.
+    pub fn known_nodes(&self) -> usize {
+        lock(&self.inner.pacer).nodes()
+    }
+
     /// The gossip round interval in force now.
     pub fn gossip_pace(&self) -> Duration {
         lock(&self.inner.pacer).interval(Instant::now())

@@ -158,6 +158,11 @@ impl Pacer {
         self.nodes = nodes;
     }
 
+    /// How many nodes chitchat knew at the last [`Pacer::set_nodes`].
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
     /// The fast interval at the current cluster size.
     pub fn fast(&self) -> Duration {
         fast_interval(&self.settings, self.nodes)

@@ -27,6 +27,10 @@ pub struct Args {
     /// 5,50,1000; 5 with --quick). At most 2000.
     #[arg(long, value_delimiter = ',')]
     pub fleet_sizes: Option<Vec<usize>>,
+    /// The gossip interval of the variant run above N=50 (its idle interval is ten times that):
+    /// a pace matched to the CPU the in-process swarm gets (see docs/benchmarks.md).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fleet_variant_interval: Duration,
     /// Run only these scenarios: formation, fleet, churn, soak, churn-soak (default: formation,
     /// fleet and churn, plus soak with --soak and churn-soak with --churn-soak).
     #[arg(long, value_delimiter = ',')]
@@ -107,6 +111,8 @@ pub struct Plan {
     pub formation_sizes: Vec<usize>,
     /// Sizes of the fleet rows (ours in process).
     pub fleet_sizes: Vec<usize>,
+    /// The variant's gossip interval above N=50.
+    pub fleet_variant_interval: Duration,
     /// Whether the fleet rows measure the steady state (a settled swarm takes 12 s to slow
     /// down: not in the quick run).
     pub fleet_steady: bool,
@@ -211,6 +217,7 @@ impl Args {
             reps,
             formation_sizes,
             fleet_sizes,
+            fleet_variant_interval: self.fleet_variant_interval.max(Duration::from_millis(10)),
             fleet_steady: !self.quick,
             bandwidth_n,
             bandwidth_window: Duration::from_secs(if self.quick { 5 } else { 30 }),

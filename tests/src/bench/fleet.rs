@@ -9,7 +9,7 @@
 //! all" means all N of them, not a sample; Serf's members are polled over RPC, all of them up to
 //! 50.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::bench::proc::{cpu_ticks, ticks_per_second};
 use crate::bench::registry::interrupted;
 use crate::bench::report::{Report, Target, Unit};
 use crate::bench::sniff::{ByteCounter, Traffic};
-use crate::bench::swarm::{wait_converged, InProcessSwarm, SerfSwarm, Swarm};
+use crate::bench::swarm::{wait_converged, InProcessSwarm, SerfSwarm, Swarm, IN_PROCESS_PORT};
 use crate::bench::{nap, Ctx, Kind};
 use crate::progress;
 
@@ -79,30 +79,54 @@ impl Steady {
     }
 }
 
-/// The knobs of the variant run at large sizes: what the shipped fast end costs a thousand
-/// members forming on two cores, against rounds ten times slower.
-const VARIANT: &str = "ours with gossip-interval 1s, gossip-idle-interval 10s";
-
-fn variant(config: &mut GossipConfig) {
-    config.gossip_interval = Duration::from_secs(1);
-    config.idle_gossip_interval = Duration::from_secs(10);
+/// The variant run at large sizes: rounds `interval` apart in motion (the fast end still grows
+/// with N, up to the slow end), ten times that once steady. A thousand members in this process
+/// cannot keep the shipped pace on two shared cores (docs/benchmarks.md: each datagram costs the
+/// swarm about 2 ms of CPU at N=1,000, the shipped pace asks for about 9,000 a second); a pace
+/// matched to the CPU the swarm gets (`--fleet-variant-interval`) measures whether the protocol
+/// converges when rounds run on time.
+fn variant_name(interval: Duration) -> String {
+    format!(
+        "ours with gossip-interval {}, gossip-idle-interval {}",
+        humantime::format_duration(interval),
+        humantime::format_duration(interval * 10)
+    )
 }
 
+/// How the members of a run are configured, and how long they get to converge.
+struct Setup<'a> {
+    configure: &'a dyn Fn(&mut GossipConfig),
+    timeout: Duration,
+}
+
+/// Rounds a large variant run gets to converge: formation takes a number of rounds, not seconds.
+const VARIANT_ROUNDS: u32 = 20;
+
 pub fn run(ctx: &Ctx, report: &mut Report, slot: usize, n: usize) {
-    run_with(ctx, report, slot, n, "", &shipped);
+    let shipped_setup = Setup {
+        configure: &shipped,
+        timeout: timeout(n),
+    };
+    run_with(ctx, report, slot, n, "", &shipped_setup);
     if n > LARGE {
-        run_with(ctx, report, slot, n, &format!(", {VARIANT}"), &variant);
+        let interval = ctx.plan.fleet_variant_interval;
+        let variant = move |config: &mut GossipConfig| {
+            config.gossip_interval = interval;
+            config.idle_gossip_interval = interval * 10;
+        };
+        // The fast end at N nodes (see the agent's pacing: one interval per 100 nodes).
+        let fast = (interval * n.div_ceil(100) as u32).min(interval * 10);
+        let timeout = timeout(n).max(fast * VARIANT_ROUNDS);
+        let suffix = format!(", {}", variant_name(interval));
+        let setup = Setup {
+            configure: &variant,
+            timeout,
+        };
+        run_with(ctx, report, slot, n, &suffix, &setup);
     }
 }
 
-fn run_with(
-    ctx: &Ctx,
-    report: &mut Report,
-    slot: usize,
-    n: usize,
-    suffix: &str,
-    configure: &dyn Fn(&mut GossipConfig),
-) {
+fn run_with(ctx: &Ctx, report: &mut Report, slot: usize, n: usize, suffix: &str, setup: &Setup) {
     let scenario = format!("fleet N={n}{suffix}");
     let reps = if n > LARGE { 1 } else { ctx.plan.reps };
     let kinds: &[Kind] = if n <= MAX_SERF && suffix.is_empty() {
@@ -117,7 +141,10 @@ fn run_with(
             if failures[k] >= 2 {
                 continue;
             }
-            let result = run_one(ctx, kind, rep, slot, n, !steady_done[k], configure);
+            // The variant takes the next repetition's addresses: a runtime that was still busy
+            // when the previous swarm shut down can keep a few of its sockets bound a while.
+            let block = rep + usize::from(!suffix.is_empty());
+            let result = run_one(ctx, kind, block, slot, n, !steady_done[k], setup);
             let row = report.row(
                 &scenario,
                 "start -> every member sees all N",
@@ -199,13 +226,13 @@ fn run_one(
     slot: usize,
     n: usize,
     steady: bool,
-    configure: &dyn Fn(&mut GossipConfig),
+    setup: &Setup,
 ) -> Result<Outcome> {
-    let timeout = timeout(n);
+    let timeout = setup.timeout;
     let ips: Vec<Ipv4Addr> = (0..n).map(|i| member_ip(kind, rep, slot, i)).collect();
     match kind {
         Kind::Ours => {
-            let (mut swarm, t0) = InProcessSwarm::start(&ips, configure, timeout)?;
+            let (mut swarm, t0) = InProcessSwarm::start(&ips, setup.configure, timeout)?;
             let period = if n <= LARGE {
                 Duration::from_millis(10)
             } else {
@@ -269,7 +296,8 @@ fn timeout(n: usize) -> Duration {
 fn shipped(_config: &mut GossipConfig) {}
 
 /// Polls every member that has not yet seen all N up; returns the time from `t0` until the
-/// last one did.
+/// last one did. Every 10 s until then, a progress line (see [`ProgressLog`]) makes a swarm that
+/// does not converge show why.
 fn wait_all_converged(
     swarm: &mut InProcessSwarm,
     t0: Instant,
@@ -279,6 +307,7 @@ fn wait_all_converged(
     let n = swarm.len();
     let mut pending: Vec<usize> = (0..n).collect();
     let mut next_report = t0 + Duration::from_secs(10);
+    let mut log = ProgressLog::new(swarm);
     loop {
         pending.retain(|&i| swarm.up_count(i) != Some(n));
         let elapsed = t0.elapsed();
@@ -286,31 +315,283 @@ fn wait_all_converged(
             return Ok(elapsed);
         }
         if elapsed > timeout || interrupted() {
+            let last = log.line(swarm, elapsed);
             bail!(
                 "{} of {n} members saw all {n} within {timeout:?} ({} datagrams too large to \
-                 seal or refused)",
+                 seal or refused); at the end: {last}",
                 n - pending.len(),
                 swarm.send_failed()
             );
         }
         if Instant::now() >= next_report {
-            // The laggard's count tells a slow spread from a view that flaps.
-            let fewest = pending
-                .iter()
-                .filter_map(|&i| swarm.up_count(i))
-                .min()
-                .unwrap_or(n);
-            progress!(
-                "  {} of {n} members see all {n} after {:.0} s (the fewest any sees: {fewest}, \
-                 {} datagrams too large to seal or refused)",
-                n - pending.len(),
-                elapsed.as_secs_f64(),
-                swarm.send_failed()
-            );
+            progress!("  {}", log.line(swarm, elapsed));
             next_report += Duration::from_secs(10);
         }
         std::thread::sleep(period);
     }
+}
+
+/// The progress of an in-process swarm since the previous line: how many members each member
+/// lists up and how many nodes its chitchat knows (a member that never hears of its peers shows
+/// a small "known"; one that hears of them but cannot judge them alive, a "known" far above its
+/// "listed"), the pace in use, datagrams sent and delivered by the members' own counters, the
+/// kernel's drops at full receive buffers, the swarm's CPU and how late its runtime runs what
+/// is due (when the runtime cannot keep up, every round is late by about as much).
+struct ProgressLog {
+    at: Instant,
+    ticks: u64,
+    udp: Option<KernelUdp>,
+    sent: u64,
+    sent_bytes: u64,
+    received: u64,
+    rejected: u64,
+    seed_received: u64,
+    sent_each: Vec<u64>,
+    received_each: Vec<u64>,
+}
+
+/// How many of the members that list the fewest a progress line details.
+const LAGGARDS: usize = 3;
+
+impl ProgressLog {
+    fn new(swarm: &InProcessSwarm) -> ProgressLog {
+        let p = swarm.progress();
+        ProgressLog {
+            at: Instant::now(),
+            ticks: threads_ticks(crate::bench::swarm::IN_PROCESS_THREAD),
+            udp: kernel_udp(),
+            sent: p.sent,
+            sent_bytes: p.sent_bytes,
+            received: p.received,
+            rejected: p.rejected,
+            seed_received: p.seed_received,
+            sent_each: p.sent_each,
+            received_each: p.received_each,
+        }
+    }
+
+    fn line(&mut self, swarm: &InProcessSwarm, elapsed: Duration) -> String {
+        let p = swarm.progress();
+        let n = p.listed.len();
+        let now = Instant::now();
+        let secs = now.duration_since(self.at).as_secs_f64().max(0.001);
+        let ticks = threads_ticks(crate::bench::swarm::IN_PROCESS_THREAD);
+        let cores = ticks.saturating_sub(self.ticks) as f64 / ticks_per_second() / secs;
+        let udp = kernel_udp();
+        let kernel = match (self.udp, udp) {
+            (Some(before), Some(after)) => {
+                let delivered = after.delivered.saturating_sub(before.delivered);
+                let dropped = after.rcvbuf_errors.saturating_sub(before.rcvbuf_errors);
+                format!(
+                    "kernel: {dropped} of {} UDP datagrams dropped at full receive buffers \
+                     (whole machine)",
+                    delivered + dropped
+                )
+            }
+            _ => "kernel: UDP counters unreadable".into(),
+        };
+        let sent = p.sent.saturating_sub(self.sent);
+        let sent_bytes = p.sent_bytes.saturating_sub(self.sent_bytes);
+        let received = p.received.saturating_sub(self.received);
+        let rejected = p.rejected.saturating_sub(self.rejected);
+        let seed_received = p.seed_received.saturating_sub(self.seed_received);
+        let queues = socket_queues(&swarm.ips(), IN_PROCESS_PORT);
+        let seed_queue = swarm
+            .ips()
+            .first()
+            .and_then(|ip| queues.get(ip))
+            .copied()
+            .unwrap_or_default();
+        let all_drops: u64 = queues.values().map(|q| q.drops).sum();
+        // The members listing the fewest: whether their gossip loops still send and receive
+        // tells a starved or stuck member from one that is served but cannot judge its peers.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (p.listed[i], p.known[i]));
+        let laggards = order
+            .iter()
+            .take(LAGGARDS)
+            .map(|&i| {
+                let delta = |now: &[u64], before: &[u64]| {
+                    now[i].saturating_sub(before.get(i).copied().unwrap_or(0))
+                };
+                format!(
+                    "member {} lists {}, knows {}, pace {}, sent {} and got {}",
+                    i + 1,
+                    p.listed[i],
+                    p.known[i],
+                    humantime::format_duration(p.paces[i]),
+                    delta(&p.sent_each, &self.sent_each),
+                    delta(&p.received_each, &self.received_each),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut lags = p.lags.clone();
+        lags.sort_unstable();
+        let lag = |q: f64| {
+            lags.get(((lags.len().max(1) - 1) as f64 * q).round() as usize)
+                .map_or(0, |d| d.as_millis())
+        };
+        let line = format!(
+            "after {:.0} s: {} of {n} see all; up members listed per member (min/p10/p50/p90/max) \
+             {} [{}]; nodes known {}; pace {}; last {:.0} s, per member and second: {:.1} \
+             datagrams sent ({} B avg), {:.1} delivered, {:.2} refused; {kernel}; the seed: lists \
+             {}, knows {}, {:.1} datagrams delivered per s, {} KiB queued at its socket, {} \
+             dropped there of {} at all members' sockets so far; swarm CPU {:.2} cores; a 100 ms \
+             timer on the runtime fired {} times, late p50 {} ms, p90 {} ms, max {} ms; the \
+             laggards (datagrams in the last {:.0} s): {laggards}",
+            elapsed.as_secs_f64(),
+            p.listed.iter().filter(|&&c| c == n).count(),
+            spread(&p.listed),
+            buckets(&p.listed, n),
+            spread(&p.known),
+            paces(&p.paces),
+            secs,
+            sent as f64 / secs / n as f64,
+            sent_bytes.checked_div(sent).unwrap_or(0),
+            received as f64 / secs / n as f64,
+            rejected as f64 / secs / n as f64,
+            p.listed.first().copied().unwrap_or(0),
+            p.known.first().copied().unwrap_or(0),
+            seed_received as f64 / secs,
+            seed_queue.rx_queue / 1024,
+            seed_queue.drops,
+            all_drops,
+            cores,
+            lags.len(),
+            lag(0.5),
+            lag(0.9),
+            lag(1.0),
+            secs,
+        );
+        *self = ProgressLog {
+            at: now,
+            ticks,
+            udp,
+            sent: p.sent,
+            sent_bytes: p.sent_bytes,
+            received: p.received,
+            rejected: p.rejected,
+            seed_received: p.seed_received,
+            sent_each: p.sent_each,
+            received_each: p.received_each,
+        };
+        line
+    }
+}
+
+/// The kernel's UDP counters (`/proc/net/snmp`), for this network namespace: other UDP traffic
+/// on the machine counts too.
+#[derive(Debug, Clone, Copy)]
+struct KernelUdp {
+    /// Datagrams delivered to a socket.
+    delivered: u64,
+    /// Datagrams dropped because the socket's receive buffer was full.
+    rcvbuf_errors: u64,
+}
+
+fn kernel_udp() -> Option<KernelUdp> {
+    parse_snmp_udp(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+fn parse_snmp_udp(snmp: &str) -> Option<KernelUdp> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse::<u64>().ok()
+    };
+    Some(KernelUdp {
+        delivered: get("InDatagrams")?,
+        rcvbuf_errors: get("RcvbufErrors")?,
+    })
+}
+
+/// A UDP socket's receive queue (bytes) and the datagrams dropped at it since it opened.
+#[derive(Debug, Clone, Copy, Default)]
+struct SocketQueue {
+    rx_queue: u64,
+    drops: u64,
+}
+
+/// The receive queues of the IPv4 UDP sockets bound to `ips` on `port` (`/proc/net/udp`).
+fn socket_queues(ips: &[Ipv4Addr], port: u16) -> HashMap<Ipv4Addr, SocketQueue> {
+    let wanted: HashSet<&Ipv4Addr> = ips.iter().collect();
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|table| parse_proc_net_udp(&table, port))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(ip, _)| wanted.contains(ip))
+        .collect()
+}
+
+fn parse_proc_net_udp(table: &str, port: u16) -> Vec<(Ipv4Addr, SocketQueue)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (ip, p) = f.get(1)?.split_once(':')?;
+            if u16::from_str_radix(p, 16).ok()? != port {
+                return None;
+            }
+            // The address is printed as the kernel's 32-bit word: little-endian on x86.
+            let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.swap_bytes());
+            let rx_queue = u64::from_str_radix(f.get(4)?.split_once(':')?.1, 16).ok()?;
+            let drops = f.get(12)?.parse().ok()?;
+            Some((ip, SocketQueue { rx_queue, drops }))
+        })
+        .collect()
+}
+
+/// Minimum, 10th, 50th and 90th percentile and maximum of `values`.
+fn spread(values: &[usize]) -> String {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return "-".into();
+    }
+    let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+    format!("{}/{}/{}/{}/{}", q(0.0), q(0.1), q(0.5), q(0.9), q(1.0))
+}
+
+/// A histogram of how many of `n` members each member lists: itself only, under 10 %, under
+/// 50 %, under 90 %, under all, all.
+fn buckets(listed: &[usize], n: usize) -> String {
+    let mut counts = [0usize; 6];
+    for &c in listed {
+        let b = if c <= 1 {
+            0
+        } else if c * 10 < n {
+            1
+        } else if c * 2 < n {
+            2
+        } else if c * 10 < n * 9 {
+            3
+        } else if c < n {
+            4
+        } else {
+            5
+        };
+        counts[b] += 1;
+    }
+    format!(
+        "self only {}, <10% {}, <50% {}, <90% {}, <all {}, all {}",
+        counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]
+    )
+}
+
+/// How many members use each gossip interval, e.g. `1s x 998, 5s x 2`.
+fn paces(paces: &[Duration]) -> String {
+    let mut by: std::collections::BTreeMap<Duration, usize> = Default::default();
+    for &p in paces {
+        *by.entry(p).or_default() += 1;
+    }
+    by.iter()
+        .map(|(p, c)| format!("{} x {c}", humantime::format_duration(*p)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// CPU ticks of this process's threads named `name` (an in-process swarm's runtime).
@@ -493,6 +774,32 @@ fn record_steady(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_helpers() {
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 120 3 7 130 5 0\n";
+        let udp = parse_snmp_udp(snmp).unwrap();
+        assert_eq!((udp.delivered, udp.rcvbuf_errors), (120, 5));
+        assert_eq!(spread(&[5, 1, 3]), "1/1/3/5/5");
+        let table =
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   \
+                     uid  timeout inode ref pointer drops\n\
+                     1: 0100D27F:1F0A 00000000:0000 07 00000000:006CFA40 00:00000000 00000000     \
+                     0        0 1 2 0000000000000000 8809\n\
+                     2: 0200D27F:1F0B 00000000:0000 07 00000000:00000000 00:00000000 00000000     \
+                     0        0 1 2 0000000000000000 0\n";
+        let parsed = parse_proc_net_udp(table, 7946);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].0, Ipv4Addr::new(127, 210, 0, 1));
+        assert_eq!((parsed[0].1.rx_queue, parsed[0].1.drops), (0x6CFA40, 8809));
+        assert_eq!(
+            buckets(&[1, 5, 40, 60, 95, 100], 100),
+            "self only 1, <10% 1, <50% 1, <90% 1, <all 1, all 1"
+        );
+        let ms = Duration::from_millis;
+        assert_eq!(paces(&[ms(100), ms(5000), ms(100)]), "100ms x 2, 5s x 1");
+    }
 
     #[test]
     fn addresses_stay_in_the_bench_blocks_and_apart() {

@@ -5,11 +5,12 @@
 //! [`InProcessSwarm`] runs our gossip layer (the agent library's `gossip::Cluster`, the same code
 //! the agent runs) for N members inside this process, each with its own sealed UDP socket on its
 //! own loopback address: a thousand agent processes do not fit on a two-core machine, a thousand
-//! sockets and gossip loops on one runtime do.
+//! sockets and gossip loops on one runtime do (the seed, everybody's first contact, on a thread of
+//! its own).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -219,7 +220,8 @@ impl Swarm for SerfSwarm {
     }
 }
 
-/// N members of our gossip layer in this process, on a runtime of their own.
+/// N members of our gossip layer in this process, on a runtime of their own (the seed on a
+/// thread of its own).
 pub struct InProcessSwarm {
     // Field order: the members (and their tasks) go before the runtime that runs them.
     members: Vec<Cluster>,
@@ -227,14 +229,63 @@ pub struct InProcessSwarm {
     ips: Vec<Ipv4Addr>,
     /// Each member's slow gossip interval.
     idle: Vec<Duration>,
+    /// How late each [`LAG_PROBE`] timer fired on the runtime, since the last [`progress`].
+    ///
+    /// [`progress`]: InProcessSwarm::progress
+    lags: Arc<Mutex<Vec<Duration>>>,
     runtime: tokio::runtime::Runtime,
+    /// The seed's own thread; see [`InProcessSwarm::start`].
+    seed_runtime: tokio::runtime::Runtime,
+}
+
+/// What every member of an in-process swarm knows at one instant, and the transport counters
+/// summed over all members: the progress lines of a swarm that has not converged yet.
+#[derive(Debug, Default)]
+pub struct SwarmProgress {
+    /// How many members each member lists up (itself included).
+    pub listed: Vec<usize>,
+    /// How many nodes each member's chitchat knows (listed or not yet).
+    pub known: Vec<usize>,
+    /// The gossip interval each member uses now.
+    pub paces: Vec<Duration>,
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// Datagrams that authenticated and parsed.
+    pub received: u64,
+    /// Datagrams refused by the transport (malformed, wrong key, replayed, undecodable).
+    pub rejected: u64,
+    pub send_failed: u64,
+    /// Datagrams the seed (member 1) received.
+    pub seed_received: u64,
+    /// Datagrams each member sent and received.
+    pub sent_each: Vec<u64>,
+    pub received_each: Vec<u64>,
+    /// How late the runtime's probe timer fired, since the previous snapshot.
+    pub lags: Vec<Duration>,
+}
+
+/// Period of the timer that measures how late the swarm's runtime runs what is due.
+const LAG_PROBE: Duration = Duration::from_millis(100);
+
+/// A timer on the swarm's runtime that records how late it fires: when the runtime's threads
+/// cannot keep up, every member's rounds, answers and view refreshes are late by about as much,
+/// so this is the swarm's per-round delay as the members experience it.
+async fn probe_lag(lags: Arc<Mutex<Vec<Duration>>>) {
+    loop {
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(LAG_PROBE).await;
+        let late = start.elapsed().saturating_sub(LAG_PROBE);
+        if let Ok(mut lags) = lags.lock() {
+            lags.push(late);
+        }
+    }
 }
 
 /// The name of an in-process swarm's runtime threads (their CPU time is the swarm's).
 pub const IN_PROCESS_THREAD: &str = "swarm";
 
 /// Gossip port of every in-process member (each has its own address).
-const IN_PROCESS_PORT: u16 = 7946;
+pub const IN_PROCESS_PORT: u16 = 7946;
 
 impl InProcessSwarm {
     /// Joins `ips.len()` members, the first one being everybody's seed, each configured by
@@ -250,6 +301,20 @@ impl InProcessSwarm {
             .enable_all()
             .build()
             .context("starting the swarm's runtime")?;
+        // The seed is everybody's first contact: every joiner's first SYN goes to it, and in a
+        // fleet it answers them on a host of its own. On the shared runtime it got one
+        // N-thousandth of the swarm's turns; at N=1,000 its socket's queue stayed full (every
+        // datagram the kernel dropped in the swarm was dropped at the seed) and 600 members
+        // never heard back. Its own thread gives it about what one host's core would, against
+        // the same OS scheduler as the rest of the swarm.
+        let seed_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(IN_PROCESS_THREAD)
+            .enable_all()
+            .build()
+            .context("starting the seed's runtime")?;
+        let lags = Arc::new(Mutex::new(Vec::new()));
+        runtime.spawn(probe_lag(lags.clone()));
         let key: [u8; 32] = rand::random();
         let seed = SocketAddr::new(IpAddr::V4(ips[0]), IN_PROCESS_PORT);
         let t0 = Instant::now();
@@ -266,7 +331,8 @@ impl InProcessSwarm {
             configure(&mut config);
             idle.push(config.pacing().slow);
             let announcement = Announcement::new(Role::Server, IpAddr::V4(*ip));
-            let member = runtime
+            let on = if i == 0 { &seed_runtime } else { &runtime };
+            let member = on
                 .block_on(Cluster::join(config, &announcement))
                 .with_context(|| format!("joining member {} on {ip}", i + 1))?;
             members.push(member);
@@ -278,7 +344,9 @@ impl InProcessSwarm {
                 views,
                 ips: ips.to_vec(),
                 idle,
+                lags,
                 runtime,
+                seed_runtime,
             },
             t0,
         ))
@@ -300,6 +368,34 @@ impl InProcessSwarm {
         })
     }
 
+    /// What every member knows now, the transport counters so far, and the runtime's lateness
+    /// since the previous call.
+    pub fn progress(&self) -> SwarmProgress {
+        let mut p = SwarmProgress::default();
+        for (member, view) in self.members.iter().zip(&self.views) {
+            p.listed
+                .push(view.borrow().iter().filter(|m| is_up(m)).count());
+            p.known.push(member.known_nodes());
+            p.paces.push(member.gossip_pace());
+            let s = member.stats().snapshot();
+            p.sent_each.push(s.sent);
+            p.received_each.push(s.received);
+            p.sent += s.sent;
+            p.sent_bytes += s.sent_bytes;
+            p.received += s.received;
+            p.rejected +=
+                s.rejected_malformed + s.rejected_auth + s.rejected_replay + s.rejected_decode;
+            p.send_failed += s.send_failed;
+        }
+        if let Some(seed) = self.members.first() {
+            p.seed_received = seed.stats().snapshot().received;
+        }
+        if let Ok(mut lags) = self.lags.lock() {
+            p.lags = std::mem::take(&mut *lags);
+        }
+        p
+    }
+
     /// Datagrams not sent because they were too large to seal or the socket refused them.
     pub fn send_failed(&self) -> u64 {
         self.members
@@ -311,10 +407,14 @@ impl InProcessSwarm {
     /// Leaves gracefully, one member at a time, and stops the runtime.
     pub fn shutdown(self) {
         let InProcessSwarm {
-            members, runtime, ..
+            members,
+            runtime,
+            seed_runtime,
+            ..
         } = self;
         drop(members);
         runtime.shutdown_timeout(Duration::from_secs(2));
+        seed_runtime.shutdown_timeout(Duration::from_secs(2));
     }
 }
 
