@@ -436,6 +436,30 @@ pub fn has_data(data_dir: &Path) -> bool {
     data_dir.join("member").join("wal").is_dir()
 }
 
+/// What etcd reports once a peer has refused it as a removed member (rafthttp's
+/// `errMemberRemoved`; the peer answered 410 Gone). The same words in 3.4's default logger and in
+/// its structured one, since both carry the error's own text.
+const MEMBER_REMOVED: &str = "permanently removed from the cluster";
+
+/// Whether etcd's log (what it wrote since this start) says its member was removed: the signal
+/// k3s acts on (`ErrNotify` carrying `errMemberRemoved`). It is etcd's own verdict, made by a
+/// peer that knows the current membership, so it cannot be a transient view: a member that
+/// merely cannot reach its peers never sees it, and one that was removed sees it as soon as it
+/// reaches any peer.
+pub fn removed_from_cluster(log_since_start: &str) -> bool {
+    log_since_start.contains(MEMBER_REMOVED)
+}
+
+/// Where k3s moves an etcd data dir it gives up on (`db/etcd` to `db/etcd-old-<unix seconds>`),
+/// so nothing is lost and the next start has no data.
+pub fn moved_aside_dir(data_dir: &Path, unix_seconds: u64) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "etcd".into());
+    data_dir.with_file_name(format!("{name}-old-{unix_seconds}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +469,35 @@ mod tests {
         assert_eq!(prefix_end(b"/registry/minions/"), b"/registry/minions0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn a_removed_member_is_told_apart_from_one_that_cannot_reach_its_peers() {
+        // etcd 3.4's default logger, then its structured one.
+        assert!(removed_from_cluster(
+            "2026-12-06 14:40:01.123 E | rafthttp: the member has been permanently removed from the cluster\n\
+             2026-12-06 14:40:01.124 I | etcdserver: the data-dir used by this member must be removed."
+        ));
+        assert!(removed_from_cluster(
+            r#"{"level":"warn","msg":"server error","error":"the member has been permanently removed from the cluster"}"#
+        ));
+        // Peers that do not answer, or a cluster without a leader: not a removal.
+        assert!(!removed_from_cluster(
+            "W | rafthttp: health check for peer 5f2b could not connect: dial tcp 127.0.133.2:2380: connect: connection refused\n\
+             I | raft: 8e9e is starting a new election at term 7"
+        ));
+        assert!(!removed_from_cluster(""));
+    }
+
+    #[test]
+    fn data_is_moved_aside_next_to_itself() {
+        assert_eq!(
+            moved_aside_dir(
+                Path::new("/r/var/lib/rancher/rke2/server/db/etcd"),
+                1765000000
+            ),
+            Path::new("/r/var/lib/rancher/rke2/server/db/etcd-old-1765000000")
+        );
     }
 
     #[test]

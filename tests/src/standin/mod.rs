@@ -32,6 +32,12 @@
 //! (`server/tls/etcd/server-ca.crt`; each server's `server-client.{crt,key}` serves and
 //! authenticates), which the first server creates and joiners receive with their etcd join.
 //!
+//! A server whose member was removed while it was down comes back as RKE2 (k3s's
+//! `pkg/etcd`) does: its restarted etcd is refused by its peers as a removed member, the stand-in
+//! writes the tombstone `db/etcd/tombstone` and exits (its unit restarts it); the next start finds
+//! the tombstone, moves the data dir aside to `db/etcd-old-<unix seconds>` and joins through its
+//! `server:` URL like any joiner: a new learner, a new member id, the same node name.
+//!
 //! For day-2 operations each server also writes RKE2's admin credentials
 //! (`server/tls/client-admin.{crt,key}`, `CN=system:admin, O=system:masters`, and the kubeconfig
 //! `/etc/rancher/rke2/rke2.yaml`), keeps a Node object per registered node in etcd, and serves
@@ -196,6 +202,11 @@ impl Rke2Paths {
     /// This server's etcd member name (`<node-name>-<suffix>`), kept next to its data.
     pub fn etcd_name(&self) -> PathBuf {
         self.at("/var/lib/rancher/rke2/server/db/etcd/name")
+    }
+    /// k3s's tombstone: written when etcd reports this member removed from its cluster; the next
+    /// start moves the data dir aside and joins anew.
+    pub fn etcd_tombstone(&self) -> PathBuf {
+        self.at("/var/lib/rancher/rke2/server/db/etcd/tombstone")
     }
     /// Whether this server's etcd has data (`member/wal`): RKE2's "already initialized".
     pub fn etcd_has_data(&self) -> bool {
@@ -522,8 +533,28 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
             );
         }
     }
+    let start = etcd_start(
+        paths.etcd_tombstone().exists(),
+        paths.etcd_has_data(),
+        cfg.server.is_some(),
+    )
+    .map_err(|why| anyhow::anyhow!("{why}"))?;
+    if start == EtcdStart::RejoinAfterRemoval {
+        log(
+            kind,
+            "tombstone file has been detected, removing data dir to rejoin the cluster",
+        );
+        let aside = move_etcd_data_aside(paths)?;
+        log(
+            kind,
+            format!(
+                "moved the etcd data dir aside to {}: joining the cluster as a new member",
+                aside.display()
+            ),
+        );
+    }
     // Like RKE2, `server:` is ignored once etcd has data: the member just restarts.
-    let has_data = paths.etcd_has_data();
+    let has_data = start == EtcdStart::Restart;
     let join_url = if has_data { None } else { cfg.server.clone() };
 
     let (ca, fresh) = match paths.load_ca()? {
@@ -673,6 +704,9 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         initial_cluster,
         log: paths.root().join("var/log/etcd.log"),
     };
+    // Only what etcd writes from this start on tells whether this member was removed: the log
+    // is appended across starts.
+    let log_from = std::fs::metadata(&launch.log).map_or(0, |m| m.len());
     let child = launch.spawn()?;
     let local = etcd::Client::for_host(SocketAddr::new(node_ip, settings.etcd_client_port), paths)?;
     if let Some((id, endpoints)) = promotion {
@@ -693,7 +727,13 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
         (ca, etcd_ca),
         secret,
         settings,
-        Etcd { child, local },
+        Etcd {
+            child,
+            local,
+            log: launch.log.clone(),
+            log_from,
+            tombstone: paths.etcd_tombstone(),
+        },
         node_identity,
     )
     .await
@@ -726,10 +766,113 @@ fn write_etcd_tls(paths: &Rke2Paths, etcd_ca: &ClusterCa, node_ip: IpAddr) -> Re
     fsutil::write_file_atomic(&paths.etcd_server_client_cert(), cert.as_bytes(), 0o644)
 }
 
-/// The local etcd member: its process and a client for it.
+/// The local etcd member: its process, a client for it, and where to look for its removal.
 struct Etcd {
     child: tokio::process::Child,
     local: etcd::Client,
+    /// etcd's log, and its length before this start.
+    log: PathBuf,
+    log_from: u64,
+    tombstone: PathBuf,
+}
+
+/// How a server's etcd starts, from what is on disk and whether config.yaml names a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EtcdStart {
+    /// Data and no tombstone: the member restarts (`server:` is ignored, as RKE2 ignores it).
+    Restart,
+    /// A tombstone: the member was removed from the cluster. The data goes aside and the server
+    /// joins through `server:` as a new member.
+    RejoinAfterRemoval,
+    /// No data and a `server:`: join as a learner.
+    Join,
+    /// No data and no `server:`: a new cluster.
+    Initialize,
+}
+
+/// k3s's order: the tombstone first (it outranks the data it sits in), then data, then `server:`.
+/// A tombstone without a `server:` is refused here (the stand-in's choice, stricter than a plain
+/// start): the removed member's cluster lives on elsewhere, and starting a new one from nothing
+/// would split it.
+fn etcd_start(
+    tombstone: bool,
+    has_data: bool,
+    server: bool,
+) -> std::result::Result<EtcdStart, String> {
+    match (tombstone, has_data, server) {
+        (true, _, true) => Ok(EtcdStart::RejoinAfterRemoval),
+        (true, _, false) => Err(
+            "this node was removed from its etcd cluster (tombstone file found) and config.yaml names no server to rejoin through; refusing to start a new cluster"
+                .into(),
+        ),
+        (false, true, _) => Ok(EtcdStart::Restart),
+        (false, false, true) => Ok(EtcdStart::Join),
+        (false, false, false) => Ok(EtcdStart::Initialize),
+    }
+}
+
+/// Moves `db/etcd` to `db/etcd-old-<unix seconds>` (k3s's backup of a data dir it gives up
+/// on), tombstone, member name and all: the next member gets a new name and no old state.
+fn move_etcd_data_aside(paths: &Rke2Paths) -> Result<PathBuf> {
+    let dir = paths.etcd_dir();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let aside = etcd::moved_aside_dir(&dir, now);
+    std::fs::rename(&dir, &aside).with_context(|| {
+        format!(
+            "moving the etcd data dir {} aside to {}",
+            dir.display(),
+            aside.display()
+        )
+    })?;
+    Ok(aside)
+}
+
+/// What etcd wrote to `log` past `from` (empty when unreadable: the next look reads it again).
+fn etcd_log_since(log: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(log) {
+        if file.seek(SeekFrom::Start(from)).is_ok() {
+            let mut bytes = Vec::new();
+            if file.read_to_end(&mut bytes).is_ok() {
+                text = String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+    }
+    text
+}
+
+/// Returns once etcd's log since this start says its member was removed (etcd 3.4 then stops
+/// serving; this does not rely on its process exiting).
+async fn member_removed(log: &Path, from: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if etcd::removed_from_cluster(&etcd_log_since(log, from)) {
+            return;
+        }
+    }
+}
+
+/// k3s on `errMemberRemoved`: writes the tombstone and gives up this start, in its own words;
+/// the unit's restart then rejoins.
+fn removed_member_exit(kind: Kind, tombstone: &Path) -> anyhow::Error {
+    if let Err(e) = fsutil::write_file_atomic(tombstone, b"", 0o600) {
+        return anyhow::anyhow!(
+            "this node's etcd member was removed, but writing the tombstone {} failed: {e:#}",
+            tombstone.display()
+        );
+    }
+    log(
+        kind,
+        "this node has been removed from the cluster please restart rke2 to rejoin the cluster",
+    );
+    anyhow::anyhow!(
+        "etcd member removed from the cluster: wrote the tombstone {}; the next start rejoins",
+        tombstone.display()
+    )
 }
 
 /// Registers this server through the supervisor port (`/standin/etcd-join`): retried while the
@@ -935,8 +1078,12 @@ async fn serve(
         r = api_task => r.context("api listener task")?,
         status = etcd.child.wait() => {
             let status = status.context("waiting for etcd")?;
+            if etcd::removed_from_cluster(&etcd_log_since(&etcd.log, etcd.log_from)) {
+                return Err(removed_member_exit(kind, &etcd.tombstone));
+            }
             bail!("etcd exited ({status}); its log is var/log/etcd.log under the host root")
         }
+        () = member_removed(&etcd.log, etcd.log_from) => Err(removed_member_exit(kind, &etcd.tombstone)),
         () = watch => unreachable!("the etcd watch never ends"),
     }
 }
@@ -1563,6 +1710,55 @@ fn load_ca_pair(cert: &Path, key: &Path) -> Result<Option<ClusterCa>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tombstone_rejoins_through_the_server_and_outranks_the_data() {
+        assert_eq!(
+            etcd_start(true, true, true),
+            Ok(EtcdStart::RejoinAfterRemoval)
+        );
+        assert_eq!(
+            etcd_start(true, false, true),
+            Ok(EtcdStart::RejoinAfterRemoval)
+        );
+        let refused = etcd_start(true, true, false).unwrap_err();
+        assert!(refused.contains("no server to rejoin through"), "{refused}");
+        // A member still listed restarts as before, `server:` or not.
+        assert_eq!(etcd_start(false, true, true), Ok(EtcdStart::Restart));
+        assert_eq!(etcd_start(false, true, false), Ok(EtcdStart::Restart));
+        assert_eq!(etcd_start(false, false, true), Ok(EtcdStart::Join));
+        assert_eq!(etcd_start(false, false, false), Ok(EtcdStart::Initialize));
+    }
+
+    #[test]
+    fn the_data_dir_goes_aside_with_its_tombstone_and_member_name() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Rke2Paths::new(root.path());
+        std::fs::create_dir_all(paths.etcd_dir().join("member/wal")).unwrap();
+        std::fs::write(paths.etcd_name(), "host-2-0a1b2c3d\n").unwrap();
+        std::fs::write(paths.etcd_tombstone(), "").unwrap();
+        let aside = move_etcd_data_aside(&paths).unwrap();
+        assert!(!paths.etcd_dir().exists() && !paths.etcd_has_data());
+        assert!(aside.join("tombstone").exists() && aside.join("name").exists());
+        let name = aside.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("etcd-old-"), "{name}");
+        assert_eq!(aside.parent(), paths.etcd_dir().parent());
+    }
+
+    #[test]
+    fn only_what_etcd_wrote_since_this_start_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("etcd.log");
+        std::fs::write(
+            &log,
+            "E | rafthttp: the member has been permanently removed from the cluster\n",
+        )
+        .unwrap();
+        let from = std::fs::metadata(&log).unwrap().len();
+        assert!(!etcd::removed_from_cluster(&etcd_log_since(&log, from)));
+        assert!(etcd::removed_from_cluster(&etcd_log_since(&log, 0)));
+        assert_eq!(etcd_log_since(&dir.path().join("absent"), 0), "");
+    }
 
     #[test]
     fn secrets_compare_exactly() {
