@@ -586,7 +586,12 @@ impl Agent {
     async fn point_first_server_at_its_cluster(&mut self) -> Result<()> {
         self.update("restarting the first server").await;
         let material = if self.rke2_data_dir_present() {
+            // With its data, RKE2 ignores `server:` and restarts its member; but the member may
+            // have been removed while this host was away (day 2), and then RKE2 moves the data
+            // aside and joins through `server:`. Gossip has rarely shown the cluster this soon
+            // after a boot: the registration address and this host's own facts are enough.
             self.join_material_now()
+                .or_else(|| self.own_join_material())
         } else {
             // Gossip may not have shown anyone yet: starting now, as the first server without
             // data, would create a second cluster. Wait for the cluster, however long.
@@ -605,6 +610,21 @@ impl Agent {
         self.write_rke2_config(&rke2)?;
         info!("first server restarting as a member of its cluster");
         Ok(())
+    }
+
+    /// What this first server knows of its own cluster without gossip: its identity and secret,
+    /// to join through the registration address (only with one: a peer's address needs gossip).
+    fn own_join_material(&self) -> Option<JoinMaterial> {
+        self.cfg.registration_address.as_ref()?;
+        let secret = match &self.cfg.token_file {
+            Some(path) => token::read_token_file(path).ok()?.secret().clone(),
+            None => self.state_dir.load_token().ok()??,
+        };
+        Some(JoinMaterial {
+            ca_hash: self.state.ca_hash.clone()?,
+            secret,
+            fallback_server: self.published.node_addr,
+        })
     }
 
     /// The cluster identity once RKE2 is ready: the first server reads the CA it created; a

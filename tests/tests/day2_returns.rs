@@ -2,7 +2,7 @@
 //! rejoins as RKE2 does (tombstone, data moved aside, a new member), and two of five servers
 //! powered off in a row are removed and replaced one membership change at a time.
 //!
-//! Loopback test ids used here: 133 and 134.
+//! Loopback test ids used here: 133, 134 and 136.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -100,10 +100,28 @@ fn removals(cluster: &TestCluster, servers: &[&str]) -> Vec<(String, String)> {
 /// voters all, with a new member id for the returning one, and the LB routes to three.
 #[test]
 fn a_server_back_after_its_removal_rejoins_cleanly() {
+    back_after_removal(133, Returning::AnotherServer);
+}
+
+/// The same for the first server, whose config has no `server:`: back before gossip shows it the
+/// cluster, it must still join through the LB once RKE2 moves its data aside, never start a
+/// second cluster.
+#[test]
+fn the_first_server_back_after_its_removal_rejoins_and_never_initializes_again() {
+    back_after_removal(136, Returning::FirstServer);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Returning {
+    FirstServer,
+    AnotherServer,
+}
+
+fn back_after_removal(test_id: u8, returning: Returning) {
     let started = Instant::now();
     let hosts = ["host-1", "host-2", "host-3"];
     let layout: Vec<(&str, &'static str)> = hosts.iter().map(|h| (*h, "server")).collect();
-    let mut cluster = cluster_with_grace(133, &layout, 3);
+    let mut cluster = cluster_with_grace(test_id, &layout, 3);
     cluster
         .wait_for_phase(&hosts, Phase::Ready, FORMATION)
         .unwrap();
@@ -114,10 +132,11 @@ fn a_server_back_after_its_removal_rejoins_cleanly() {
         .wait_for_lb_servers(&hosts, Duration::from_secs(30))
         .unwrap();
 
-    // Not the first server: its return depends on gossip handing it the cluster's address,
-    // which is another test's subject.
     let first = cluster.the_only_initialization();
-    let gone = *hosts.iter().rev().find(|h| **h != first).unwrap();
+    let gone = match returning {
+        Returning::FirstServer => *hosts.iter().find(|h| **h == first).unwrap(),
+        Returning::AnotherServer => *hosts.iter().rev().find(|h| **h != first).unwrap(),
+    };
     let live: Vec<&str> = hosts.iter().copied().filter(|h| *h != gone).collect();
     let old_id = member_id(&cluster, live[0], gone);
 
@@ -167,6 +186,9 @@ fn a_server_back_after_its_removal_rejoins_cleanly() {
     let removed = removals(&cluster, &live);
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(removed[0].1, gone);
+    // One cluster, created once, whoever came back (the first server's config now names the
+    // cluster, so RKE2's own record is the witness).
+    assert_eq!(cluster.new_cluster_events(), [(first.clone(), 1)]);
     eprintln!("test took {:?}", started.elapsed());
 }
 
