@@ -765,6 +765,54 @@ impl TestCluster {
         ips
     }
 
+    /// The hosts among `names` that settled on `role`.
+    pub fn hosts_with_role<'a>(&self, names: &[&'a str], role: Role) -> Vec<&'a str> {
+        names
+            .iter()
+            .copied()
+            .filter(|n| self.role_of(n) == Some(role))
+            .collect()
+    }
+
+    /// Waits until every one of `hosts` is ready, `servers` of them servers and the rest workers,
+    /// the servers one etcd cluster behind the LB. Returns the servers and the workers; panics
+    /// with the logs otherwise.
+    #[track_caller]
+    pub fn wait_formed<'a>(
+        &self,
+        hosts: &[&'a str],
+        servers: usize,
+        timeout: Duration,
+    ) -> (Vec<&'a str>, Vec<&'a str>) {
+        self.wait_for_phase(hosts, Phase::Ready, timeout).unwrap();
+        let (formed, workers) = (
+            self.hosts_with_role(hosts, Role::Server),
+            self.hosts_with_role(hosts, Role::Agent),
+        );
+        assert_eq!(
+            (formed.len(), workers.len()),
+            (servers, hosts.len() - servers),
+            "servers {formed:?}, workers {workers:?}"
+        );
+        self.wait_for_one_etcd_cluster(&formed, Duration::from_secs(30))
+            .unwrap();
+        if self.lb.is_some() {
+            self.wait_for_lb_servers(&formed, Duration::from_secs(30))
+                .unwrap();
+        }
+        (formed, workers)
+    }
+
+    /// Gives each of `names` the agent setting `key` (the LB host's sidecar does not get it,
+    /// unlike [`ClusterSpec::with_gossip_setting`]).
+    pub fn set_on_hosts(&mut self, names: &[&str], key: &str, value: &str) {
+        for name in names {
+            self.host_mut(name)
+                .extra
+                .push((key.to_string(), value.to_string()));
+        }
+    }
+
     /// The role each running host settled on.
     pub fn role_of(&self, name: &str) -> Option<Role> {
         self.host(name).status().map(|s| s.role)

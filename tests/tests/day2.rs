@@ -23,23 +23,10 @@ fn auto_cluster(test_id: u8, hosts: &[&str], servers: u32) -> TestCluster {
     let mut spec = ClusterSpec::new(test_id, &layout).with_lb();
     spec.servers = servers;
     let mut cluster = TestCluster::new(spec).unwrap();
-    for host in hosts {
-        cluster
-            .host_mut(host)
-            .extra
-            .push(("departed-server-grace-period".into(), GRACE.into()));
-    }
+    cluster.set_on_hosts(hosts, "departed-server-grace-period", GRACE);
     cluster.start_lb().unwrap();
     cluster.start_all().unwrap();
     cluster
-}
-
-fn with_role<'a>(cluster: &TestCluster, hosts: &[&'a str], role: Role) -> Vec<&'a str> {
-    hosts
-        .iter()
-        .copied()
-        .filter(|h| cluster.role_of(h) == Some(role))
-        .collect()
 }
 
 /// The ETCD column of `members` on `observer`, per server name.
@@ -61,18 +48,7 @@ fn etcd_column(cluster: &TestCluster, observer: &str) -> Vec<(String, Option<Str
 fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
     let hosts = ["host-1", "host-2", "host-3", "host-4", "host-5"];
     let mut cluster = auto_cluster(132, &hosts, 3);
-    cluster
-        .wait_for_phase(&hosts, Phase::Ready, FORMATION)
-        .unwrap();
-    let servers = with_role(&cluster, &hosts, Role::Server);
-    let workers = with_role(&cluster, &hosts, Role::Agent);
-    assert_eq!((servers.len(), workers.len()), (3, 2), "{servers:?}");
-    cluster
-        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
-        .unwrap();
-    cluster
-        .wait_for_lb_servers(&servers, Duration::from_secs(30))
-        .unwrap();
+    let (servers, workers) = cluster.wait_formed(&hosts, 3, FORMATION);
     // Every host, a worker included, shows the servers' etcd standing from the steward's roster.
     wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
         let column = etcd_column(&cluster, workers[0]);
@@ -163,13 +139,8 @@ fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     let servers = ["server-1", "server-2", "server-3"];
     let spec = ClusterSpec::new(135, &servers.map(|s| (s, "server"))).with_lb();
     let mut cluster = TestCluster::new(spec).unwrap();
-    for host in servers {
-        // The power-off below must not be repaired by the steward while the test looks.
-        cluster
-            .host_mut(host)
-            .extra
-            .push(("departed-server-grace-period".into(), "15m".into()));
-    }
+    // The power-off below must not be repaired by the steward while the test looks.
+    cluster.set_on_hosts(&servers, "departed-server-grace-period", "15m");
     cluster.start_lb().unwrap();
     cluster.start_all().unwrap();
     cluster

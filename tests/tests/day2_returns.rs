@@ -28,23 +28,11 @@ fn cluster_with_grace(test_id: u8, layout: &[(&str, &'static str)], servers: u32
     let mut spec = ClusterSpec::new(test_id, layout).with_lb();
     spec.servers = servers;
     let mut cluster = TestCluster::new(spec).unwrap();
-    for (host, _) in layout {
-        cluster
-            .host_mut(host)
-            .extra
-            .push(("departed-server-grace-period".into(), GRACE.into()));
-    }
+    let names: Vec<&str> = layout.iter().map(|(name, _)| *name).collect();
+    cluster.set_on_hosts(&names, "departed-server-grace-period", GRACE);
     cluster.start_lb().unwrap();
     cluster.start_all().unwrap();
     cluster
-}
-
-fn with_role<'a>(cluster: &TestCluster, hosts: &[&'a str], role: Role) -> Vec<&'a str> {
-    hosts
-        .iter()
-        .copied()
-        .filter(|h| cluster.role_of(h) == Some(role))
-        .collect()
 }
 
 /// The etcd member id of `node`'s member, as etcd on `observer` lists it.
@@ -210,18 +198,7 @@ fn two_of_five_servers_powered_off_in_a_row_are_replaced_one_at_a_time() {
     ];
     let layout: Vec<(&str, &'static str)> = hosts.iter().map(|h| (*h, "auto")).collect();
     let mut cluster = cluster_with_grace(134, &layout, 5);
-    cluster
-        .wait_for_phase(&hosts, Phase::Ready, FORMATION)
-        .unwrap();
-    let servers = with_role(&cluster, &hosts, Role::Server);
-    let workers = with_role(&cluster, &hosts, Role::Agent);
-    assert_eq!((servers.len(), workers.len()), (5, 2), "{servers:?}");
-    cluster
-        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
-        .unwrap();
-    cluster
-        .wait_for_lb_servers(&servers, Duration::from_secs(30))
-        .unwrap();
+    let (servers, workers) = cluster.wait_formed(&hosts, 5, FORMATION);
     eprintln!("formed after {:?}", started.elapsed());
 
     let gone = [servers[1], servers[3]];

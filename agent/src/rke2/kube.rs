@@ -27,9 +27,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tracing::{debug, info};
 
-use super::probe::ClientIdentity;
-use crate::fsutil;
-
 /// The admin client certificate RKE2 writes on every server.
 pub const ADMIN_CLIENT_CERT: &str = "/var/lib/rancher/rke2/server/tls/client-admin.crt";
 /// The key of [`ADMIN_CLIENT_CERT`].
@@ -60,30 +57,18 @@ impl KubeAdmin {
     /// A client for the API at `api`, with the admin credentials RKE2 wrote under `root`; errors
     /// name the file that is missing or unusable.
     pub fn new(api: SocketAddr, root: &Path) -> Result<Self> {
-        super::probe::install_crypto_provider();
-        let ca_path = fsutil::under_root(root, API_SERVER_CA);
-        let ca_pem = std::fs::read(&ca_path)
-            .with_context(|| format!("reading the api server ca {}", ca_path.display()))?;
-        let identity = ClientIdentity::from_files(
-            &fsutil::under_root(root, ADMIN_CLIENT_CERT),
-            &fsutil::under_root(root, ADMIN_CLIENT_KEY),
-        )
-        .context("loading the admin client certificate")?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .connect_timeout(CALL_TIMEOUT)
-            .no_proxy()
-            .tls_built_in_root_certs(false)
-            .identity(identity.reqwest_identity()?);
-        for cert in super::probe::parse_ca_bundle(&ca_pem)
-            .with_context(|| format!("parsing the api server ca {}", ca_path.display()))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
+        let http = super::probe::mutual_tls_client(
+            root,
+            super::probe::MutualTls {
+                what: "the kubernetes api",
+                ca: API_SERVER_CA,
+                cert: ADMIN_CLIENT_CERT,
+                key: ADMIN_CLIENT_KEY,
+            },
+            CALL_TIMEOUT,
+        )?;
         Ok(KubeAdmin {
-            http: builder
-                .build()
-                .context("building the kubernetes api client")?,
+            http,
             base: format!("https://{api}"),
         })
     }
@@ -244,7 +229,7 @@ mod tests {
         let api: SocketAddr = "127.0.0.1:6443".parse().unwrap();
         let e = format!("{:#}", KubeAdmin::new(api, root.path()).unwrap_err());
         assert!(e.contains("server-ca.crt"), "{e}");
-        let tls = fsutil::under_root(root.path(), "/var/lib/rancher/rke2/server/tls");
+        let tls = crate::fsutil::under_root(root.path(), "/var/lib/rancher/rke2/server/tls");
         std::fs::create_dir_all(&tls).unwrap();
         std::fs::write(tls.join("server-ca.crt"), b"").unwrap();
         let e = format!("{:#}", KubeAdmin::new(api, root.path()).unwrap_err());

@@ -413,6 +413,50 @@ fn url_for(host: &str, port: u16, path: &str) -> String {
     }
 }
 
+/// The files of a mutual-TLS client of one of RKE2's services (paths as on the host).
+#[derive(Debug, Clone, Copy)]
+pub struct MutualTls {
+    /// The service, for errors ("etcd", "the kubernetes api").
+    pub what: &'static str,
+    /// The CA its serving certificate is signed by; nothing else is trusted.
+    pub ca: &'static str,
+    pub cert: &'static str,
+    pub key: &'static str,
+}
+
+/// An HTTP client trusting only `tls.ca` and presenting `tls.cert`, with the files RKE2 wrote
+/// under `root`; errors name the file that is missing or unusable. Built afresh by each caller
+/// that needs it, since RKE2 renews these certificates.
+pub fn mutual_tls_client(
+    root: &Path,
+    tls: MutualTls,
+    timeout: Duration,
+) -> Result<reqwest::Client> {
+    install_crypto_provider();
+    let ca_path = crate::fsutil::under_root(root, tls.ca);
+    let ca_pem = std::fs::read(&ca_path)
+        .with_context(|| format!("reading the ca of {} {}", tls.what, ca_path.display()))?;
+    let identity = ClientIdentity::from_files(
+        &crate::fsutil::under_root(root, tls.cert),
+        &crate::fsutil::under_root(root, tls.key),
+    )
+    .with_context(|| format!("loading the client certificate for {}", tls.what))?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .identity(identity.reqwest_identity()?);
+    for cert in parse_ca_bundle(&ca_pem)
+        .with_context(|| format!("parsing the ca of {} {}", tls.what, ca_path.display()))?
+    {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .with_context(|| format!("building the client of {}", tls.what))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

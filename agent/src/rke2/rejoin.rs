@@ -37,8 +37,6 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::probe::ClientIdentity;
-use crate::fsutil;
 use crate::gossip::schema::{Liveness, Member, Phase, Role};
 
 /// How long a peer must look alive and not ready before its leftovers are removed: longer than a
@@ -168,28 +166,18 @@ impl Etcd {
     /// A client for the etcd at `client_addr`, with the certificates RKE2 wrote under `root`;
     /// errors name the file that is missing or unusable.
     pub fn new(client_addr: SocketAddr, root: &Path) -> Result<Self> {
-        super::probe::install_crypto_provider();
-        let ca_path = fsutil::under_root(root, ETCD_SERVER_CA);
-        let ca_pem = std::fs::read(&ca_path)
-            .with_context(|| format!("reading etcd's server ca {}", ca_path.display()))?;
-        let identity = ClientIdentity::from_files(
-            &fsutil::under_root(root, ETCD_CLIENT_CERT),
-            &fsutil::under_root(root, ETCD_CLIENT_KEY),
-        )
-        .context("loading the etcd client certificate")?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .connect_timeout(CALL_TIMEOUT)
-            .no_proxy()
-            .tls_built_in_root_certs(false)
-            .identity(identity.reqwest_identity()?);
-        for cert in super::probe::parse_ca_bundle(&ca_pem)
-            .with_context(|| format!("parsing etcd's server ca {}", ca_path.display()))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
+        let http = super::probe::mutual_tls_client(
+            root,
+            super::probe::MutualTls {
+                what: "etcd",
+                ca: ETCD_SERVER_CA,
+                cert: ETCD_CLIENT_CERT,
+                key: ETCD_CLIENT_KEY,
+            },
+            CALL_TIMEOUT,
+        )?;
         Ok(Etcd {
-            http: builder.build().context("building the etcd client")?,
+            http,
             base: format!("https://{client_addr}"),
         })
     }
