@@ -48,7 +48,7 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "initial-servers", help: "The electorate: hosts (all by IP address, or all by node name) that may initialize the cluster; the same list on every host (default: the seeds, when they are literal addresses)" },
     KeySpec { name: "bootstrap-expect", help: "Count-only mode, without a pinned electorate: the exact number of role server hosts that form the cluster (Consul's model; see README). With initial-servers, if given, must equal its length" },
     KeySpec { name: "election-lease", help: "How long an unseen or dead-looking first-server candidate is waited for before the next one is backed (default: 30s)" },
-    KeySpec { name: "servers", help: "Target number of servers for auto hosts; must be odd (default: 3)" },
+    KeySpec { name: "servers", help: "Target number of servers for auto hosts, kept on day 2 by promoting auto workers; must be odd (default: 3)" },
     KeySpec { name: "registration-address", help: "The LB's FQDN or IP that nodes register through on 9345 (default: the first server's address)" },
     KeySpec { name: "registration-ip", help: "The LB's IP, added to tls-san next to registration-address" },
     KeySpec { name: "token-file", help: "File holding the cluster token (default: the first server generates one)" },
@@ -67,7 +67,7 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "gossip-interval", help: "Gossip round interval while membership is in motion (default: 100ms)" },
     KeySpec { name: "gossip-idle-interval", help: "Gossip round interval once membership has been steady for 10s; equal to gossip-interval turns pacing off (default: 5s)" },
     KeySpec { name: "dead-member-grace-period", help: "How long a dead member stays in the view, and a dead server keeps counting, before it is forgotten; at least 5m (default: 1h)" },
-    KeySpec { name: "departed-server-grace-period", help: "How long a server must be gone from gossip (left or dead) before a live server removes its etcd member so a replacement can join; longer than any reboot, shorter than dead-member-grace-period (default: 15m)" },
+    KeySpec { name: "departed-server-grace-period", help: "How long a server must be gone from gossip (left or dead), and its etcd member silent, before the steward removes its node and member so a replacement can join; longer than any reboot, shorter than dead-member-grace-period (default: 15m)" },
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
 
