@@ -248,25 +248,14 @@ pub(crate) mod tests {
     /// A ready server of cluster `CA` at 127.0.0.`last`.
     pub(crate) fn server(name: &str, last: u8) -> Member {
         Member {
-            name: name.to_string(),
-            generation: 1,
-            gossip_addr: SocketAddr::from(([127, 0, 0, last], 7946)),
-            liveness: Liveness::Alive,
-            role: Role::Server,
             phase: Phase::Ready,
-            node_addr: IpAddr::from([127, 0, 0, last]),
             ready: true,
             ca_hash: Some(CA.to_string()),
-            vote: None,
-            initializer: false,
-            abdicated: None,
-            ack: None,
-            token: None,
-            agent_version: None,
-            rke2_version: None,
-            promotable: false,
-            rke2_data: false,
-            etcd_members: None,
+            ..Member::new(
+                name,
+                SocketAddr::from(([127, 0, 0, last], 7946)),
+                Role::Server,
+            )
         }
     }
 

@@ -57,25 +57,13 @@ fn member() -> impl Strategy<Value = Member> {
     )
         .prop_map(
             |(name, addr, role, phase, liveness, ready, ca_hash, initializer, generation)| Member {
-                name,
                 generation,
-                gossip_addr: SocketAddr::new(addr, 7946),
                 liveness,
-                role,
                 phase,
-                node_addr: addr,
                 ready,
                 ca_hash,
-                vote: None,
                 initializer,
-                abdicated: None,
-                ack: None,
-                token: None,
-                agent_version: None,
-                rke2_version: None,
-                promotable: false,
-                rke2_data: false,
-                etcd_members: None,
+                ..Member::new(&name, SocketAddr::new(addr, 7946), role)
             },
         )
 }
@@ -195,25 +183,11 @@ proptest! {
         let rejected = matches!(render_all(&upstreams), Err(RenderError::InvalidName { .. }));
         prop_assert!(rejected);
         let member = Member {
-            name: name.clone(),
-            generation: 1,
-            gossip_addr: SocketAddr::new(a, 7946),
-            liveness: Liveness::Alive,
-            role: Role::Server,
             phase: Phase::Ready,
-            node_addr: a,
             ready: true,
             ca_hash: Some(CA.into()),
-            vote: None,
             initializer: true,
-            abdicated: None,
-            ack: None,
-            token: None,
-            agent_version: None,
-            rke2_version: None,
-            promotable: false,
-            rke2_data: false,
-            etcd_members: None,
+            ..Member::new(&name, SocketAddr::new(a, 7946), Role::Server)
         };
         let view = routable_view(&[member], Some(CA));
         prop_assert!(view.upstreams.is_empty());

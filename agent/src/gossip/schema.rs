@@ -475,15 +475,21 @@ impl Member {
         member
     }
 
-    /// A member whose role we cannot read: listed (so an operator sees it) but never trusted.
-    fn unknown(name: &str, generation: u64, gossip_addr: SocketAddr) -> Member {
+    /// An alive member of `role` that announced nothing else yet (generation 1, its node address
+    /// its gossip address): the base every hand-built member starts from (struct update syntax),
+    /// so that a new field is added in one place.
+    pub fn new(name: &str, gossip_addr: SocketAddr, role: Role) -> Member {
         Member {
             name: name.to_string(),
-            generation,
+            generation: 1,
             gossip_addr,
             liveness: Liveness::Alive,
-            role: Role::Observer,
-            phase: Phase::Failed,
+            role,
+            phase: if role == Role::Observer {
+                Phase::Observing
+            } else {
+                Phase::Discovering
+            },
             node_addr: gossip_addr.ip(),
             ready: false,
             ca_hash: None,
@@ -497,6 +503,15 @@ impl Member {
             promotable: false,
             rke2_data: false,
             etcd_members: None,
+        }
+    }
+
+    /// A member whose role we cannot read: listed (so an operator sees it) but never trusted.
+    fn unknown(name: &str, generation: u64, gossip_addr: SocketAddr) -> Member {
+        Member {
+            generation,
+            phase: Phase::Failed,
+            ..Member::new(name, gossip_addr, Role::Observer)
         }
     }
 

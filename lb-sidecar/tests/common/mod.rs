@@ -170,25 +170,10 @@ pub async fn assert_only(id: u8, allowed: &[&str], n: usize) {
 /// Membership builders.
 pub fn server(name: &str, addr: IpAddr) -> Member {
     Member {
-        name: name.to_string(),
-        generation: 1,
-        gossip_addr: SocketAddr::new(addr, 7946),
-        liveness: Liveness::Alive,
-        role: Role::Server,
         phase: Phase::Ready,
-        node_addr: addr,
         ready: true,
         ca_hash: Some(CA.to_string()),
-        vote: None,
-        initializer: false,
-        abdicated: None,
-        ack: None,
-        token: None,
-        agent_version: None,
-        rke2_version: None,
-        promotable: false,
-        rke2_data: false,
-        etcd_members: None,
+        ..Member::new(name, SocketAddr::new(addr, 7946), Role::Server)
     }
 }
 
