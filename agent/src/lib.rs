@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bringup;
+pub mod child;
 pub mod cmdline;
 pub mod config;
 pub mod decommission;

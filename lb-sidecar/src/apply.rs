@@ -19,20 +19,17 @@
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use rke2_bootstrap::child::{run_bounded, KillScope};
 use rke2_bootstrap::fsutil::{sync_dir, write_file_atomic};
-use tokio::io::AsyncReadExt;
 
 use crate::config::{working_file, LbKind, Reload, SidecarConfig};
 use crate::render::{RenderError, Rendered};
-
-/// How much of a command's output we keep for an error report.
-const OUTPUT_CAP: usize = 16 * 1024;
 
 /// What a successful apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,73 +149,16 @@ impl CommandOutput {
     }
 }
 
-/// Runs `argv` (no shell) with stdin closed, capturing output, killed after `timeout`.
-///
-/// Waits for the process, not for its pipes to close: a reload command that daemonizes (HAProxy
-/// `-D`) may leave a grandchild holding them.
+/// Runs `argv` (no shell) with stdin closed, capturing output, killed after `timeout` (the
+/// process alone: a reload that daemonizes, HAProxy `-D`, leaves the LB running).
 pub async fn run_command(argv: &[OsString], timeout: Duration) -> Result<CommandOutput> {
     let (program, args) = argv.split_first().context("empty command")?;
-    let shown = || {
-        argv.iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", shown()))?;
-    let stdout = tokio::spawn(read_capped(child.stdout.take()));
-    let stderr = tokio::spawn(read_capped(child.stderr.take()));
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.with_context(|| format!("waiting for {}", shown()))?,
-        Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            stdout.abort();
-            stderr.abort();
-            bail!("{} timed out after {timeout:?}", shown());
-        }
-    };
-    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
-        let grace = Duration::from_millis(500);
-        let abort = task.abort_handle();
-        match tokio::time::timeout(grace, task).await {
-            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            _ => {
-                abort.abort();
-                String::new()
-            }
-        }
-    };
+    let finished = run_bounded(program, args, timeout, KillScope::Process).await?;
     Ok(CommandOutput {
-        status,
-        stdout: collect(stdout).await,
-        stderr: collect(stderr).await,
+        status: finished.status,
+        stdout: finished.stdout,
+        stderr: finished.stderr,
     })
-}
-
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(mut pipe) = pipe {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match pipe.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) if buf.len() < OUTPUT_CAP => {
-                    let room = OUTPUT_CAP - buf.len();
-                    buf.extend_from_slice(&chunk[..n.min(room)]);
-                }
-                // Keep draining so the writer is not blocked on a full pipe.
-                Ok(_) => {}
-            }
-        }
-    }
-    buf
 }
 
 /// Applies rendered configs to one live file.
@@ -644,9 +584,9 @@ mod tests {
             );
             let child = std::process::Command::new("sh")
                 .args(["-c", &script])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .process_group(0)
                 .spawn()
                 .unwrap();
@@ -835,7 +775,7 @@ mod tests {
         let err = run_command(&argv, Duration::from_millis(200))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(err.to_string().contains("did not finish within"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
         // The shell exits at once but a background child keeps stdout open.
         let argv: Vec<OsString> = sh("sleep 3 & echo started")

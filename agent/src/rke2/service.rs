@@ -12,11 +12,11 @@
 //! no information. Whether the node came up is answered by the readiness probes
 //! ([`super::probe`]) and [`ServiceManager::is_active`], not by systemctl's exit code.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::process::Command;
+
+use crate::child::{run_bounded, Finished, KillScope};
 
 /// Default bound on one systemctl invocation.
 pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -111,8 +111,7 @@ impl ServiceManager {
             tracing::info!(command = %self.describe(args), "service command succeeded");
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr = stderr.trim();
+        let stderr = output.stderr.trim();
         let start = stderr
             .char_indices()
             .map(|(i, _)| i)
@@ -133,25 +132,19 @@ impl ServiceManager {
         )
     }
 
-    async fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+    async fn run(&self, args: &[&str]) -> Result<Finished> {
         let (program, leading) = self
             .command
             .split_first()
             .context("service manager command is empty")?;
-        let mut command = Command::new(program);
-        command
-            .args(leading)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let described = self.describe(args);
-        tracing::debug!(command = %described, "running service command");
-        match tokio::time::timeout(self.timeout, command.output()).await {
-            Ok(result) => result.with_context(|| format!("running `{described}`")),
-            Err(_) => bail!("`{described}` did not finish within {:?}", self.timeout),
-        }
+        let argv: Vec<&str> = leading
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        tracing::debug!(command = %self.describe(args), "running service command");
+        // The process alone on a timeout: what systemctl started belongs to systemd.
+        run_bounded(program, &argv, self.timeout, KillScope::Process).await
     }
 
     fn describe(&self, args: &[&str]) -> String {
