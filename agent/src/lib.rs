@@ -22,5 +22,6 @@ pub mod release;
 pub mod rke2;
 pub mod secret;
 pub mod shape;
+pub mod since;
 pub mod state;
 pub mod status;

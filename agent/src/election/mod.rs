@@ -116,11 +116,12 @@ pub use electorate::{Electorate, ElectorateError, Seat};
 pub use role::{auto_role, AutoRole, UNDECIDED_DEAD_WAIT};
 pub use state::{ElectionState, Lifecycle, TransitionError};
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::gossip::schema::{Liveness, Member, Phase, Role, Vote};
+use crate::since::Since;
 use electorate::{SeatView, Standing};
 use roster::Roster;
 
@@ -210,32 +211,29 @@ impl From<&Member> for PeerView {
 /// decision can tell a momentary "dead" from a host that is gone. The caller owns the clock.
 #[derive(Debug, Default)]
 pub struct DeathClock {
-    since: HashMap<(String, u64), Instant>,
+    since: Since<(String, u64)>,
 }
 
 impl DeathClock {
     /// The election's view of `members` at `now`, with [`PeerView::dead_for`] filled in.
     pub fn peer_views(&mut self, now: Instant, members: &[Member]) -> Vec<PeerView> {
-        let dead: HashSet<(&str, u64)> = members
-            .iter()
-            .filter(|m| m.liveness == Liveness::Dead)
-            .map(|m| (m.name.as_str(), m.generation))
-            .collect();
         // Entries alive again, left or forgotten start over.
-        self.since
-            .retain(|(name, generation), _| dead.contains(&(name.as_str(), *generation)));
+        self.since.observe(
+            now,
+            members
+                .iter()
+                .filter(|m| m.liveness == Liveness::Dead)
+                .map(|m| (m.name.clone(), m.generation)),
+        );
         members
             .iter()
-            .map(|m| {
-                let mut view = PeerView::from(m);
-                if m.liveness == Liveness::Dead {
-                    let since = *self
-                        .since
-                        .entry((m.name.clone(), m.generation))
-                        .or_insert(now);
-                    view.dead_for = now.saturating_duration_since(since);
-                }
-                view
+            .map(|m| PeerView {
+                dead_for: if m.liveness == Liveness::Dead {
+                    self.since.duration(now, &(m.name.clone(), m.generation))
+                } else {
+                    Duration::ZERO
+                },
+                ..PeerView::from(m)
             })
             .collect()
     }

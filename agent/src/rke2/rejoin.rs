@@ -25,7 +25,6 @@
 //!
 //! [`plan`] is the decision, pure and table-tested; [`spawn`] runs it against etcd.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +37,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::gossip::schema::{Liveness, Member, Phase, Role};
+use crate::since::Since;
 
 /// How long a peer must look alive and not ready before its leftovers are removed: longer than a
 /// restarting server needs to bring its etcd member back.
@@ -109,12 +109,12 @@ pub fn plan(stuck: &[String], members: &[EtcdMember], quorum: bool) -> Vec<Step>
 /// Peers that look alive but have not been ready for [`STUCK_GRACE`], tracked across sweeps.
 #[derive(Debug, Default)]
 pub struct StuckClock {
-    since: HashMap<String, Instant>,
+    since: Since<String>,
 }
 
 impl StuckClock {
     pub fn observe(&mut self, now: Instant, self_name: &str, members: &[Member]) -> Vec<String> {
-        let waiting: Vec<&Member> = members
+        let waiting = members
             .iter()
             .filter(|m| {
                 m.name != self_name
@@ -130,18 +130,9 @@ impl StuckClock {
                         Phase::Initializing | Phase::Joining | Phase::WaitingToJoin
                     )
             })
-            .collect();
-        self.since
-            .retain(|name, _| waiting.iter().any(|m| &m.name == name));
-        for m in &waiting {
-            self.since.entry(m.name.clone()).or_insert(now);
-        }
-        let mut stuck: Vec<String> = self
-            .since
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) >= STUCK_GRACE)
-            .map(|(n, _)| n.clone())
-            .collect();
+            .map(|m| m.name.clone());
+        self.since.observe(now, waiting);
+        let mut stuck: Vec<String> = self.since.at_least(now, STUCK_GRACE).cloned().collect();
         stuck.sort();
         stuck
     }

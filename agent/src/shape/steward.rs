@@ -4,7 +4,6 @@
 //! Every ready server runs the loop; only the steward ([`super::steward_of`]) reads etcd and acts,
 //! so a fleet's servers do not all poll etcd for the same list.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use super::{next_removal, steward_of, EtcdRoster, EtcdSeat, HostSeen, Removal};
 use crate::gossip::schema::{Liveness, Member};
 use crate::rke2::kube::{KubeAdmin, NodeDeletion};
 use crate::rke2::rejoin::{node_password_key, Etcd, EtcdMember};
+use crate::since::Since;
 
 /// How often the steward reads etcd's member list. The list changes only when servers come or
 /// go; a few seconds is quick next to the departed grace, and one local call per interval costs
@@ -28,59 +28,31 @@ const STEWARD_INTERVAL: Duration = Duration::from_secs(3);
 /// is measured on this host's clock and starts over whenever the member is seen alive.
 #[derive(Debug, Default)]
 pub struct GoneClock {
-    since: HashMap<String, Instant>,
+    since: Since<String>,
 }
 
 impl GoneClock {
     /// The view as the shape policy reads it, with each member's time gone.
     pub fn observe(&mut self, now: Instant, members: &[Member]) -> Vec<HostSeen> {
-        self.since.retain(|name, _| {
+        self.since.observe(
+            now,
             members
                 .iter()
-                .any(|m| &m.name == name && m.liveness != Liveness::Alive)
-        });
+                .filter(|m| m.liveness != Liveness::Alive)
+                .map(|m| m.name.clone()),
+        );
         members
             .iter()
-            .map(|m| {
-                let gone_for = if m.liveness == Liveness::Alive {
-                    Duration::ZERO
-                } else {
-                    now.duration_since(*self.since.entry(m.name.clone()).or_insert(now))
-                };
-                HostSeen {
-                    name: m.name.clone(),
-                    role: m.role,
-                    phase: m.phase,
-                    liveness: m.liveness,
-                    ready: m.ready,
-                    gone_for,
-                    promotable: m.promotable,
-                }
+            .map(|m| HostSeen {
+                name: m.name.clone(),
+                role: m.role,
+                phase: m.phase,
+                liveness: m.liveness,
+                ready: m.ready,
+                gone_for: self.since.duration(now, &m.name),
+                promotable: m.promotable,
             })
             .collect()
-    }
-}
-
-/// How long this steward has seen each etcd member not answer. It starts over with a new
-/// steward, which only ever delays a removal.
-#[derive(Debug, Default)]
-struct SilenceClock {
-    since: HashMap<String, Instant>,
-}
-
-impl SilenceClock {
-    fn observe(&mut self, now: Instant, roster: &EtcdRoster) {
-        self.since
-            .retain(|node, _| roster.seat(node).is_some_and(|seat| !seat.answering));
-        for seat in roster.seats().iter().filter(|s| !s.answering) {
-            self.since.entry(seat.node.clone()).or_insert(now);
-        }
-    }
-
-    fn silent_for(&self, now: Instant, node: &str) -> Duration {
-        self.since
-            .get(node)
-            .map_or(Duration::ZERO, |t| now.duration_since(*t))
     }
 }
 
@@ -105,7 +77,9 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut clock = GoneClock::default();
-        let mut silence = SilenceClock::default();
+        // How long this steward has seen each etcd member not answer. It starts over with a new
+        // steward, which only ever delays a removal.
+        let mut silence = Since::default();
         let mut last_wait = String::new();
         loop {
             tokio::time::sleep(STEWARD_INTERVAL).await;
@@ -140,15 +114,23 @@ pub fn spawn(
 async fn steward_round(
     settings: &StewardSettings,
     hosts: &[HostSeen],
-    silence: &mut SilenceClock,
+    silence: &mut Since<String>,
 ) -> Result<(EtcdRoster, Option<String>)> {
     // Loaded afresh each round: RKE2 renews its etcd client certificate.
     let etcd = Etcd::new(settings.etcd_client, &settings.root)?;
     let members = etcd.members().await?;
     let current = roster_of(&members);
-    silence.observe(Instant::now(), &current);
+    let now = Instant::now();
+    silence.observe(
+        now,
+        current
+            .seats()
+            .iter()
+            .filter(|s| !s.answering)
+            .map(|s| s.node.clone()),
+    );
     let quorum = etcd.has_quorum().await;
-    let silent_for = |node: &str| silence.silent_for(Instant::now(), node);
+    let silent_for = |node: &str| silence.duration(now, &node.to_string());
     match next_removal(hosts, &current, silent_for, quorum, settings.departed_grace) {
         Removal::Nothing => Ok((current, None)),
         Removal::Wait(why) => Ok((current, Some(why))),
