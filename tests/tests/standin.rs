@@ -455,7 +455,8 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
     assert_eq!(Some(cacerts.body.clone()), host.server_ca_pem());
     let token = host.server_token().unwrap();
     assert_eq!(token, Token::full(&ca_hash(&cacerts.body), "s3cret"));
-    assert!(host.etcd_dir_exists());
+    // etcd was started before the supervisor listened, but writes its WAL on its own time.
+    wait_until(TIMEOUT, POLL, || host.etcd_dir_exists()).expect("etcd writes its data dir");
     let ca = Trust::CaPem(cacerts.body.clone());
 
     // Ready later, over a connection verified against the cluster CA for the node's address, for
