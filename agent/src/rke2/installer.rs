@@ -20,20 +20,16 @@
 //! `root` (a temp dir in tests and the demo) only redirects the tar prefix; the rpm method always
 //! installs into the real system.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
 
 use super::probe::{install_crypto_provider, read_limited};
+use crate::child::{Bounded, KillScope, Stream};
 use crate::fsutil;
 
 /// Where the installer comes from unless configured otherwise.
@@ -54,9 +50,6 @@ pub const SCRIPT_FILE_NAME: &str = "rke2-install.sh";
 const STDERR_TAIL_LINES: usize = 20;
 /// After SIGTERM on timeout, how long the installer gets before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
-/// After the installer exits, how long to wait for its output to drain. A child it left running in
-/// the background may hold the pipes open forever.
-const OUTPUT_DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Bound on `rke2 --version`.
 const VERSION_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Variables this module sets; inherited values are removed so a stale environment can never
@@ -350,90 +343,44 @@ pub async fn run(cfg: &InstallerConfig, script: &[u8]) -> Result<()> {
     fsutil::write_file_atomic(&script_path, script, 0o700)?;
 
     let env = cfg.install_env();
-    let mut command = Command::new("sh");
-    command
-        .arg(&script_path)
-        .current_dir(&cfg.work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for name in MANAGED_ENV {
-        command.env_remove(name);
-    }
-    for (name, value) in &env {
-        command.env(name, value);
-    }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting installer sh {}", script_path.display()))?;
-    let pid = child
-        .id()
-        .context("installer exited before its pid was read")?;
     let shown_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(
         script = %script_path.display(),
-        pid,
         env = %shown_env.join(" "),
         timeout_ms = cfg.run_timeout.as_millis() as u64,
         "running installer"
     );
-
-    let stdout = child
-        .stdout
-        .take()
-        .context("installer stdout not captured")?;
-    let stderr = child
-        .stderr
-        .take()
-        .context("installer stderr not captured")?;
-    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
-    let mut out_task = tokio::spawn(log_lines(stdout, "stdout", None));
-    let mut err_task = tokio::spawn(log_lines(stderr, "stderr", Some(stderr_tail.clone())));
-
-    let status = match tokio::time::timeout(cfg.run_timeout, child.wait()).await {
-        Ok(status) => status.context("waiting for the installer")?,
-        Err(_) => {
-            terminate_group(pid, &mut child).await;
-            out_task.abort();
-            err_task.abort();
-            bail!(
-                "installer {} did not finish within {:?}; its process group was killed",
-                script_path.display(),
-                cfg.run_timeout
-            );
-        }
-    };
-    let drain = async {
-        let _ = (&mut out_task).await;
-        let _ = (&mut err_task).await;
-    };
-    if tokio::time::timeout(OUTPUT_DRAIN_GRACE, drain)
-        .await
-        .is_err()
-    {
-        tracing::debug!(
-            pid,
-            "installer output still open after exit (background child?)"
-        );
-        out_task.abort();
-        err_task.abort();
+    let mut command = Bounded::new("sh", &[&script_path], cfg.run_timeout)
+        .kill(KillScope::Group)
+        .term_grace(TERM_GRACE)
+        .current_dir(&cfg.work_dir);
+    for name in MANAGED_ENV {
+        command = command.env_remove(name);
     }
-
-    if status.success() {
+    for (name, value) in &env {
+        command = command.env(name, value);
+    }
+    let finished = command
+        .run_streaming(|stream, line| match stream {
+            Stream::Stdout => tracing::info!(stream = stream.as_str(), line, "installer output"),
+            Stream::Stderr => tracing::warn!(stream = stream.as_str(), line, "installer output"),
+        })
+        .await
+        .with_context(|| format!("installer {}", script_path.display()))?;
+    if finished.status.success() {
         tracing::info!(script = %script_path.display(), "installer finished");
         return Ok(());
     }
-    let tail: Vec<String> = stderr_tail
-        .lock()
-        .map(|t| t.iter().cloned().collect())
-        .unwrap_or_default();
-    let how = match status.code() {
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..];
+    let how = match finished.status.code() {
         Some(code) => format!("exited with code {code}"),
         None => {
             use std::os::unix::process::ExitStatusExt;
-            format!("was killed by signal {}", status.signal().unwrap_or(0))
+            format!(
+                "was killed by signal {}",
+                finished.status.signal().unwrap_or(0)
+            )
         }
     };
     bail!(
@@ -463,39 +410,28 @@ pub async fn is_installed(cfg: &InstallerConfig) -> bool {
     let Some(version) = &cfg.version else {
         return true;
     };
-    let output = tokio::time::timeout(
-        VERSION_CHECK_TIMEOUT,
-        Command::new(&binary)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await;
-    match output {
-        Ok(Ok(output)) if output.status.success() => {
-            let reported = String::from_utf8_lossy(&output.stdout);
-            let matches = reported.contains(version.as_str());
+    match Bounded::new(&binary, &["--version"], VERSION_CHECK_TIMEOUT)
+        .run()
+        .await
+    {
+        Ok(output) if output.status.success() => {
+            let matches = output.stdout.contains(version.as_str());
             if !matches {
                 tracing::info!(
                     binary = %binary.display(),
                     pinned = %version,
-                    reported = %reported.lines().next().unwrap_or(""),
+                    reported = %output.stdout.lines().next().unwrap_or(""),
                     "installed rke2 is not the pinned version"
                 );
             }
             matches
         }
-        Ok(Ok(output)) => {
+        Ok(output) => {
             tracing::warn!(binary = %binary.display(), status = %output.status, "rke2 --version failed");
             false
         }
-        Ok(Err(error)) => {
-            tracing::warn!(binary = %binary.display(), %error, "could not run rke2 --version");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(binary = %binary.display(), "rke2 --version timed out");
+        Err(error) => {
+            tracing::warn!(binary = %binary.display(), error = %format!("{error:#}"), "could not run rke2 --version");
             false
         }
     }
@@ -674,56 +610,6 @@ pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
     let cap = base.saturating_mul(factor).min(max);
     let millis = cap.as_millis().min(u64::MAX as u128) as u64;
     Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
-}
-
-/// SIGTERM to the installer's group, a short grace, then SIGKILL, then reap.
-async fn terminate_group(pid: u32, child: &mut tokio::process::Child) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    let group = Pid::from_raw(pid as i32);
-    tracing::warn!(pid, "installer timed out; terminating its process group");
-    let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(TERM_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(pid, "installer ignored SIGTERM; killing its process group");
-    }
-    // Background children may outlive the leader; the group id stays valid while any member runs.
-    let _ = killpg(group, Signal::SIGKILL);
-    let _ = child.wait().await;
-}
-
-async fn log_lines<R: AsyncRead + Unpin>(
-    stream: R,
-    stream_name: &'static str,
-    tail: Option<Arc<Mutex<VecDeque<String>>>>,
-) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end();
-                if stream_name == "stderr" {
-                    tracing::warn!(stream = stream_name, line, "installer output");
-                } else {
-                    tracing::info!(stream = stream_name, line, "installer output");
-                }
-                if let Some(tail) = &tail {
-                    if let Ok(mut tail) = tail.lock() {
-                        if tail.len() == STDERR_TAIL_LINES {
-                            tail.pop_front();
-                        }
-                        tail.push_back(line.to_string());
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
