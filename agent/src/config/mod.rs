@@ -315,183 +315,33 @@ impl AgentConfig {
         AgentConfig::from_raw(raw, merged)
     }
 
-    fn from_raw(raw: RawAgentConfig, merged: &layers::Merged) -> Result<AgentConfig, ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::InvalidValue {
-            key: key.to_string(),
-            origin: merged
-                .source(key)
-                .cloned()
-                .unwrap_or(Source::Flag(key.to_string())),
-            reason,
-        };
-        let root = raw.root.unwrap_or_else(|| PathBuf::from("/"));
+    /// Validates every key in groups (names, addresses, election, installer, gossip timing);
+    /// each error names its key and where the value came from.
+    fn from_raw(
+        mut raw: RawAgentConfig,
+        merged: &layers::Merged,
+    ) -> Result<AgentConfig, ConfigError> {
+        let check = Check { merged };
+        let root = raw.root.take().unwrap_or_else(|| PathBuf::from("/"));
         let state_dir = raw
             .state_dir
+            .take()
             .unwrap_or_else(|| under_root(&root, "/var/lib/rke2-bootstrap"));
-        let cluster_name = raw.cluster_name.unwrap_or_else(|| "rke2".to_string());
-        if !is_valid_name(&cluster_name) {
-            return Err(invalid(
-                "cluster-name",
-                "use letters, digits, '-', '_' and '.' (at most 63)".into(),
-            ));
-        }
-        let node_name = match raw.node_name {
-            Some(name) => name,
-            None => hostname().map_err(|reason| invalid("node-name", reason))?,
-        };
-        if !is_valid_name(&node_name) {
-            return Err(invalid(
-                "node-name",
-                "use letters, digits, '-', '_' and '.' (at most 63)".into(),
-            ));
-        }
-        let bind = raw.bind_addr.unwrap_or(AddrOrSocket {
-            ip: IpAddr::from([0, 0, 0, 0]),
-            port: None,
-        });
-        let port = bind.port.unwrap_or(DEFAULT_GOSSIP_PORT);
-        let bind_addr = SocketAddr::new(bind.ip, port);
-        let advertise_addr = match raw.advertise_addr {
-            Some(a) if a.ip.is_unspecified() => {
-                return Err(invalid(
-                    "advertise-addr",
-                    "must be a routable address, not 0.0.0.0".into(),
-                ))
-            }
-            Some(a) => Some(SocketAddr::new(a.ip, a.port.unwrap_or(port))),
-            None if !bind.ip.is_unspecified() => Some(bind_addr),
-            None => None,
-        };
-        if let Some(ip) = raw.node_ip {
-            if ip.is_unspecified() || ip.is_multicast() {
-                return Err(invalid(
-                    "node-ip",
-                    format!("{ip} is not an address a node can serve on"),
-                ));
-            }
-        }
-        if let Some(name) = &raw.node_interface {
-            if raw.node_ip.is_some() {
-                return Err(invalid(
-                    "node-interface",
-                    "set either node-ip or node-interface, not both".into(),
-                ));
-            }
-            // Linux interface names: at most 15 bytes, no '/', no whitespace.
-            if name.is_empty()
-                || name.len() > 15
-                || name.contains('/')
-                || name.chars().any(char::is_whitespace)
-            {
-                return Err(invalid(
-                    "node-interface",
-                    format!("{name:?} is not an interface name"),
-                ));
-            }
-        }
-        let seeds = raw.seeds.unwrap_or_default();
-        for seed in &seeds {
-            if seed
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(invalid("seeds", format!("{seed:?} is not host:port")));
-            }
-        }
+        let (cluster_name, node_name) = check.names(&mut raw)?;
+        let (bind_addr, advertise_addr) = check.addresses(&raw)?;
+        let seeds = check.seeds(raw.seeds.take().unwrap_or_default())?;
         let electorate = electorate(raw.initial_servers.as_deref(), raw.bootstrap_expect, &seeds)
-            .map_err(|(key, reason)| invalid(key, reason))?;
-        let election_lease = raw.election_lease.unwrap_or(crate::election::DEFAULT_LEASE);
-        if election_lease < Duration::from_secs(1) {
-            return Err(invalid(
-                "election-lease",
-                "must be at least 1s: a busy host can look dead for about a second".into(),
-            ));
-        }
-        let servers = raw.servers.unwrap_or(3);
-        if servers == 0 || servers % 2 == 0 {
-            return Err(invalid(
-                "servers",
-                format!("{servers} is not odd: etcd needs an odd number of servers"),
-            ));
-        }
-        let installer_url = raw
-            .installer_url
-            .unwrap_or_else(|| "https://get.rke2.io".to_string());
-        let allow_insecure_http = raw.allow_insecure_installer_url.unwrap_or(false);
-        if installer_url.starts_with("http://") && !allow_insecure_http {
-            return Err(invalid(
-                "installer-url",
-                "plain http needs allow-insecure-installer-url: true (an installer runs as root)"
-                    .into(),
-            ));
-        }
-        if !installer_url.starts_with("http://") && !installer_url.starts_with("https://") {
-            return Err(invalid(
-                "installer-url",
-                format!("{installer_url:?} is not an http(s) URL"),
-            ));
-        }
-        if let Some(sum) = &raw.installer_sha256 {
-            if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid("installer-sha256", "expected 64 hex digits".into()));
-            }
-        }
+            .map_err(|(key, reason)| check.invalid(key, reason))?;
+        let (election_lease, servers) = check.election(&raw)?;
+        let installer = check.installer(&mut raw)?;
         let service_manager = raw
             .service_manager
+            .take()
             .unwrap_or_else(|| vec!["systemctl".to_string()]);
         if service_manager.is_empty() {
-            return Err(invalid("service-manager", "must name a command".into()));
+            return Err(check.invalid("service-manager", "must name a command".into()));
         }
-        let gossip_interval = raw
-            .gossip_interval
-            .unwrap_or(crate::gossip::DEFAULT_GOSSIP_INTERVAL);
-        if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(10)
-        {
-            return Err(invalid(
-                "gossip-interval",
-                "must be between 10ms and 10s".into(),
-            ));
-        }
-        let gossip_idle_interval = raw
-            .gossip_idle_interval
-            .unwrap_or(crate::gossip::DEFAULT_IDLE_GOSSIP_INTERVAL.max(gossip_interval));
-        if gossip_idle_interval < gossip_interval || gossip_idle_interval > Duration::from_secs(60)
-        {
-            return Err(invalid(
-                "gossip-idle-interval",
-                "must be between gossip-interval and 60s".into(),
-            ));
-        }
-        let dead_member_grace_period = raw
-            .dead_member_grace_period
-            .unwrap_or(DEFAULT_DEAD_NODE_GRACE_PERIOD);
-        if dead_member_grace_period < MIN_DEAD_MEMBER_GRACE_PERIOD {
-            return Err(invalid(
-                "dead-member-grace-period",
-                format!(
-                    "must be at least {}s: a server that is merely rebooting must not be forgotten",
-                    MIN_DEAD_MEMBER_GRACE_PERIOD.as_secs()
-                ),
-            ));
-        }
-        // A short dead-member-grace-period (at least 5m) pulls the default down with it.
-        let departed_server_grace_period = raw.departed_server_grace_period.unwrap_or_else(|| {
-            crate::shape::DEFAULT_DEPARTED_GRACE.min(dead_member_grace_period / 2)
-        });
-        if departed_server_grace_period.is_zero()
-            || departed_server_grace_period >= dead_member_grace_period
-        {
-            return Err(invalid(
-                "departed-server-grace-period",
-                format!(
-                    "must be above zero and below dead-member-grace-period ({}s): a server \
-                     forgotten by gossip before it counts as departed would keep its etcd \
-                     member for good",
-                    dead_member_grace_period.as_secs()
-                ),
-            ));
-        }
+        let timing = check.gossip_timing(&raw)?;
         Ok(AgentConfig {
             cluster_name,
             node_name,
@@ -515,26 +365,15 @@ impl AgentConfig {
             registration_address: raw.registration_address,
             registration_ip: raw.registration_ip,
             token_file: raw.token_file,
-            installer: InstallerSettings {
-                url: installer_url,
-                sha256: raw.installer_sha256.map(|s| s.to_ascii_lowercase()),
-                allow_insecure_http,
-                version: raw.rke2_version,
-                channel: raw.rke2_channel,
-                method: raw.rke2_install_method,
-                artifact_path: raw.installer_artifact_path,
-                timeout: raw
-                    .installer_timeout
-                    .unwrap_or(Duration::from_secs(15 * 60)),
-            },
+            installer,
             service_manager,
             control_plane_taint: raw.control_plane_taint.unwrap_or(false),
             existing_config_policy: raw.existing_config_policy.unwrap_or_default(),
             rke2_config: raw.rke2_config.unwrap_or_default(),
-            gossip_interval,
-            gossip_idle_interval,
-            dead_member_grace_period,
-            departed_server_grace_period,
+            gossip_interval: timing.interval,
+            gossip_idle_interval: timing.idle_interval,
+            dead_member_grace_period: timing.dead_member_grace,
+            departed_server_grace_period: timing.departed_server_grace,
         })
     }
 
@@ -620,6 +459,222 @@ fn hostname() -> Result<String, String> {
         .map_err(|err| format!("cannot read the hostname ({err}); set node-name"))?
         .into_string()
         .map_err(|_| "the hostname is not UTF-8; set node-name".to_string())
+}
+
+/// The gossip intervals and grace periods, validated together (each bounds the next).
+struct GossipTiming {
+    interval: Duration,
+    idle_interval: Duration,
+    dead_member_grace: Duration,
+    departed_server_grace: Duration,
+}
+
+/// Validation of merged values: an invalid value is reported with its key and its source.
+struct Check<'a> {
+    merged: &'a layers::Merged,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::InvalidValue {
+            key: key.to_string(),
+            origin: self
+                .merged
+                .source(key)
+                .cloned()
+                .unwrap_or(Source::Flag(key.to_string())),
+            reason,
+        }
+    }
+
+    fn names(&self, raw: &mut RawAgentConfig) -> Result<(String, String), ConfigError> {
+        const NAME_RULE: &str = "use letters, digits, '-', '_' and '.' (at most 63)";
+        let cluster_name = raw
+            .cluster_name
+            .take()
+            .unwrap_or_else(|| "rke2".to_string());
+        if !is_valid_name(&cluster_name) {
+            return Err(self.invalid("cluster-name", NAME_RULE.into()));
+        }
+        let node_name = match raw.node_name.take() {
+            Some(name) => name,
+            None => hostname().map_err(|reason| self.invalid("node-name", reason))?,
+        };
+        if !is_valid_name(&node_name) {
+            return Err(self.invalid("node-name", NAME_RULE.into()));
+        }
+        Ok((cluster_name, node_name))
+    }
+
+    /// The gossip bind and advertise addresses; `node-ip` and `node-interface` checked.
+    fn addresses(
+        &self,
+        raw: &RawAgentConfig,
+    ) -> Result<(SocketAddr, Option<SocketAddr>), ConfigError> {
+        let bind = raw.bind_addr.unwrap_or(AddrOrSocket {
+            ip: IpAddr::from([0, 0, 0, 0]),
+            port: None,
+        });
+        let port = bind.port.unwrap_or(DEFAULT_GOSSIP_PORT);
+        let bind_addr = SocketAddr::new(bind.ip, port);
+        let advertise_addr = match &raw.advertise_addr {
+            Some(a) if a.ip.is_unspecified() => {
+                return Err(self.invalid(
+                    "advertise-addr",
+                    "must be a routable address, not 0.0.0.0".into(),
+                ))
+            }
+            Some(a) => Some(SocketAddr::new(a.ip, a.port.unwrap_or(port))),
+            None if !bind.ip.is_unspecified() => Some(bind_addr),
+            None => None,
+        };
+        if let Some(ip) = raw.node_ip {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(self.invalid(
+                    "node-ip",
+                    format!("{ip} is not an address a node can serve on"),
+                ));
+            }
+        }
+        if let Some(name) = &raw.node_interface {
+            if raw.node_ip.is_some() {
+                return Err(self.invalid(
+                    "node-interface",
+                    "set either node-ip or node-interface, not both".into(),
+                ));
+            }
+            // Linux interface names: at most 15 bytes, no '/', no whitespace.
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.chars().any(char::is_whitespace)
+            {
+                return Err(self.invalid(
+                    "node-interface",
+                    format!("{name:?} is not an interface name"),
+                ));
+            }
+        }
+        Ok((bind_addr, advertise_addr))
+    }
+
+    fn seeds(&self, seeds: Vec<String>) -> Result<Vec<String>, ConfigError> {
+        for seed in &seeds {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(self.invalid("seeds", format!("{seed:?} is not host:port")));
+            }
+        }
+        Ok(seeds)
+    }
+
+    /// The election lease and the `servers` target.
+    fn election(&self, raw: &RawAgentConfig) -> Result<(Duration, u32), ConfigError> {
+        let lease = raw.election_lease.unwrap_or(crate::election::DEFAULT_LEASE);
+        if lease < Duration::from_secs(1) {
+            return Err(self.invalid(
+                "election-lease",
+                "must be at least 1s: a busy host can look dead for about a second".into(),
+            ));
+        }
+        let servers = raw.servers.unwrap_or(3);
+        if servers == 0 || servers % 2 == 0 {
+            return Err(self.invalid(
+                "servers",
+                format!("{servers} is not odd: etcd needs an odd number of servers"),
+            ));
+        }
+        Ok((lease, servers))
+    }
+
+    fn installer(&self, raw: &mut RawAgentConfig) -> Result<InstallerSettings, ConfigError> {
+        let url = raw
+            .installer_url
+            .take()
+            .unwrap_or_else(|| "https://get.rke2.io".to_string());
+        let allow_insecure_http = raw.allow_insecure_installer_url.unwrap_or(false);
+        if url.starts_with("http://") && !allow_insecure_http {
+            return Err(self.invalid(
+                "installer-url",
+                "plain http needs allow-insecure-installer-url: true (an installer runs as root)"
+                    .into(),
+            ));
+        }
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(self.invalid("installer-url", format!("{url:?} is not an http(s) URL")));
+        }
+        if let Some(sum) = &raw.installer_sha256 {
+            if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(self.invalid("installer-sha256", "expected 64 hex digits".into()));
+            }
+        }
+        Ok(InstallerSettings {
+            url,
+            sha256: raw.installer_sha256.take().map(|s| s.to_ascii_lowercase()),
+            allow_insecure_http,
+            version: raw.rke2_version.take(),
+            channel: raw.rke2_channel.take(),
+            method: raw.rke2_install_method,
+            artifact_path: raw.installer_artifact_path.take(),
+            timeout: raw
+                .installer_timeout
+                .unwrap_or(Duration::from_secs(15 * 60)),
+        })
+    }
+
+    fn gossip_timing(&self, raw: &RawAgentConfig) -> Result<GossipTiming, ConfigError> {
+        let interval = raw
+            .gossip_interval
+            .unwrap_or(crate::gossip::DEFAULT_GOSSIP_INTERVAL);
+        if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
+            return Err(self.invalid("gossip-interval", "must be between 10ms and 10s".into()));
+        }
+        let idle_interval = raw
+            .gossip_idle_interval
+            .unwrap_or(crate::gossip::DEFAULT_IDLE_GOSSIP_INTERVAL.max(interval));
+        if idle_interval < interval || idle_interval > Duration::from_secs(60) {
+            return Err(self.invalid(
+                "gossip-idle-interval",
+                "must be between gossip-interval and 60s".into(),
+            ));
+        }
+        let dead_member_grace = raw
+            .dead_member_grace_period
+            .unwrap_or(DEFAULT_DEAD_NODE_GRACE_PERIOD);
+        if dead_member_grace < MIN_DEAD_MEMBER_GRACE_PERIOD {
+            return Err(self.invalid(
+                "dead-member-grace-period",
+                format!(
+                    "must be at least {}s: a server that is merely rebooting must not be forgotten",
+                    MIN_DEAD_MEMBER_GRACE_PERIOD.as_secs()
+                ),
+            ));
+        }
+        // A short dead-member-grace-period (at least 5m) pulls the default down with it.
+        let departed_server_grace = raw
+            .departed_server_grace_period
+            .unwrap_or_else(|| crate::shape::DEFAULT_DEPARTED_GRACE.min(dead_member_grace / 2));
+        if departed_server_grace.is_zero() || departed_server_grace >= dead_member_grace {
+            return Err(self.invalid(
+                "departed-server-grace-period",
+                format!(
+                    "must be above zero and below dead-member-grace-period ({}s): a server \
+                     forgotten by gossip before it counts as departed would keep its etcd \
+                     member for good",
+                    dead_member_grace.as_secs()
+                ),
+            ));
+        }
+        Ok(GossipTiming {
+            interval,
+            idle_interval,
+            dead_member_grace,
+            departed_server_grace,
+        })
+    }
 }
 
 #[cfg(test)]
