@@ -20,7 +20,7 @@ use crate::config::AgentConfig;
 use crate::gossip::schema::Role;
 use crate::rke2::kube::{KubeAdmin, NodeDeletion};
 use crate::rke2::probe::ProbePorts;
-use crate::rke2::rejoin::{self, node_password_key, Etcd};
+use crate::rke2::rejoin::{self, node_password_key, Etcd, EtcdMember};
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::shape::{self, steward::roster_of};
 use crate::state::StateDir;
@@ -44,35 +44,7 @@ pub enum Target {
 /// Decommissions `target`; without `confirm`, checks everything and says what it would do.
 pub async fn decommission(cfg: &AgentConfig, target: Target, confirm: bool) -> Result<String> {
     let state_dir = StateDir::open(&cfg.state_dir)?;
-    let node = match &target {
-        Target::ThisHost => {
-            if status::fetch(&cfg.status_socket).is_ok() {
-                bail!(
-                    "the agent is running (its status socket {} answers): stop it first \
-                     (systemctl stop rke2-bootstrap; it leaves gossip as it stops), then \
-                     decommission",
-                    cfg.status_socket.display()
-                );
-            }
-            let state = state_dir.load()?;
-            match state.progress {
-                Progress::Joined(plan) if plan.role() == Role::Server => {}
-                Progress::Decommissioned(_) => bail!("this host is already decommissioned"),
-                step => bail!(
-                    "this host is not a server of the cluster (bring-up step {step}): only a \
-                     server that joined can be decommissioned; for a worker, delete its node \
-                     from a server with `rke2-bootstrap decommission --node {}`",
-                    cfg.node_name
-                ),
-            }
-            cfg.node_name.clone()
-        }
-        Target::Other(name) => {
-            refuse_if_alive(cfg, name)?;
-            name.clone()
-        }
-    };
-
+    let node = target_node(cfg, &target, &state_dir)?;
     let addrs = crate::node_addr::resolve(cfg)?;
     let etcd_addr = std::net::SocketAddr::new(addrs.node_ip, rejoin::ETCD_CLIENT_PORT);
     let etcd = Etcd::new(etcd_addr, &cfg.root)
@@ -87,66 +59,22 @@ pub async fn decommission(cfg: &AgentConfig, target: Target, confirm: bool) -> R
         shape::removal_keeps_quorum(&roster, &node)
             .map_err(|why| anyhow::anyhow!("refused: {why}"))?;
     }
-    let plan = format!(
-        "decommission {node}: delete its node{}{}",
-        if is_member {
-            format!(
-                ", remove its etcd member (leaving {} voters)",
-                roster.voters().filter(|s| s.node != node).count()
-            )
-        } else {
-            String::new()
-        },
-        if target == Target::ThisHost {
-            ", disable rke2-server on this host and keep the agent from bringing it back"
-        } else {
-            ""
-        }
-    );
     if !confirm {
-        return Err(NotConfirmed(plan).into());
+        let voters_left = is_member.then(|| roster.voters().filter(|s| s.node != node).count());
+        return Err(NotConfirmed(plan(&node, voters_left, &target)).into());
     }
 
     let api = std::net::SocketAddr::new(addrs.node_ip, ProbePorts::default().api);
-    let deleted = match KubeAdmin::new(api, &cfg.root) {
-        Ok(admin) => admin.delete_node(&node).await,
-        Err(err) => Err(err),
-    };
-    let mut done = vec![match deleted {
-        Ok(NodeDeletion::Deleted) => "deleted its node".to_string(),
-        Ok(NodeDeletion::Absent) => "it had no node".to_string(),
-        Err(err) => format!("could not delete its node ({err:#})"),
-    }];
+    let mut done = vec![delete_node_as_admin(api, cfg, &node).await];
     // RKE2 removes the member with the Node (a controller, within seconds); what it has not
     // removed goes directly. Watched from a member that stays: a server decommissioning itself
     // loses its own etcd with its member.
     let witness = match &target {
         Target::Other(_) => etcd.clone(),
-        Target::ThisHost => {
-            let other = members
-                .iter()
-                .filter(|m| m.node_name() != node && m.answering && !m.learner)
-                .flat_map(|m| m.client_addrs.first().copied())
-                .next()
-                .context("no other etcd member answers to watch the removal from")?;
-            Etcd::new(other, &cfg.root)?
-        }
+        Target::ThisHost => other_member(cfg, &members, &node)?,
     };
-    let deadline = tokio::time::Instant::now() + MEMBER_REMOVAL_WAIT;
-    loop {
-        let left = witness.members().await?;
-        let Some(member) = left.iter().find(|m| m.node_name() == node) else {
-            break;
-        };
-        if tokio::time::Instant::now() >= deadline {
-            witness
-                .remove_member(member.id)
-                .await
-                .with_context(|| format!("removing the etcd member of {node}"))?;
-            done.push("removed its etcd member".into());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    if remove_member_unless_gone(&witness, &node).await? {
+        done.push("removed its etcd member".into());
     }
     if witness.delete(&node_password_key(&node)).await? {
         done.push("removed its node password".into());
@@ -163,6 +91,98 @@ pub async fn decommission(cfg: &AgentConfig, target: Target, confirm: bool) -> R
         state_dir.save(&state)?;
     }
     Ok(format!("decommissioned {node}: {}", done.join(", ")))
+}
+
+/// The node to decommission: this host only when its agent is stopped and it is a server that
+/// joined; another host only when gossip no longer shows it alive.
+fn target_node(cfg: &AgentConfig, target: &Target, state_dir: &StateDir) -> Result<String> {
+    match target {
+        Target::ThisHost => {
+            if status::fetch(&cfg.status_socket).is_ok() {
+                bail!(
+                    "the agent is running (its status socket {} answers): stop it first \
+                     (systemctl stop rke2-bootstrap; it leaves gossip as it stops), then \
+                     decommission",
+                    cfg.status_socket.display()
+                );
+            }
+            match state_dir.load()?.progress {
+                Progress::Joined(plan) if plan.role() == Role::Server => {}
+                Progress::Decommissioned(_) => bail!("this host is already decommissioned"),
+                step => bail!(
+                    "this host is not a server of the cluster (bring-up step {step}): only a \
+                     server that joined can be decommissioned; for a worker, delete its node \
+                     from a server with `rke2-bootstrap decommission --node {}`",
+                    cfg.node_name
+                ),
+            }
+            Ok(cfg.node_name.clone())
+        }
+        Target::Other(name) => {
+            refuse_if_alive(cfg, name)?;
+            Ok(name.clone())
+        }
+    }
+}
+
+/// What a confirmed run would do (`voters_left`: when the node is an etcd member).
+fn plan(node: &str, voters_left: Option<usize>, target: &Target) -> String {
+    format!(
+        "decommission {node}: delete its node{}{}",
+        voters_left
+            .map(|n| format!(", remove its etcd member (leaving {n} voters)"))
+            .unwrap_or_default(),
+        if *target == Target::ThisHost {
+            ", disable rke2-server on this host and keep the agent from bringing it back"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Deletes the Node as the cluster admin; says what happened (a failure is reported, not fatal:
+/// the member and the node password are still removed directly).
+async fn delete_node_as_admin(api: std::net::SocketAddr, cfg: &AgentConfig, node: &str) -> String {
+    let deleted = match KubeAdmin::new(api, &cfg.root) {
+        Ok(admin) => admin.delete_node(node).await,
+        Err(err) => Err(err),
+    };
+    match deleted {
+        Ok(NodeDeletion::Deleted) => "deleted its node".to_string(),
+        Ok(NodeDeletion::Absent) => "it had no node".to_string(),
+        Err(err) => format!("could not delete its node ({err:#})"),
+    }
+}
+
+/// A client of a voting member other than `node` that answers.
+fn other_member(cfg: &AgentConfig, members: &[EtcdMember], node: &str) -> Result<Etcd> {
+    let other = members
+        .iter()
+        .filter(|m| m.node_name() != node && m.answering && !m.learner)
+        .flat_map(|m| m.client_addrs.first().copied())
+        .next()
+        .context("no other etcd member answers to watch the removal from")?;
+    Etcd::new(other, &cfg.root)
+}
+
+/// Waits up to [`MEMBER_REMOVAL_WAIT`] for RKE2 to remove `node`'s member, then removes it;
+/// true when it had to.
+async fn remove_member_unless_gone(witness: &Etcd, node: &str) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + MEMBER_REMOVAL_WAIT;
+    loop {
+        let left = witness.members().await?;
+        let Some(member) = left.iter().find(|m| m.node_name() == node) else {
+            return Ok(false);
+        };
+        if tokio::time::Instant::now() >= deadline {
+            witness
+                .remove_member(member.id)
+                .await
+                .with_context(|| format!("removing the etcd member of {node}"))?;
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `--node NAME` is for a host that cannot decommission itself: one that gossip shows alive must
