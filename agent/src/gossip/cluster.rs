@@ -653,30 +653,26 @@ impl Inner {
             let dead: HashSet<&ChitchatId> = chitchat.dead_nodes().collect();
             let mut heartbeats = lock(&self.heartbeats);
             heartbeats.retain(|id, _| chitchat.node_state(id).is_some());
+            let self_id = chitchat.self_chitchat_id();
             for (id, state) in chitchat.node_states() {
-                let mut alive = live.contains(id);
-                if *id == *chitchat.self_chitchat_id() {
-                    alive = true;
+                let alive = if id == self_id {
+                    true
                 } else {
                     let silent =
                         observe_heartbeat(&mut heartbeats, id, state.heartbeat().into(), now);
                     let pace = state.get(PACE_KEY).and_then(parse_pace);
-                    if let (Some(silent), Some(pace)) = (silent, pace) {
-                        if silent > pacing::suspect_after(pace) {
-                            signals.suspects += 1;
-                        }
-                        // Dead for chitchat, whose mean gap is still the fast one, but heard
-                        // from recently enough for the pace it announced.
-                        if !alive && dead.contains(id) && silent < pacing::dead_after(pace) {
-                            alive = true;
-                        }
+                    let verdict = Verdict {
+                        live: live.contains(id),
+                        dead: dead.contains(id),
+                        silent,
+                        pace,
+                        scaled_fast,
+                    };
+                    if verdict.suspect() {
+                        signals.suspects += 1;
                     }
-                    if let (Some(silent), Some(fast)) = (silent, scaled_fast) {
-                        if !alive && silent < pacing::dead_after(fast) {
-                            alive = true;
-                        }
-                    }
-                }
+                    verdict.alive()
+                };
                 // Heard of, but the detector has no opinion yet (fewer than two heartbeats):
                 // neither alive nor dead, so not listed until it is.
                 if !alive && !dead.contains(id) {
@@ -862,6 +858,41 @@ async fn run_view(inner: Arc<Inner>) {
         }
         inner.publish_pace().await;
         inner.apply_pace(Instant::now());
+    }
+}
+
+/// What is known of a peer's liveness: chitchat's detector, how long its heartbeat has been
+/// still, the slow pace it announced, and the fast interval in use when it grows with N.
+struct Verdict {
+    live: bool,
+    dead: bool,
+    silent: Option<Duration>,
+    pace: Option<Duration>,
+    scaled_fast: Option<Duration>,
+}
+
+impl Verdict {
+    /// Silent for longer than its announced pace explains: worth fast rounds.
+    fn suspect(&self) -> bool {
+        matches!((self.silent, self.pace), (Some(silent), Some(pace)) if silent > pacing::suspect_after(pace))
+    }
+
+    fn alive(&self) -> bool {
+        if self.live {
+            return true;
+        }
+        let Some(silent) = self.silent else {
+            return false;
+        };
+        // Dead for chitchat, whose mean gap is still the fast one, but heard from recently
+        // enough for the pace it announced.
+        let within_pace = self.dead && self.pace.is_some_and(|p| silent < pacing::dead_after(p));
+        // Above 100 nodes the fast rounds are slower than chitchat's detector was configured
+        // for: heard from within `dead_after` of the fast interval in use.
+        let within_fast = self
+            .scaled_fast
+            .is_some_and(|f| silent < pacing::dead_after(f));
+        within_pace || within_fast
     }
 }
 
