@@ -359,49 +359,65 @@ struct Signals {
     suspects: usize,
 }
 
+/// The gossip socket, its receive buffer raised.
+async fn bind_socket(listen_addr: SocketAddr) -> Result<tokio::net::UdpSocket> {
+    let socket = tokio::net::UdpSocket::bind(listen_addr)
+        .await
+        .with_context(|| {
+            format!("binding gossip socket {listen_addr}/udp (is another agent already running?)")
+        })?;
+    // A digest names every member (about 50 bytes each), so in a cluster of several hundred
+    // a handshake's datagrams are 20 to 65 KB; the default receive buffer (208 KiB) holds
+    // three of them, and a forming swarm of a thousand dropped 85 % of its datagrams there
+    // (the kernel's UdpRcvbufErrors). Best effort: the kernel caps it at net.core.rmem_max.
+    if let Err(err) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
+        debug!(error = %err, "gossip socket receive buffer not raised");
+    }
+    Ok(socket)
+}
+
+/// The address peers reach this node at: the configured one (its port defaulting to the
+/// socket's), or the socket's own; never a wildcard.
+fn advertised(configured: Option<SocketAddr>, local_addr: SocketAddr) -> Result<SocketAddr> {
+    let mut advertise_addr = configured.unwrap_or(local_addr);
+    if advertise_addr.port() == 0 {
+        advertise_addr.set_port(local_addr.port());
+    }
+    if advertise_addr.ip().is_unspecified() {
+        bail!(
+            "gossip advertise address {advertise_addr} is not reachable by peers: set an \
+             advertise address when listening on a wildcard address"
+        );
+    }
+    Ok(advertise_addr)
+}
+
+/// Seeds given as addresses (chitchat's own, this node left out) and as names (resolved by
+/// [`run_seed_names`]).
+fn split_seeds(seeds: &[String], advertise_addr: SocketAddr) -> Result<(Vec<String>, Vec<String>)> {
+    let mut literal = Vec::new();
+    let mut named = Vec::new();
+    for seed in seeds {
+        match parse_seed(seed)? {
+            Seed::Addr(addr) if addr != advertise_addr => literal.push(addr.to_string()),
+            Seed::Addr(_) => {}
+            Seed::Name(name) => named.push(name),
+        }
+    }
+    Ok((literal, named))
+}
+
 impl Cluster {
     /// Binds the gossip socket, starts chitchat over the sealed transport with every key of
     /// `announcement` already set, and starts the background view (and seed resolution) tasks.
     pub async fn join(config: GossipConfig, announcement: &Announcement) -> Result<Cluster> {
         config.validate()?;
-        let socket = tokio::net::UdpSocket::bind(config.listen_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding gossip socket {}/udp (is another agent already running?)",
-                    config.listen_addr
-                )
-            })?;
-        // A digest names every member (about 50 bytes each), so in a cluster of several hundred
-        // a handshake's datagrams are 20 to 65 KB; the default receive buffer (208 KiB) holds
-        // three of them, and a forming swarm of a thousand dropped 85 % of its datagrams there
-        // (the kernel's UdpRcvbufErrors). Best effort: the kernel caps it at net.core.rmem_max.
-        if let Err(err) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
-            debug!(error = %err, "gossip socket receive buffer not raised");
-        }
+        let socket = bind_socket(config.listen_addr).await?;
         let local_addr = socket
             .local_addr()
             .context("reading the gossip socket address")?;
-        let mut advertise_addr = config.advertise_addr.unwrap_or(local_addr);
-        if advertise_addr.port() == 0 {
-            advertise_addr.set_port(local_addr.port());
-        }
-        if advertise_addr.ip().is_unspecified() {
-            bail!(
-                "gossip advertise address {advertise_addr} is not reachable by peers: set an \
-                 advertise address when listening on a wildcard address"
-            );
-        }
-
-        let mut literal_seeds = Vec::new();
-        let mut named_seeds = Vec::new();
-        for seed in &config.seeds {
-            match parse_seed(seed)? {
-                Seed::Addr(addr) if addr != advertise_addr => literal_seeds.push(addr.to_string()),
-                Seed::Addr(_) => {}
-                Seed::Name(name) => named_seeds.push(name),
-            }
-        }
+        let advertise_addr = advertised(config.advertise_addr, local_addr)?;
+        let (literal_seeds, named_seeds) = split_seeds(&config.seeds, advertise_addr)?;
 
         let chitchat_id =
             ChitchatId::new(config.node_name.as_str(), config.generation, advertise_addr);
