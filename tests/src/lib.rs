@@ -11,11 +11,13 @@
 //! - [`standin`]: the stand-in for `rke2 server` / `rke2 agent` (the `rke2-standin` binary).
 //! - [`lb::LbHost`]: the LB host (the real sidecar before real nginx or HAProxy, or rendering
 //!   only).
+//! - [`demo`]: the `rke2-demo` binary's logic, a whole cluster on this machine for a newcomer.
 //!
 //! Fixtures (in `fixtures/`): `install.sh` (the installer stand-in) and `fake-systemctl` (the
 //! service-manager stand-in); see the comments at the top of each.
 
 pub mod cluster;
+pub mod demo;
 pub mod history;
 pub mod host;
 pub mod http;
