@@ -386,3 +386,39 @@ fn the_product_binaries_carry_no_fixture() {
         }
     }
 }
+
+/// README's command 1 is the demo script, and every flag README's demo paragraph names is one the
+/// demo takes.
+#[test]
+fn readme_runs_the_demo_as_it_is() {
+    use clap::CommandFactory;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    assert!(
+        readme.lines().any(|l| l == "bash tests/demo.sh"),
+        "README's command 1 is not `bash tests/demo.sh`"
+    );
+    assert!(repo.join("tests/demo.sh").is_file());
+    let flags: Vec<String> = rke2_bootstrap_tests::demo::DemoArgs::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|l| format!("--{l}"))
+        .collect();
+    let paragraph = readme
+        .split("\n\n")
+        .find(|p| p.starts_with("The demo is `target/debug/rke2-demo`"))
+        .expect("README's paragraph on the demo");
+    let named: Vec<&str> = paragraph
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(named.len() >= 5, "{named:?}");
+    // clap's own, and the flag of the `members` command the paragraph shows.
+    let others = ["--help", "--status-socket"];
+    for flag in named {
+        assert!(
+            flags.iter().any(|f| f == flag) || others.contains(&flag),
+            "README names {flag}, which the demo does not take ({flags:?})"
+        );
+    }
+}
