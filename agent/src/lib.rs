@@ -11,7 +11,6 @@ pub mod child;
 pub mod cmdline;
 pub mod config;
 pub mod decommission;
-pub mod demo;
 pub mod election;
 pub mod exit;
 pub mod fsutil;

@@ -38,8 +38,6 @@ enum Command {
         #[command(flatten)]
         config: AgentArgs,
     },
-    /// Form a local demo cluster on this machine (no root paths needed).
-    Demo(rke2_bootstrap::demo::DemoArgs),
     /// Load the configuration exactly as `agent` would (file, kernel command line, environment,
     /// flags) and report the first problem; nothing is started or written. Exit 0 or 2.
     CheckConfig(AgentArgs),
@@ -313,10 +311,6 @@ fn main() -> ExitCode {
             ))),
             Err(err) => start_error(err),
         },
-        Command::Demo(args) => {
-            let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-            runtime_outcome(runtime.block_on(rke2_bootstrap::demo::run(args)))
-        }
     }
 }
 

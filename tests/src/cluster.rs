@@ -5,7 +5,7 @@
 //!
 //! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
 //! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40
-//! and 42-43, the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip
+//! and 42-43, the LB-port check's unit test 41, demo 50 and 170-174, lossy_network 60, the gossip
 //! relay's unit tests 79, cli 9, zero_touch 98 and 100-103, fleet_recipes 104-109, the etcd-backed
 //! stand-in's scenarios (rejoins, quorum, certificate rotation) 120-128, the stand-in's admin API
 //! 129, day 2 (day2.rs, day2_returns.rs) 132-139, gossip pacing 180-183 (agent/tests/gossip.rs,
@@ -26,10 +26,10 @@ use crate::{
     loopback_ip, standin_bin, wait_until, workspace_bin, ChildGuard, HostRoot, InstallerServer,
 };
 
+pub use crate::lb::{lb_servers, parse_upstreams, LbHost, LbKind, LbSetup};
+
 /// Gossip port of every simulated host (each has its own address).
 pub const GOSSIP_PORT: u16 = 7947;
-/// The ports the LB host listens on: RKE2's supervisor and the Kubernetes API.
-const LB_PORTS: [u16; 2] = [9345, 6443];
 
 /// One simulated host.
 pub struct TestHost {
@@ -45,11 +45,37 @@ pub struct TestHost {
     /// the configuration, and only what the harness must set on one machine is given as flags
     /// (see [`TestCluster::agent_command`]).
     pub config_file: Option<PathBuf>,
+    /// Where every run of the agent logs (else one file per run under the root's `/var/log`).
+    log_file: Option<PathBuf>,
     child: Option<ChildGuard>,
     restarts: u32,
 }
 
 impl TestHost {
+    /// Host number `number` of the cluster `spec` lays out (nothing started).
+    fn new(spec: &ClusterSpec, name: &str, role: &'static str, number: u8) -> Result<TestHost> {
+        let (root, log_file) = match &spec.dir {
+            Some(dir) => {
+                let root = HostRoot::at(name, &dir.join(name))?;
+                let log = root.path().join("agent.log");
+                (root, Some(log))
+            }
+            None => (HostRoot::new(name)?, None),
+        };
+        Ok(TestHost {
+            name: name.to_string(),
+            ip: spec.address(number),
+            root,
+            extra: Vec::new(),
+            role,
+            env: Vec::new(),
+            config_file: None,
+            log_file,
+            child: None,
+            restarts: 0,
+        })
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("/var/lib/rke2-bootstrap")
     }
@@ -81,6 +107,9 @@ impl TestHost {
 
     /// The logs of every run of this host's agent so far, oldest first.
     pub fn all_logs(&self) -> String {
+        if self.log_file.is_some() {
+            return self.log();
+        }
         (1..=self.restarts)
             .map(|n| {
                 std::fs::read_to_string(self.root.join(format!("/var/log/rke2-bootstrap.{n}.log")))
@@ -96,9 +125,14 @@ impl TestHost {
         serde_json::from_str(&text).ok()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.root
-            .join(format!("/var/log/rke2-bootstrap.{}.log", self.restarts))
+    /// The log of the agent's current run.
+    pub fn log_path(&self) -> PathBuf {
+        match &self.log_file {
+            Some(path) => path.clone(),
+            None => self
+                .root
+                .join(format!("/var/log/rke2-bootstrap.{}.log", self.restarts)),
+        }
     }
 }
 
@@ -125,6 +159,13 @@ pub struct ClusterSpec {
     /// The cluster name of the LB host's sidecar and of agents without a config file; default
     /// `test-<id>`.
     pub cluster_name: Option<String>,
+    /// The first three octets of every address (hosts `.11` and up, the LB host `.10`); default
+    /// `127.<test_id>.0`.
+    pub ip_prefix: Option<[u8; 3]>,
+    /// A directory that holds the cluster's files and outlives it: the gossip key, each host's
+    /// root (`<dir>/<name>`) with its agent's log (`<dir>/<name>/agent.log`). Default: temp dirs
+    /// removed with the cluster.
+    pub dir: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -144,7 +185,22 @@ impl ClusterSpec {
             lb: false,
             gossip_settings: Vec::new(),
             cluster_name: None,
+            ip_prefix: None,
+            dir: None,
         }
+    }
+
+    /// The address of host number `host` (`.11` and up; `.10` is the LB host).
+    pub fn address(&self, host: u8) -> IpAddr {
+        match self.ip_prefix {
+            Some([a, b, c]) => IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, host)),
+            None => loopback_ip(self.test_id, host),
+        }
+    }
+
+    /// The LB host's address.
+    pub fn lb_address(&self) -> IpAddr {
+        self.address(10)
     }
 
     /// Adds a gossip setting (such as `dead-member-grace-period`) for every agent and the sidecar.
@@ -158,7 +214,7 @@ impl ClusterSpec {
     /// is every host's registration address and `tls-san`.
     pub fn with_lb(mut self) -> ClusterSpec {
         self.lb = true;
-        self.registration_address = Some(lb_ip(self.test_id));
+        self.registration_address = Some(self.lb_address());
         self
     }
 }
@@ -176,14 +232,24 @@ pub struct TestCluster {
     pub key_file: PathBuf,
     /// The LB host, once started.
     pub lb: Option<LbHost>,
-    _keys: tempfile::TempDir,
+    _keys: Option<tempfile::TempDir>,
 }
 
 impl TestCluster {
     /// Prepares every host (nothing started yet).
     pub fn new(spec: ClusterSpec) -> Result<TestCluster> {
-        let keys = tempfile::tempdir()?;
-        let key_file = keys.path().join("gossip.key");
+        let (keys, key_file) = match &spec.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                (None, dir.join("gossip.key"))
+            }
+            None => {
+                let keys = tempfile::tempdir()?;
+                let key_file = keys.path().join("gossip.key");
+                (Some(keys), key_file)
+            }
+        };
         let key = Command::new(workspace_bin("rke2-bootstrap"))
             .arg("keygen")
             .output()?;
@@ -194,19 +260,7 @@ impl TestCluster {
             .hosts
             .iter()
             .enumerate()
-            .map(|(i, (name, role))| {
-                Ok(TestHost {
-                    name: name.clone(),
-                    ip: loopback_ip(spec.test_id, 11 + i as u8),
-                    root: HostRoot::new(name)?,
-                    extra: Vec::new(),
-                    role,
-                    env: Vec::new(),
-                    config_file: None,
-                    child: None,
-                    restarts: 0,
-                })
-            })
+            .map(|(i, (name, role))| TestHost::new(&spec, name, role, 11 + i as u8))
             .collect::<Result<Vec<_>>>()?;
         Ok(TestCluster {
             spec,
@@ -225,18 +279,8 @@ impl TestCluster {
             self.hosts.iter().all(|h| h.name != name),
             "host {name} exists"
         );
-        let ip = loopback_ip(self.spec.test_id, 11 + self.hosts.len() as u8);
-        self.hosts.push(TestHost {
-            name: name.to_string(),
-            ip,
-            root: HostRoot::new(name)?,
-            extra: Vec::new(),
-            role,
-            env: Vec::new(),
-            config_file: None,
-            child: None,
-            restarts: 0,
-        });
+        let host = TestHost::new(&self.spec, name, role, 11 + self.hosts.len() as u8)?;
+        self.hosts.push(host);
         Ok(())
     }
 
@@ -249,19 +293,34 @@ impl TestCluster {
     /// `rke2-lb-sidecar`, which rewrites nginx.conf from gossip and reloads it.
     pub fn start_lb(&mut self) -> Result<()> {
         anyhow::ensure!(self.spec.lb, "the spec has no LB (ClusterSpec::with_lb)");
-        let seeds: Vec<String> = self
-            .hosts
-            .iter()
-            .map(|h| format!("{}:{GOSSIP_PORT}", h.ip))
-            .collect();
-        let lb = LbHost::start(
-            lb_ip(self.spec.test_id),
-            &self.cluster_name(),
-            &self.key_file,
-            &seeds,
-            &self.spec.gossip_settings,
+        let nginx = find_program("nginx").context(
+            "nginx is not installed (tests/run.sh installs nginx-light and libnginx-mod-stream)",
         )?;
-        self.lb = Some(lb);
+        self.start_lb_with(self.lb_setup(LbKind::Nginx, Some(nginx)))
+    }
+
+    /// How [`TestCluster::start_lb`] sets up the LB host: this cluster's name, key and gossip
+    /// settings, every host a seed, files in a temp dir. Change what a caller needs, then
+    /// [`TestCluster::start_lb_with`].
+    pub fn lb_setup(&self, kind: LbKind, program: Option<PathBuf>) -> LbSetup {
+        LbSetup {
+            kind,
+            program,
+            dir: None,
+            cluster_name: self.cluster_name(),
+            key_file: self.key_file.clone(),
+            seeds: self
+                .hosts
+                .iter()
+                .map(|h| format!("{}:{GOSSIP_PORT}", h.ip))
+                .collect(),
+            gossip_settings: self.spec.gossip_settings.clone(),
+        }
+    }
+
+    /// Starts the LB host (on the spec's LB address) as `setup` says.
+    pub fn start_lb_with(&mut self, setup: LbSetup) -> Result<()> {
+        self.lb = Some(LbHost::start(self.spec.lb_address(), setup)?);
         Ok(())
     }
 
@@ -760,7 +819,7 @@ impl TestCluster {
     pub fn gossip_ips(&self) -> Vec<IpAddr> {
         let mut ips: Vec<IpAddr> = self.hosts.iter().map(|h| h.ip).collect();
         if self.spec.lb {
-            ips.push(lb_ip(self.spec.test_id));
+            ips.push(self.spec.lb_address());
         }
         ips
     }
@@ -840,217 +899,6 @@ impl TestCluster {
 
     pub fn root_of(&self, name: &str) -> &Path {
         self.host(name).root.path()
-    }
-}
-
-/// The LB host of the manual procedure: real nginx with the stream module, whose nginx.conf is
-/// owned by the real `rke2-lb-sidecar` (an observing gossip member). Both die with the guard.
-pub struct LbHost {
-    pub ip: IpAddr,
-    /// nginx.conf, as the sidecar writes it.
-    pub config_file: PathBuf,
-    bootstrap: String,
-    dir: tempfile::TempDir,
-    sidecar: Option<ChildGuard>,
-    nginx: ChildGuard,
-}
-
-impl LbHost {
-    fn start(
-        ip: IpAddr,
-        cluster_name: &str,
-        key_file: &Path,
-        seeds: &[String],
-        gossip_settings: &[(String, String)],
-    ) -> Result<LbHost> {
-        let nginx_bin = find_program("nginx").context(
-            "nginx is not installed (tests/run.sh installs nginx-light and libnginx-mod-stream)",
-        )?;
-        ensure_lb_addresses_free(ip)?;
-        let dir = tempfile::Builder::new().prefix("rke2-lb-").tempdir()?;
-        let d = crate::process::canonical(dir.path());
-        let config_file = d.join("nginx.conf");
-        let pid_file = d.join("nginx.pid");
-        let error_log = d.join("error.log");
-        // Routes nothing yet: an empty upstream is invalid, so the sidecar's first render is a
-        // reload, as on a real LB host that was set up before the cluster.
-        let bootstrap = format!(
-            "pid {};\nerror_log {};\nevents {{}}\n",
-            pid_file.display(),
-            error_log.display()
-        );
-        rke2_bootstrap::fsutil::write_file_atomic(&config_file, bootstrap.as_bytes(), 0o644)?;
-        let out = std::fs::File::create(d.join("nginx.out"))?;
-        let mut nginx_cmd = Command::new(&nginx_bin);
-        nginx_cmd
-            .arg("-p")
-            .arg(&d)
-            .arg("-c")
-            .arg(&config_file)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let nginx = ChildGuard::spawn(&mut nginx_cmd).context("starting nginx")?;
-        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            pid_file.is_file()
-        })
-        .context("nginx did not write its pid file")?;
-
-        let log = std::fs::File::create(d.join("sidecar.log"))?;
-        let mut cmd = Command::new(workspace_bin("rke2-lb-sidecar"));
-        cmd.args(["--cluster-name", cluster_name, "--node-name", "lb"])
-            .args(["--bind-addr", &format!("{ip}:{GOSSIP_PORT}")])
-            .args(["--seeds", &seeds.join(",")])
-            .arg("--gossip-key-file")
-            .arg(key_file)
-            .arg("--state-dir")
-            .arg(d.join("state"))
-            .args(["--lb", "nginx", "--lb-addr", &ip.to_string()])
-            .arg("--config-file")
-            .arg(&config_file)
-            .args([
-                "--nginx",
-                &format!(
-                    "{{prefix: {}, pid-file: {}, error-log: {}, worker-processes: 1, worker-connections: 256}}",
-                    d.display(),
-                    pid_file.display(),
-                    error_log.display()
-                ),
-            ])
-            .args(["--retry", "{initial: 200ms, max: 2s}"])
-            .args(
-                gossip_settings
-                    .iter()
-                    .flat_map(|(key, value)| [format!("--{key}"), value.clone()]),
-            )
-            .env("RKE2_LB_SIDECAR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let sidecar = ChildGuard::spawn(&mut cmd).context("starting the lb sidecar")?;
-        Ok(LbHost {
-            ip,
-            config_file,
-            bootstrap,
-            dir,
-            sidecar: Some(sidecar),
-            nginx,
-        })
-    }
-
-    /// Process ids of the sidecar (while it runs) and of nginx's master process.
-    pub fn pids(&self) -> (Option<u32>, u32) {
-        (self.sidecar.as_ref().map(ChildGuard::id), self.nginx.id())
-    }
-
-    /// The sidecar's status socket (its JSON status document).
-    pub fn status_socket(&self) -> PathBuf {
-        self.prefix().join("state").join("status.sock")
-    }
-
-    /// The nginx.conf currently in place.
-    pub fn nginx_conf(&self) -> String {
-        std::fs::read_to_string(&self.config_file).unwrap_or_default()
-    }
-
-    /// `(supervisor, api)`: the backend addresses of the upstreams on 9345 and 6443, sorted.
-    pub fn upstreams(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
-        parse_upstreams(&self.nginx_conf())
-    }
-
-    /// The nginx.conf the LB host started with, before the sidecar's first render.
-    pub fn bootstrap_conf(&self) -> &str {
-        &self.bootstrap
-    }
-
-    /// nginx's prefix directory (where nginx.conf and its logs live).
-    pub fn prefix(&self) -> &Path {
-        self.config_file
-            .parent()
-            .expect("nginx.conf has a directory")
-    }
-
-    /// The servers the LB routes to, when both upstreams agree (else the difference is shown).
-    pub fn upstream_addrs(&self) -> Vec<IpAddr> {
-        let (supervisor, api) = self.upstreams();
-        assert_eq!(
-            supervisor,
-            api,
-            "the 9345 and 6443 upstreams differ:\n{}",
-            self.nginx_conf()
-        );
-        supervisor
-    }
-
-    /// Whether the nginx started by this guard still runs.
-    pub fn nginx_running(&mut self) -> bool {
-        matches!(self.nginx.try_wait(), Ok(None))
-    }
-
-    /// The last lines of the sidecar's and nginx's logs.
-    pub fn log_tail(&self) -> String {
-        let mut out = String::new();
-        for file in ["sidecar.log", "nginx.out", "error.log"] {
-            let text = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out.push_str(&format!("--- {file}\n"));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-/// Fails, naming the address, when something already holds one of the LB host's ports. An nginx
-/// or sidecar left over from an earlier run on the same loopback block would otherwise keep the
-/// LB ports, and every reload of the new nginx would fail for as long as the run lasts (a soak
-/// once reported hours of empty upstream files and spurious changes for that reason alone).
-fn ensure_lb_addresses_free(ip: IpAddr) -> Result<()> {
-    let bind_error = |addr: SocketAddr, err: std::io::Error| {
-        if err.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!(
-                "{addr} is already bound: a process of an earlier run on this loopback block \
-                 (an nginx or a sidecar) is still up; stop it or use another block"
-            )
-        } else {
-            anyhow::Error::new(err).context(format!("binding {addr}"))
-        }
-    };
-    for port in LB_PORTS {
-        let addr = SocketAddr::new(ip, port);
-        std::net::TcpListener::bind(addr).map_err(|err| bind_error(addr, err))?;
-    }
-    let gossip = SocketAddr::new(ip, GOSSIP_PORT);
-    std::net::UdpSocket::bind(gossip).map_err(|err| bind_error(gossip, err))?;
-    Ok(())
-}
-
-/// `(supervisor, api)`: the backend addresses of the upstreams on 9345 and 6443 of an nginx.conf,
-/// sorted.
-pub fn parse_upstreams(conf: &str) -> (Vec<IpAddr>, Vec<IpAddr>) {
-    let by_port = |port: &str| {
-        let mut addrs: Vec<IpAddr> = conf
-            .lines()
-            .map(str::trim)
-            .filter_map(|l| l.strip_prefix("server "))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .filter_map(|addr| addr.trim_end_matches(';').strip_suffix(port))
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        addrs.sort();
-        addrs
-    };
-    (by_port(":9345"), by_port(":6443"))
-}
-
-impl Drop for LbHost {
-    fn drop(&mut self) {
-        // The sidecar first, so it never signals an nginx that is gone.
-        drop(self.sidecar.take());
-        self.nginx.kill_group();
     }
 }
 
@@ -1261,28 +1109,4 @@ fn kill_programs_run_from(root: &Path) {
     let _ = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
         pids.iter().all(|&p| !crate::pid_alive(p))
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_lb_port_held_by_an_earlier_run_is_named() {
-        let ip = lb_ip(41);
-        ensure_lb_addresses_free(ip).expect("nothing holds the block yet");
-        let api = SocketAddr::new(ip, 6443);
-        let leftover = std::net::TcpListener::bind(api).unwrap();
-        let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
-        assert!(
-            err.contains("127.41.0.10:6443 is already bound"),
-            "unexpected message: {err}"
-        );
-        drop(leftover);
-        let gossip = std::net::UdpSocket::bind(SocketAddr::new(ip, GOSSIP_PORT)).unwrap();
-        let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
-        assert!(err.contains("127.41.0.10:7947 is already bound"), "{err}");
-        drop(gossip);
-        ensure_lb_addresses_free(ip).expect("freed again");
-    }
 }

@@ -42,6 +42,17 @@ impl HostRoot {
         })
     }
 
+    /// A root at `path` (created if missing) that outlives this value: only the stand-ins
+    /// started under it are killed on drop.
+    pub fn at(name: &str, path: &Path) -> Result<HostRoot> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(HostRoot {
+            name: name.to_string(),
+            path: canonical(path),
+            dir: None,
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

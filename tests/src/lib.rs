@@ -9,15 +9,20 @@
 //! - [`netem::GossipRelay`]: delay, jitter and loss on a test's gossip traffic.
 //! - [`TcpProxy`]: a TCP forwarder standing for a load balancer (with or without an upstream).
 //! - [`standin`]: the stand-in for `rke2 server` / `rke2 agent` (the `rke2-standin` binary).
+//! - [`lb::LbHost`]: the LB host (the real sidecar before real nginx or HAProxy, or rendering
+//!   only).
+//! - [`demo`]: the `rke2-demo` binary's logic, a whole cluster on this machine for a newcomer.
 //!
 //! Fixtures (in `fixtures/`): `install.sh` (the installer stand-in) and `fake-systemctl` (the
 //! service-manager stand-in); see the comments at the top of each.
 
 pub mod cluster;
+pub mod demo;
 pub mod history;
 pub mod host;
 pub mod http;
 pub mod installer_server;
+pub mod lb;
 pub mod netem;
 pub mod process;
 pub mod proxy;
@@ -58,15 +63,19 @@ pub fn standin_bin() -> PathBuf {
 /// to the running test: tests run from `<target>/<profile>/deps/`, binaries sit in
 /// `<target>/<profile>/`. Panics, saying how to build them, when missing.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    find_workspace_bin(name).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// [`workspace_bin`], with an error that says how to build it instead of a panic.
+pub fn find_workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     let dir = bin_dir();
     let path = dir.join(name);
-    if !path.is_file() {
-        panic!(
-            "binary {name} not found in {}: run `cargo build --workspace --bins` first (or set {BIN_DIR_ENV})",
-            dir.display()
-        );
-    }
-    path
+    anyhow::ensure!(
+        path.is_file(),
+        "binary {name} not found in {}: run `cargo build --workspace --bins` first (or set {BIN_DIR_ENV})",
+        dir.display()
+    );
+    Ok(path)
 }
 
 fn bin_dir() -> PathBuf {

@@ -1,4 +1,4 @@
-//! `rke2-bootstrap demo --json`, as a user runs it: a whole cluster behind real nginx on this
+//! `rke2-demo --json`, as a user runs it: a whole cluster behind real nginx on this
 //! machine, one JSON summary on stdout; the same on a machine without nginx or HAProxy; and a
 //! demo that fails or is interrupted, which must leave nothing running.
 
@@ -66,8 +66,8 @@ fn demo_json_forms_a_cluster_behind_nginx_and_follows_a_stop() {
         nodes: 5,
     };
     let stderr = std::fs::File::create(tmp.path().join("demo.stderr")).unwrap();
-    let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-    cmd.args(["demo", "--json", "--ip-prefix", "127.50.0", "--lb", "nginx"])
+    let mut cmd = Command::new(workspace_bin("rke2-demo"));
+    cmd.args(["--json", "--ip-prefix", "127.50.0", "--lb", "nginx"])
         .arg("--dir")
         .arg(&dir)
         .stdin(Stdio::null())
@@ -174,8 +174,8 @@ fn demo_forms_a_cluster_without_nginx_or_haproxy() {
     let path =
         rke2_bootstrap_tests::path_without(&["nginx", "haproxy"], &tmp.path().join("bin")).unwrap();
     let stderr = std::fs::File::create(tmp.path().join("demo.stderr")).unwrap();
-    let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-    cmd.args(["demo", "--json", "--ip-prefix", "127.170.0"])
+    let mut cmd = Command::new(workspace_bin("rke2-demo"));
+    cmd.args(["--json", "--ip-prefix", "127.170.0"])
         .arg("--dir")
         .arg(&dir)
         .env("PATH", path)
@@ -235,8 +235,8 @@ fn demo_forms_a_cluster_without_nginx_or_haproxy() {
 #[test]
 fn a_failed_demo_keeps_its_directory_and_shows_the_failed_hosts_logs() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(workspace_bin("rke2-bootstrap"))
-        .args(["demo", "--lb", "none", "--ip-prefix", "127.171.0"])
+    let out = Command::new(workspace_bin("rke2-demo"))
+        .args(["--lb", "none", "--ip-prefix", "127.171.0"])
         .args(["--timeout", "300ms"])
         .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
@@ -280,19 +280,13 @@ fn an_interrupted_demo_leaves_nothing_running() {
             dir: dir.clone(),
             nodes: 5,
         };
-        let mut cmd = Command::new(workspace_bin("rke2-bootstrap"));
-        cmd.args([
-            "demo",
-            "--lb",
-            "none",
-            "--ip-prefix",
-            &format!("127.{test_id}.0"),
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut cmd = Command::new(workspace_bin("rke2-demo"));
+        cmd.args(["--lb", "none", "--ip-prefix", &format!("127.{test_id}.0")])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut demo = ChildGuard::spawn(&mut cmd).unwrap();
         // Interrupt once an RKE2 stand-in runs (not just an agent or a service manager call,
         // which name the host's root too).
@@ -341,4 +335,90 @@ fn run_demo_json(cmd: &mut Command, progress: &std::path::Path) -> (Value, Strin
     let out = reader.join().unwrap();
     let summary = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}\n{progress}"));
     (summary, progress)
+}
+
+/// README's first command on a machine without etcd (its script installs it; here it is hidden
+/// from the demo by a PATH without it): the stand-in servers could only time out, so the demo
+/// stops at once, before it starts anything, naming the package to install.
+#[test]
+fn a_demo_without_etcd_fails_at_once_naming_the_package() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let path = rke2_bootstrap_tests::path_without(&["etcd"], &tmp.path().join("bin")).unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(workspace_bin("rke2-demo"))
+        .args(["--lb", "none", "--ip-prefix", "127.174.0"])
+        .arg("--dir")
+        .arg(&dir)
+        .env("PATH", path)
+        .env_remove("STANDIN_ETCD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("etcd is not installed"), "{stderr}");
+    assert!(stderr.contains("etcd-server"), "{stderr}");
+    assert!(!dir.join("node-1").exists(), "a host was set up");
+    assert_eq!(processes_naming(&dir), Vec::new());
+}
+
+/// The demo's stand-ins belong to the test harness: neither product binary carries the
+/// installer or the service-manager stand-in (a fixture compiled in would appear whole).
+#[test]
+fn the_product_binaries_carry_no_fixture() {
+    for bin in ["rke2-bootstrap", "rke2-lb-sidecar"] {
+        // Lossy text of the binary, for std's substring search; the fixtures are UTF-8 text.
+        let binary =
+            String::from_utf8_lossy(&std::fs::read(workspace_bin(bin)).unwrap()).into_owned();
+        for fixture in ["install.sh", "fake-systemctl"] {
+            let text =
+                std::fs::read_to_string(rke2_bootstrap_tests::fixture_path(fixture)).unwrap();
+            assert!(
+                !binary.contains(&text),
+                "{bin} carries tests/fixtures/{fixture}"
+            );
+        }
+    }
+}
+
+/// README's command 1 is the demo script, and every flag README's demo paragraph names is one the
+/// demo takes.
+#[test]
+fn readme_runs_the_demo_as_it_is() {
+    use clap::CommandFactory;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    assert!(
+        readme.lines().any(|l| l == "bash tests/demo.sh"),
+        "README's command 1 is not `bash tests/demo.sh`"
+    );
+    assert!(repo.join("tests/demo.sh").is_file());
+    let flags: Vec<String> = rke2_bootstrap_tests::demo::DemoArgs::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|l| format!("--{l}"))
+        .collect();
+    let paragraph = readme
+        .split("\n\n")
+        .find(|p| p.starts_with("The demo is `target/debug/rke2-demo`"))
+        .expect("README's paragraph on the demo");
+    let named: Vec<&str> = paragraph
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(named.len() >= 5, "{named:?}");
+    // clap's own, and the flag of the `members` command the paragraph shows.
+    let others = ["--help", "--status-socket"];
+    for flag in named {
+        assert!(
+            flags.iter().any(|f| f == flag) || others.contains(&flag),
+            "README names {flag}, which the demo does not take ({flags:?})"
+        );
+    }
 }

@@ -233,18 +233,6 @@ impl Etcd {
         Ok(members)
     }
 
-    /// The cluster ID this member belongs to and how many members its list holds (voting and
-    /// learners): "one cluster" as etcd itself reports it.
-    pub async fn cluster_summary(&self) -> Result<(String, usize)> {
-        let v = self.call("/v3/cluster/member/list", json!({})).await?;
-        let id = match &v["header"]["cluster_id"] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let members = v["members"].as_array().map_or(0, Vec::len);
-        Ok((id, members))
-    }
-
     pub async fn remove_member(&self, id: u64) -> Result<()> {
         self.call("/v3/cluster/member/remove", json!({"ID": id.to_string()}))
             .await

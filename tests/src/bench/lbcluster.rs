@@ -261,7 +261,7 @@ impl LbCluster for SerfLbCluster {
     }
 
     fn lb_servers(&self, _lb: usize) -> Vec<String> {
-        rke2_bootstrap::demo::lb_servers(&self.lb.upstreams(), self.lb.ip)
+        rke2_bootstrap_tests::cluster::lb_servers(&self.lb.upstreams(), self.lb.ip)
     }
 
     fn lb_view_says_gone(&mut self, _lb: usize, i: usize) -> Option<bool> {

@@ -216,7 +216,7 @@ impl Sidecar {
 
     /// The servers the rendered file routes 9345 to.
     pub fn lb_servers(&self) -> Vec<String> {
-        rke2_bootstrap::demo::lb_servers(&self.config_file(), self.ip)
+        rke2_bootstrap_tests::cluster::lb_servers(&self.config_file(), self.ip)
     }
 }
 
