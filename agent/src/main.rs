@@ -218,11 +218,11 @@ const PROGRAM: &str = "rke2-bootstrap";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     rke2_bootstrap::process::init_logging(rke2_bootstrap::config::ENV_LOG);
-    match cli.command {
-        Command::Keygen => runtime_outcome(print_stdout(&format!(
+    let outcome = match cli.command {
+        Command::Keygen => Ok(runtime_outcome(print_stdout(&format!(
             "{}\n",
             rke2_bootstrap::gossip::keyring::generate_key()
-        ))),
+        )))),
         Command::Election {
             action:
                 ElectionAction::Release {
@@ -230,88 +230,77 @@ fn main() -> ExitCode {
                     confirm,
                     config,
                 },
-        } => {
-            let claim = match rke2_bootstrap::release::parse_claim(&claim) {
-                Ok(claim) => claim,
-                Err(err) => return start_error(StartError::Config(format!("{err:#}"))),
-            };
-            let cfg = match config.load(false) {
-                Ok(cfg) => cfg,
-                Err(err) => return start_error(err),
-            };
-            if !confirm {
-                // A missing confirmation is a usage problem: say what would happen, exit 2.
-                let err = rke2_bootstrap::release::release_claim(&cfg, &claim, false)
-                    .expect_err("refused without a confirmation");
-                eprintln!("{PROGRAM}: {err:#}");
-                return ExitCode::from(exit::CONFIGURATION);
-            }
-            runtime_outcome(
-                rke2_bootstrap::release::release_claim(&cfg, &claim, true)
-                    .and_then(|msg| print_stdout(&format!("{msg}\n"))),
-            )
-        }
+        } => release(&claim, confirm, &config),
         Command::Decommission {
             node,
             confirm,
             config,
-        } => {
-            let cfg = match config.load(false) {
-                Ok(cfg) => cfg,
-                Err(err) => return start_error(err),
-            };
-            let target = match node {
-                Some(name) => rke2_bootstrap::decommission::Target::Other(name),
-                None => rke2_bootstrap::decommission::Target::ThisHost,
-            };
-            let runtime =
-                rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
-            let outcome = runtime.block_on(rke2_bootstrap::decommission::decommission(
-                &cfg, target, confirm,
-            ));
-            match outcome {
-                // A missing confirmation is a usage problem: say what would happen, exit 2.
-                Err(err) if err.is::<rke2_bootstrap::decommission::NotConfirmed>() => {
-                    eprintln!("{PROGRAM}: {err:#}");
-                    ExitCode::from(exit::CONFIGURATION)
-                }
-                outcome => {
-                    runtime_outcome(outcome.and_then(|msg| print_stdout(&format!("{msg}\n"))))
-                }
-            }
-        }
-        Command::Members { json, config } => {
-            let cfg = match config.load(false) {
-                Ok(cfg) => cfg,
-                Err(err) => return start_error(err),
-            };
-            let outcome = rke2_bootstrap::status::fetch(&cfg.status_socket).and_then(|report| {
-                rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout())
-            });
-            runtime_outcome(outcome)
-        }
-        Command::Agent(args) => {
-            let cfg = match args.load(true) {
-                Ok(cfg) => cfg,
-                Err(err) => return start_error(err),
-            };
+        } => decommission(node, confirm, &config),
+        Command::Members { json, config } => config.load(false).map(|cfg| {
+            runtime_outcome(
+                rke2_bootstrap::status::fetch(&cfg.status_socket).and_then(|report| {
+                    rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout())
+                }),
+            )
+        }),
+        Command::Agent(args) => args.load(true).map(|cfg| {
             let runtime =
                 rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
             runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(
                 cfg,
                 rke2_bootstrap::process::shutdown_signal(),
             )))
-        }
-        Command::CheckConfig(args) => match args.load(true) {
-            Ok(cfg) => runtime_outcome(print_stdout(&format!(
+        }),
+        Command::CheckConfig(args) => args.load(true).map(|cfg| {
+            runtime_outcome(print_stdout(&format!(
                 "rke2-bootstrap: configuration ok (node {}, role {}, cluster {})\n",
                 cfg.node_name,
                 Role::from(cfg.role).as_str(),
                 cfg.cluster_name
-            ))),
-            Err(err) => start_error(err),
-        },
+            )))
+        }),
+    };
+    outcome.unwrap_or_else(start_error)
+}
+
+/// `election release`: without `--confirm`, says what it would do and exits 2.
+fn release(claim: &str, confirm: bool, config: &AgentArgs) -> Result<ExitCode, StartError> {
+    let claim = rke2_bootstrap::release::parse_claim(claim)
+        .map_err(|err| StartError::Config(format!("{err:#}")))?;
+    let cfg = config.load(false)?;
+    if !confirm {
+        // A missing confirmation is a usage problem: say what would happen, exit 2.
+        let err = rke2_bootstrap::release::release_claim(&cfg, &claim, false)
+            .expect_err("refused without a confirmation");
+        eprintln!("{PROGRAM}: {err:#}");
+        return Ok(ExitCode::from(exit::CONFIGURATION));
     }
+    Ok(runtime_outcome(
+        rke2_bootstrap::release::release_claim(&cfg, &claim, true)
+            .and_then(|msg| print_stdout(&format!("{msg}\n"))),
+    ))
+}
+
+/// `decommission`: this host, or `--node NAME`; without `--confirm`, says what it would do and
+/// exits 2.
+fn decommission(
+    node: Option<String>,
+    confirm: bool,
+    config: &AgentArgs,
+) -> Result<ExitCode, StartError> {
+    use rke2_bootstrap::decommission::{self, NotConfirmed, Target};
+    let cfg = config.load(false)?;
+    let target = node.map_or(Target::ThisHost, Target::Other);
+    let runtime = rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
+    let outcome = runtime.block_on(decommission::decommission(&cfg, target, confirm));
+    Ok(match outcome {
+        // A missing confirmation is a usage problem: say what would happen, exit 2.
+        Err(err) if err.is::<NotConfirmed>() => {
+            eprintln!("{PROGRAM}: {err:#}");
+            ExitCode::from(exit::CONFIGURATION)
+        }
+        outcome => runtime_outcome(outcome.and_then(|msg| print_stdout(&format!("{msg}\n")))),
+    })
 }
 
 fn start_error(err: StartError) -> ExitCode {
