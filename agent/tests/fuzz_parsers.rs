@@ -603,10 +603,10 @@ proptest! {
             return Ok(());
         };
         prop_assert_eq!(&member.name, &name);
-        if let Some(hash) = &member.ca_hash {
+        if let Some(hash) = &member.announced.ca_hash {
             prop_assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
         }
-        if let Some(vote) = &member.vote {
+        if let Some(vote) = &member.announced.vote {
             prop_assert!(!vote.candidate.is_empty());
         }
         for e in &errors {
@@ -619,7 +619,7 @@ proptest! {
         ).unwrap();
         // (Only a token that appears nowhere else: a token equal to a role name proves nothing.)
         let elsewhere = |t: &str| name.contains(t) || kvs.iter().any(|(k, v)| k != "token" && (v.contains(t) || k.contains(t)));
-        if let Some(token) = member.token.as_ref().map(|t| t.expose()).filter(|t| t.len() >= 8 && !elsewhere(t)) {
+        if let Some(token) = member.announced.token.as_ref().map(|t| t.expose()).filter(|t| t.len() >= 8 && !elsewhere(t)) {
             prop_assert!(!summary.contains(token));
         }
     }

@@ -227,8 +227,8 @@ async fn five_nodes_from_one_seed_see_each_other() {
         let me = find(&view(node), node.self_name()).cloned().unwrap();
         for other in &nodes {
             let seen = find(&view(other), node.self_name()).cloned().unwrap();
-            assert_eq!(seen.node_addr, me.node_addr);
-            assert_eq!(seen.role, Role::Server);
+            assert_eq!(seen.announced.node_addr, me.announced.node_addr);
+            assert_eq!(seen.announced.role, Role::Server);
             assert_eq!(seen.generation, node.generation());
         }
     }
@@ -320,8 +320,9 @@ async fn key_rotation_keeps_every_member_alive() {
                 nodes.iter().all(|n| {
                     let v = view(n);
                     v.len() == 3
-                        && v.iter()
-                            .all(|m| m.liveness == Liveness::Alive && m.abdicated == Some(round))
+                        && v.iter().all(|m| {
+                            m.liveness == Liveness::Alive && m.announced.abdicated == Some(round)
+                        })
                 })
             },
         )
@@ -426,7 +427,7 @@ async fn gracefully_left_node_is_marked_left_quickly() {
     assert!(seen_after < Duration::from_millis(500), "{seen_after:?}");
     for node in &nodes {
         let m = find(&view(node), &leaver_name).cloned().unwrap();
-        assert_eq!(m.phase, rke2_bootstrap::gossip::Phase::Leaving);
+        assert_eq!(m.announced.phase, rke2_bootstrap::gossip::Phase::Leaving);
         assert!(!m.is_routable_server());
     }
 }
@@ -798,7 +799,7 @@ async fn agreeing_views_exchange_compact_digests_and_still_carry_a_change() {
         || {
             refs.iter().all(|n| {
                 find(&view(n), &name(3))
-                    .is_some_and(|m| m.phase == rke2_bootstrap::gossip::Phase::Joining)
+                    .is_some_and(|m| m.announced.phase == rke2_bootstrap::gossip::Phase::Joining)
             })
         },
     )

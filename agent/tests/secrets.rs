@@ -39,7 +39,7 @@ fn no_type_holding_the_secret_prints_it() {
         &announcement,
     );
     assert_eq!(
-        member.token.as_ref().map(Secret::expose),
+        member.announced.token.as_ref().map(Secret::expose),
         Some(CANARY),
         "the secret travels through gossip's key-values"
     );

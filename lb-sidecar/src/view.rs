@@ -123,7 +123,7 @@ pub fn resolve_identity(
     let mut hashes = members
         .iter()
         .filter(|m| m.is_routable_server())
-        .filter_map(|m| m.ca_hash.as_deref());
+        .filter_map(|m| m.announced.ca_hash.as_deref());
     let first = hashes.next()?;
     hashes.all(|h| h == first).then(|| first.to_string())
 }
@@ -133,16 +133,16 @@ pub fn routable_view(members: &[Member], identity: Option<&str>) -> RoutableView
     let mut view = RoutableView::default();
     // Candidates by name: the newest generation wins, ties broken by the lower address, so the
     // result does not depend on the order gossip listed the members in.
-    let rank = |m: &Member| (m.generation, std::cmp::Reverse(m.node_addr));
+    let rank = |m: &Member| (m.generation, std::cmp::Reverse(m.announced.node_addr));
     let mut by_name: BTreeMap<&str, (&Member, Upstream)> = BTreeMap::new();
     let mut rejected: BTreeMap<&str, (&Member, Exclusion)> = BTreeMap::new();
-    for m in members.iter().filter(|m| m.role == Role::Server) {
+    for m in members.iter().filter(|m| m.announced.role == Role::Server) {
         match routable_upstream(m, identity) {
             Err(reason) => {
                 if let Exclusion::ForeignCa { ca_hash } = &reason {
                     view.alarms.push(Alarm {
                         name: m.name.clone(),
-                        addr: m.node_addr,
+                        addr: m.announced.node_addr,
                         ca_hash: ca_hash.clone(),
                     });
                 }
@@ -202,15 +202,15 @@ fn routable_upstream(m: &Member, identity: Option<&str>) -> Result<Upstream, Exc
     }
     if !m.is_routable_server() {
         return Err(Exclusion::NotReady {
-            phase: if m.phase == Phase::Ready && !m.ready {
+            phase: if m.announced.phase == Phase::Ready && !m.announced.ready {
                 // Phase says ready but the flag does not: report the flag.
                 Phase::Joining
             } else {
-                m.phase
+                m.announced.phase
             },
         });
     }
-    let Some(hash) = m.ca_hash.as_deref() else {
+    let Some(hash) = m.announced.ca_hash.as_deref() else {
         return Err(Exclusion::NoCaHash);
     };
     let Some(identity) = identity else {
@@ -221,7 +221,7 @@ fn routable_upstream(m: &Member, identity: Option<&str>) -> Result<Upstream, Exc
             ca_hash: hash.to_string(),
         });
     }
-    Upstream::new(m.name.clone(), m.node_addr).map_err(|err| match err {
+    Upstream::new(m.name.clone(), m.announced.node_addr).map_err(|err| match err {
         UpstreamError::InvalidName { .. } => Exclusion::InvalidName {
             detail: err.to_string(),
         },
@@ -247,23 +247,20 @@ pub(crate) mod tests {
 
     /// A ready server of cluster `CA` at 127.0.0.`last`.
     pub(crate) fn server(name: &str, last: u8) -> Member {
-        Member {
-            phase: Phase::Ready,
-            ready: true,
-            ca_hash: Some(CA.to_string()),
-            ..Member::new(
-                name,
-                SocketAddr::from(([127, 0, 0, last], 7946)),
-                Role::Server,
-            )
-        }
+        Member::new(
+            name,
+            SocketAddr::from(([127, 0, 0, last], 7946)),
+            Role::Server,
+        )
+        .announcing(|a| {
+            a.phase = Phase::Ready;
+            a.ready = true;
+            a.ca_hash = Some(CA.to_string());
+        })
     }
 
     fn initializer(name: &str, last: u8) -> Member {
-        Member {
-            initializer: true,
-            ..server(name, last)
-        }
+        server(name, last).announcing(|a| a.initializer = true)
     }
 
     fn names(view: &RoutableView) -> Vec<&str> {
@@ -275,19 +272,12 @@ pub(crate) mod tests {
         let members = vec![
             initializer("m1", 1),
             server("m2", 2),
-            Member {
-                ready: false,
-                phase: Phase::Joining,
-                ..server("m3", 3)
-            },
-            Member {
-                role: Role::Agent,
-                ..server("w1", 4)
-            },
-            Member {
-                role: Role::Observer,
-                ..server("lb", 5)
-            },
+            server("m3", 3).announcing(|a| {
+                a.ready = false;
+                a.phase = Phase::Joining;
+            }),
+            server("w1", 4).announcing(|a| a.role = Role::Agent),
+            server("lb", 5).announcing(|a| a.role = Role::Observer),
         ];
         let id = resolve_identity(&members, None, None);
         assert_eq!(id.as_deref(), Some(CA));
@@ -327,10 +317,7 @@ pub(crate) mod tests {
         let members = vec![
             initializer("m1", 1),
             server("m2", 2),
-            Member {
-                ca_hash: Some(OTHER_CA.into()),
-                ..initializer("x1", 9)
-            },
+            initializer("x1", 9).announcing(|a| a.ca_hash = Some(OTHER_CA.into())),
         ];
         let id = resolve_identity(&members, None, None);
         assert_eq!(id.as_deref(), Some(CA), "more ready servers back CA");
@@ -348,10 +335,8 @@ pub(crate) mod tests {
 
     #[test]
     fn committed_identity_sticks_when_a_bigger_stray_appears() {
-        let stray = |n: &str, i: u8| Member {
-            ca_hash: Some(OTHER_CA.into()),
-            ..initializer(n, i)
-        };
+        let stray =
+            |n: &str, i: u8| initializer(n, i).announcing(|a| a.ca_hash = Some(OTHER_CA.into()));
         let members = vec![
             initializer("m1", 1),
             stray("x1", 7),
@@ -379,10 +364,7 @@ pub(crate) mod tests {
         assert_eq!(resolve_identity(&members, None, None).as_deref(), Some(CA));
         let split = vec![
             server("m2", 2),
-            Member {
-                ca_hash: Some(OTHER_CA.into()),
-                ..server("m3", 3)
-            },
+            server("m3", 3).announcing(|a| a.ca_hash = Some(OTHER_CA.into())),
         ];
         assert_eq!(resolve_identity(&split, None, None), None);
         let view = routable_view(&split, None);
@@ -394,10 +376,7 @@ pub(crate) mod tests {
     fn ready_server_without_ca_hash_is_not_trusted() {
         let members = vec![
             initializer("m1", 1),
-            Member {
-                ca_hash: None,
-                ..server("m2", 2)
-            },
+            server("m2", 2).announcing(|a| a.ca_hash = None),
         ];
         let view = routable_view(&members, Some(CA));
         assert_eq!(names(&view), ["m1"]);
@@ -412,9 +391,9 @@ pub(crate) mod tests {
             // Same name, newer generation, new address: the newer one wins.
             Member {
                 generation: 2,
-                node_addr: "127.0.0.22".parse().unwrap(),
                 ..server("m2", 2)
-            },
+            }
+            .announcing(|a| a.node_addr = "127.0.0.22".parse().unwrap()),
             server("m2", 2),
             // Dead old generation of m1 does not shadow the live one.
             Member {
@@ -462,10 +441,7 @@ pub(crate) mod tests {
         let members = vec![
             server("m1", 1),
             server("evil;\n}", 2),
-            Member {
-                node_addr: "0.0.0.0".parse().unwrap(),
-                ..server("m3", 3)
-            },
+            server("m3", 3).announcing(|a| a.node_addr = "0.0.0.0".parse().unwrap()),
         ];
         let view = routable_view(&members, Some(CA));
         assert_eq!(names(&view), ["m1"]);

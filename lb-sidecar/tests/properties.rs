@@ -56,14 +56,18 @@ fn member() -> impl Strategy<Value = Member> {
         1u64..4,
     )
         .prop_map(
-            |(name, addr, role, phase, liveness, ready, ca_hash, initializer, generation)| Member {
-                generation,
-                liveness,
-                phase,
-                ready,
-                ca_hash,
-                initializer,
-                ..Member::new(&name, SocketAddr::new(addr, 7946), role)
+            |(name, addr, role, phase, liveness, ready, ca_hash, initializer, generation)| {
+                Member {
+                    generation,
+                    liveness,
+                    ..Member::new(&name, SocketAddr::new(addr, 7946), role)
+                }
+                .announcing(|a| {
+                    a.phase = phase;
+                    a.ready = ready;
+                    a.ca_hash = ca_hash;
+                    a.initializer = initializer;
+                })
             },
         )
 }
@@ -127,9 +131,9 @@ proptest! {
         for u in &view.upstreams {
             let backed = members.iter().any(|m| {
                 m.name == u.name
-                    && m.node_addr == u.addr
+                    && m.announced.node_addr == u.addr
                     && m.is_routable_server()
-                    && m.ca_hash == identity
+                    && m.announced.ca_hash == identity
             });
             prop_assert!(backed, "{} is not a ready server of the cluster", u);
         }
@@ -182,13 +186,7 @@ proptest! {
         let upstreams = vec![Upstream { name: name.clone(), addr: a }];
         let rejected = matches!(render_all(&upstreams), Err(RenderError::InvalidName { .. }));
         prop_assert!(rejected);
-        let member = Member {
-            phase: Phase::Ready,
-            ready: true,
-            ca_hash: Some(CA.into()),
-            initializer: true,
-            ..Member::new(&name, SocketAddr::new(a, 7946), Role::Server)
-        };
+        let member = Member::new(&name, SocketAddr::new(a, 7946), Role::Server).announcing(|a| { a.phase = Phase::Ready; a.ready = true; a.ca_hash = Some(CA.into()); a.initializer = true; });
         let view = routable_view(&[member], Some(CA));
         prop_assert!(view.upstreams.is_empty());
         prop_assert!(view.excluded.contains_key(&name));

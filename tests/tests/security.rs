@@ -370,10 +370,11 @@ fn vote_that_cannot_be_persisted_is_never_published() {
                 for m in view.borrow_and_update().iter() {
                     if m.name == "full-1" {
                         let vote = m
+                            .announced
                             .vote
                             .as_ref()
                             .map(|v| format!("{}:{}", v.round, v.candidate));
-                        seen.lock().unwrap().push((m.phase, vote));
+                        seen.lock().unwrap().push((m.announced.phase, vote));
                     }
                 }
                 if view.changed().await.is_err() {

@@ -20,15 +20,15 @@ fuzz_target!(|data: &[u8]| {
             && r.key_values.iter().any(|(k, _)| k == "role")
     })) {
         assert_eq!(member.name, raw.name);
-        if let Some(hash) = &member.ca_hash {
+        if let Some(hash) = &member.announced.ca_hash {
             assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
         }
-        if let Some(vote) = &member.vote {
+        if let Some(vote) = &member.announced.vote {
             assert!(!vote.candidate.is_empty());
         }
         // the public summary does not depend on the token at all, so it cannot show it
         let mut without = member.clone();
-        without.token = None;
+        without.announced.token = None;
         assert_eq!(MemberSummary::from(member), MemberSummary::from(&without));
         serde_json::to_string(&MemberSummary::from(member)).expect("serializes");
     }

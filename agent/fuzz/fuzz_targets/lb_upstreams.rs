@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     identities.extend(
         members
             .iter()
-            .filter_map(|m| m.ca_hash.as_deref())
+            .filter_map(|m| m.announced.ca_hash.as_deref())
             .map(Some)
             .take(3),
     );

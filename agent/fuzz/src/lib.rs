@@ -172,14 +172,18 @@ pub fn consume(members: &[Member], bits: u8) {
         // Seats by name (the first members') or by count, as the bits say.
         let seats = 1 + usize::from(bits >> 4 & 3);
         let electorate = if bits & 0x20 != 0 {
-            let names: Vec<&str> = members.iter().take(seats).map(|m| m.name.as_str()).collect();
+            let names: Vec<&str> = members
+                .iter()
+                .take(seats)
+                .map(|m| m.name.as_str())
+                .collect();
             Electorate::pinned(&names).unwrap_or(Electorate::Counted(seats))
         } else {
             Electorate::Counted(seats)
         };
         let obs = election::Observation {
             self_name: m.name.clone(),
-            self_addr: Some(m.node_addr),
+            self_addr: Some(m.announced.node_addr),
             config: ElectionConfig {
                 role,
                 electorate,
@@ -199,7 +203,7 @@ pub fn consume(members: &[Member], bits: u8) {
         let _ = election::successor(&obs);
     }
 
-    let pinned = members.iter().find_map(|m| m.ca_hash.as_deref());
+    let pinned = members.iter().find_map(|m| m.announced.ca_hash.as_deref());
     let resolved = view::resolve_identity(members, None, pinned.filter(|_| bits & 2 != 0));
     let routable = view::routable_view(members, resolved.as_deref());
     for upstream in &routable.upstreams {

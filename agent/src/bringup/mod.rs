@@ -32,15 +32,17 @@ pub fn join_material(members: &[Member], identity: &str) -> Option<JoinMaterial>
     let mut candidates: Vec<&Member> = members
         .iter()
         .filter(|m| {
-            m.is_routable_server() && m.ca_hash.as_deref() == Some(identity) && m.token.is_some()
+            m.is_routable_server()
+                && m.announced.ca_hash.as_deref() == Some(identity)
+                && m.announced.token.is_some()
         })
         .collect();
-    candidates.sort_by_key(|m| (!m.initializer, m.name.clone()));
+    candidates.sort_by_key(|m| (!m.announced.initializer, m.name.clone()));
     let source = candidates.first()?;
     Some(JoinMaterial {
         ca_hash: identity.to_string(),
-        secret: source.token.clone()?,
-        fallback_server: source.node_addr,
+        secret: source.announced.token.clone()?,
+        fallback_server: source.announced.node_addr,
     })
 }
 
@@ -51,7 +53,7 @@ pub fn join_material(members: &[Member], identity: &str) -> Option<JoinMaterial>
 pub fn waiting_for_first_server(members: &[Member]) -> String {
     let gone: Vec<&str> = members
         .iter()
-        .filter(|m| m.initializer && m.liveness != Liveness::Alive)
+        .filter(|m| m.announced.initializer && m.liveness != Liveness::Alive)
         .map(|m| m.name.as_str())
         .collect();
     match gone.as_slice() {
@@ -260,7 +262,7 @@ mod tests {
     #[test]
     fn a_joiner_waiting_on_a_dead_initializer_says_what_an_operator_can_do() {
         let mut first = member("a", Role::Server, Phase::Initializing);
-        first.initializer = true;
+        first.announced.initializer = true;
         let alive = waiting_for_first_server(std::slice::from_ref(&first));
         assert_eq!(alive, "waiting for the first server to be ready");
         first.liveness = Liveness::Dead;
@@ -275,15 +277,15 @@ mod tests {
     fn join_material_prefers_the_initializer_and_needs_a_token() {
         let hash = "a".repeat(64);
         let mut first = member("z", Role::Server, Phase::Ready);
-        first.initializer = true;
-        first.ca_hash = Some(hash.clone());
-        first.token = Some(Secret::new("secret").unwrap());
+        first.announced.initializer = true;
+        first.announced.ca_hash = Some(hash.clone());
+        first.announced.token = Some(Secret::new("secret").unwrap());
         let mut other = member("b", Role::Server, Phase::Ready);
-        other.ca_hash = Some(hash.clone());
-        other.token = Some(Secret::new("secret").unwrap());
+        other.announced.ca_hash = Some(hash.clone());
+        other.announced.token = Some(Secret::new("secret").unwrap());
         let got = join_material(&[other.clone(), first], &hash).unwrap();
         assert_eq!(got.secret.expose(), "secret");
-        other.token = None;
+        other.announced.token = None;
         assert!(join_material(&[other], &hash).is_none());
         assert!(!format!("{got:?}").contains("secret\""));
     }

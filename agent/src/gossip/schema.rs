@@ -323,6 +323,83 @@ impl Announcement {
     }
 }
 
+impl Announcement {
+    /// The announcement of a node of `role` from its gossip key-values; an invalid optional value
+    /// is dropped and reported in `errors`. The node address defaults to the gossip address.
+    fn from_key_values(
+        role: Role,
+        kv: &BTreeMap<&str, &str>,
+        gossip_addr: SocketAddr,
+        errors: &mut Vec<SchemaError>,
+    ) -> Announcement {
+        let parse = |k: &'static str| -> Option<String> { kv.get(k).map(|v| v.to_string()) };
+        let flag = |k: &'static str| kv.get(k) == Some(&"true");
+        let bad = |k: &'static str, v: &str| SchemaError::bad(k, v);
+        let phase = parse(key::PHASE).and_then(|v| keep(errors, v.parse::<Phase>()));
+        let node_addr = parse(key::NODE_ADDR).and_then(|v| {
+            keep(
+                errors,
+                v.parse::<IpAddr>().map_err(|_| bad(key::NODE_ADDR, &v)),
+            )
+        });
+        let vote = parse(key::VOTE).and_then(|v| keep(errors, Vote::decode(&v)));
+        let ack = parse(key::ACK)
+            .and_then(|v| keep(errors, Vote::decode(&v).map_err(|_| bad(key::ACK, &v))));
+        let abdicated = parse(key::ABDICATED).and_then(|v| {
+            keep(
+                errors,
+                v.parse::<u32>().map_err(|_| bad(key::ABDICATED, &v)),
+            )
+        });
+        let ca_hash = parse(key::CA_HASH).and_then(|v| {
+            let ok = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+            keep(
+                errors,
+                if ok {
+                    Ok(v)
+                } else {
+                    Err(bad(key::CA_HASH, &v))
+                },
+            )
+        });
+        // A token RKE2 would refuse is dropped; its value is never kept, not even in the error.
+        let token = parse(key::TOKEN).and_then(|v| {
+            keep(
+                errors,
+                Secret::new(v).map_err(|_| bad(key::TOKEN, "<redacted>")),
+            )
+        });
+        let etcd_members = parse(key::ETCD_MEMBERS).and_then(|v| {
+            keep(
+                errors,
+                EtcdRoster::decode(&v).map_err(|_| bad(key::ETCD_MEMBERS, &v)),
+            )
+        });
+        Announcement {
+            role,
+            phase: phase.unwrap_or(Phase::Discovering),
+            node_addr: node_addr.unwrap_or(gossip_addr.ip()),
+            ready: flag(key::READY),
+            ca_hash,
+            vote,
+            initializer: flag(key::INITIALIZER),
+            abdicated,
+            ack,
+            token,
+            leaving: flag(key::LEAVING),
+            rke2_version: parse(key::RKE2_VERSION),
+            promotable: flag(key::PROMOTABLE),
+            rke2_data: flag(key::RKE2_DATA),
+            etcd_members,
+        }
+    }
+}
+
+/// The value, or nothing with the reason recorded in `errors`.
+fn keep<T>(errors: &mut Vec<SchemaError>, value: Result<T, SchemaError>) -> Option<T> {
+    value.map_err(|e| errors.push(e)).ok()
+}
+
 /// Liveness of a member as seen by this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -342,22 +419,11 @@ pub struct Member {
     pub generation: u64,
     pub gossip_addr: SocketAddr,
     pub liveness: Liveness,
-    pub role: Role,
-    pub phase: Phase,
-    pub node_addr: IpAddr,
-    pub ready: bool,
-    pub ca_hash: Option<String>,
-    pub vote: Option<Vote>,
-    pub initializer: bool,
-    pub abdicated: Option<u32>,
-    pub ack: Option<Vote>,
-    /// Never printed: redacted by its type, and left out of [`MemberSummary`].
-    pub token: Option<Secret>,
+    /// The agent version it runs (every agent sets it; not part of [`Announcement`]).
     pub agent_version: Option<String>,
-    pub rke2_version: Option<String>,
-    pub promotable: bool,
-    pub rke2_data: bool,
-    pub etcd_members: Option<EtcdRoster>,
+    /// What it announced, typed and validated. Its token is never printed: redacted by its type,
+    /// and left out of [`MemberSummary`].
+    pub announced: Announcement,
 }
 
 impl Member {
@@ -381,47 +447,8 @@ impl Member {
                 return Some((Member::unknown(name, generation, gossip_addr), errors));
             }
         };
-        let phase = parse(key::PHASE)
-            .and_then(|v| v.parse::<Phase>().map_err(|e| errors.push(e)).ok())
-            .unwrap_or(Phase::Discovering);
-        let node_addr = parse(key::NODE_ADDR)
-            .and_then(|v| {
-                v.parse::<IpAddr>()
-                    .map_err(|_| errors.push(SchemaError::bad(key::NODE_ADDR, &v)))
-                    .ok()
-            })
-            .unwrap_or(gossip_addr.ip());
-        let vote = parse(key::VOTE).and_then(|v| Vote::decode(&v).map_err(|e| errors.push(e)).ok());
-        let ack = parse(key::ACK).and_then(|v| {
-            Vote::decode(&v)
-                .map_err(|_| errors.push(SchemaError::bad(key::ACK, &v)))
-                .ok()
-        });
-        let abdicated = parse(key::ABDICATED).and_then(|v| {
-            v.parse::<u32>()
-                .map_err(|_| errors.push(SchemaError::bad(key::ABDICATED, &v)))
-                .ok()
-        });
-        let ca_hash = parse(key::CA_HASH).filter(|v| {
-            let ok = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
-            if !ok {
-                errors.push(SchemaError::bad(key::CA_HASH, v));
-            }
-            ok
-        });
-        // A token RKE2 would refuse is dropped; its value is never kept, not even in the error.
-        let token = parse(key::TOKEN).and_then(|v| {
-            Secret::new(v)
-                .map_err(|_| errors.push(SchemaError::bad(key::TOKEN, "<redacted>")))
-                .ok()
-        });
-        let etcd_members = parse(key::ETCD_MEMBERS).and_then(|v| {
-            EtcdRoster::decode(&v)
-                .map_err(|_| errors.push(SchemaError::bad(key::ETCD_MEMBERS, &v)))
-                .ok()
-        });
-        let leaving = kv.get(key::LEAVING) == Some(&"true");
-        let liveness = match (alive, leaving) {
+        let announced = Announcement::from_key_values(role, &kv, gossip_addr, &mut errors);
+        let liveness = match (alive, announced.leaving) {
             (_, true) => Liveness::Left,
             (true, false) => Liveness::Alive,
             (false, false) => Liveness::Dead,
@@ -431,21 +458,8 @@ impl Member {
             generation,
             gossip_addr,
             liveness,
-            role,
-            phase,
-            node_addr,
-            ready: kv.get(key::READY) == Some(&"true"),
-            ca_hash,
-            vote,
-            initializer: kv.get(key::INITIALIZER) == Some(&"true"),
-            abdicated,
-            ack,
-            token,
             agent_version: kv.get(key::AGENT_VERSION).map(|v| v.to_string()),
-            rke2_version: kv.get(key::RKE2_VERSION).map(|v| v.to_string()),
-            promotable: kv.get(key::PROMOTABLE) == Some(&"true"),
-            rke2_data: kv.get(key::RKE2_DATA) == Some(&"true"),
-            etcd_members,
+            announced,
         };
         Some((member, errors))
     }
@@ -484,35 +498,25 @@ impl Member {
             generation: 1,
             gossip_addr,
             liveness: Liveness::Alive,
-            role,
-            phase: if role == Role::Observer {
-                Phase::Observing
-            } else {
-                Phase::Discovering
-            },
-            node_addr: gossip_addr.ip(),
-            ready: false,
-            ca_hash: None,
-            vote: None,
-            initializer: false,
-            abdicated: None,
-            ack: None,
-            token: None,
             agent_version: None,
-            rke2_version: None,
-            promotable: false,
-            rke2_data: false,
-            etcd_members: None,
+            announced: Announcement::new(role, gossip_addr.ip()),
         }
+    }
+
+    /// The same member with its announcement edited: `Member::new(..).announcing(|a| a.ready =
+    /// true)`.
+    pub fn announcing(mut self, edit: impl FnOnce(&mut Announcement)) -> Member {
+        edit(&mut self.announced);
+        self
     }
 
     /// A member whose role we cannot read: listed (so an operator sees it) but never trusted.
     fn unknown(name: &str, generation: u64, gossip_addr: SocketAddr) -> Member {
         Member {
             generation,
-            phase: Phase::Failed,
             ..Member::new(name, gossip_addr, Role::Observer)
         }
+        .announcing(|a| a.phase = Phase::Failed)
     }
 
     pub fn is_alive(&self) -> bool {
@@ -521,7 +525,8 @@ impl Member {
 
     /// A server the LB may route to: alive, ready, not leaving.
     pub fn is_routable_server(&self) -> bool {
-        self.role == Role::Server && self.is_alive() && self.ready && self.phase == Phase::Ready
+        let a = &self.announced;
+        a.role == Role::Server && self.is_alive() && a.ready && a.phase == Phase::Ready
     }
 }
 
@@ -560,7 +565,7 @@ impl MemberSummary {
         view.iter()
             .map(|m| {
                 let mut summary = MemberSummary::from(m);
-                if m.role == Role::Server {
+                if m.announced.role == Role::Server {
                     summary.etcd = roster.map(|r| etcd_standing(r, &m.name).to_string());
                 }
                 summary
@@ -573,8 +578,8 @@ impl MemberSummary {
 /// publishes one (the steward; during a change of steward, two may publish for a moment).
 pub fn published_etcd_roster(view: &[Member]) -> Option<&EtcdRoster> {
     view.iter()
-        .filter(|m| m.role == Role::Server && m.is_alive())
-        .filter_map(|m| Some((m.name.as_str(), m.etcd_members.as_ref()?)))
+        .filter(|m| m.announced.role == Role::Server && m.is_alive())
+        .filter_map(|m| Some((m.name.as_str(), m.announced.etcd_members.as_ref()?)))
         .min_by_key(|(name, _)| *name)
         .map(|(_, roster)| roster)
 }
@@ -597,18 +602,18 @@ impl From<&Member> for MemberSummary {
             name: m.name.clone(),
             generation: m.generation,
             gossip_addr: m.gossip_addr,
-            node_addr: m.node_addr,
-            role: m.role,
-            phase: m.phase,
+            node_addr: m.announced.node_addr,
+            role: m.announced.role,
+            phase: m.announced.phase,
             alive: m.is_alive(),
             left: m.liveness == Liveness::Left,
-            ready: m.ready,
-            initializer: m.initializer,
-            ca_hash: m.ca_hash.clone(),
-            vote: m.vote.as_ref().map(Vote::encode),
-            ack: m.ack.as_ref().map(Vote::encode),
+            ready: m.announced.ready,
+            initializer: m.announced.initializer,
+            ca_hash: m.announced.ca_hash.clone(),
+            vote: m.announced.vote.as_ref().map(Vote::encode),
+            ack: m.announced.ack.as_ref().map(Vote::encode),
             agent_version: m.agent_version.clone(),
-            rke2_version: m.rke2_version.clone(),
+            rke2_version: m.announced.rke2_version.clone(),
             etcd: None,
         }
     }
@@ -621,14 +626,19 @@ impl From<&Member> for MemberSummary {
 /// the order of `members`.
 pub fn cluster_identity(members: &[Member]) -> (Option<String>, Vec<String>) {
     let mut backing: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
-    for m in members.iter().filter(|m| m.initializer) {
-        if let Some(hash) = m.ca_hash.as_deref() {
+    for m in members.iter().filter(|m| m.announced.initializer) {
+        if let Some(hash) = m.announced.ca_hash.as_deref() {
             let entry = backing.entry(hash).or_insert((0, m.name.as_str()));
             entry.1 = entry.1.min(m.name.as_str());
         }
     }
     for m in members.iter().filter(|m| m.is_routable_server()) {
-        if let Some(entry) = m.ca_hash.as_deref().and_then(|h| backing.get_mut(h)) {
+        if let Some(entry) = m
+            .announced
+            .ca_hash
+            .as_deref()
+            .and_then(|h| backing.get_mut(h))
+        {
             entry.0 += 1;
         }
     }
@@ -638,7 +648,7 @@ pub fn cluster_identity(members: &[Member]) -> (Option<String>, Vec<String>) {
         .map(|(hash, _)| hash.to_string());
     let strays = members
         .iter()
-        .filter_map(|m| m.ca_hash.clone())
+        .filter_map(|m| m.announced.ca_hash.clone())
         .filter(|h| Some(h) != winner.as_ref())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -686,13 +696,16 @@ mod tests {
         a.abdicated = Some(1);
         a.token = Some(Secret::new("secret").unwrap());
         let m = roundtrip(&a, true);
-        assert_eq!(m.role, Role::Server);
-        assert_eq!(m.phase, Phase::Ready);
-        assert!(m.ready && m.initializer && m.is_routable_server());
-        assert_eq!(m.vote, a.vote);
-        assert_eq!(m.abdicated, Some(1));
-        assert_eq!(m.ca_hash, a.ca_hash);
-        assert_eq!(m.token.as_ref().map(Secret::expose), Some("secret"));
+        assert_eq!(m.announced.role, Role::Server);
+        assert_eq!(m.announced.phase, Phase::Ready);
+        assert!(m.announced.ready && m.announced.initializer && m.is_routable_server());
+        assert_eq!(m.announced.vote, a.vote);
+        assert_eq!(m.announced.abdicated, Some(1));
+        assert_eq!(m.announced.ca_hash, a.ca_hash);
+        assert_eq!(
+            m.announced.token.as_ref().map(Secret::expose),
+            Some("secret")
+        );
         assert_eq!(m.generation, 3);
     }
 
@@ -728,9 +741,9 @@ mod tests {
             ("ca-hash", "not-hex"),
         ];
         let (m, errors) = Member::from_key_values("n", 1, addr(2), true, kvs).unwrap();
-        assert_eq!(m.phase, Phase::Discovering);
-        assert_eq!(m.vote, None);
-        assert_eq!(m.ca_hash, None);
+        assert_eq!(m.announced.phase, Phase::Discovering);
+        assert_eq!(m.announced.vote, None);
+        assert_eq!(m.announced.ca_hash, None);
         let keys: Vec<_> = errors.iter().map(|e| e.key).collect();
         assert_eq!(keys, ["phase", "vote", "ca-hash"]);
     }
@@ -739,8 +752,8 @@ mod tests {
     fn unknown_role_is_listed_but_untrusted() {
         let kvs = [("announced", "true"), ("role", "overlord")];
         let (m, errors) = Member::from_key_values("n", 1, addr(2), true, kvs).unwrap();
-        assert_eq!(m.role, Role::Observer);
-        assert_eq!(m.phase, Phase::Failed);
+        assert_eq!(m.announced.role, Role::Observer);
+        assert_eq!(m.announced.phase, Phase::Failed);
         assert_eq!(errors.len(), 1);
     }
 

@@ -119,14 +119,14 @@ impl StuckClock {
             .filter(|m| {
                 m.name != self_name
                     && m.liveness == Liveness::Alive
-                    && !m.ready
+                    && !m.announced.ready
                     // A host with its RKE2 data restarts its own member, however slowly (a big
                     // datastore, a slow disk after a reboot): never stale. Only a wiped or
                     // reinstalled host is refused for what its old self left behind.
-                    && !m.rke2_data
-                    && matches!(m.role, Role::Server | Role::Agent)
+                    && !m.announced.rke2_data
+                    && matches!(m.announced.role, Role::Server | Role::Agent)
                     && matches!(
-                        m.phase,
+                        m.announced.phase,
                         Phase::Initializing | Phase::Joining | Phase::WaitingToJoin
                     )
             })
@@ -427,7 +427,7 @@ mod tests {
         let mut clock = StuckClock::default();
         let t0 = Instant::now();
         let mut slow = peer("s", Role::Server, Phase::Joining);
-        slow.rke2_data = true;
+        slow.announced.rke2_data = true;
         let view = vec![peer("me", Role::Server, Phase::Ready), slow];
         assert!(clock.observe(t0, "me", &view).is_empty());
         assert!(clock.observe(t0 + STUCK_GRACE * 20, "me", &view).is_empty());

@@ -45,12 +45,12 @@ impl GoneClock {
             .iter()
             .map(|m| HostSeen {
                 name: m.name.clone(),
-                role: m.role,
-                phase: m.phase,
+                role: m.announced.role,
+                phase: m.announced.phase,
                 liveness: m.liveness,
-                ready: m.ready,
+                ready: m.announced.ready,
                 gone_for: self.since.duration(now, &m.name),
-                promotable: m.promotable,
+                promotable: m.announced.promotable,
             })
             .collect()
     }

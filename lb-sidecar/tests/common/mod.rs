@@ -169,35 +169,30 @@ pub async fn assert_only(id: u8, allowed: &[&str], n: usize) {
 
 /// Membership builders.
 pub fn server(name: &str, addr: IpAddr) -> Member {
-    Member {
-        phase: Phase::Ready,
-        ready: true,
-        ca_hash: Some(CA.to_string()),
-        ..Member::new(name, SocketAddr::new(addr, 7946), Role::Server)
-    }
+    Member::new(name, SocketAddr::new(addr, 7946), Role::Server).announcing(|a| {
+        a.phase = Phase::Ready;
+        a.ready = true;
+        a.ca_hash = Some(CA.to_string());
+    })
 }
 
 pub fn initializer(name: &str, addr: IpAddr) -> Member {
-    Member {
-        initializer: true,
-        ..server(name, addr)
-    }
+    server(name, addr).announcing(|a| a.initializer = true)
 }
 
 pub fn joining(name: &str, addr: IpAddr) -> Member {
-    Member {
-        ready: false,
-        phase: Phase::Joining,
-        ..server(name, addr)
-    }
+    server(name, addr).announcing(|a| {
+        a.ready = false;
+        a.phase = Phase::Joining;
+    })
 }
 
 pub fn left(m: Member) -> Member {
     Member {
         liveness: Liveness::Left,
-        phase: Phase::Leaving,
         ..m
     }
+    .announcing(|a| a.phase = Phase::Leaving)
 }
 
 pub fn dead(m: Member) -> Member {
@@ -208,20 +203,16 @@ pub fn dead(m: Member) -> Member {
 }
 
 pub fn agent(name: &str, addr: IpAddr) -> Member {
-    Member {
-        role: Role::Agent,
-        ..server(name, addr)
-    }
+    server(name, addr).announcing(|a| a.role = Role::Agent)
 }
 
 pub fn observer(addr: IpAddr) -> Member {
-    Member {
-        role: Role::Observer,
-        phase: Phase::Observing,
-        ready: false,
-        ca_hash: None,
-        ..server("lb", addr)
-    }
+    server("lb", addr).announcing(|a| {
+        a.role = Role::Observer;
+        a.phase = Phase::Observing;
+        a.ready = false;
+        a.ca_hash = None;
+    })
 }
 
 /// A sidecar config for test `id` with everything under `dir`.
@@ -541,10 +532,7 @@ pub async fn membership_scenario(kind: LbKind, id: u8) {
     let config = sidecar_config(kind, id, d);
     let m1 = initializer("m1", ip(id, 1));
     let m2 = server("m2", ip(id, 2));
-    let stray = Member {
-        ca_hash: Some(STRAY_CA.to_string()),
-        ..initializer("x9", ip(id, 9))
-    };
+    let stray = initializer("x9", ip(id, 9)).announcing(|a| a.ca_hash = Some(STRAY_CA.to_string()));
     let others = vec![agent("w1", ip(id, 20)), observer(lb_ip(id)), stray];
     // The LB starts on a file routing to m1 only, as an earlier run left it.
     write_initial(&config, std::slice::from_ref(&m1));

@@ -464,7 +464,7 @@ impl Swarm for InProcessSwarm {
 
 /// Alive and not leaving, as the agent's status socket reports "up".
 fn is_up(m: &Member) -> bool {
-    m.is_alive() && m.phase != Phase::Leaving
+    m.is_alive() && m.announced.phase != Phase::Leaving
 }
 
 /// On a saturated machine even starting the members can take minutes: past the run's timeout,
