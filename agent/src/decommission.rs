@@ -18,13 +18,13 @@ use anyhow::{bail, Context, Result};
 use crate::bringup::progress::Progress;
 use crate::config::AgentConfig;
 use crate::gossip::schema::Role;
+use crate::host_state::StateDir;
 use crate::rke2::kube::{KubeAdmin, NodeDeletion};
 use crate::rke2::probe::ProbePorts;
 use crate::rke2::rejoin::{self, node_password_key, Etcd, EtcdMember};
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::shape::{self, steward::roster_of};
-use crate::state::StateDir;
-use crate::status;
+use crate::status_socket;
 
 /// How long RKE2 is given to remove the member of a deleted Node before it is removed directly.
 const MEMBER_REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -98,7 +98,7 @@ pub async fn decommission(cfg: &AgentConfig, target: Target, confirm: bool) -> R
 fn target_node(cfg: &AgentConfig, target: &Target, state_dir: &StateDir) -> Result<String> {
     match target {
         Target::ThisHost => {
-            if status::fetch(&cfg.status_socket).is_ok() {
+            if status_socket::fetch(&cfg.status_socket).is_ok() {
                 bail!(
                     "the agent is running (its status socket {} answers): stop it first \
                      (systemctl stop rke2-bootstrap; it leaves gossip as it stops), then \
@@ -188,7 +188,7 @@ async fn remove_member_unless_gone(witness: &Etcd, node: &str) -> Result<bool> {
 /// `--node NAME` is for a host that cannot decommission itself: one that gossip shows alive must
 /// do it on itself, so that it stops RKE2 too. Needs this server's agent running (its view).
 fn refuse_if_alive(cfg: &AgentConfig, name: &str) -> Result<()> {
-    let report = status::fetch(&cfg.status_socket)
+    let report = status_socket::fetch(&cfg.status_socket)
         .context("decommission --node asks this host's agent whether the node is still alive")?;
     if name == report.node {
         bail!("{name} is this host: run decommission without --node, with the agent stopped");

@@ -5,16 +5,17 @@
 //! Data flows one way: gossip state -> typed membership view ([`gossip::schema`]) -> election and
 //! bring-up decisions ([`election`], [`bringup`]) -> files and commands ([`rke2`], [`fsutil`]).
 
-pub mod agent;
 pub mod bringup;
 pub mod child;
 pub mod cmdline;
 pub mod config;
+pub mod daemon;
 pub mod decommission;
 pub mod election;
 pub mod exit;
 pub mod fsutil;
 pub mod gossip;
+pub mod host_state;
 pub mod node_addr;
 pub mod process;
 pub mod release;
@@ -22,5 +23,4 @@ pub mod rke2;
 pub mod secret;
 pub mod shape;
 pub mod since;
-pub mod state;
-pub mod status;
+pub mod status_socket;

@@ -238,15 +238,19 @@ fn main() -> ExitCode {
         } => decommission(node, confirm, &config),
         Command::Members { json, config } => config.load(false).map(|cfg| {
             runtime_outcome(
-                rke2_bootstrap::status::fetch(&cfg.status_socket).and_then(|report| {
-                    rke2_bootstrap::status::print_members(&report, json, &mut std::io::stdout())
+                rke2_bootstrap::status_socket::fetch(&cfg.status_socket).and_then(|report| {
+                    rke2_bootstrap::status_socket::print_members(
+                        &report,
+                        json,
+                        &mut std::io::stdout(),
+                    )
                 }),
             )
         }),
         Command::Agent(args) => args.load(true).map(|cfg| {
             let runtime =
                 rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
-            runtime_outcome(runtime.block_on(rke2_bootstrap::agent::run(
+            runtime_outcome(runtime.block_on(rke2_bootstrap::daemon::run(
                 cfg,
                 rke2_bootstrap::process::shutdown_signal(),
             )))

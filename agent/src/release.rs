@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::AgentConfig;
 use crate::gossip::schema::Vote;
-use crate::state::StateDir;
-use crate::status;
+use crate::host_state::StateDir;
+use crate::status_socket;
 
 /// What the operator asserts by confirming, printed when the confirmation is missing.
 pub const WARNING: &str = "release only a claim whose host never started RKE2 as the first \
@@ -34,7 +34,7 @@ pub fn parse_claim(text: &str) -> Result<Vote> {
 /// Releases `claim` in this host's persisted election state. Refused while the agent runs (it
 /// owns the state file), without `confirm`, and for this host's own claim.
 pub fn release_claim(cfg: &AgentConfig, claim: &Vote, confirm: bool) -> Result<String> {
-    if status::fetch(&cfg.status_socket).is_ok() {
+    if status_socket::fetch(&cfg.status_socket).is_ok() {
         bail!(
             "the agent is running (its status socket {} answers): stop it first \
              (systemctl stop rke2-bootstrap), release, then start it",

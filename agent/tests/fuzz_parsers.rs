@@ -21,9 +21,9 @@ use rke2_bootstrap::gossip::keyring::{
     MAX_DATAGRAM_LEN, SEAL_OVERHEAD,
 };
 use rke2_bootstrap::gossip::schema::Member;
+use rke2_bootstrap::host_state::StateDir;
 use rke2_bootstrap::rke2::config_yaml::{self, Rke2Config, MANAGED_KEYS, MANAGED_MARKER};
 use rke2_bootstrap::rke2::token::{normalize_ca_hash, JoinToken, Secret};
-use rke2_bootstrap::state::StateDir;
 use serde_yaml_ng::{Mapping, Value};
 
 const CLUSTER: &str = "fuzz-cluster";
@@ -1273,7 +1273,7 @@ mod seeds {
     use rke2_bootstrap::bringup::progress::{Plan, Progress};
     use rke2_bootstrap::election::ElectionState;
     use rke2_bootstrap::gossip::schema::{Announcement, Phase, Role, Vote};
-    use rke2_bootstrap::state::PersistedState;
+    use rke2_bootstrap::host_state::PersistedState;
 
     use super::*;
 

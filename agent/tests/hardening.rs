@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rke2_bootstrap::config::{AgentConfig, Layers, AGENT_KEYS};
 use rke2_bootstrap::gossip::keyring::{open, seal, ReplayGuard, HEADER_LEN};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring, Liveness, Role};
-use rke2_bootstrap::state::{PersistedState, StateDir};
+use rke2_bootstrap::host_state::{PersistedState, StateDir};
 
 const KEY: [u8; 32] = [0x3c; 32];
 const CLUSTER: &str = "hardening";

@@ -18,7 +18,7 @@ use rke2_bootstrap::exit;
 use rke2_bootstrap::gossip::cluster::Cluster;
 use rke2_bootstrap::gossip::keyring::Keyring;
 use rke2_bootstrap::gossip::schema::{Announcement, Role};
-use rke2_bootstrap::status::{self, StatusReport};
+use rke2_bootstrap::status_socket::{self, StatusReport};
 use rke2_lb_sidecar::{Sidecar, SidecarConfig};
 use tracing::info;
 
@@ -158,13 +158,13 @@ fn main() -> ExitCode {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let Settings { gossip: cfg, lb } = settings;
     let sidecar = Sidecar::new(lb)?;
-    let state_dir = rke2_bootstrap::state::StateDir::open(&cfg.state_dir)?;
+    let state_dir = rke2_bootstrap::host_state::StateDir::open(&cfg.state_dir)?;
     let keyring = Keyring::load(&cfg.gossip_key_file)?;
     let advertise = cfg
         .advertise_addr
         .context("advertise-addr (or a concrete bind-addr) is required for the sidecar")?;
     let gossip = cfg.gossip_config(advertise, keyring);
-    let reload_task = tokio::spawn(rke2_bootstrap::agent::reload_keyring_on_sighup(
+    let reload_task = tokio::spawn(rke2_bootstrap::daemon::reload_keyring_on_sighup(
         cfg.gossip_key_file.clone(),
         gossip.keyring.clone(),
     ));
@@ -189,9 +189,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     });
-    let status_task = status::serve(&cfg.status_socket, report, cluster.watch(), move || {
-        serde_json::to_value(stats.snapshot()).unwrap_or_default()
-    })?;
+    let status_task =
+        status_socket::serve(&cfg.status_socket, report, cluster.watch(), move || {
+            serde_json::to_value(stats.snapshot()).unwrap_or_default()
+        })?;
     let outcome = sidecar
         .run(cluster.watch(), rke2_bootstrap::process::shutdown_signal())
         .await;

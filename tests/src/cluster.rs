@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rke2_bootstrap::gossip::schema::{MemberSummary, Phase, Role};
-use rke2_bootstrap::status::{self, StatusReport};
+use rke2_bootstrap::status_socket::{self, StatusReport};
 
 use crate::standin::etcd;
 use crate::{
@@ -87,7 +87,7 @@ impl TestHost {
     /// The agent's status document, when it is running and answering.
     pub fn status(&self) -> Option<StatusReport> {
         self.child.as_ref()?;
-        status::fetch(&self.status_socket()).ok()
+        status_socket::fetch(&self.status_socket()).ok()
     }
 
     pub fn is_running(&self) -> bool {

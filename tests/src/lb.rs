@@ -228,7 +228,7 @@ impl LbHost {
             if let Ok(Some(_)) = sidecar.try_wait() {
                 return Some(true);
             }
-            rke2_bootstrap::status::fetch(&socket)
+            rke2_bootstrap::status_socket::fetch(&socket)
                 .is_ok()
                 .then_some(false)
         })

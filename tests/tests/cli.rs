@@ -392,7 +392,7 @@ fn packaged_sidecar_config_examples_use_real_keys() {
 fn election_release_voids_an_acknowledgement_only_when_confirmed() {
     use rke2_bootstrap::election::ElectionState;
     use rke2_bootstrap::gossip::schema::Vote;
-    use rke2_bootstrap::state::{PersistedState, StateDir};
+    use rke2_bootstrap::host_state::{PersistedState, StateDir};
 
     let root = tempfile::tempdir().unwrap();
     let dir = StateDir::open(&root.path().join("var/lib/rke2-bootstrap")).unwrap();

@@ -214,7 +214,7 @@ impl UpstreamSidecar {
 
     /// The phase in which this sidecar's gossip view shows `member`, if it shows it at all.
     fn phase_of(&self, member: &str) -> Option<Phase> {
-        let report = rke2_bootstrap::status::fetch(&self.status_socket).ok()?;
+        let report = rke2_bootstrap::status_socket::fetch(&self.status_socket).ok()?;
         report
             .members
             .into_iter()

@@ -23,7 +23,7 @@ use rke2_bootstrap::bringup::progress::{Plan, Progress};
 use rke2_bootstrap::gossip::keyring::{seal, unix_ms_now};
 use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring};
-use rke2_bootstrap::state::PersistedState;
+use rke2_bootstrap::host_state::PersistedState;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster, GOSSIP_PORT};
 use rke2_bootstrap_tests::{loopback_ip, wait_until, workspace_bin, ChildGuard};
 

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rke2_bootstrap::rke2::token::{normalize_ca_hash, read_token_file, JoinToken};
-use rke2_bootstrap::state::StateDir;
+use rke2_bootstrap::host_state::StateDir;
 use rke2_bootstrap_fuzz::scratch_dir;
 
 fn check_token(raw: &str) {

@@ -1,6 +1,6 @@
 //! Pure decisions of the bring-up that follow the election: where to join, with which token,
 //! whose turn it is, and what goes into RKE2's config.yaml; and the bring-up's persisted steps
-//! ([`progress`]). The runtime ([`crate::agent`]) does the I/O around them.
+//! ([`progress`]). The runtime ([`crate::daemon`]) does the I/O around them.
 
 pub mod progress;
 

@@ -493,7 +493,7 @@ fn account_lb_change(
 
 /// The sidecar's own status: the reason line of its status document (the agent's format).
 fn sidecar_status(cluster: &TestCluster) -> Result<SidecarStatus> {
-    let report = rke2_bootstrap::status::fetch(&cluster.lb().status_socket())?;
+    let report = rke2_bootstrap::status_socket::fetch(&cluster.lb().status_socket())?;
     serde_json::from_str(&report.reason).context("decoding the sidecar's status line")
 }
 

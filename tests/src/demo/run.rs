@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use rke2_bootstrap::config::AGENT_KEYS;
 use rke2_bootstrap::gossip::schema::{Phase, Role};
-use rke2_bootstrap::status::StatusReport;
+use rke2_bootstrap::status_socket::StatusReport;
 
 use super::lb::{self, LbState};
 use super::summary::{self, DemoSummary, LbSummary, NodeSummary, Timings};

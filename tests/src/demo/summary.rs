@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use rke2_bootstrap::gossip::schema::{Phase, Role};
-use rke2_bootstrap::status::StatusReport;
+use rke2_bootstrap::status_socket::StatusReport;
 use serde::Serialize;
 
 use super::lb::LbState;

@@ -1,4 +1,4 @@
-//! The agent's runtime: joins gossip, runs the election, brings RKE2 up step by step, and keeps
+//! The daemon (`rke2-bootstrap agent`): joins gossip, runs the election, brings RKE2 up step by step, and keeps
 //! publishing what it knows. Decisions are made by pure functions ([`crate::election`],
 //! [`crate::bringup`]); this module only does the I/O around them, persisting every decision
 //! before it is published.
@@ -23,6 +23,7 @@ use crate::gossip::keyring::Keyring;
 use crate::gossip::schema::{
     cluster_identity, published_etcd_roster, Announcement, Member, Phase, Role,
 };
+use crate::host_state::{PersistedState, StateDir};
 use crate::rke2::config_yaml::{self, Rke2Config};
 use crate::rke2::installer::{self, InstallType, InstallerConfig};
 use crate::rke2::probe::{ProbePorts, Prober};
@@ -30,8 +31,7 @@ use crate::rke2::rejoin;
 use crate::rke2::service::{ServiceKind, ServiceManager};
 use crate::rke2::token::{self, JoinToken, Secret};
 use crate::shape::{self, steward};
-use crate::state::{PersistedState, StateDir};
-use crate::status::{self, StatusReport};
+use crate::status_socket::{self, StatusReport};
 
 /// The pause before a joiner tries again to pin the cluster CA at the registration address.
 const CA_PIN_RETRY: Duration = Duration::from_secs(5);
@@ -105,14 +105,14 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
     let stats = cluster.stats();
-    let status_task = status::serve(
+    let status_task = status_socket::serve(
         &cfg.status_socket,
         report.clone(),
         cluster.watch(),
         move || serde_json::to_value(stats.snapshot()).unwrap_or_default(),
     )?;
 
-    let mut agent = Agent {
+    let mut daemon = Daemon {
         probe: Prober::new(ProbePorts::default())?,
         services: ServiceManager::new(cfg.service_manager.clone()),
         cfg,
@@ -126,18 +126,18 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         roster: None,
     };
     let outcome = tokio::select! {
-        result = agent.bring_up() => result,
+        result = daemon.bring_up() => result,
         () = shutdown => Ok(()),
     };
     if let Err(err) = &outcome {
         error!(error = %format!("{err:#}"), "bring-up stopped");
-        agent.published.halted = Some(Phase::Failed);
-        agent.update(&format!("{err:#}")).await;
+        daemon.published.halted = Some(Phase::Failed);
+        daemon.update(&format!("{err:#}")).await;
     }
     info!("leaving gossip");
-    agent.published.halted = Some(Phase::Leaving);
-    agent.publish().await;
-    if let Err(err) = agent.cluster.leave().await {
+    daemon.published.halted = Some(Phase::Leaving);
+    daemon.publish().await;
+    if let Err(err) = daemon.cluster.leave().await {
         warn!(error = %format!("{err:#}"), "graceful leave incomplete");
     }
     status_task.abort();
@@ -240,7 +240,7 @@ impl Published {
     }
 }
 
-struct Agent {
+struct Daemon {
     cfg: AgentConfig,
     state_dir: StateDir,
     state: PersistedState,
@@ -257,7 +257,7 @@ struct Agent {
     roster: Option<watch::Receiver<Option<EtcdRoster>>>,
 }
 
-impl Agent {
+impl Daemon {
     /// Brings this host to a ready member and keeps it one; a worker promoted to a server (day
     /// 2) walks the steps again as a server.
     async fn bring_up(&mut self) -> Result<()> {
