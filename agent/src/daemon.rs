@@ -1,7 +1,7 @@
-//! The daemon (`rke2-bootstrap agent`): joins gossip, runs the election, brings RKE2 up step by step, and keeps
-//! publishing what it knows. Decisions are made by pure functions ([`crate::election`],
-//! [`crate::bringup`]); this module only does the I/O around them, persisting every decision
-//! before it is published.
+//! The daemon (`rke2-bootstrap agent`): joins gossip, runs the election, brings RKE2 up step by
+//! step, and keeps publishing what it knows. Decisions are made by pure functions
+//! ([`crate::election`], [`crate::bringup`]); this module only does the I/O around them,
+//! persisting every decision before it is published.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
