@@ -14,8 +14,8 @@ use rke2_lb_sidecar::render::{
 use rke2_lb_sidecar::view::{resolve_identity, routable_view};
 use rke2_lb_sidecar::Upstream;
 
-const CA: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-const OTHER_CA: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+use rke2_testkit::member::{self as members, CA, STRAY_CA as OTHER_CA};
+
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 fn name() -> impl Strategy<Value = String> {
@@ -63,7 +63,8 @@ fn member() -> impl Strategy<Value = Member> {
                 ready,
                 ca_hash,
                 initializer,
-                ..Member::new(&name, SocketAddr::new(addr, 7946), role)
+                role,
+                ..members::server(&name, addr)
             },
         )
 }
@@ -182,13 +183,7 @@ proptest! {
         let upstreams = vec![Upstream { name: name.clone(), addr: a }];
         let rejected = matches!(render_all(&upstreams), Err(RenderError::InvalidName { .. }));
         prop_assert!(rejected);
-        let member = Member {
-            phase: Phase::Ready,
-            ready: true,
-            ca_hash: Some(CA.into()),
-            initializer: true,
-            ..Member::new(&name, SocketAddr::new(a, 7946), Role::Server)
-        };
+        let member = members::initializer(&name, a);
         let view = routable_view(&[member], Some(CA));
         prop_assert!(view.upstreams.is_empty());
         prop_assert!(view.excluded.contains_key(&name));

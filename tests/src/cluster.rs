@@ -3,14 +3,9 @@
 //! optionally behind a real `rke2-lb-sidecar` and nginx ([`LbHost`]), with loopback partitions
 //! ([`Partition`]).
 //!
-//! Test ids (`loopback_ip(test_id, _)`) of the end-to-end tests: formation 10, seed_procedure
-//! 11-12, auto_roles 13, restarts 14-16, bad_input 20-29, partition 30 and 61, lb_membership 40
-//! and 42-43, the LB-port check's unit test 41, demo 50 and 170-173, lossy_network 60, the gossip
-//! relay's unit tests 79, cli 9, zero_touch 98 and 100-103, fleet_recipes 104-109, the etcd-backed
-//! stand-in's scenarios (rejoins, quorum, certificate rotation) 120-128, the stand-in's admin API
-//! 129, day 2 (day2.rs, day2_returns.rs) 132-139, gossip pacing 180-183 (agent/tests/gossip.rs,
-//! as 127.0.<id>.x), the sidecar's health checks 182 (lb-sidecar/tests/health.rs). The
-//! benchmark's in-process fleet uses 127.210-229.x.x. Hosts are `.11` and up, the LB host `.10`.
+//! Every cluster lives in the loopback block of its test (`ClusterSpec::new(test_id, ..)`, the
+//! id taken from [`crate::blocks`], where the table of every test's ids is): hosts are
+//! `127.<test_id>.0.11` and up, the LB host `.10`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -1269,19 +1264,22 @@ mod tests {
 
     #[test]
     fn an_lb_port_held_by_an_earlier_run_is_named() {
-        let ip = lb_ip(41);
+        let ip = lb_ip(crate::blocks::HARNESS_LB_PORTS.id(0));
         ensure_lb_addresses_free(ip).expect("nothing holds the block yet");
         let api = SocketAddr::new(ip, 6443);
         let leftover = std::net::TcpListener::bind(api).unwrap();
         let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
         assert!(
-            err.contains("127.41.0.10:6443 is already bound"),
+            err.contains(&format!("{ip}:6443 is already bound")),
             "unexpected message: {err}"
         );
         drop(leftover);
         let gossip = std::net::UdpSocket::bind(SocketAddr::new(ip, GOSSIP_PORT)).unwrap();
         let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
-        assert!(err.contains("127.41.0.10:7947 is already bound"), "{err}");
+        assert!(
+            err.contains(&format!("{ip}:7947 is already bound")),
+            "{err}"
+        );
         drop(gossip);
         ensure_lb_addresses_free(ip).expect("freed again");
     }

@@ -374,7 +374,7 @@ mod tests {
     use crate::loopback_ip;
 
     /// Test id of these unit tests (see [`crate::loopback_ip`]).
-    const ID: u8 = 79;
+    const ID: u8 = crate::blocks::NETEM.id(0);
     const PORT: u16 = 7947;
 
     fn root_with_nft() -> bool {

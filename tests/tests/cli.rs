@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::MemberSummary;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::workspace_bin;
 
@@ -134,7 +135,7 @@ fn keygen_prints_a_fresh_32_byte_key() {
 
 #[test]
 fn members_json_lists_every_member_with_the_documented_fields() {
-    let spec = ClusterSpec::new(9, &[("m-1", "server"), ("m-2", "agent")]);
+    let spec = ClusterSpec::new(blocks::CLI.id(0), &[("m-1", "server"), ("m-2", "agent")]);
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
     let socket = cluster.host("m-1").status_socket();

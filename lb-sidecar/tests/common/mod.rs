@@ -1,16 +1,22 @@
 //! Shared test harness: stand-in RKE2 servers, real nginx/HAProxy processes with drop guards,
-//! membership builders and a sidecar driver. Every test uses its own `127.<id>.0.0/24` range.
+//! and a sidecar driver; the member builders, polling and address blocks come from the
+//! workspace's test kit. Every test uses the ids of its own block (`blocks`), `127.<id>.0.0/24`.
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rke2_bootstrap::gossip::schema::{Liveness, Member, Phase, Role};
+pub use rke2_testkit::blocks;
+pub use rke2_testkit::member::{
+    agent, dead, initializer, joining, left, observer, server, CA, STRAY_CA,
+};
+pub use rke2_testkit::{wait_until, wait_until_async};
+
+use rke2_bootstrap::gossip::schema::Member;
 use rke2_lb_sidecar::config::{LbKind, NginxConfig, StreamModule};
 use rke2_lb_sidecar::{Sidecar, SidecarConfig, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,15 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub const CA: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
-pub const STRAY_CA: &str = "badbadbadbadbadbadbadbadbadbadbadbadbadbadbadbadbadbadbadbadbadb";
 pub const SUPERVISOR: u16 = 9345;
 pub const API: u16 = 6443;
 
-/// `127.<id>.0.<host>`: each test owns one `<id>`.
-pub fn ip(id: u8, host: u8) -> IpAddr {
-    IpAddr::from([127, id, 0, host])
-}
+/// `127.<id>.0.<host>`: each test owns the ids of its block (`rke2_testkit::blocks`).
+pub use rke2_testkit::loopback_ip as ip;
 
 /// The LB's address in test `id`.
 pub fn lb_ip(id: u8) -> IpAddr {
@@ -37,23 +39,8 @@ pub fn stream_module() -> StreamModule {
     StreamModule::Path(PathBuf::from("/usr/lib/nginx/modules/ngx_stream_module.so"))
 }
 
-/// Polls `check` every 50 ms until it yields a value or `timeout` passes.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How often the sidecar tests poll.
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// A stand-in RKE2 server: answers every connection on 9345 and 6443 with its name.
 pub struct StandIn {
@@ -138,7 +125,7 @@ pub async fn wait_for_routing(id: u8, expected: &[&str]) {
     let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     want.sort();
     let what = format!("the lb in test {id} to route to exactly {want:?}");
-    wait_until(&what, Duration::from_secs(15), || {
+    wait_until_async(Duration::from_secs(15), POLL, || {
         let want = want.clone();
         async move {
             for port in [SUPERVISOR, API] {
@@ -153,6 +140,7 @@ pub async fn wait_for_routing(id: u8, expected: &[&str]) {
         }
     })
     .await
+    .unwrap_or_else(|e| panic!("waiting for {what}: {e:#}"))
 }
 
 /// Asserts over `n` connections per port that only `allowed` names answer.
@@ -164,63 +152,6 @@ pub async fn assert_only(id: u8, allowed: &[&str], n: usize) {
                 "port {port} reached {name:?}, allowed only {allowed:?}"
             );
         }
-    }
-}
-
-/// Membership builders.
-pub fn server(name: &str, addr: IpAddr) -> Member {
-    Member {
-        phase: Phase::Ready,
-        ready: true,
-        ca_hash: Some(CA.to_string()),
-        ..Member::new(name, SocketAddr::new(addr, 7946), Role::Server)
-    }
-}
-
-pub fn initializer(name: &str, addr: IpAddr) -> Member {
-    Member {
-        initializer: true,
-        ..server(name, addr)
-    }
-}
-
-pub fn joining(name: &str, addr: IpAddr) -> Member {
-    Member {
-        ready: false,
-        phase: Phase::Joining,
-        ..server(name, addr)
-    }
-}
-
-pub fn left(m: Member) -> Member {
-    Member {
-        liveness: Liveness::Left,
-        phase: Phase::Leaving,
-        ..m
-    }
-}
-
-pub fn dead(m: Member) -> Member {
-    Member {
-        liveness: Liveness::Dead,
-        ..m
-    }
-}
-
-pub fn agent(name: &str, addr: IpAddr) -> Member {
-    Member {
-        role: Role::Agent,
-        ..server(name, addr)
-    }
-}
-
-pub fn observer(addr: IpAddr) -> Member {
-    Member {
-        role: Role::Observer,
-        phase: Phase::Observing,
-        ready: false,
-        ca_hash: None,
-        ..server("lb", addr)
     }
 }
 
@@ -409,17 +340,18 @@ impl NginxProcess {
         let mut process = NginxProcess { child };
         let addr = SocketAddr::new(lb_ip(id), SUPERVISOR);
         let pid_file = dir.join("nginx.pid");
-        wait_until("nginx to listen", Duration::from_secs(10), || {
+        wait_until_async(Duration::from_secs(10), POLL, || {
             let exited = process.child.try_wait().ok().flatten();
             let pid_ok = std::fs::read_to_string(&pid_file).is_ok_and(|s| !s.trim().is_empty());
             async move {
                 if let Some(status) = exited {
                     panic!("nginx exited early: {status}");
                 }
-                (pid_ok && TcpStream::connect(addr).await.is_ok()).then_some(())
+                pid_ok && TcpStream::connect(addr).await.is_ok()
             }
         })
-        .await;
+        .await
+        .expect("nginx to listen");
         process
     }
 
@@ -433,13 +365,10 @@ impl Drop for NginxProcess {
         let master = self.child.id();
         let workers = children_of(master);
         kill(master as i32, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Given 5 s to exit on SIGTERM, then killed either way.
+        let _ = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
         for pid in workers.into_iter().chain(children_of(master)) {
@@ -473,12 +402,11 @@ impl HaproxyProcesses {
             String::from_utf8_lossy(&out.stderr)
         );
         let addr = SocketAddr::new(lb_ip(id), SUPERVISOR);
-        wait_until(
-            "haproxy to listen",
-            Duration::from_secs(10),
-            || async move { TcpStream::connect(addr).await.is_ok().then_some(()) },
-        )
-        .await;
+        wait_until_async(Duration::from_secs(10), POLL, || async move {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+        .expect("haproxy to listen");
         guard
     }
 }
