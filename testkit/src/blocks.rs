@@ -95,6 +95,8 @@ blocks! {
     DEMO = 50, 1;
     /// tests/lossy_network.rs
     LOSSY_NETWORK = 60, 1;
+    /// `rke2-bootstrap demo`'s default `--ip-prefix 127.77.0`: kept free for a demo run by hand
+    DEMO_DEFAULT = 77, 1;
     /// tests/partition.rs, the partitioned LB
     PARTITION_LB = 61, 1;
     /// the gossip relay's unit tests (src/netem.rs)

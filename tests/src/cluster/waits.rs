@@ -1,6 +1,5 @@
 //! Waiting on a [`TestCluster`]: for phases, for one etcd cluster, for the LB's upstreams, for
-//! an agent to exit. Every wait is the test kit's `wait_until`, with the cluster's logs in the
-//! error.
+//! an agent to exit. Each polls with the test kit's `wait_until`.
 
 use super::*;
 
