@@ -95,11 +95,11 @@ blocks! {
     DEMO = 50, 1;
     /// tests/lossy_network.rs
     LOSSY_NETWORK = 60, 1;
-    /// `rke2-bootstrap demo`'s default `--ip-prefix 127.77.0`: kept free for a demo run by hand
-    DEMO_DEFAULT = 77, 1;
     /// tests/partition.rs, the partitioned LB
     PARTITION_LB = 61, 1;
-    /// the gossip relay's unit tests (src/netem.rs)
+    /// `rke2-bootstrap demo`'s default `--ip-prefix 127.77.0`: kept free for a demo run by hand
+    DEMO_DEFAULT = 77, 1;
+    /// the gossip relay's unit tests (src/netem)
     NETEM = 79, 1;
     /// tests/zero_touch.rs, the late rack
     ZERO_TOUCH_LATE = 98, 1;
@@ -203,12 +203,9 @@ mod tests {
 
     #[test]
     fn the_bench_fleet_is_kept_apart() {
+        // The fleet's addresses, 127.210.0.0 to 127.229.255.255, are the bench's alone.
         for id in 210..=229 {
             assert_eq!(owner(id).map(|b| b.name), Some("BENCH_FLEET"), "{id}");
-        }
-        let bench = ALL.iter().filter(|b| b.name.starts_with("BENCH_"));
-        for b in bench {
-            assert!(b.first > 0, "{b:?}");
         }
     }
 
