@@ -24,6 +24,7 @@ use rke2_bootstrap::gossip::schema::Member;
 use rke2_bootstrap::host_state::StateDir;
 use rke2_bootstrap::rke2::config_yaml::{self, Rke2Config, MANAGED_KEYS, MANAGED_MARKER};
 use rke2_bootstrap::rke2::token::{normalize_ca_hash, JoinToken, Secret};
+use rke2_testkit::wire::{self, encode, Msg, NodeDigest, Op};
 use serde_yaml_ng::{Mapping, Value};
 
 const CLUSTER: &str = "fuzz-cluster";
@@ -222,151 +223,7 @@ fn oversized_datagrams_are_rejected_before_any_work() {
 // number), and the decoded-or-rejected outcome is checked exactly as the transport does it:
 // open, then `ChitchatMessage::deserialize` with no trailing bytes.
 
-const CHITCHAT_MAGIC: u16 = 45_139;
-
-#[derive(Debug, Clone)]
-enum Op {
-    Node {
-        name: String,
-        generation: u64,
-        addr: SocketAddr,
-        last_gc: u64,
-        from: u64,
-    },
-    Kv {
-        key: String,
-        value: String,
-        version: u64,
-        status: u8,
-    },
-    MaxVersion(u64),
-}
-
-#[derive(Debug, Clone)]
-struct NodeDigest {
-    name: String,
-    generation: u64,
-    addr: SocketAddr,
-    heartbeat: u64,
-    last_gc: u64,
-    max_version: u64,
-}
-
-#[derive(Debug, Clone)]
-enum Msg {
-    Syn(Vec<NodeDigest>, String),
-    SynAck(Vec<NodeDigest>, Vec<Op>, bool),
-    Ack(Vec<Op>, bool),
-    BadCluster,
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u16).to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn put_addr(buf: &mut Vec<u8>, addr: &SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            buf.push(4);
-            buf.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            buf.push(6);
-            buf.extend_from_slice(&ip.octets());
-        }
-    }
-    buf.extend_from_slice(&addr.port().to_le_bytes());
-}
-
-fn put_id(buf: &mut Vec<u8>, name: &str, generation: u64, addr: &SocketAddr) {
-    put_str(buf, name);
-    buf.extend_from_slice(&generation.to_le_bytes());
-    put_addr(buf, addr);
-}
-
-fn put_digest(buf: &mut Vec<u8>, nodes: &[NodeDigest]) {
-    buf.extend_from_slice(&(nodes.len() as u16).to_le_bytes());
-    for n in nodes {
-        put_id(buf, &n.name, n.generation, &n.addr);
-        for v in [n.heartbeat, n.last_gc, n.max_version] {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-}
-
-/// A delta: its ops in one uncompressed block (chitchat's stream format), or split in two.
-fn put_delta(buf: &mut Vec<u8>, ops: &[Op], split: bool) {
-    let mut payload = Vec::new();
-    for op in ops {
-        match op {
-            Op::Node {
-                name,
-                generation,
-                addr,
-                last_gc,
-                from,
-            } => {
-                payload.push(0);
-                put_id(&mut payload, name, *generation, addr);
-                payload.extend_from_slice(&last_gc.to_le_bytes());
-                payload.extend_from_slice(&from.to_le_bytes());
-            }
-            Op::Kv {
-                key,
-                value,
-                version,
-                status,
-            } => {
-                payload.push(1);
-                put_str(&mut payload, key);
-                put_str(&mut payload, value);
-                payload.extend_from_slice(&version.to_le_bytes());
-                payload.push(*status);
-            }
-            Op::MaxVersion(v) => {
-                payload.push(2);
-                payload.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-    let cut = if split {
-        payload.len() / 2
-    } else {
-        payload.len()
-    };
-    for block in [&payload[..cut], &payload[cut..]] {
-        if !block.is_empty() {
-            buf.push(2);
-            buf.extend_from_slice(&(block.len() as u16).to_le_bytes());
-            buf.extend_from_slice(block);
-        }
-    }
-    buf.push(0);
-}
-
-fn encode(msg: &Msg) -> Vec<u8> {
-    let mut buf = CHITCHAT_MAGIC.to_le_bytes().to_vec();
-    buf.push(0);
-    match msg {
-        Msg::Syn(digest, cluster) => {
-            buf.push(0);
-            put_digest(&mut buf, digest);
-            put_str(&mut buf, cluster);
-        }
-        Msg::SynAck(digest, ops, split) => {
-            buf.push(1);
-            put_digest(&mut buf, digest);
-            put_delta(&mut buf, ops, *split);
-        }
-        Msg::Ack(ops, split) => {
-            buf.push(2);
-            put_delta(&mut buf, ops, *split);
-        }
-        Msg::BadCluster => buf.push(3),
-    }
-    buf
-}
+// The encoder is the test kit's (`rke2_testkit::wire`), shared with the end-to-end tests.
 
 fn small_u64() -> impl Strategy<Value = u64> {
     prop_oneof![4 => 0u64..8, 1 => any::<u64>(), 1 => Just(u64::MAX)]
@@ -490,9 +347,7 @@ proptest! {
         body in prop::collection::vec(any::<u8>(), 0..400),
         compressed in any::<bool>(),
     ) {
-        let mut bytes = CHITCHAT_MAGIC.to_le_bytes().to_vec();
-        bytes.push(0);
-        bytes.push(head);
+        let mut bytes = wire::header(head);
         if compressed {
             // A compressed-block header followed by the zstd frame magic.
             bytes.extend_from_slice(&[0, 0, 1]);
@@ -1093,7 +948,7 @@ proptest! {
 // peer still sees it alive and a newcomer joins through it.
 
 mod live {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::{Config, TestRng, TestRunner};
@@ -1101,9 +956,12 @@ mod live {
     use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Liveness, Role};
 
     use super::*;
+    use rke2_testkit::blocks::AGENT_FUZZ_PARSERS;
+    use rke2_testkit::wait_until_async;
+    use std::future::ready;
 
     fn addr(host: u8) -> SocketAddr {
-        SocketAddr::from(([127, 150, 1, host], 7947))
+        SocketAddr::from(([127, AGENT_FUZZ_PARSERS.id(0), 1, host], 7947))
     }
 
     async fn node(name: &str, host: u8, seeds: &[SocketAddr]) -> Cluster {
@@ -1121,13 +979,8 @@ mod live {
             .any(|m| m.name == name && m.liveness == Liveness::Alive)
     }
 
-    async fn wait(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    /// How often the live-node test polls.
+    const POLL: Duration = Duration::from_millis(50);
 
     /// Deltas aimed at nodes the target really knows (names, generations, addresses), so they
     /// reach chitchat's state machine instead of being ignored as unknown.
@@ -1175,37 +1028,18 @@ mod live {
     /// The shape found by fuzzing: a key-value at a high version followed by a lower
     /// `SetMaxVersion` for the same node.
     fn lowered_max_version() -> Msg {
-        Msg::Ack(
-            vec![
-                Op::Node {
-                    name: "honest".into(),
-                    generation: 2,
-                    addr: addr(2),
-                    last_gc: 0,
-                    from: 0,
-                },
-                Op::Kv {
-                    key: "zz".into(),
-                    value: "x".into(),
-                    version: 1_000_000,
-                    status: 0,
-                },
-                Op::MaxVersion(1),
-            ],
-            false,
-        )
+        wire::lowered_max_version_ack("honest", 2, addr(2), "zz", "x", 1_000_000)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hostile_authentic_messages_do_not_stop_a_live_node() {
         let victim = node("victim", 1, &[]).await;
         let honest = node("honest", 2, &[addr(1)]).await;
-        wait(
-            "victim and honest to see each other",
-            Duration::from_secs(10),
-            || sees_alive(&victim, "honest") && sees_alive(&honest, "victim"),
-        )
-        .await;
+        wait_until_async(Duration::from_secs(10), POLL, || {
+            ready(sees_alive(&victim, "honest") && sees_alive(&honest, "victim"))
+        })
+        .await
+        .expect("victim and honest to see each other");
 
         let sender = tokio::net::UdpSocket::bind(addr(9)).await.unwrap();
         let ring = Keyring::new(KEY);
@@ -1230,34 +1064,31 @@ mod live {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        wait(
-            "the barrage to be received",
-            Duration::from_secs(10),
-            || {
+        wait_until_async(Duration::from_secs(10), POLL, || {
+            ready({
                 let s = victim.stats().snapshot();
                 s.received + s.rejected_decode >= received_before + messages.len() as u64 / 2
-            },
-        )
-        .await;
+            })
+        })
+        .await
+        .expect("the barrage to be received");
 
         // (A key holder can rewrite what the victim believes about any node, itself included,
         // since chitchat state carries no per-origin signature: that is the shared-key trust
         // model, documented. So liveness is judged by traffic, not by the forged views: the
         // victim keeps sending, and answers a newcomer whose only seed it is.)
         let newcomer = node("newcomer", 3, &[addr(1)]).await;
-        wait(
-            "the victim to answer a newcomer",
-            Duration::from_secs(10),
-            || newcomer.stats().snapshot().received > 0,
-        )
-        .await;
+        wait_until_async(Duration::from_secs(10), POLL, || {
+            ready(newcomer.stats().snapshot().received > 0)
+        })
+        .await
+        .expect("the victim to answer a newcomer");
         let sent = victim.stats().snapshot().sent;
-        wait(
-            "the victim to keep gossiping",
-            Duration::from_secs(5),
-            || victim.stats().snapshot().sent > sent + 10,
-        )
-        .await;
+        wait_until_async(Duration::from_secs(5), POLL, || {
+            ready(victim.stats().snapshot().sent > sent + 10)
+        })
+        .await
+        .expect("the victim to keep gossiping");
     }
 }
 
@@ -1384,15 +1215,8 @@ mod seeds {
         let n = ops.len() as u64;
         ops.push(Op::MaxVersion(n));
         // the same delta in one zstd block, as chitchat sends larger deltas
-        let mut plain = Vec::new();
-        put_delta(&mut plain, &ops, false);
-        let payload = &plain[3..plain.len() - 1];
-        let block = zstd_compress(payload);
-        let mut compressed = CHITCHAT_MAGIC.to_le_bytes().to_vec();
-        compressed.extend_from_slice(&[0, 2, 1]);
-        compressed.extend_from_slice(&(block.len() as u16).to_le_bytes());
-        compressed.extend_from_slice(&block);
-        compressed.push(0);
+        let block = zstd_compress(&wire::ops_payload(&ops));
+        let compressed = wire::ack_with_block(wire::BLOCK_COMPRESSED, &block);
         vec![
             ("syn", encode(&Msg::Syn(digest.clone(), CLUSTER.into()))),
             ("synack", encode(&Msg::SynAck(digest, ops.clone(), false))),
@@ -1613,7 +1437,7 @@ mod seeds {
         dict("gossip", schema.clone());
         let mut chitchat = schema;
         chitchat.extend([
-            CHITCHAT_MAGIC.to_le_bytes().to_vec(),
+            wire::MAGIC.to_le_bytes().to_vec(),
             b"RB\x01".to_vec(),
             vec![0x28, 0xb5, 0x2f, 0xfd],
             CLUSTER.as_bytes().to_vec(),

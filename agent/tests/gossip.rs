@@ -1,7 +1,8 @@
-//! Gossip over real UDP on loopback. Each test owns the addresses 127.0.<test>.<host> (port 7946),
-//! so the tests run in parallel without sharing sockets. Assertions poll the membership view with
-//! a deadline; nothing asserts after a fixed sleep.
+//! Gossip over real UDP on loopback. Each test owns the addresses 127.<block>.<test>.<host> (port
+//! 7946, the block `AGENT_GOSSIP`), so the tests run in parallel without sharing sockets.
+//! Assertions poll the membership view with a deadline; nothing asserts after a fixed sleep.
 
+use std::future::ready;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +12,9 @@ use rke2_bootstrap::gossip::{
     Announcement, Cluster, GossipConfig, Keyring, Liveness, Member, Role, TransportStatsSnapshot,
     DEFAULT_GOSSIP_INTERVAL,
 };
+
+use rke2_testkit::blocks::AGENT_GOSSIP;
+use rke2_testkit::wait_until_async;
 
 const CLUSTER: &str = "loopback-test";
 const PORT: u16 = 7946;
@@ -24,8 +28,9 @@ fn init_tracing() {
         .try_init();
 }
 
+/// `127.<block>.<test>.<host>`: each test of this file takes its own third octet.
 fn ip(test: u8, host: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, test, host)
+    Ipv4Addr::new(127, AGENT_GOSSIP.id(0), test, host)
 }
 
 fn addr(test: u8, host: u8) -> SocketAddr {
@@ -49,17 +54,11 @@ fn announcement(test: u8, host: u8) -> Announcement {
 /// Joins, retrying for a moment if the address is still held by a node that was just dropped
 /// (its socket closes asynchronously).
 async fn join_config(config: GossipConfig, announcement: &Announcement) -> Cluster {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match Cluster::join(config.clone(), announcement).await {
-            Ok(cluster) => return cluster,
-            Err(error) if Instant::now() < deadline => {
-                tracing::debug!(%error, "join failed, retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("joining {}: {error:#}", config.node_name),
-        }
-    }
+    wait_until_async(Duration::from_secs(5), Duration::from_millis(50), || {
+        Cluster::join(config.clone(), announcement)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("joining {}: {e:#}", config.node_name))
 }
 
 async fn join(test: u8, host: u8, seeds: &[SocketAddr], keyring: Keyring) -> Cluster {
@@ -106,8 +105,8 @@ fn describe(nodes: &[&Cluster]) -> String {
         .join("; ")
 }
 
-/// Polls `check` until it holds; returns how long that took. Panics with `what` and the current
-/// views of `nodes` at the deadline.
+/// Polls `check` until it holds; returns how long that took. At the deadline, panics with `what`
+/// and the current views of `nodes` (this file's wait: the test kit's, with the views added).
 async fn wait_until(
     what: &str,
     deadline: Duration,
@@ -115,17 +114,20 @@ async fn wait_until(
     mut check: impl FnMut() -> bool,
 ) -> Duration {
     let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        if start.elapsed() > deadline {
-            panic!(
-                "timed out after {deadline:?} waiting until {what}: {}",
-                describe(nodes)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until_async(deadline, Duration::from_millis(20), || {
+        ready(check().then_some(()).ok_or_else(|| Views(describe(nodes))))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("waiting until {what}: {e:#}"));
+    start.elapsed()
+}
+
+/// Views as the timeout message shows them (unquoted).
+struct Views(String);
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -1,19 +1,22 @@
-//! Fault and security tests of the library on loopback (addresses 127.151.x.y): the shipped
+//! Fault and security tests of the library on loopback (the block `AGENT_HARDENING`): the shipped
 //! example configs load, persisting fails loudly and leaves the last good state, peers whose
 //! clocks are off by more than the replay window are rejected and counted (and come back when the
 //! clock does), and a node of another cluster name never joins even with the same key.
 
 use std::collections::BTreeMap;
+use std::future::ready;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rke2_bootstrap::config::{AgentConfig, Layers, AGENT_KEYS};
 use rke2_bootstrap::gossip::keyring::{open, seal, ReplayGuard, HEADER_LEN};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring, Liveness, Role};
 use rke2_bootstrap::host_state::{PersistedState, StateDir};
+use rke2_testkit::blocks::AGENT_HARDENING;
+use rke2_testkit::wait_until_async;
 
 const KEY: [u8; 32] = [0x3c; 32];
 const CLUSTER: &str = "hardening";
@@ -146,8 +149,9 @@ fn state_dir_that_is_a_file_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // Clocks.
 
+/// `127.<block>.<test>.<host>`: each test of this file takes its own third octet.
 fn addr(test: u8, host: u8) -> SocketAddr {
-    SocketAddr::from(([127, 151, test, host], 7947))
+    SocketAddr::from(([127, AGENT_HARDENING.id(0), test, host], 7947))
 }
 
 async fn node(
@@ -173,16 +177,8 @@ fn liveness_of(node: &Cluster, name: &str) -> Option<Liveness> {
         .map(|m| m.liveness)
 }
 
-async fn wait(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How often these tests poll a node's view or counters.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Stands between two nodes and re-seals every datagram with its timestamp shifted, so that one
 /// node's clock looks `skew_ms` ahead of the other's (the key is known to the test). Node A
@@ -264,40 +260,33 @@ async fn clock_jump_past_the_replay_window_isolates_and_recovers() {
         liveness_of(&a, "clock-b") == Some(Liveness::Alive)
             && liveness_of(&b, "clock-a") == Some(Liveness::Alive)
     };
-    wait(
-        "members 90 s apart to see each other",
-        Duration::from_secs(10),
-        both_alive,
-    )
-    .await;
+    wait_until_async(Duration::from_secs(10), POLL, || ready(both_alive()))
+        .await
+        .expect("members 90 s apart to see each other");
     assert_eq!(a.stats().snapshot().rejected_replay, 0);
     assert_eq!(b.stats().snapshot().rejected_replay, 0);
 
     // B's clock steps 300 s ahead.
     proxy.set(Duration::from_secs(300), true);
-    wait(
-        "each side to reject the other and declare it dead",
-        Duration::from_secs(10),
-        || {
+    wait_until_async(Duration::from_secs(10), POLL, || {
+        ready({
             a.stats().snapshot().rejected_replay >= 5
                 && b.stats().snapshot().rejected_replay >= 5
                 && liveness_of(&a, "clock-b") == Some(Liveness::Dead)
                 && liveness_of(&b, "clock-a") == Some(Liveness::Dead)
-        },
-    )
-    .await;
+        })
+    })
+    .await
+    .expect("each side to reject the other and declare it dead");
     let received = a.stats().snapshot().received;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(a.stats().snapshot().received, received, "nothing accepted");
 
     // NTP steps it back.
     proxy.set(Duration::ZERO, true);
-    wait(
-        "the members to recover",
-        Duration::from_secs(10),
-        both_alive,
-    )
-    .await;
+    wait_until_async(Duration::from_secs(10), POLL, || ready(both_alive()))
+        .await
+        .expect("the members to recover");
 }
 
 /// A host whose clock is 10 minutes behind from the start never becomes a member, and every
@@ -309,12 +298,11 @@ async fn peer_with_a_clock_outside_the_window_never_joins() {
     proxy.set(Duration::from_secs(600), false);
     let a = node("late-a", a_bind, a_front, &[], CLUSTER).await;
     let b = node("late-b", b_bind, b_front, &[a_front], CLUSTER).await;
-    wait(
-        "the skewed peer's datagrams to be rejected",
-        Duration::from_secs(10),
-        || a.stats().snapshot().rejected_replay >= 10,
-    )
-    .await;
+    wait_until_async(Duration::from_secs(10), POLL, || {
+        ready(a.stats().snapshot().rejected_replay >= 10)
+    })
+    .await
+    .expect("the skewed peer's datagrams to be rejected");
     assert_eq!(liveness_of(&a, "late-b"), None);
     assert_eq!(liveness_of(&b, "late-a"), None);
     assert_eq!(a.stats().snapshot().received, 0);
@@ -333,12 +321,11 @@ async fn same_key_other_cluster_name_never_joins() {
         "staging",
     )
     .await;
-    wait(
-        "the other cluster's datagrams to be rejected",
-        Duration::from_secs(10),
-        || a.stats().snapshot().rejected_auth >= 5,
-    )
-    .await;
+    wait_until_async(Duration::from_secs(10), POLL, || {
+        ready(a.stats().snapshot().rejected_auth >= 5)
+    })
+    .await
+    .expect("the other cluster's datagrams to be rejected");
     assert_eq!(liveness_of(&a, "staging-1"), None);
     assert_eq!(liveness_of(&b, "prod-1"), None);
     assert_eq!(a.stats().snapshot().received, 0);

@@ -19,6 +19,7 @@ use rke2_bootstrap::rke2::installer::{
 use rke2_bootstrap::rke2::probe::{install_crypto_provider, ClientIdentity, ProbePorts, Prober};
 use rke2_bootstrap::rke2::service::{ServiceKind, ServiceManager};
 use rke2_bootstrap::rke2::token::{ca_hash, JoinToken, Secret};
+use rke2_testkit::wait_until_async;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -469,14 +470,11 @@ fn is_running(pid: i32) -> bool {
 }
 
 async fn wait_until_gone(pid: i32, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if !is_running(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    !is_running(pid)
+    wait_until_async(within, Duration::from_millis(50), || {
+        std::future::ready(!is_running(pid))
+    })
+    .await
+    .is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -239,28 +239,18 @@ fn short(hash: &str) -> &str {
 pub(crate) mod tests {
     use super::*;
     use rke2_bootstrap::gossip::schema::Liveness;
-    use std::net::SocketAddr;
+    use rke2_testkit::member;
+    use std::net::IpAddr;
 
-    pub(crate) const CA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    pub(crate) const OTHER_CA: &str =
-        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    pub(crate) use rke2_testkit::member::{CA, STRAY_CA as OTHER_CA};
 
     /// A ready server of cluster `CA` at 127.0.0.`last`.
     pub(crate) fn server(name: &str, last: u8) -> Member {
-        Member::new(
-            name,
-            SocketAddr::from(([127, 0, 0, last], 7946)),
-            Role::Server,
-        )
-        .announcing(|a| {
-            a.phase = Phase::Ready;
-            a.ready = true;
-            a.ca_hash = Some(CA.to_string());
-        })
+        member::server(name, IpAddr::from([127, 0, 0, last]))
     }
 
     fn initializer(name: &str, last: u8) -> Member {
-        server(name, last).announcing(|a| a.initializer = true)
+        member::initializer(name, IpAddr::from([127, 0, 0, last]))
     }
 
     fn names(view: &RoutableView) -> Vec<&str> {

@@ -11,7 +11,7 @@ use rke2_lb_sidecar::ReloadAction;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_with_the_same_membership_render_identical_files() {
     for kind in [LbKind::Nginx, LbKind::Haproxy] {
-        let id = 141;
+        let id = blocks::LB_DETERMINISM.id(0);
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let shared = tempfile::tempdir().unwrap();
         let configs: Vec<_> = dirs

@@ -1,5 +1,6 @@
 //! Golden files for every renderer, with the manual procedure's addresses. Regenerate with
-//! `UPDATE_GOLDEN=1 cargo test -p rke2-lb-sidecar --test golden` and review the diff.
+//! `UPDATE_GOLDEN=1 cargo test -p rke2-lb-sidecar --test golden` and review the diff (the test
+//! kit's rule, as for the agent's config.yaml goldens).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -35,31 +36,7 @@ fn seed_listen() -> Listen {
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 fn check_golden(file: &str, actual: &str) {
-    let path = golden_dir().join(file);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let line = expected
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
-        panic!(
-            "{file} differs from its golden copy at line {}:\n  golden: {:?}\n  actual: {:?}\n\
-             full output:\n{actual}\n(rerun with UPDATE_GOLDEN=1 to accept)",
-            line + 1,
-            expected.lines().nth(line),
-            actual.lines().nth(line),
-        );
-    }
+    rke2_testkit::check_golden(&golden_dir().join(file), actual);
 }
 
 #[test]

@@ -8,12 +8,12 @@ use rke2_lb_sidecar::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_follows_membership() {
-    membership_scenario(LbKind::Haproxy, 121).await;
+    membership_scenario(LbKind::Haproxy, blocks::LB_HAPROXY.id(0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_burst_of_changes_is_coalesced() {
-    burst_scenario(LbKind::Haproxy, 122).await;
+    burst_scenario(LbKind::Haproxy, blocks::LB_HAPROXY.id(1)).await;
 }
 
 fn sample_template() -> String {
@@ -30,7 +30,7 @@ async fn haproxy_config_failing_validation_leaves_lb_serving() {
         "    mode tcp",
         "    mode tcp\n{% if servers|length > 2 %}    bogus_keyword on\n{% endif %}",
     );
-    rejected_config_scenario(LbKind::Haproxy, 123, &template).await;
+    rejected_config_scenario(LbKind::Haproxy, blocks::LB_HAPROXY.id(2), &template).await;
 }
 
 /// The validator accepts a file the LB then cannot start (a bind on an address a stand-in server
@@ -38,7 +38,7 @@ async fn haproxy_config_failing_validation_leaves_lb_serving() {
 /// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_failed_reload_rolls_back() {
-    let id = 124;
+    let id = blocks::LB_HAPROXY.id(3);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 3).await;

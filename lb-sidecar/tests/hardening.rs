@@ -1,4 +1,4 @@
-//! Fault and hostile-input tests of the sidecar (addresses 127.160.0.x and 127.161.0.x):
+//! Fault and hostile-input tests of the sidecar (addresses of the block `blocks::LB_HARDENING`):
 //!
 //! - the sidecar dies mid-change, after swapping in a new file and before nginx reloaded: on
 //!   restart it reloads although the file on disk is already current (the `.reload-pending`
@@ -19,7 +19,7 @@ use rke2_lb_sidecar::config::{HaproxyConfig, LbKind, NginxConfig};
 use rke2_lb_sidecar::render::{render_haproxy, render_nginx, Listen, RenderError};
 use rke2_lb_sidecar::{Outcome, ReloadAction, Upstream};
 
-const ID: u8 = 160;
+const ID: u8 = blocks::LB_HARDENING.id(0);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_restarted_mid_change_reloads_the_swapped_file() {
@@ -51,16 +51,12 @@ async fn sidecar_restarted_mid_change_reloads_the_swapped_file() {
     let pending = d.join("nginx.conf.reload-pending");
     let first = Driver::start(config.clone(), vec![m1.clone(), m2.clone()]);
     let live = config.config_file();
-    wait_until(
-        "the swap, with the reload in flight",
-        Duration::from_secs(15),
-        || {
-            let swapped = std::fs::read_to_string(&live).is_ok_and(|t| t != old_file);
-            let pending = pending.exists();
-            async move { (swapped && pending).then_some(()) }
-        },
-    )
-    .await;
+    wait_until_async(Duration::from_secs(15), POLL, || {
+        let swapped = std::fs::read_to_string(&live).is_ok_and(|t| t != old_file);
+        std::future::ready(swapped && pending.exists())
+    })
+    .await
+    .expect("the swap, with the reload in flight");
     drop(first);
     let new_file = std::fs::read_to_string(&live).unwrap();
     assert!(new_file.contains(&SocketAddr::new(ip(ID, 2), SUPERVISOR).to_string()));
@@ -157,7 +153,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let listen = Listen {
-            lb_addr: "127.161.0.100".parse().unwrap(),
+            lb_addr: ip(blocks::LB_HARDENING.id(1), 100),
             supervisor_port: 9345,
             api_port: 6443,
         };

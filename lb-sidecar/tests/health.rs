@@ -1,4 +1,4 @@
-//! Direct health checks (addresses 127.182.0.x): a server that gossip still calls ready but that
+//! Direct health checks (addresses of the block `blocks::LB_HEALTH`): a server that gossip still calls ready but that
 //! stopped answering (its process crashed; gossip at its slow pace takes tens of seconds to call
 //! it dead) leaves the LB file; a sidecar with the checks off, fed the same view, keeps it.
 
@@ -8,7 +8,7 @@ use common::*;
 use rke2_lb_sidecar::config::LbKind;
 use rke2_lb_sidecar::ReloadAction;
 
-const ID: u8 = 182;
+const ID: u8 = blocks::LB_HEALTH.id(0);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_server_leaves_the_lb_while_gossip_still_calls_it_ready() {

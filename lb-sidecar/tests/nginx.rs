@@ -10,12 +10,12 @@ use rke2_lb_sidecar::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_follows_membership() {
-    membership_scenario(LbKind::Nginx, 101).await;
+    membership_scenario(LbKind::Nginx, blocks::LB_NGINX.id(0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_burst_of_changes_is_coalesced() {
-    burst_scenario(LbKind::Nginx, 102).await;
+    burst_scenario(LbKind::Nginx, blocks::LB_NGINX.id(1)).await;
 }
 
 fn sample_template() -> String {
@@ -32,12 +32,12 @@ async fn nginx_config_failing_validation_leaves_lb_serving() {
         "worker_processes 2;",
         "worker_processes 2;\n{% if servers|length > 2 %}bogus_directive on;{% endif %}",
     );
-    rejected_config_scenario(LbKind::Nginx, 103, &template).await;
+    rejected_config_scenario(LbKind::Nginx, blocks::LB_NGINX.id(2), &template).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_broken_template_leaves_lb_serving_until_fixed() {
-    let id = 104;
+    let id = blocks::LB_NGINX.id(3);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 3).await;
@@ -122,17 +122,17 @@ async fn include_scenario(id: u8, layout: NginxLayout) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_stream_include_layout() {
-    include_scenario(105, NginxLayout::StreamInclude).await;
+    include_scenario(blocks::LB_NGINX.id(4), NginxLayout::StreamInclude).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_upstreams_include_layout() {
-    include_scenario(106, NginxLayout::UpstreamsInclude).await;
+    include_scenario(blocks::LB_NGINX.id(5), NginxLayout::UpstreamsInclude).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_flapping_server_is_held_out() {
-    let id = 107;
+    let id = blocks::LB_NGINX.id(6);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 2).await;
@@ -172,7 +172,7 @@ async fn nginx_flapping_server_is_held_out() {
 /// previous file and report it, and apply the change once the address is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_reload_that_cannot_bind_is_rolled_back_not_counted() {
-    let id = 108;
+    let id = blocks::LB_NGINX.id(7);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let _standins = standins(id, 3).await;

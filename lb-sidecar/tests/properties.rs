@@ -14,8 +14,8 @@ use rke2_lb_sidecar::render::{
 use rke2_lb_sidecar::view::{resolve_identity, routable_view};
 use rke2_lb_sidecar::Upstream;
 
-const CA: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-const OTHER_CA: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+use rke2_testkit::member::{self as members, CA, STRAY_CA as OTHER_CA};
+
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 fn name() -> impl Strategy<Value = String> {
@@ -60,13 +60,14 @@ fn member() -> impl Strategy<Value = Member> {
                 Member {
                     generation,
                     liveness,
-                    ..Member::new(&name, SocketAddr::new(addr, 7946), role)
+                    ..members::server(&name, addr)
                 }
                 .announcing(|a| {
                     a.phase = phase;
                     a.ready = ready;
                     a.ca_hash = ca_hash;
                     a.initializer = initializer;
+                    a.role = role;
                 })
             },
         )
@@ -186,7 +187,7 @@ proptest! {
         let upstreams = vec![Upstream { name: name.clone(), addr: a }];
         let rejected = matches!(render_all(&upstreams), Err(RenderError::InvalidName { .. }));
         prop_assert!(rejected);
-        let member = Member::new(&name, SocketAddr::new(a, 7946), Role::Server).announcing(|a| { a.phase = Phase::Ready; a.ready = true; a.ca_hash = Some(CA.into()); a.initializer = true; });
+        let member = members::initializer(&name, a);
         let view = routable_view(&[member], Some(CA));
         prop_assert!(view.upstreams.is_empty());
         prop_assert!(view.excluded.contains_key(&name));

@@ -4,12 +4,12 @@
 //! - [`HostRoot`]: one temp dir per simulated host, with readers for what the agent and the
 //!   stand-ins leave there.
 //! - [`ChildGuard`]: no process started by a test outlives it.
-//! - [`wait_until`] / [`wait_until_async`]: polling with a useful timeout message.
-//! - [`loopback_ip`]: per-test loopback addresses.
+//! - [`wait_until`] / [`wait_until_async`], [`loopback_ip`] and the test address [`blocks`]: from
+//!   the workspace's test kit (`rke2-testkit`), re-exported.
 //! - [`netem::GossipRelay`]: delay, jitter and loss on a test's gossip traffic.
 //! - [`TcpProxy`]: a TCP forwarder standing for a load balancer (with or without an upstream).
 //! - [`standin`]: the stand-in for `rke2 server` / `rke2 agent` (the `rke2-standin` binary).
-//! - [`lb::LbHost`]: the LB host (the real sidecar before real nginx or HAProxy, or rendering
+//! - [`cluster::LbHost`]: the LB host (the real sidecar before real nginx or HAProxy, or rendering
 //!   only).
 //! - [`demo`]: the `rke2-demo` binary's logic, a whole cluster on this machine for a newcomer.
 //!
@@ -22,21 +22,20 @@ pub mod history;
 pub mod host;
 pub mod http;
 pub mod installer_server;
-pub mod lb;
 pub mod netem;
 pub mod process;
 pub mod proxy;
 pub mod standin;
-pub mod wait;
 
-use std::net::{IpAddr, Ipv4Addr};
+pub use rke2_testkit::{blocks, wait};
+
 use std::path::{Path, PathBuf};
 
 pub use host::HostRoot;
 pub use installer_server::{FailMode, InstallerServer};
 pub use process::{kill_standins_under, pid_alive, ChildGuard};
 pub use proxy::TcpProxy;
-pub use wait::{wait_until, wait_until_async, Ready};
+pub use rke2_testkit::{loopback_ip, wait_until, wait_until_async, Ready};
 
 /// Overrides the directory where [`workspace_bin`] looks for binaries.
 pub const BIN_DIR_ENV: &str = "RKE2_TEST_BIN_DIR";
@@ -91,13 +90,6 @@ fn bin_dir() -> PathBuf {
         dir.pop();
     }
     dir
-}
-
-/// `127.<test_id>.0.<host>`: the address of simulated host `host` in test `test_id`. Every test
-/// that binds addresses takes its own `test_id`, so tests running in parallel (in one binary or
-/// across binaries) never share one. `tests/tests/standin.rs` uses ids 200 to 229, and 129.
-pub fn loopback_ip(test_id: u8, host: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, test_id, 0, host))
 }
 
 /// A PATH on which `hidden` programs cannot be found, as on a machine where they are not

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, killpg, Signal};
@@ -68,16 +68,11 @@ impl ChildGuard {
 
     /// Waits up to `timeout` for the child to exit on its own.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // An error of `try_wait` ends the wait at once: ready, with the error.
+        let waited = crate::wait_until(timeout, Duration::from_millis(20), || {
+            self.try_wait().transpose()
+        });
+        waited.ok().transpose()
     }
 
     /// Graceful stop: SIGTERM to the child, then SIGKILL to its group after `grace`.
@@ -221,10 +216,9 @@ pub fn kill_standins_under(root: &Path) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| pid_alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = crate::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        pids.iter().all(|&p| !pid_alive(p))
+    });
 }
 
 pub(crate) fn canonical(path: &Path) -> PathBuf {

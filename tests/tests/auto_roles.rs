@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 
 #[test]
 fn five_auto_hosts_become_three_servers_and_two_agents() {
     let names = ["node-1", "node-2", "node-3", "node-4", "node-5"];
     let hosts: Vec<(&str, &'static str)> = names.iter().map(|n| (*n, "auto")).collect();
-    let mut spec = ClusterSpec::new(13, &hosts);
+    let mut spec = ClusterSpec::new(blocks::AUTO_ROLES.id(0), &hosts);
     spec.servers = 3;
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();

@@ -10,6 +10,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::Phase;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::wait_until;
 
@@ -121,7 +122,7 @@ fn unreachable_installer_url_is_retried() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/");
-    let mut cluster = solo(20, &[("installer-url", &url)]);
+    let mut cluster = solo(blocks::BAD_INPUT.id(0), &[("installer-url", &url)]);
     cluster.start(HOST).unwrap();
     let reason = wait_for_install_retry(
         &cluster,
@@ -149,7 +150,7 @@ fn unreachable_installer_url_is_retried() {
 #[test]
 fn installer_checksum_mismatch_is_never_run() {
     let wrong = "0".repeat(64);
-    let mut cluster = solo(21, &[("installer-sha256", &wrong)]);
+    let mut cluster = solo(blocks::BAD_INPUT.id(1), &[("installer-sha256", &wrong)]);
     cluster.start(HOST).unwrap();
     let reason = wait_for_install_retry(
         &cluster,
@@ -171,7 +172,7 @@ fn installer_checksum_mismatch_is_never_run() {
 /// The installer runs and exits non-zero: its exit code and last stderr lines are shown.
 #[test]
 fn installer_exiting_non_zero_is_reported_and_retried() {
-    let mut cluster = solo(22, &[]);
+    let mut cluster = solo(blocks::BAD_INPUT.id(2), &[]);
     cluster
         .host_mut(HOST)
         .env
@@ -198,7 +199,7 @@ fn installer_exiting_non_zero_is_reported_and_retried() {
 fn the_last_candidate_never_abdicates() {
     let names = ["server-1", "server-2", "server-3"];
     let hosts: Vec<(&str, &'static str)> = names.iter().map(|n| (*n, "server")).collect();
-    let mut cluster = TestCluster::new(ClusterSpec::new(28, &hosts)).unwrap();
+    let mut cluster = TestCluster::new(ClusterSpec::new(blocks::BAD_INPUT.id(8), &hosts)).unwrap();
     for name in names {
         cluster
             .host_mut(name)
@@ -254,7 +255,7 @@ const OPERATOR_CONFIG: &str = "token: my-shared-secret\ntls-san:\n  - rke2.demo.
 
 #[test]
 fn operator_config_yaml_is_refused_by_default() {
-    let mut cluster = solo(23, &[]);
+    let mut cluster = solo(blocks::BAD_INPUT.id(3), &[]);
     let host = cluster.host(HOST);
     host.root.write_config_yaml(OPERATOR_CONFIG).unwrap();
     cluster.start(HOST).unwrap();
@@ -298,7 +299,10 @@ fn operator_config_yaml_is_refused_by_default() {
 
 #[test]
 fn operator_config_yaml_is_backed_up_when_asked() {
-    let mut cluster = solo(24, &[("existing-config-policy", "backup")]);
+    let mut cluster = solo(
+        blocks::BAD_INPUT.id(4),
+        &[("existing-config-policy", "backup")],
+    );
     cluster
         .host(HOST)
         .root
@@ -331,7 +335,10 @@ fn operator_config_yaml_is_backed_up_when_asked() {
 
 #[test]
 fn missing_token_file_stops_before_anything_is_done() {
-    let mut cluster = solo(25, &[("token-file", "/nonexistent/rke2-bootstrap/token")]);
+    let mut cluster = solo(
+        blocks::BAD_INPUT.id(5),
+        &[("token-file", "/nonexistent/rke2-bootstrap/token")],
+    );
     cluster.start(HOST).unwrap();
     let status = cluster.wait_exit(HOST, EXIT).unwrap();
     assert_exit(status, 1, &cluster);
@@ -348,7 +355,10 @@ fn missing_token_file_stops_before_anything_is_done() {
 /// reach ends with that reason, not after the whole timeout with a list of stale phases.
 #[test]
 fn waiting_for_a_phase_ends_when_the_agent_exits() {
-    let mut cluster = solo(29, &[("token-file", "/nonexistent/rke2-bootstrap/token")]);
+    let mut cluster = solo(
+        blocks::BAD_INPUT.id(9),
+        &[("token-file", "/nonexistent/rke2-bootstrap/token")],
+    );
     cluster.start(HOST).unwrap();
     let err = cluster
         .wait_for_phase(&[HOST], Phase::Ready, READY)
@@ -365,7 +375,7 @@ fn unreadable_token_file_stops_before_anything_is_done() {
     // Tests run as root, who reads any file whatever its mode: a directory cannot be read as one.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().display().to_string();
-    let mut cluster = solo(26, &[("token-file", &path)]);
+    let mut cluster = solo(blocks::BAD_INPUT.id(6), &[("token-file", &path)]);
     cluster.start(HOST).unwrap();
     let status = cluster.wait_exit(HOST, EXIT).unwrap();
     assert_exit(status, 1, &cluster);
@@ -399,7 +409,7 @@ fn unreadable_token_file_stops_before_anything_is_done() {
 /// etcd needs an odd number of servers: an even target is a configuration error (exit 2).
 #[test]
 fn even_server_count_is_a_configuration_error() {
-    let mut cluster = solo(27, &[("servers", "2")]);
+    let mut cluster = solo(blocks::BAD_INPUT.id(7), &[("servers", "2")]);
     cluster.start(HOST).unwrap();
     let status = cluster.wait_exit(HOST, EXIT).unwrap();
     assert_exit(status, 2, &cluster);

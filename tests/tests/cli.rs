@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::MemberSummary;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::workspace_bin;
 
@@ -75,13 +76,15 @@ fn configuration_errors_are_one_line_naming_the_culprit() {
 fn gossip_key_problems_name_the_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("gossip.key");
+    let ip = blocks::CLI.ip(0, 1).to_string();
+    let bind = format!("{ip}:7947");
     let base = [
         "--node-name",
         "a",
         "--bind-addr",
-        "127.9.0.1:7947",
+        &bind,
         "--initial-servers",
-        "127.9.0.1",
+        &ip,
         "--root",
     ];
     let run = |extra: &[&str]| {
@@ -134,7 +137,7 @@ fn keygen_prints_a_fresh_32_byte_key() {
 
 #[test]
 fn members_json_lists_every_member_with_the_documented_fields() {
-    let spec = ClusterSpec::new(9, &[("m-1", "server"), ("m-2", "agent")]);
+    let spec = ClusterSpec::new(blocks::CLI.id(0), &[("m-1", "server"), ("m-2", "agent")]);
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
     let socket = cluster.host("m-1").status_socket();
@@ -450,7 +453,8 @@ fn both_binaries_exit_2_on_a_key_file_that_does_not_load() {
     std::fs::write(&key, "c2hvcnQ=\n").unwrap(); // 5 bytes, not 32
     let sidecar = Command::new(workspace_bin("rke2-lb-sidecar"))
         .args(["--cluster-name", "exit-codes", "--node-name", "lb"])
-        .args(["--bind-addr", "127.9.0.3:7947", "--lb", "haproxy"])
+        .args(["--bind-addr", &format!("{}:7947", blocks::CLI.ip(0, 3))])
+        .args(["--lb", "haproxy"])
         .arg("--config-file")
         .arg(dir.path().join("haproxy.cfg"))
         .arg("--state-dir")
@@ -460,13 +464,15 @@ fn both_binaries_exit_2_on_a_key_file_that_does_not_load() {
         .env_clear()
         .output()
         .unwrap();
+    let ip = blocks::CLI.ip(0, 4).to_string();
+    let bind = format!("{ip}:7947");
     let agent = agent(&[
         "--node-name",
         "a",
         "--bind-addr",
-        "127.9.0.4:7947",
+        &bind,
         "--initial-servers",
-        "127.9.0.4",
+        &ip,
         "--root",
         dir.path().to_str().unwrap(),
         "--gossip-key-file",

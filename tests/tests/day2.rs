@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::wait_until;
 
@@ -47,7 +48,7 @@ fn etcd_column(cluster: &TestCluster, observer: &str) -> Vec<(String, Option<Str
 #[test]
 fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
     let hosts = ["host-1", "host-2", "host-3", "host-4", "host-5"];
-    let mut cluster = auto_cluster(132, &hosts, 3);
+    let mut cluster = auto_cluster(blocks::DAY2.id(0), &hosts, 3);
     let (servers, workers) = cluster.wait_formed(&hosts, 3, FORMATION);
     // Every host, a worker included, shows the servers' etcd standing from the steward's roster.
     wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
@@ -137,7 +138,7 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     let servers = ["server-1", "server-2", "server-3"];
-    let spec = ClusterSpec::new(135, &servers.map(|s| (s, "server"))).with_lb();
+    let spec = ClusterSpec::new(blocks::DAY2.id(1), &servers.map(|s| (s, "server"))).with_lb();
     let mut cluster = TestCluster::new(spec).unwrap();
     // The power-off below must not be repaired by the steward while the test looks.
     cluster.set_on_hosts(&servers, "departed-server-grace-period", "15m");

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::standin::etcd;
 
@@ -88,7 +89,7 @@ fn removals(cluster: &TestCluster, servers: &[&str]) -> Vec<(String, String)> {
 /// voters all, with a new member id for the returning one, and the LB routes to three.
 #[test]
 fn a_server_back_after_its_removal_rejoins_cleanly() {
-    back_after_removal(133, Returning::AnotherServer);
+    back_after_removal(blocks::DAY2_RETURNS.id(1), Returning::AnotherServer);
 }
 
 /// The same for the first server, whose config has no `server:`: back before gossip shows it the
@@ -96,7 +97,7 @@ fn a_server_back_after_its_removal_rejoins_cleanly() {
 /// second cluster.
 #[test]
 fn the_first_server_back_after_its_removal_rejoins_and_never_initializes_again() {
-    back_after_removal(136, Returning::FirstServer);
+    back_after_removal(blocks::DAY2_RETURNS.id(2), Returning::FirstServer);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +198,7 @@ fn two_of_five_servers_powered_off_in_a_row_are_replaced_one_at_a_time() {
         "host-1", "host-2", "host-3", "host-4", "host-5", "host-6", "host-7",
     ];
     let layout: Vec<(&str, &'static str)> = hosts.iter().map(|h| (*h, "auto")).collect();
-    let mut cluster = cluster_with_grace(134, &layout, 5);
+    let mut cluster = cluster_with_grace(blocks::DAY2_RETURNS.id(0), &layout, 5);
     let (servers, workers) = cluster.wait_formed(&hosts, 5, FORMATION);
     eprintln!("formed after {:?}", started.elapsed());
 

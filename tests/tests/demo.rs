@@ -347,7 +347,7 @@ fn a_demo_without_etcd_fails_at_once_naming_the_package() {
     let path = rke2_bootstrap_tests::path_without(&["etcd"], &tmp.path().join("bin")).unwrap();
     let started = std::time::Instant::now();
     let out = Command::new(workspace_bin("rke2-demo"))
-        .args(["--lb", "none", "--ip-prefix", "127.174.0"])
+        .args(["--lb", "none", "--ip-prefix", "127.51.0"])
         .arg("--dir")
         .arg(&dir)
         .env("PATH", path)

@@ -44,6 +44,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{lb_ip, ClusterSpec, TestCluster};
 use serde_yaml_ng::{Mapping, Value};
 
@@ -258,32 +259,62 @@ fn fleet(test_id: u8, recipe: &str, count: usize, timeout: Duration) {
 
 #[test]
 fn auto_recipe_on_3_hosts() {
-    fleet(104, "auto.yaml", 3, Duration::from_secs(120));
+    fleet(
+        blocks::FLEET_RECIPES.id(0),
+        "auto.yaml",
+        3,
+        Duration::from_secs(120),
+    );
 }
 
 #[test]
 fn auto_recipe_on_10_hosts() {
-    fleet(105, "auto.yaml", 10, Duration::from_secs(180));
+    fleet(
+        blocks::FLEET_RECIPES.id(1),
+        "auto.yaml",
+        10,
+        Duration::from_secs(180),
+    );
 }
 
 #[test]
 #[ignore = "run on its own by CI: fifty hosts on two cores shared with the suite (see the module doc)"]
 fn auto_recipe_on_50_hosts() {
-    fleet(106, "auto.yaml", 50, Duration::from_secs(600));
+    fleet(
+        blocks::FLEET_RECIPES.id(2),
+        "auto.yaml",
+        50,
+        Duration::from_secs(600),
+    );
 }
 
 #[test]
 fn server_recipe_on_3_hosts() {
-    fleet(107, "server.yaml", 3, Duration::from_secs(120));
+    fleet(
+        blocks::FLEET_RECIPES.id(3),
+        "server.yaml",
+        3,
+        Duration::from_secs(120),
+    );
 }
 
 #[test]
 fn server_recipe_on_10_hosts() {
-    fleet(108, "server.yaml", 10, Duration::from_secs(240));
+    fleet(
+        blocks::FLEET_RECIPES.id(4),
+        "server.yaml",
+        10,
+        Duration::from_secs(240),
+    );
 }
 
 #[test]
 #[ignore = "a 50-member etcd: not formed within 15 minutes on two cores (see the module doc)"]
 fn server_recipe_on_50_hosts() {
-    fleet(109, "server.yaml", 50, Duration::from_secs(900));
+    fleet(
+        blocks::FLEET_RECIPES.id(5),
+        "server.yaml",
+        50,
+        Duration::from_secs(900),
+    );
 }

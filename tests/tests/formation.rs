@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 
 const FORMATION: Duration = Duration::from_secs(60);
@@ -11,7 +12,7 @@ const FORMATION: Duration = Duration::from_secs(60);
 #[test]
 fn three_servers_and_two_agents_form_one_cluster() {
     let spec = ClusterSpec::new(
-        10,
+        blocks::FORMATION.id(0),
         &[
             ("server-3", "server"),
             ("agent-1", "agent"),

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{
     lb_ip, parse_upstreams, ClusterSpec, TestCluster, GOSSIP_PORT,
 };
@@ -36,7 +37,7 @@ fn ca_through_lb(id: u8) -> String {
 
 #[test]
 fn lb_follows_late_joiners_a_leaving_server_and_a_new_server() {
-    const ID: u8 = 40;
+    const ID: u8 = blocks::LB_MEMBERSHIP.id(0);
     let spec = ClusterSpec::new(
         ID,
         &[
@@ -278,8 +279,8 @@ fn assert_both_route_identically(
 
 #[test]
 fn two_sidecars_write_the_same_upstreams_through_every_change() {
-    const ID: u8 = 42;
-    const SECOND_LB_ID: u8 = 43;
+    const ID: u8 = blocks::LB_MEMBERSHIP_TWO_LBS.id(0);
+    const SECOND_LB_ID: u8 = blocks::LB_MEMBERSHIP_TWO_LBS.id(1);
     let spec = ClusterSpec::new(
         ID,
         &[

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::Phase;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{
     layout, skip_without_nft, ClusterSpec, TestCluster, GOSSIP_PORT,
 };
@@ -17,7 +18,7 @@ use rke2_bootstrap_tests::history::{
 };
 use rke2_bootstrap_tests::netem::{GossipRelay, Impairment};
 
-const ID: u8 = 60;
+const ID: u8 = blocks::LOSSY_NETWORK.id(0);
 const SERVERS: [&str; 3] = ["server-1", "server-2", "server-3"];
 const AGENTS: [&str; 2] = ["agent-1", "agent-2"];
 const FORMATION: Duration = Duration::from_secs(45);

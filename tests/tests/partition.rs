@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::Phase;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{
     layout, lb_ip, skip_without_nft, ClusterSpec, Partition, TestCluster,
 };
@@ -24,7 +25,7 @@ fn partition_during_the_election_never_makes_two_first_servers() {
         return;
     }
     let hosts = layout(&SERVERS, &AGENTS);
-    let mut cluster = TestCluster::new(ClusterSpec::new(30, &hosts)).unwrap();
+    let mut cluster = TestCluster::new(ClusterSpec::new(blocks::PARTITION.id(0), &hosts)).unwrap();
     // A slow installer keeps the candidate in its prepare step long enough to cut it off there.
     let candidate = cluster.start_with_a_slow_installer(2, Duration::from_secs(30));
 
@@ -185,7 +186,7 @@ fn partitions_during_server_joins_never_split_or_corrupt_the_cluster() {
     if skip_without_nft("partitions_during_server_joins_never_split_or_corrupt_the_cluster") {
         return;
     }
-    const ID: u8 = 61;
+    const ID: u8 = blocks::PARTITION_LB.id(0);
     const JOINERS: [&str; 3] = ["server-2", "server-3", "server-4"];
     let servers = ["server-1", "server-2", "server-3", "server-4"];
     let hosts = layout(&servers, &["agent-1"]);

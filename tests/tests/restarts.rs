@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rke2_bootstrap::gossip::schema::Phase;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::wait_until;
 
@@ -30,7 +31,7 @@ fn cluster(test_id: u8) -> TestCluster {
 /// started once on that host.
 #[test]
 fn agent_killed_mid_install_resumes_without_reinitializing() {
-    let mut cluster = cluster(14);
+    let mut cluster = cluster(blocks::RESTARTS.id(0));
     // A slow installer on every server, so that whoever the election picks is caught mid-install.
     // The first host whose installer runs is the one installing as the first-server candidate.
     let victim = cluster.start_with_a_slow_installer(3, Duration::from_secs(30));
@@ -88,7 +89,7 @@ fn agent_killed_mid_install_resumes_without_reinitializing() {
 /// the member it was (same CA, same config.yaml, no installer run, no new cluster).
 #[test]
 fn rebooted_first_server_comes_back_as_a_member() {
-    let mut cluster = cluster(15);
+    let mut cluster = cluster(blocks::RESTARTS.id(1));
     cluster.start_all().unwrap();
     cluster
         .wait_for_phase(&ALL, Phase::Ready, FORMATION)
@@ -146,7 +147,7 @@ fn rebooted_first_server_comes_back_as_a_member() {
 /// it must join the cluster that exists, not create a second one from its old role.
 #[test]
 fn first_server_with_wiped_rke2_data_rejoins_its_cluster() {
-    let mut cluster = cluster(16);
+    let mut cluster = cluster(blocks::RESTARTS.id(2));
     cluster.start_all().unwrap();
     cluster
         .wait_for_phase(&ALL, Phase::Ready, FORMATION)

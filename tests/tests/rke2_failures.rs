@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::Phase;
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::wait_until;
 
@@ -24,7 +25,7 @@ fn three_servers(test_id: u8) -> ClusterSpec {
 #[test]
 fn probes_keep_passing_across_kubelet_certificate_renewals() {
     const TTL_MS: u64 = 6000;
-    let spec = three_servers(120);
+    let spec = three_servers(blocks::RKE2_FAILURES.id(0));
     let mut cluster = TestCluster::new(spec).unwrap();
     for name in SERVERS {
         cluster
@@ -94,7 +95,10 @@ fn probes_keep_passing_across_kubelet_certificate_renewals() {
 /// agent sees it stuck joining and removes the stale password entry; the worker then joins.
 #[test]
 fn wiped_agent_rejoins_under_its_name() {
-    let spec = ClusterSpec::new(121, &[("server-1", "server"), ("agent-1", "agent")]);
+    let spec = ClusterSpec::new(
+        blocks::RKE2_FAILURES.id(1),
+        &[("server-1", "server"), ("agent-1", "agent")],
+    );
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
     let all = ["server-1", "agent-1"];
@@ -151,7 +155,7 @@ fn etcd_pid(root: &std::path::Path) -> i32 {
 fn cluster_without_quorum_leaves_the_lb_list_and_comes_back() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let spec = three_servers(122).with_lb();
+    let spec = three_servers(blocks::RKE2_FAILURES.id(2)).with_lb();
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_lb().unwrap();
     cluster.start_all().unwrap();
@@ -261,9 +265,8 @@ fn server_host(
 /// restarts it, and both end as voting members of the one cluster.
 #[test]
 fn simultaneous_joiners_take_one_learner_at_a_time() {
-    use rke2_bootstrap_tests::loopback_ip;
     use rke2_bootstrap_tests::standin::etcd;
-    let first_ip = loopback_ip(123, 11);
+    let first_ip = blocks::RKE2_FAILURES.ip(3, 11);
     let first = server_host("server-1", first_ip, None);
     let out = systemctl(&first, &["start", "rke2-server.service"]);
     assert!(
@@ -273,7 +276,7 @@ fn simultaneous_joiners_take_one_learner_at_a_time() {
     );
     let joiners: Vec<_> = [("server-2", 12), ("server-3", 13)]
         .into_iter()
-        .map(|(name, host)| server_host(name, loopback_ip(123, host), Some(first_ip)))
+        .map(|(name, host)| server_host(name, blocks::RKE2_FAILURES.ip(3, host), Some(first_ip)))
         .collect();
     let starts: Vec<_> = joiners
         .iter()
@@ -343,7 +346,7 @@ fn simultaneous_joiners_take_one_learner_at_a_time() {
 /// failed: a silent no-op, which is why the agent must not trust the exit code alone).
 #[test]
 fn units_are_activating_until_ready_and_never_run_together() {
-    let ip = rke2_bootstrap_tests::loopback_ip(124, 11);
+    let ip = blocks::RKE2_FAILURES.ip(4, 11);
     let host = server_host("server-1", ip, None);
     host.set_unit_env("rke2-server", &[("STANDIN_API_DELAY_MS", "3000")])
         .unwrap();
@@ -383,7 +386,7 @@ fn an_auto_host_that_prepared_with_rpm_settles_as_an_agent_with_rke2_agent() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let names = ["auto-1", "auto-2", "auto-3"];
-    let mut spec = ClusterSpec::new(125, &names.map(|n| (n, "auto")));
+    let mut spec = ClusterSpec::new(blocks::RKE2_FAILURES.id(5), &names.map(|n| (n, "auto")));
     spec.servers = 1;
     let mut cluster = TestCluster::new(spec).unwrap();
     for name in names {
@@ -506,7 +509,7 @@ fn node_ip_is_never_a_silent_loopback() {
     assert!(!root.path().join("etc/rancher/rke2/config.yaml").exists());
 
     // Given explicitly (as every loopback test gives its bind address): used, and said.
-    let spec = ClusterSpec::new(126, &[("server-1", "server")]);
+    let spec = ClusterSpec::new(blocks::RKE2_FAILURES.id(6), &[("server-1", "server")]);
     let mut cluster = TestCluster::new(spec).unwrap();
     let ip = cluster.host("server-1").ip.to_string();
     cluster
@@ -532,7 +535,7 @@ fn node_ip_is_never_a_silent_loopback() {
 /// old member and password exist; a live server's agent removes both over TLS, and it rejoins.
 #[test]
 fn the_sweep_over_tls_lets_a_wiped_server_rejoin() {
-    let spec = three_servers(127);
+    let spec = three_servers(blocks::RKE2_FAILURES.id(7));
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
     cluster
@@ -604,7 +607,7 @@ fn assert_tls_only(addr: std::net::SocketAddr) {
 /// no live server removed anything. The grace is the production default here (15 minutes).
 #[test]
 fn a_rebooting_server_keeps_its_etcd_member() {
-    let spec = three_servers(128);
+    let spec = three_servers(blocks::RKE2_FAILURES.id(8));
     let mut cluster = TestCluster::new(spec).unwrap();
     for name in SERVERS {
         cluster

@@ -1,5 +1,5 @@
-//! Security and fault tests against the real `rke2-bootstrap` binary on loopback (test ids
-//! 152 to 159, i.e. addresses 127.152.0.x to 127.159.0.x):
+//! Security and fault tests against the real `rke2-bootstrap` binary on loopback (the block
+//! `blocks::SECURITY`: one id per test):
 //!
 //! - forged, random and replayed datagrams at a running agent's gossip port are counted and
 //!   change nothing; hostile authentic messages do not stop its gossip;
@@ -24,8 +24,10 @@ use rke2_bootstrap::gossip::keyring::{seal, unix_ms_now};
 use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring};
 use rke2_bootstrap::host_state::PersistedState;
+use rke2_bootstrap_tests::blocks::SECURITY;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster, GOSSIP_PORT};
-use rke2_bootstrap_tests::{loopback_ip, wait_until, workspace_bin, ChildGuard};
+use rke2_bootstrap_tests::{wait_until, workspace_bin, ChildGuard};
+use rke2_testkit::wire;
 
 const FORMATION: Duration = Duration::from_secs(60);
 
@@ -84,47 +86,11 @@ fn all_ready(cluster: &TestCluster, names: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// An authentic Ack whose delta lowers a node's max version below one of its key-value
-/// versions: the shape that stopped chitchat's gossip task before the transport refused it.
-fn lowered_max_version_ack(node: &str, addr: SocketAddr) -> Vec<u8> {
-    let mut ops = vec![0u8];
-    ops.extend_from_slice(&(node.len() as u16).to_le_bytes());
-    ops.extend_from_slice(node.as_bytes());
-    ops.extend_from_slice(&1u64.to_le_bytes());
-    match addr.ip() {
-        std::net::IpAddr::V4(ip) => {
-            ops.push(4);
-            ops.extend_from_slice(&ip.octets());
-        }
-        std::net::IpAddr::V6(ip) => {
-            ops.push(6);
-            ops.extend_from_slice(&ip.octets());
-        }
-    }
-    ops.extend_from_slice(&addr.port().to_le_bytes());
-    ops.extend_from_slice(&[0; 16]);
-    ops.push(1);
-    ops.extend_from_slice(&1u16.to_le_bytes());
-    ops.push(b'k');
-    ops.extend_from_slice(&1u16.to_le_bytes());
-    ops.push(b'v');
-    ops.extend_from_slice(&u64::MAX.to_le_bytes());
-    ops.push(0);
-    ops.push(2);
-    ops.extend_from_slice(&1u64.to_le_bytes());
-    let mut message = 45_139u16.to_le_bytes().to_vec();
-    message.extend_from_slice(&[0, 2, 2]);
-    message.extend_from_slice(&(ops.len() as u16).to_le_bytes());
-    message.extend_from_slice(&ops);
-    message.push(0);
-    message
-}
-
 /// One small cluster, then everything an attacker on the network or a curious local user could
 /// try: forged datagrams, secrets in logs and status output, loose file modes.
 #[test]
 fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
-    let mut spec = ClusterSpec::new(152, &[("sec-s1", "server"), ("sec-w1", "agent")]);
+    let mut spec = ClusterSpec::new(SECURITY.id(0), &[("sec-s1", "server"), ("sec-w1", "agent")]);
     spec.servers = 1;
     let mut cluster = TestCluster::new(spec).unwrap();
     cluster.start_all().unwrap();
@@ -140,10 +106,11 @@ fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
     // --- Forged and hostile datagrams at the server's gossip port. -------------------------
     let key_text = std::fs::read_to_string(&cluster.key_file).unwrap();
     let ours = Keyring::parse(&key_text, &cluster.key_file).unwrap();
-    let name = "test-152";
+    let name = format!("test-{}", SECURITY.id(0));
+    let name = name.as_str();
     let target = gossip_addr(&cluster, "sec-s1");
     let before = transport(&cluster, "sec-s1");
-    let socket = std::net::UdpSocket::bind("127.152.0.99:0").unwrap();
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(SECURITY.ip(0, 99), 0)).unwrap();
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
     let mut random = |len: usize| -> Vec<u8> {
         (0..len)
@@ -194,7 +161,14 @@ fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
         sent[2] += 2;
         sent[3] += 1;
     }
-    let hostile = lowered_max_version_ack("sec-w1", gossip_addr(&cluster, "sec-w1"));
+    let hostile = wire::encode(&wire::lowered_max_version_ack(
+        "sec-w1",
+        1,
+        gossip_addr(&cluster, "sec-w1"),
+        "k",
+        "v",
+        u64::MAX,
+    ));
     socket
         .send_to(&seal(&ours, name, &hostile, unix_ms_now()).unwrap(), target)
         .unwrap();
@@ -322,11 +296,11 @@ type Sighting = (Phase, Option<String>);
 fn vote_that_cannot_be_persisted_is_never_published() {
     // Two candidates: this agent and an in-process gossip member standing for the other server,
     // which also records what it sees. The agent waits for it, then votes.
-    let mut spec = ClusterSpec::new(155, &[("full-1", "server")]);
-    // Two seats: this agent's and the in-process member's below (127.155.0.99).
+    let mut spec = ClusterSpec::new(SECURITY.id(1), &[("full-1", "server")]);
+    // Two seats: this agent's and the in-process member's below (host .99).
     spec.initial_servers = Some(vec![
-        loopback_ip(155, 11).to_string(),
-        "127.155.0.99".to_string(),
+        SECURITY.ip(1, 11).to_string(),
+        SECURITY.ip(1, 99).to_string(),
     ]);
     spec.servers = 1;
     let cluster = TestCluster::new(spec).unwrap();
@@ -353,9 +327,14 @@ fn vote_that_cannot_be_persisted_is_never_published() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key = Keyring::load(&cluster.key_file).unwrap();
-    let observer_addr: SocketAddr = "127.155.0.99:7947".parse().unwrap();
+    let observer_addr = SocketAddr::new(SECURITY.ip(1, 99), GOSSIP_PORT);
     let observer = runtime.block_on(async {
-        let mut config = GossipConfig::new("test-155", "full-0", observer_addr, key);
+        let mut config = GossipConfig::new(
+            format!("test-{}", SECURITY.id(1)),
+            "full-0",
+            observer_addr,
+            key,
+        );
         config.seeds = vec![format!("{}:{GOSSIP_PORT}", host.ip)];
         Cluster::join(config, &Announcement::new(Role::Server, observer_addr.ip()))
             .await
@@ -463,7 +442,7 @@ const CHECKPOINTS: [&str; 7] = [
 /// ends up ready as the cluster's only initializer.
 #[test]
 fn initializer_killed_at_each_checkpoint_resumes_and_never_reinitializes() {
-    let mut spec = ClusterSpec::new(156, &[("kill-1", "server")]);
+    let mut spec = ClusterSpec::new(SECURITY.id(2), &[("kill-1", "server")]);
     spec.servers = 1;
     let mut cluster = TestCluster::new(spec).unwrap();
     let state_file = cluster.host("kill-1").state_dir().join("state.json");

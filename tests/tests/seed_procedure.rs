@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{layout, lb_ip, test_seed, ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::http::{https_get_blocking, Trust};
 use rke2_bootstrap_tests::standin::ca_hash;
@@ -59,7 +60,7 @@ fn list_of(config: &Value, key: &str) -> Vec<String> {
 
 #[test]
 fn seed_procedure_automated_in_random_boot_order() {
-    const ID: u8 = 11;
+    const ID: u8 = blocks::SEED_PROCEDURE.id(0);
     let seed = test_seed("seed_procedure_automated_in_random_boot_order");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut cluster = TestCluster::new(seed_table(ID)).unwrap();
@@ -291,7 +292,7 @@ fn seed_procedure_automated_in_random_boot_order() {
 /// dedicated-control-plane taint, the workers do not.
 #[test]
 fn dedicated_control_plane_taints_servers_only() {
-    const ID: u8 = 12;
+    const ID: u8 = blocks::SEED_PROCEDURE.id(1);
     let spec = ClusterSpec::new(
         ID,
         &[

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::rke2::kube::{self, KubeAdmin, NodeDeletion};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::http::{
     https_get_blocking, https_get_blocking_as, https_request_blocking_as, ClientIdentity, Response,
     Trust,
@@ -17,8 +18,8 @@ use rke2_bootstrap_tests::http::{
 use rke2_bootstrap_tests::process::processes_under;
 use rke2_bootstrap_tests::standin::{ca_hash, etcd, Token};
 use rke2_bootstrap_tests::{
-    fixture_path, install_script, loopback_ip, wait_until, ChildGuard, FailMode, HostRoot,
-    InstallerServer, TcpProxy,
+    fixture_path, install_script, wait_until, ChildGuard, FailMode, HostRoot, InstallerServer,
+    TcpProxy,
 };
 
 const SERVER: &str = "rke2-server.service";
@@ -416,11 +417,12 @@ fn service_manager_refuses_what_systemctl_refuses() {
 
 #[test]
 fn first_server_answers_ping_and_cacerts_before_readyz() {
-    let ip = loopback_ip(201, 1);
+    let ip = blocks::STANDIN.ip(1, 1);
+    let lb = blocks::STANDIN.ip(1, 100).to_string();
     let host = host_with_config(
         "first",
         "server",
-        &server_config(ip, "s3cret", None, &["lb.example.test", "127.201.0.100"]),
+        &server_config(ip, "s3cret", None, &["lb.example.test", &lb]),
     );
     host.set_unit_env("rke2-server", &[("STANDIN_API_DELAY_MS", "6000")])
         .unwrap();
@@ -512,7 +514,7 @@ fn first_server_answers_ping_and_cacerts_before_readyz() {
 
 #[test]
 fn start_blocks_until_ready_and_is_idempotent() {
-    let ip = loopback_ip(202, 1);
+    let ip = blocks::STANDIN.ip(2, 1);
     let host = host_with_config("blocking", "server", &server_config(ip, "t", None, &[]));
     let started = Instant::now();
     let out = systemctl(
@@ -565,12 +567,12 @@ fn start_blocks_until_ready_and_is_idempotent() {
 
 #[test]
 fn joiner_with_the_full_token_gets_the_same_ca() {
-    let first_ip = loopback_ip(203, 1);
+    let first_ip = blocks::STANDIN.ip(3, 1);
     let first = first_server("first", first_ip, "s3cret", &[]);
     let token = first.server_token().unwrap();
     assert!(token.starts_with("K10"));
 
-    let join_ip = loopback_ip(203, 2);
+    let join_ip = blocks::STANDIN.ip(3, 2);
     let joiner = host_with_config(
         "joiner",
         "server",
@@ -586,7 +588,7 @@ fn joiner_with_the_full_token_gets_the_same_ca() {
 
     // A short token works too (no CA check, trust on first use), and a joiner of the joiner
     // lands in the same cluster.
-    let third_ip = loopback_ip(203, 3);
+    let third_ip = blocks::STANDIN.ip(3, 3);
     let third = host_with_config(
         "third",
         "server",
@@ -615,7 +617,7 @@ fn joiner_with_the_full_token_gets_the_same_ca() {
 
 #[test]
 fn joiner_waits_until_the_first_server_serves_joins() {
-    let first_ip = loopback_ip(209, 1);
+    let first_ip = blocks::STANDIN.ip(9, 1);
     let first = host_with_config(
         "first",
         "server",
@@ -631,7 +633,7 @@ fn joiner_waits_until_the_first_server_serves_joins() {
         "joiner",
         "server",
         &server_config(
-            loopback_ip(209, 2),
+            blocks::STANDIN.ip(9, 2),
             "s3cret",
             Some(supervisor(first_ip)),
             &[],
@@ -651,7 +653,7 @@ fn joiner_waits_until_the_first_server_serves_joins() {
 
 #[test]
 fn joiner_with_a_wrong_token_fails() {
-    let first_ip = loopback_ip(204, 1);
+    let first_ip = blocks::STANDIN.ip(4, 1);
     let first = first_server("first", first_ip, "right", &[]);
     let hash = first.ca_hash().unwrap();
     let env = [("STANDIN_JOIN_TIMEOUT_MS", "5000")];
@@ -661,7 +663,7 @@ fn joiner_with_a_wrong_token_fails() {
         "wrong-secret",
         "server",
         &server_config(
-            loopback_ip(204, 2),
+            blocks::STANDIN.ip(4, 2),
             &Token::full(&hash, "wrong"),
             Some(supervisor(first_ip)),
             &[],
@@ -679,7 +681,7 @@ fn joiner_with_a_wrong_token_fails() {
         "wrong-hash",
         "server",
         &server_config(
-            loopback_ip(204, 3),
+            blocks::STANDIN.ip(4, 3),
             &Token::full(&"0".repeat(64), "right"),
             Some(supervisor(first_ip)),
             &[],
@@ -689,7 +691,9 @@ fn joiner_with_a_wrong_token_fails() {
     assert_ne!(code(&out), 0);
     let log = wrong_hash.unit_log(SERVER);
     assert!(log.contains("ca hash mismatch"), "{log}");
-    assert!(!first.unit_log(SERVER).contains("127.204.0.3"));
+    assert!(!first
+        .unit_log(SERVER)
+        .contains(&blocks::STANDIN.ip(4, 3).to_string()));
 
     // A node whose data was created with one token does not start with another.
     let first_cfg = server_config(first_ip, "changed", None, &[]);
@@ -705,16 +709,17 @@ fn joiner_with_a_wrong_token_fails() {
 
 #[test]
 fn joiner_retries_until_the_lb_has_an_upstream_and_needs_the_lb_in_tls_san() {
-    let lb = TcpProxy::start(SocketAddr::new(loopback_ip(205, 100), 9345), None).unwrap();
-    let first_ip = loopback_ip(205, 1);
-    let first = first_server("first", first_ip, "s3cret", &["127.205.0.100"]);
+    let lb_ip = blocks::STANDIN.ip(5, 100);
+    let lb = TcpProxy::start(SocketAddr::new(lb_ip, 9345), None).unwrap();
+    let first_ip = blocks::STANDIN.ip(5, 1);
+    let first = first_server("first", first_ip, "s3cret", &[&lb_ip.to_string()]);
     let token = first.server_token().unwrap();
 
     // Start the joiner while the LB has no upstream; it keeps retrying.
     let joiner = host_with_config(
         "joiner",
         "server",
-        &server_config(loopback_ip(205, 2), &token, Some(lb.addr()), &[]),
+        &server_config(blocks::STANDIN.ip(5, 2), &token, Some(lb.addr()), &[]),
     );
     let out = systemctl(&joiner, &["start", "--no-block", SERVER], &[]);
     assert_eq!(code(&out), 0, "{out:?}");
@@ -727,14 +732,14 @@ fn joiner_retries_until_the_lb_has_an_upstream_and_needs_the_lb_in_tls_san() {
     assert_eq!(joiner.ca_hash(), first.ca_hash());
 
     // A cluster whose certificates do not name the LB address: joining through the LB fails.
-    let other_ip = loopback_ip(205, 3);
+    let other_ip = blocks::STANDIN.ip(5, 3);
     let other = first_server("other", other_ip, "s3cret", &[]);
     lb.set_upstream(Some(supervisor(other_ip)));
     let bad = host_with_config(
         "bad",
         "server",
         &server_config(
-            loopback_ip(205, 4),
+            blocks::STANDIN.ip(5, 4),
             &other.server_token().unwrap(),
             Some(lb.addr()),
             &[],
@@ -751,7 +756,7 @@ fn joiner_retries_until_the_lb_has_an_upstream_and_needs_the_lb_in_tls_san() {
 
 #[test]
 fn agent_joins_and_stays_running() {
-    let first_ip = loopback_ip(206, 1);
+    let first_ip = blocks::STANDIN.ip(6, 1);
     let first = first_server("first", first_ip, "s3cret", &[]);
     let token = first.server_token().unwrap();
 
@@ -819,7 +824,7 @@ fn child_guard_kills_the_whole_group_and_host_roots_kill_their_standins() {
     .unwrap();
 
     // Dropping a host root kills the stand-ins its service manager started.
-    let ip = loopback_ip(207, 1);
+    let ip = blocks::STANDIN.ip(7, 1);
     let host = first_server("dropped", ip, "t", &[]);
     let pid = host.unit_pid(SERVER).unwrap();
     let path = host.path().to_path_buf();
@@ -832,7 +837,7 @@ fn child_guard_kills_the_whole_group_and_host_roots_kill_their_standins() {
 
 #[test]
 fn api_can_deny_anonymous_probes() {
-    let ip = loopback_ip(208, 1);
+    let ip = blocks::STANDIN.ip(8, 1);
     let host = host_with_config("anon", "server", &server_config(ip, "s3cret", None, &[]));
     host.set_unit_env(
         "rke2-server",
@@ -928,9 +933,9 @@ fn etcd_has(host: &HostRoot, ip: IpAddr, key: &str) -> bool {
 #[test]
 fn an_admin_deletes_a_dead_servers_node_and_its_etcd_member_goes_with_it() {
     let ips = [
-        loopback_ip(129, 1),
-        loopback_ip(129, 2),
-        loopback_ip(129, 3),
+        blocks::STANDIN_ADMIN.ip(0, 1),
+        blocks::STANDIN_ADMIN.ip(0, 2),
+        blocks::STANDIN_ADMIN.ip(0, 3),
     ];
     // "server-1" and "server-10": deleting the first must not touch the second's member.
     let first = host_with_config(

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{skip_without_nft, ClusterSpec, Partition, TestCluster};
 use rke2_bootstrap_tests::wait::wait_until;
 
@@ -54,7 +55,7 @@ fn assert_one_cluster(cluster: &TestCluster, names: &[&str], servers: usize) {
 fn more_hosts_than_the_electorate_form_one_cluster() {
     // Seven hosts booted with the user-data that names three: the four others just join.
     let names = ["n-1", "n-2", "n-3", "n-4", "n-5", "n-6", "n-7"];
-    let mut cluster = rack(100, &names, 3);
+    let mut cluster = rack(blocks::ZERO_TOUCH.id(0), &names, 3);
     cluster.start_all().unwrap();
     cluster
         .wait_for_phase(&names, Phase::Ready, FORMATION)
@@ -73,7 +74,7 @@ fn a_seat_whose_host_never_boots_does_not_block_formation() {
     // Five seats, the lowest one's disk died: a majority of four forms the cluster after the
     // lease, and the host outside the electorate joins.
     let names = ["s-1", "s-2", "s-3", "s-4", "s-5", "x-1"];
-    let mut cluster = rack(101, &names, 5);
+    let mut cluster = rack(blocks::ZERO_TOUCH.id(1), &names, 5);
     let up = &names[1..];
     for name in up {
         cluster.start(name).unwrap();
@@ -97,7 +98,7 @@ fn a_split_from_the_first_instant_never_makes_two_clusters() {
     // Five seats split two against three before anything boots: only the majority side may
     // form the cluster; the minority joins it once the split heals.
     let names = ["r-1", "r-2", "r-3", "r-4", "r-5"];
-    let mut cluster = rack(102, &names, 5);
+    let mut cluster = rack(blocks::ZERO_TOUCH.id(2), &names, 5);
     let ips =
         |c: &TestCluster, ns: &[&str]| -> Vec<IpAddr> { ns.iter().map(|n| c.host(n).ip).collect() };
     let (minority, majority) = (&names[..2], &names[2..]);
@@ -138,7 +139,7 @@ fn a_split_from_the_first_instant_never_makes_two_clusters() {
 #[test]
 fn a_candidate_that_loses_power_while_installing_is_replaced_after_the_lease() {
     let names = ["p-1", "p-2", "p-3", "p-4"];
-    let mut cluster = rack(103, &names, 3);
+    let mut cluster = rack(blocks::ZERO_TOUCH.id(3), &names, 3);
     // A slow installer keeps the candidate in its prepare step long enough to cut its power.
     let candidate = cluster.start_with_a_slow_installer(3, Duration::from_secs(60));
     cluster.power_off(&candidate).unwrap();
@@ -165,7 +166,7 @@ fn a_candidate_that_loses_power_while_installing_is_replaced_after_the_lease() {
 #[test]
 fn a_winner_gone_for_good_before_starting_rke2_is_released_by_the_operator() {
     let names = ["r-1", "r-2", "r-3", "r-4"];
-    let mut cluster = rack(98, &names, 3);
+    let mut cluster = rack(blocks::ZERO_TOUCH_LATE.id(0), &names, 3);
     for host in &mut cluster.hosts {
         // Long enough to cut the power while the winner's start is pending.
         host.env.push(("STANDIN_START_SLEEP".into(), "120".into()));

@@ -365,17 +365,12 @@ mod tests {
         vec![LB_FQDN.to_string(), LB_IP.to_string()]
     }
 
-    /// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites the file instead.
+    /// Compares with `tests/golden/<name>` (the test kit's rule: `UPDATE_GOLDEN=1` rewrites it).
     fn check_golden(name: &str, rendered: &str) {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
             .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            fs::write(&path, rendered).unwrap();
-        }
-        let golden =
-            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        assert_eq!(rendered, golden, "rendered output differs from {name}");
+        rke2_testkit::check_golden(&path, rendered);
     }
 
     /// The seed procedure's YAML parsed, compared key by key with ours (marker ignored: it is a

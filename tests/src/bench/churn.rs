@@ -23,12 +23,13 @@ use crate::bench::lbcluster::{
 use crate::bench::report::{Report, Target, Unit};
 use crate::bench::{nap, Ctx, Kind};
 use crate::progress;
+use rke2_bootstrap_tests::blocks;
 
 /// Harness test ids (second octet) for our clusters: one per repetition, cycling.
-const OURS_FIRST_ID: u8 = 142;
-const OURS_IDS: u8 = 12;
-/// Serf clusters live in `127.154.<rep>.x`.
-const SERF_BLOCK: u8 = 154;
+const OURS_FIRST_ID: u8 = blocks::BENCH_CHURN.first;
+const OURS_IDS: u8 = blocks::BENCH_CHURN.count;
+/// Serf clusters live in `127.<block>.<rep>.x`.
+const SERF_BLOCK: u8 = blocks::BENCH_CHURN_SERF.id(0);
 
 const CRASHED: usize = 1;
 const LEAVING: usize = 2;

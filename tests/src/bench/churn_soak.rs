@@ -12,8 +12,8 @@
 //!   never churn stay flat: the median of the first window against the median of the last.
 //!
 //! Only our side runs: Serf has no whole system (election, RKE2, LB) to compare. The hosts use
-//! loopback block 170 of the shared loopback (or `--churn-soak-block`), which no test or other
-//! scenario uses.
+//! loopback block 174 of the shared loopback (or `--churn-soak-block`), which no test or other
+//! scenario uses (`blocks::BENCH_CHURN_SOAK`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

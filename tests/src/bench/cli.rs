@@ -1,5 +1,6 @@
 //! Flags, and the plan they make.
 
+use rke2_bootstrap_tests::blocks::BENCH_CHURN_SOAK as CHURN_SOAK;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub soak_pauses: u32,
     /// Opt in to the churn soak: 20 hosts behind nginx and the sidecar while hosts go away and
-    /// come back (30 minutes by default; uses the shared loopback, block 170).
+    /// come back (30 minutes by default; uses the shared loopback, block 174).
     #[arg(long)]
     pub churn_soak: bool,
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
@@ -64,9 +65,9 @@ pub struct Args {
     /// duration of well over an hour, to soak the daemons' default.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub churn_soak_grace_period: Duration,
-    /// The loopback block (127.N.0.x) of the churn soak. Another block (171 to 179: no test uses
+    /// The loopback block (127.N.0.x) of the churn soak. Another block (175 to 179: no test uses
     /// them) lets two soaks run side by side, e.g. to compare two builds over the same minutes.
-    #[arg(long, default_value_t = 170, value_parser = clap::value_parser!(u8).range(170..=179))]
+    #[arg(long, default_value_t = CHURN_SOAK.first, value_parser = clap::value_parser!(u8).range(CHURN_SOAK.first as i64..=CHURN_SOAK.last() as i64))]
     pub churn_soak_block: u8,
     /// The serf binary (default: from PATH).
     #[arg(long)]
@@ -273,10 +274,10 @@ mod tests {
         .unwrap();
         assert!(c.formation_sizes.is_empty() && c.soak.is_none());
         let c = c.churn_soak.unwrap();
-        assert_eq!((c.duration, c.block), (Duration::from_secs(300), 170));
-        let side_by_side = args(&["--churn-soak", "--churn-soak-block", "171"]).plan();
-        assert_eq!(side_by_side.unwrap().churn_soak.unwrap().block, 171);
-        for taken in ["10", "180"] {
+        assert_eq!((c.duration, c.block), (Duration::from_secs(300), 174));
+        let side_by_side = args(&["--churn-soak", "--churn-soak-block", "175"]).plan();
+        assert_eq!(side_by_side.unwrap().churn_soak.unwrap().block, 175);
+        for taken in ["10", "171", "180"] {
             let argv = ["bench", "--churn-soak-block", taken];
             assert!(
                 Args::try_parse_from(argv).is_err(),

@@ -29,8 +29,9 @@ use crate::progress;
 pub const MAX_SERF: usize = 50;
 /// Sizes above this run once (a run takes minutes).
 const LARGE: usize = 50;
-/// Address blocks (second octet): 210 + 2 * (repetition % 10), + 1 for Serf.
-const BLOCK_BASE: u8 = 210;
+/// Address blocks (second octet): the first of the bench's fleet blocks + 2 * (repetition % 10),
+/// + 1 for Serf.
+const BLOCK_BASE: u8 = rke2_bootstrap_tests::blocks::BENCH_FLEET.first;
 
 /// The steady-state targets of issue 20, per member.
 fn bandwidth_target(n: usize) -> Option<Target> {
@@ -811,7 +812,10 @@ mod tests {
                         let ip = member_ip(kind, rep % 10, slot, i);
                         let [a, b, _, d] = ip.octets();
                         assert_eq!(a, 127);
-                        assert!((210..=239).contains(&b), "{ip}");
+                        assert!(
+                            rke2_bootstrap_tests::blocks::BENCH_FLEET.contains(b),
+                            "{ip}"
+                        );
                         assert!((1..=250).contains(&d), "{ip}");
                         if rep < 10 {
                             assert!(seen.insert(ip), "{ip} used twice");

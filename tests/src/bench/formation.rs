@@ -18,10 +18,11 @@ use crate::bench::sniff::{ByteCounter, Traffic};
 use crate::bench::swarm::{wait_converged, OurSwarm, SerfSwarm, Swarm};
 use crate::bench::{nap, Ctx, Kind};
 use crate::progress;
+use rke2_bootstrap_tests::blocks;
 
 /// Address blocks (second octet) of formation runs; the third octet is the repetition.
-const OURS_BLOCK: u8 = 140;
-const SERF_BLOCK: u8 = 141;
+const OURS_BLOCK: u8 = blocks::BENCH_FORMATION.id(0);
+const SERF_BLOCK: u8 = blocks::BENCH_FORMATION.id(1);
 
 /// A size that failed this many times in a row for one side is not repeated for it (at N=200 on
 /// two cores a failed run costs most of a minute, and the next one fails the same way).

@@ -23,6 +23,7 @@ use crate::bench::report::{Report, Target, Unit};
 use crate::bench::swarm::{wait_converged, OurSwarm, SerfSwarm, Swarm};
 use crate::bench::{bin_path, nap, Ctx, Kind};
 use crate::progress;
+use rke2_bootstrap_tests::blocks;
 
 /// How long starting the members may take.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -173,8 +174,8 @@ fn inner(args: &Args, out: &Path) -> Result<()> {
         let dir = work.path().join(kind.name());
         std::fs::create_dir_all(&dir)?;
         let block = match kind {
-            Kind::Ours => 155,
-            Kind::Serf => 156,
+            Kind::Ours => blocks::BENCH_SOAK.id(0),
+            Kind::Serf => blocks::BENCH_SOAK.id(1),
         };
         let ips: Vec<IpAddr> = (1..=plan.nodes)
             .map(|h| IpAddr::from([127, block, 0, h as u8]))

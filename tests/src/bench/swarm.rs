@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::bench::ours::{self, MemberAgent, MemberSetup, OurBinaries};
 use crate::bench::registry::interrupted;
 use crate::bench::serf::{SerfNode, SerfSetup};
+use rke2_bootstrap_tests::wait_until;
 
 /// A running gossip-only cluster.
 pub trait Swarm {
@@ -46,13 +47,13 @@ pub trait Swarm {
 /// How long the seed may take to answer before the start counts as failed.
 const SEED_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Waits for `ready`, giving up early when the run is interrupted.
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !ready() {
-        if Instant::now() > deadline || interrupted() {
-            bail!("{what} did not answer within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let answered = wait_until(timeout, Duration::from_millis(5), || {
+        ready() || interrupted()
+    });
+    if answered.is_err() || interrupted() {
+        bail!("{what} did not answer within {timeout:?}");
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cluster::GOSSIP_PORT;
+use super::GOSSIP_PORT;
 use crate::{wait_until, workspace_bin, ChildGuard};
 
 /// The ports the LB host listens on: RKE2's supervisor and the Kubernetes API.
@@ -455,25 +455,42 @@ pub fn lb_servers(path: &Path, lb_ip: IpAddr) -> Vec<String> {
     ips
 }
 
+pub(super) fn find_program(name: &str) -> Option<PathBuf> {
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(name))
+    .find(|p| p.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn an_lb_port_held_by_an_earlier_run_is_named() {
-        let ip = crate::cluster::lb_ip(41);
+        let ip = super::super::lb_ip(crate::blocks::HARNESS_LB_PORTS.id(0));
         ensure_lb_addresses_free(ip).expect("nothing holds the block yet");
         let api = SocketAddr::new(ip, 6443);
         let leftover = std::net::TcpListener::bind(api).unwrap();
         let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
         assert!(
-            err.contains("127.41.0.10:6443 is already bound"),
+            err.contains(&format!("{ip}:6443 is already bound")),
             "unexpected message: {err}"
         );
         drop(leftover);
         let gossip = std::net::UdpSocket::bind(SocketAddr::new(ip, GOSSIP_PORT)).unwrap();
         let err = ensure_lb_addresses_free(ip).unwrap_err().to_string();
-        assert!(err.contains("127.41.0.10:7947 is already bound"), "{err}");
+        assert!(
+            err.contains(&format!("{ip}:7947 is already bound")),
+            "{err}"
+        );
         drop(gossip);
         ensure_lb_addresses_free(ip).expect("freed again");
     }
