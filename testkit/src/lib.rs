@@ -10,6 +10,9 @@
 //!   cannot (split or malformed deltas, versions that contradict each other).
 //! - [`blocks`]: the loopback address blocks (`127.<id>.x.x`) of every test and of the benchmark,
 //!   in one table that refuses to compile when two blocks overlap.
+//! - [`house`]: house rules read from the sources (no import cycle among a crate's modules, no
+//!   product function over 100 lines without a comment saying why), checked for every crate by
+//!   `tests/house_rules.rs`.
 //!
 //! Why a crate of its own: the tests of the agent, of the sidecar and the end-to-end harness all
 //! need these, and a crate is the only place all three can share without the product crate
@@ -21,6 +24,7 @@
 
 pub mod blocks;
 pub mod golden;
+pub mod house;
 pub mod member;
 pub mod wait;
 pub mod wire;

@@ -395,46 +395,83 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
     if let Some(why) = lost_state(state, &roster, &seats[my_seat]) {
         return wait(why);
     }
-    let quorum = Electorate::quorum(seats.len());
-
     // Rules 4 and 5: this host acknowledged a claim.
     if let Some(ack) = life.ack().cloned() {
-        if ack.candidate == me {
-            let (acks, missing) = tally(&seats, |p| p.ack.as_ref() == Some(&ack));
-            if acks >= quorum {
-                return match life.become_initializer(me, ack.round) {
-                    Ok(won) => Decision::BecomeInitializer {
-                        round: ack.round,
-                        state: won.into(),
-                    },
-                    Err(err) => wait(format!("cannot win: {err}")),
-                };
-            }
-            return wait(format!(
-                "claimed round {}: {acks} of {quorum} acknowledgements (not yet: {})",
-                ack.round,
-                list(missing)
-            ));
+        return follow_acknowledged(&life, ack, me, &seats, &roster);
+    }
+    // Rule 6: a live claim from a seat of the electorate.
+    if let Some(claim) = live_claim(state, &life, me, &seats, obs) {
+        return match life.acknowledge(claim.clone()) {
+            Ok(acked) => Decision::Acknowledge {
+                claim,
+                state: acked.into(),
+            },
+            Err(err) => wait(format!("cannot acknowledge: {err}")),
+        };
+    }
+    // Rule 7: which round to back.
+    let target = match round_to_back(&life, me, &seats, obs) {
+        Ok(target) => target,
+        Err(why) => return wait(why),
+    };
+    // Rule 8: the candidate's own path, or a vote for the target.
+    back(life, target, me, &seats, obs)
+}
+
+/// Rules 4 and 5: a host that acknowledged `ack` only ever follows it: as its candidate, it
+/// becomes initializer once a quorum acknowledged it; otherwise it waits for the candidate.
+fn follow_acknowledged(
+    life: &Lifecycle,
+    ack: Vote,
+    me: &str,
+    seats: &[SeatView],
+    roster: &Roster,
+) -> Decision {
+    let quorum = Electorate::quorum(seats.len());
+    if ack.candidate == me {
+        let (acks, missing) = tally(seats, |p| p.ack.as_ref() == Some(&ack));
+        if acks >= quorum {
+            return match life.clone().become_initializer(me, ack.round) {
+                Ok(won) => Decision::BecomeInitializer {
+                    round: ack.round,
+                    state: won.into(),
+                },
+                Err(err) => wait(format!("cannot win: {err}")),
+            };
         }
-        let alive = roster.alive(&ack.candidate);
         return wait(format!(
-            "acknowledged the claim of {} in round {}; waiting for it to initialize{}",
-            ack.candidate,
+            "claimed round {}: {acks} of {quorum} acknowledgements (not yet: {})",
             ack.round,
-            if alive {
-                ""
-            } else {
-                " (it is not alive: if it is gone for good, an operator must step in: rke2-bootstrap \
-                 election release)"
-            }
+            list(missing)
         ));
     }
+    let alive = roster.alive(&ack.candidate);
+    wait(format!(
+        "acknowledged the claim of {} in round {}; waiting for it to initialize{}",
+        ack.candidate,
+        ack.round,
+        if alive {
+            ""
+        } else {
+            " (it is not alive: if it is gone for good, an operator must step in: rke2-bootstrap \
+             election release)"
+        }
+    ))
+}
 
-    // Rule 6: a live claim from a seat of the electorate. Not one of a round below this host's
-    // vote while that vote can still win: that is a claimant that was cut off or rebooted while
-    // the others moved on, and acknowledging it would split the acknowledgements between two
-    // claims that may then both fall short of a quorum.
+/// Rule 6: the live claim of another seat to acknowledge, the highest round first. Not one of a
+/// round below this host's vote while that vote can still win: that is a claimant that was cut
+/// off or rebooted while the others moved on, and acknowledging it would split the
+/// acknowledgements between two claims that may then both fall short of a quorum.
+fn live_claim(
+    state: &ElectionState,
+    life: &Lifecycle,
+    me: &str,
+    seats: &[SeatView],
+    obs: &Observation,
+) -> Option<Vote> {
     let n = seats.len() as u32;
+    let quorum = Electorate::quorum(seats.len());
     let timing = (obs.observing_for, obs.config.lease);
     let my_candidate_can_win = life.vote().is_some_and(|v| {
         let candidate_stands = !matches!(
@@ -456,7 +493,7 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
         Some(v) if my_candidate_can_win => v.round,
         _ => 0,
     };
-    let claim = seats
+    seats
         .iter()
         .filter(|s| !s.mine)
         .flat_map(|s| s.entries.iter())
@@ -467,18 +504,19 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
             a.round
                 .cmp(&b.round)
                 .then_with(|| b.candidate.cmp(&a.candidate))
-        });
-    if let Some(claim) = claim {
-        return match life.acknowledge(claim.clone()) {
-            Ok(acked) => Decision::Acknowledge {
-                claim: claim.clone(),
-                state: acked.into(),
-            },
-            Err(err) => wait(format!("cannot acknowledge: {err}")),
-        };
-    }
+        })
+        .cloned()
+}
 
-    // Rule 7: which round to back.
+/// Rule 7: the first round, from the highest live vote on, whose seat can win; why to wait when
+/// one must be waited for, or when no seat can win.
+fn round_to_back(
+    life: &Lifecycle,
+    me: &str,
+    seats: &[SeatView],
+    obs: &Observation,
+) -> Result<Vote, String> {
+    let n = seats.len() as u32;
     let live_rounds = seats
         .iter()
         .filter(|s| !s.mine)
@@ -490,7 +528,6 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
         .max()
         .unwrap_or(0);
     let mut passed = Vec::new();
-    let mut target = None;
     for round in base..base.saturating_add(n) {
         let seat = &seats[(round % n) as usize];
         match seat.standing(
@@ -499,12 +536,9 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
             obs.observing_for,
             obs.config.lease,
         ) {
-            Standing::Viable(candidate) => {
-                target = Some(Vote { round, candidate });
-                break;
-            }
+            Standing::Viable(candidate) => return Ok(Vote { round, candidate }),
             Standing::Pending(why) => {
-                return wait(with_passed(
+                return Err(with_passed(
                     format!("waiting for the candidate of round {round}: {why}"),
                     &passed,
                 ))
@@ -512,16 +546,24 @@ fn decide_step(state: &ElectionState, obs: &Observation) -> Decision {
             Standing::Skip(why) => passed.push(why),
         }
     }
-    let Some(target) = target else {
-        return wait(with_passed(
-            "no seat of the electorate can win: an operator must step in".into(),
-            &passed,
-        ));
-    };
+    Err(with_passed(
+        "no seat of the electorate can win: an operator must step in".into(),
+        &passed,
+    ))
+}
 
-    // Rule 8: the candidate's own path.
+/// Rule 8: the candidate of `target` that this host voted for claims once a quorum voted for
+/// it (and RKE2 is installed); any other host votes for `target`, once.
+fn back(
+    life: Lifecycle,
+    target: Vote,
+    me: &str,
+    seats: &[SeatView],
+    obs: &Observation,
+) -> Decision {
+    let quorum = Electorate::quorum(seats.len());
     if target.candidate == me && life.vote() == Some(&target) {
-        let (votes, missing) = tally(&seats, |p| p.vote.as_ref() == Some(&target) && p.alive);
+        let (votes, missing) = tally(seats, |p| p.vote.as_ref() == Some(&target) && p.alive);
         if votes < quorum {
             return wait(format!(
                 "candidate of round {}: {votes} of {quorum} votes (not yet: {})",
