@@ -32,6 +32,14 @@ pub struct Args {
     /// a pace matched to the CPU the in-process swarm gets (see docs/benchmarks.md).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub fleet_variant_interval: Duration,
+    /// How long the shipped-defaults run above N=50 gets to converge (default 30 s + 120 ms per
+    /// member: 150 s at N=1,000). Longer lets a swarm starved of CPU show whether it converges at
+    /// all.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub fleet_timeout: Option<Duration>,
+    /// Skip the variant run above N=50 (the shipped defaults only).
+    #[arg(long)]
+    pub no_fleet_variant: bool,
     /// Run only these scenarios: formation, fleet, churn, soak, churn-soak (default: formation,
     /// fleet and churn, plus soak with --soak and churn-soak with --churn-soak).
     #[arg(long, value_delimiter = ',')]
@@ -112,8 +120,10 @@ pub struct Plan {
     pub formation_sizes: Vec<usize>,
     /// Sizes of the fleet rows (ours in process).
     pub fleet_sizes: Vec<usize>,
-    /// The variant's gossip interval above N=50.
-    pub fleet_variant_interval: Duration,
+    /// The variant's gossip interval above N=50, if the variant runs.
+    pub fleet_variant_interval: Option<Duration>,
+    /// The shipped run's convergence timeout above N=50, when not the default.
+    pub fleet_timeout: Option<Duration>,
     /// Whether the fleet rows measure the steady state (a settled swarm takes 12 s to slow
     /// down: not in the quick run).
     pub fleet_steady: bool,
@@ -218,7 +228,9 @@ impl Args {
             reps,
             formation_sizes,
             fleet_sizes,
-            fleet_variant_interval: self.fleet_variant_interval.max(Duration::from_millis(10)),
+            fleet_variant_interval: (!self.no_fleet_variant)
+                .then(|| self.fleet_variant_interval.max(Duration::from_millis(10))),
+            fleet_timeout: self.fleet_timeout,
             fleet_steady: !self.quick,
             bandwidth_n,
             bandwidth_window: Duration::from_secs(if self.quick { 5 } else { 30 }),

@@ -106,11 +106,13 @@ const VARIANT_ROUNDS: u32 = 20;
 pub fn run(ctx: &Ctx, report: &mut Report, slot: usize, n: usize) {
     let shipped_setup = Setup {
         configure: &shipped,
-        timeout: timeout(n),
+        timeout: match ctx.plan.fleet_timeout {
+            Some(timeout) if n > LARGE => timeout,
+            _ => timeout(n),
+        },
     };
     run_with(ctx, report, slot, n, "", &shipped_setup);
-    if n > LARGE {
-        let interval = ctx.plan.fleet_variant_interval;
+    if let (true, Some(interval)) = (n > LARGE, ctx.plan.fleet_variant_interval) {
         let variant = move |config: &mut GossipConfig| {
             config.gossip_interval = interval;
             config.idle_gossip_interval = interval * 10;
