@@ -7,15 +7,17 @@
 //! It waits for the process, not for its pipes to close: a command that starts a daemon (HAProxy
 //! `-D`, `systemctl` starting a unit on some systems) may leave a grandchild holding them.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::task::JoinHandle;
 
 /// How much of each of stdout and stderr is kept: enough for any diagnostic, bounded against a
@@ -125,7 +127,7 @@ impl Bounded {
     /// Runs it and keeps the first [`OUTPUT_CAP`] bytes of each output; an error when it cannot
     /// start or does not finish in time.
     pub async fn run(self) -> Result<Finished> {
-        self.run_with(|pipe, _| tokio::spawn(read_head(pipe))).await
+        self.run_with(Keep::Head, None).await
     }
 
     /// Runs it and hands every output line to `on_line` as it is written (for commands that run
@@ -135,18 +137,11 @@ impl Bounded {
         self,
         on_line: impl Fn(Stream, &str) + Send + Sync + 'static,
     ) -> Result<Finished> {
-        let on_line = std::sync::Arc::new(on_line);
-        self.run_with(move |pipe, stream| {
-            let on_line = on_line.clone();
-            tokio::spawn(read_lines(pipe, move |line| on_line(stream, line)))
-        })
-        .await
+        self.run_with(Keep::TailLines, Some(Arc::new(on_line)))
+            .await
     }
 
-    async fn run_with(
-        mut self,
-        reader: impl Fn(Option<Pipe>, Stream) -> JoinHandle<Vec<u8>>,
-    ) -> Result<Finished> {
+    async fn run_with(mut self, keep: Keep, on_line: Option<OnLine>) -> Result<Finished> {
         if self.scope == KillScope::Group {
             self.command.process_group(0);
         }
@@ -155,21 +150,20 @@ impl Bounded {
             .command
             .spawn()
             .with_context(|| format!("starting `{shown}`"))?;
-        let stdout = reader(child.stdout.take().map(boxed), Stream::Stdout);
-        let stderr = reader(child.stderr.take().map(boxed), Stream::Stderr);
+        let stdout = Reader::start(child.stdout.take(), Stream::Stdout, keep, on_line.clone());
+        let stderr = Reader::start(child.stderr.take(), Stream::Stderr, keep, on_line);
         let status = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(status) => status.with_context(|| format!("waiting for `{shown}`"))?,
             Err(_) => {
                 stop(&mut child, self.scope, self.term_grace).await;
-                stdout.abort();
-                stderr.abort();
                 bail!("`{shown}` did not finish within {:?}", self.timeout);
             }
         };
+        let (stdout, stderr) = tokio::join!(stdout.finish(), stderr.finish());
         Ok(Finished {
             status,
-            stdout: collect(stdout).await,
-            stderr: collect(stderr).await,
+            stdout,
+            stderr,
         })
     }
 }
@@ -188,73 +182,154 @@ pub async fn run_bounded<S: AsRef<OsStr>>(
 /// Stops a command that ran out of time: SIGTERM first when it gets a grace, then SIGKILL, to its
 /// group or to it alone, then reaps it.
 async fn stop(child: &mut tokio::process::Child, scope: KillScope, grace: Option<Duration>) {
-    let group = match (scope, child.id()) {
-        (KillScope::Group, Some(pid)) => Some(Pid::from_raw(pid as i32)),
-        _ => None,
+    // Read before anything is reaped: the id is gone once the process is.
+    let pid = child.id().map(|pid| Pid::from_raw(pid as i32));
+    let send = |signal: Signal| match (scope, pid) {
+        (KillScope::Group, Some(group)) => {
+            let _ = killpg(group, signal);
+        }
+        (KillScope::Process, Some(pid)) => {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+        (_, None) => {}
     };
     if let Some(grace) = grace {
-        match (group, child.id()) {
-            (Some(group), _) => {
-                let _ = killpg(group, Signal::SIGTERM);
-            }
-            (None, Some(pid)) => {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-            (None, None) => {}
-        }
-        if tokio::time::timeout(grace, child.wait()).await.is_ok() && group.is_none() {
+        send(Signal::SIGTERM);
+        let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
+        if exited && scope == KillScope::Process {
             return;
         }
     }
-    // Background children may outlive the leader; the group id stays valid while any member
-    // runs.
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let _ = child.start_kill();
+    // Background children may outlive a group's leader; the group id stays valid while any
+    // member runs.
+    send(Signal::SIGKILL);
     let _ = child.wait().await;
 }
 
-async fn collect(task: JoinHandle<Vec<u8>>) -> String {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(PIPE_GRACE, task).await {
-        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-        _ => {
-            abort.abort();
-            String::new()
-        }
-    }
+type OnLine = Arc<dyn Fn(Stream, &str) + Send + Sync>;
+
+/// What is kept of an output.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    /// The first [`OUTPUT_CAP`] bytes; the rest is read and dropped, so that the writer is never
+    /// blocked on a full pipe.
+    Head,
+    /// The last whole lines that fit in [`OUTPUT_CAP`] bytes (a longer line is cut to it).
+    TailLines,
 }
 
-/// The first [`OUTPUT_CAP`] bytes; the rest is read and dropped so that the writer is never
-/// blocked on a full pipe.
-async fn read_head<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    if let Some(mut pipe) = pipe {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match pipe.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) if buf.len() < OUTPUT_CAP => {
-                    let room = OUTPUT_CAP - buf.len();
-                    buf.extend_from_slice(&chunk[..n.min(room)]);
-                }
-                Ok(_) => {}
+/// What was read of one output so far, shared with its reading task: a pipe that a daemon the
+/// command started keeps open never ends, and what was read before the process exited must
+/// still reach the caller (an installer's last stderr lines, a validator's error).
+#[derive(Default)]
+struct Captured {
+    head: Vec<u8>,
+    lines: VecDeque<String>,
+    line_bytes: usize,
+}
+
+impl Captured {
+    fn push_chunk(&mut self, chunk: &[u8]) {
+        let room = OUTPUT_CAP.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn push_line(&mut self, mut line: String) {
+        if line.len() >= OUTPUT_CAP {
+            let mut end = OUTPUT_CAP - 1;
+            while !line.is_char_boundary(end) {
+                end -= 1;
             }
+            line.truncate(end);
+        }
+        self.line_bytes += line.len() + 1;
+        self.lines.push_back(line);
+        while self.line_bytes > OUTPUT_CAP {
+            self.line_bytes -= self.lines.pop_front().map_or(0, |l| l.len() + 1);
         }
     }
-    buf
+
+    fn text(&self, keep: Keep) -> String {
+        match keep {
+            Keep::Head => String::from_utf8_lossy(&self.head).into_owned(),
+            Keep::TailLines => self.lines.iter().map(|l| format!("{l}\n")).collect(),
+        }
+    }
 }
 
-/// Every line to `on_line` (without its line ending); returns the last whole lines that fit in
-/// [`OUTPUT_CAP`] bytes. A line longer than the cap is cut to it.
-async fn read_lines<R: AsyncRead + Unpin>(pipe: Option<R>, on_line: impl Fn(&str)) -> Vec<u8> {
-    let mut tail = std::collections::VecDeque::<String>::new();
-    let mut tail_bytes = 0;
-    let Some(pipe) = pipe else {
-        return Vec::new();
-    };
+/// One output being read by a task of its own.
+struct Reader {
+    task: JoinHandle<()>,
+    captured: Arc<Mutex<Captured>>,
+    keep: Keep,
+}
+
+impl Reader {
+    fn start(
+        pipe: Option<impl AsyncRead + Send + Unpin + 'static>,
+        stream: Stream,
+        keep: Keep,
+        on_line: Option<OnLine>,
+    ) -> Reader {
+        let captured = Arc::new(Mutex::new(Captured::default()));
+        let into = captured.clone();
+        let task = tokio::spawn(async move {
+            let Some(pipe) = pipe else { return };
+            match keep {
+                Keep::Head => read_chunks(pipe, &into).await,
+                Keep::TailLines => {
+                    read_lines(pipe, &into, |line| {
+                        if let Some(on_line) = &on_line {
+                            on_line(stream, line);
+                        }
+                    })
+                    .await
+                }
+            }
+        });
+        Reader {
+            task,
+            captured,
+            keep,
+        }
+    }
+
+    /// What was read, once the pipe closed or [`PIPE_GRACE`] after the process exited.
+    async fn finish(mut self) -> String {
+        if tokio::time::timeout(PIPE_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        lock(&self.captured).text(self.keep)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(captured: &Mutex<Captured>) -> std::sync::MutexGuard<'_, Captured> {
+    captured
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn read_chunks(mut pipe: impl AsyncRead + Unpin, into: &Mutex<Captured>) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => lock(into).push_chunk(&chunk[..n]),
+        }
+    }
+}
+
+/// Every line to `on_line` (without its line ending) and into the capture.
+async fn read_lines(pipe: impl AsyncRead + Unpin, into: &Mutex<Captured>, on_line: impl Fn(&str)) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
@@ -263,42 +338,17 @@ async fn read_lines<R: AsyncRead + Unpin>(pipe: Option<R>, on_line: impl Fn(&str
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let line = String::from_utf8_lossy(&buf);
-                let mut line = line.trim_end_matches(['\n', '\r']).to_string();
-                on_line(&line);
-                if line.len() >= OUTPUT_CAP {
-                    let mut end = OUTPUT_CAP - 1;
-                    while !line.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    line.truncate(end);
-                }
-                tail_bytes += line.len() + 1;
-                tail.push_back(line);
-                while tail_bytes > OUTPUT_CAP {
-                    let dropped = tail.pop_front().map_or(0, |l| l.len() + 1);
-                    tail_bytes -= dropped;
-                }
+                let line = line.trim_end_matches(['\n', '\r']);
+                on_line(line);
+                lock(into).push_line(line.to_string());
             }
         }
     }
-    let mut out = Vec::with_capacity(tail_bytes);
-    for line in tail {
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
-
-type Pipe = Box<dyn AsyncRead + Send + Unpin>;
-
-fn boxed(pipe: impl AsyncRead + Send + Unpin + 'static) -> Pipe {
-    Box::new(pipe)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[tokio::test]
     async fn captures_output_up_to_the_cap_and_the_status() {
@@ -358,6 +408,34 @@ mod tests {
         .unwrap();
         assert!(out.status.success());
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn output_read_before_a_daemon_kept_the_pipe_open_is_kept() {
+        // The background `sleep` holds both pipes open after the command exits.
+        let script = "echo starting; echo the reason it failed >&2; sleep 5 & exit 3";
+        let started = std::time::Instant::now();
+        let captured = run_bounded(
+            "sh",
+            &["-c", script],
+            Duration::from_secs(10),
+            KillScope::Process,
+        )
+        .await
+        .unwrap();
+        let streamed = Bounded::new("sh", &["-c", script], Duration::from_secs(10))
+            .run_streaming(|_, _| {})
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "waited for the pipes"
+        );
+        for out in [captured, streamed] {
+            assert_eq!(out.status.code(), Some(3));
+            assert_eq!(out.stdout, "starting\n");
+            assert_eq!(out.stderr, "the reason it failed\n");
+        }
     }
 
     #[tokio::test]
