@@ -339,19 +339,17 @@ fn functions(lines: &[&str]) -> Vec<(String, usize, usize)> {
 }
 
 fn fn_name(line: &str) -> Option<String> {
-    let mut rest = line;
-    for prefix in [
+    const QUALIFIERS: [&str; 6] = [
         "pub(crate) ",
         "pub(super) ",
         "pub ",
         "const ",
         "async ",
         "unsafe ",
-    ] {
-        rest = rest.strip_prefix(prefix).unwrap_or(rest);
-    }
-    for prefix in ["async ", "unsafe "] {
-        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    ];
+    let mut rest = line;
+    while let Some(after) = QUALIFIERS.iter().find_map(|q| rest.strip_prefix(q)) {
+        rest = after;
     }
     let rest = rest.strip_prefix("fn ")?;
     let name: String = rest

@@ -5,17 +5,17 @@ use std::path::{Path, PathBuf};
 
 use rke2_testkit::house::{long_functions, module_cycles, MAX_FUNCTION_LINES, READS_BETTER_WHOLE};
 
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
 /// The source trees of the workspace's crates.
 fn crate_sources() -> Vec<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let sources: Vec<PathBuf> = ["agent/src", "lb-sidecar/src", "tests/src", "testkit/src"]
+    ["agent/src", "lb-sidecar/src", "tests/src", "testkit/src"]
         .iter()
-        .map(|dir| workspace.join(dir))
-        .collect();
-    for src in &sources {
-        assert!(src.is_dir(), "{} is missing", src.display());
-    }
-    sources
+        .map(|dir| workspace().join(dir))
+        .inspect(|src| assert!(src.is_dir(), "{} is missing", src.display()))
+        .collect()
 }
 
 #[test]
@@ -38,10 +38,9 @@ fn no_crate_has_an_import_cycle() {
 #[test]
 fn product_functions_stay_short_or_say_why() {
     // The benchmark and the RKE2 stand-in are tools, not product; the daemons' crates are.
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let long: Vec<_> = ["agent/src", "lb-sidecar/src"]
         .iter()
-        .flat_map(|dir| long_functions(&workspace.join(dir)))
+        .flat_map(|dir| long_functions(&workspace().join(dir)))
         .collect();
     assert!(
         long.is_empty(),

@@ -92,11 +92,28 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Whether `path` is a file someone may execute.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The first executable file named `program` in `dirs`, in order, as a shell finds it on PATH.
+pub fn find_executable(program: &str, dirs: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    dirs.into_iter()
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+/// `program` on the current PATH.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    find_executable(program, std::env::split_paths(&std::env::var_os("PATH")?))
+}
+
 /// A PATH on which `hidden` programs cannot be found, as on a machine where they are not
 /// installed: `dir` is filled with links to every other program of the current PATH (first one
 /// wins, as for the shell), and is the whole of the returned PATH.
 pub fn path_without(hidden: &[&str], dir: &Path) -> std::io::Result<std::ffi::OsString> {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     for source in std::env::split_paths(&path) {
@@ -106,9 +123,10 @@ pub fn path_without(hidden: &[&str], dir: &Path) -> std::io::Result<std::ffi::Os
         for entry in entries.flatten() {
             let name = entry.file_name();
             let link = dir.join(&name);
-            let executable = std::fs::metadata(entry.path())
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-            if !executable || hidden.iter().any(|h| name == *h) || link.symlink_metadata().is_ok() {
+            if !is_executable(&entry.path())
+                || hidden.iter().any(|h| name == *h)
+                || link.symlink_metadata().is_ok()
+            {
                 continue;
             }
             std::os::unix::fs::symlink(entry.path(), &link)?;

@@ -144,12 +144,7 @@ fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     cluster.set_on_hosts(&servers, "departed-server-grace-period", "15m");
     cluster.start_lb().unwrap();
     cluster.start_all().unwrap();
-    cluster
-        .wait_for_phase(&servers, Phase::Ready, FORMATION)
-        .unwrap();
-    cluster
-        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
-        .unwrap();
+    cluster.wait_formed(&servers, servers.len(), FORMATION);
 
     // A live host cannot be decommissioned from elsewhere.
     let out = decommission(&cluster, "server-1", &["--node", "server-3", "--confirm"]);
@@ -168,12 +163,7 @@ fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     );
     cluster.start("server-2").unwrap();
     cluster.start("server-3").unwrap();
-    cluster
-        .wait_for_phase(&servers, Phase::Ready, FORMATION)
-        .unwrap();
-    cluster
-        .wait_for_one_etcd_cluster(&servers, Duration::from_secs(30))
-        .unwrap();
+    cluster.wait_formed(&servers, servers.len(), FORMATION);
 
     // Healthy: accepted. Without --confirm it only says what it would do (exit 2).
     cluster.stop_agent("server-3").unwrap();

@@ -439,8 +439,7 @@ impl Member {
         let kv: BTreeMap<&str, &str> = key_values.into_iter().collect();
         kv.get(key::ANNOUNCED)?;
         let mut errors = Vec::new();
-        let parse = |k: &'static str| -> Option<String> { kv.get(k).map(|v| v.to_string()) };
-        let role = match parse(key::ROLE)?.parse::<Role>() {
+        let role = match kv.get(key::ROLE)?.parse::<Role>() {
             Ok(role) => role,
             Err(err) => {
                 errors.push(err);

@@ -21,7 +21,9 @@ use crate::bench::proc::{cpu_ticks, ticks_per_second};
 use crate::bench::registry::interrupted;
 use crate::bench::report::{Report, Target, Unit};
 use crate::bench::sniff::{ByteCounter, Traffic};
-use crate::bench::swarm::{wait_converged, InProcessSwarm, SerfSwarm, Swarm, IN_PROCESS_PORT};
+use crate::bench::swarm::{
+    wait_converged, InProcessSwarm, SerfSwarm, Swarm, SwarmProgress, IN_PROCESS_PORT,
+};
 use crate::bench::{nap, Ctx, Kind};
 use crate::progress;
 
@@ -358,11 +360,20 @@ const LAGGARDS: usize = 3;
 
 impl ProgressLog {
     fn new(swarm: &InProcessSwarm) -> ProgressLog {
-        let p = swarm.progress();
+        ProgressLog::reading(
+            Instant::now(),
+            threads_ticks(crate::bench::swarm::IN_PROCESS_THREAD),
+            kernel_udp(),
+            swarm.progress(),
+        )
+    }
+
+    /// The counters as read at `at`, the base of the next line's rates.
+    fn reading(at: Instant, ticks: u64, udp: Option<KernelUdp>, p: SwarmProgress) -> ProgressLog {
         ProgressLog {
-            at: Instant::now(),
-            ticks: threads_ticks(crate::bench::swarm::IN_PROCESS_THREAD),
-            udp: kernel_udp(),
+            at,
+            ticks,
+            udp,
             sent: p.sent,
             sent_bytes: p.sent_bytes,
             received: p.received,
@@ -467,18 +478,7 @@ impl ProgressLog {
             lag(1.0),
             secs,
         );
-        *self = ProgressLog {
-            at: now,
-            ticks,
-            udp,
-            sent: p.sent,
-            sent_bytes: p.sent_bytes,
-            received: p.received,
-            rejected: p.rejected,
-            seed_received: p.seed_received,
-            sent_each: p.sent_each,
-            received_each: p.received_each,
-        };
+        *self = ProgressLog::reading(now, ticks, udp, p);
         line
     }
 }

@@ -455,18 +455,18 @@ pub fn lb_servers(path: &Path, lb_ip: IpAddr) -> Vec<String> {
     ips
 }
 
+/// A system program wherever Debian may put it, whatever the test's PATH (which often lacks the
+/// `sbin` directories nginx and nft live in).
 pub(super) fn find_program(name: &str) -> Option<PathBuf> {
-    [
+    let dirs = [
         "/usr/sbin",
         "/usr/bin",
         "/sbin",
         "/bin",
         "/usr/local/sbin",
         "/usr/local/bin",
-    ]
-    .iter()
-    .map(|dir| Path::new(dir).join(name))
-    .find(|p| p.is_file())
+    ];
+    crate::find_executable(name, dirs.map(PathBuf::from))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{find_on_path, DemoArgs};
+use super::DemoArgs;
 use crate::cluster::{lb_servers, LbKind, TestCluster};
+use crate::find_on_path;
 
 /// What the demo's LB host turned out to be.
 pub(super) struct LbState {

@@ -16,7 +16,7 @@
 //! A failed demo keeps its directory and prints the last lines of the hosts that failed; Ctrl-C or
 //! SIGTERM stops every process it started.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cluster::LbKind;
+use crate::find_on_path;
 
 /// A line on stderr. Unlike `eprintln!` it does not panic when stderr is a closed pipe
 /// (`rke2-demo 2>&1 | head`): the demo goes on, and stops what it started, either way.
@@ -248,26 +249,9 @@ fn ensure_etcd() -> Result<()> {
     Ok(())
 }
 
-/// `program` as the shell would find it: the first executable file of that name on PATH. PATH is
-/// the one place a user (or a test) hides an installed program from the demo.
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
 /// Host number `i` (from 0) of the demo: `node-<i+1>` on `<prefix>.<11+i>`.
 fn host_name(i: u32) -> String {
     format!("node-{}", i + 1)
-}
-
-fn address(prefix: [u8; 3], host: u32) -> IpAddr {
-    let [a, b, c] = prefix;
-    IpAddr::V4(Ipv4Addr::new(a, b, c, host as u8))
 }
 
 /// Kills what is left under each host root once the cluster is gone: the harness sweeps each
@@ -278,13 +262,11 @@ struct Sweep(Vec<PathBuf>);
 impl Drop for Sweep {
     fn drop(&mut self) {
         for root in &self.0 {
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while !crate::process::processes_under(root).is_empty()
-                && std::time::Instant::now() < deadline
-            {
+            // Best effort: what is still there after 2 s is left to the operator.
+            let _ = crate::wait_until(Duration::from_secs(2), Duration::from_millis(50), || {
                 crate::kill_standins_under(root);
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                crate::process::processes_under(root).is_empty()
+            });
         }
     }
 }

@@ -12,7 +12,7 @@ use rke2_bootstrap::status_socket::StatusReport;
 
 use super::lb::{self, LbState};
 use super::summary::{self, DemoSummary, LbSummary, NodeSummary, Timings};
-use super::{address, host_name, interrupted, roots, DemoArgs, Sweep};
+use super::{host_name, interrupted, roots, DemoArgs, Sweep};
 use crate::cluster::{ClusterSpec, TestCluster, GOSSIP_PORT};
 use crate::find_workspace_bin;
 
@@ -109,7 +109,7 @@ fn spec(args: &DemoArgs, prefix: [u8; 3], dir: &Path) -> ClusterSpec {
     spec.dir = Some(dir.to_path_buf());
     spec.servers = args.servers;
     let seats: Vec<String> = (0..args.servers)
-        .map(|i| address(prefix, 11 + i).to_string())
+        .map(|i| spec.address(11 + i as u8).to_string())
         .collect();
     spec.seeds = Some(
         seats
