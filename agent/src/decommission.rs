@@ -130,7 +130,10 @@ fn plan(node: &str, voters_left: Option<usize>, target: &Target) -> String {
     format!(
         "decommission {node}: delete its node{}{}",
         voters_left
-            .map(|n| format!(", remove its etcd member (leaving {n} voters)"))
+            .map(|n| format!(
+                ", remove its etcd member (leaving {n} voter{})",
+                if n == 1 { "" } else { "s" }
+            ))
             .unwrap_or_default(),
         if *target == Target::ThisHost {
             ", disable rke2-server on this host and keep the agent from bringing it back"

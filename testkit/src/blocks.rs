@@ -118,6 +118,8 @@ blocks! {
     DAY2 = 132, 2;
     /// tests/day2_returns.rs
     DAY2_RETURNS = 134, 3;
+    /// tests/day2_races.rs
+    DAY2_RACES = 137, 1;
     /// tests/security.rs
     SECURITY = 157, 3;
     /// tests/demo.rs, `demo --ip-prefix 127.170.0` and up

@@ -1,11 +1,9 @@
 //! Day 2 against the etcd-backed stand-in: servers powered off for good are removed after the
 //! departed grace, `auto` workers are promoted to restore `servers`, and the LB follows each step.
-//!
-//! Loopback test ids used here: 132 and 135 (day2_returns.rs has 133, 134 and 136; 137 to 139 are free).
 
 use std::time::Duration;
 
-use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap::gossip::schema::Role;
 use rke2_bootstrap_tests::blocks;
 use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::wait_until;
@@ -77,30 +75,21 @@ fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
     let mut after: Vec<&str> = live.clone();
     after.push(promoted);
     cluster
-        .wait_for_one_etcd_cluster(&after, REPAIR)
+        .wait_servers(&after, REPAIR)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    cluster
-        .wait_for_phase(&after, Phase::Ready, Duration::from_secs(30))
-        .unwrap();
     assert_eq!(cluster.role_of(promoted), Some(Role::Server));
     assert_eq!(
         cluster.role_of(workers[1]),
         Some(Role::Agent),
         "two promoted"
     );
-    cluster
-        .wait_for_lb_servers(&after, Duration::from_secs(30))
-        .unwrap();
     // One removal, by one server, through the API as the cluster admin (RKE2's controllers
     // remove the member and the password with the Node).
-    let removers: Vec<&str> = live
+    let removals = cluster.steward_removals(&live);
+    let removers: Vec<&str> = removals
         .iter()
-        .copied()
-        .filter(|s| {
-            let log = cluster.host(s).log();
-            log.contains("deleted the node object of a server gone for good")
-                && log.contains(&format!("node={gone}"))
-        })
+        .filter(|r| r.node == gone)
+        .map(|r| r.by.as_str())
         .collect();
     assert_eq!(removers.len(), 1, "{removers:?}\n{}", cluster.logs_tail());
     // The promoted host runs the server and no longer the agent.
@@ -131,10 +120,23 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// `out` says `node` was decommissioned, and the cluster is down to `left` (etcd, the LB).
+#[track_caller]
+fn decommissioned(cluster: &TestCluster, out: &std::process::Output, node: &str, left: &[&str]) {
+    assert!(out.status.success(), "{}", text(out));
+    assert!(
+        text(out).contains(&format!("decommissioned {node}")),
+        "{}",
+        text(out)
+    );
+    cluster.wait_servers(left, Duration::from_secs(30)).unwrap();
+}
+
 /// Decommission is refused while the cluster without the server would lose quorum (one of three
 /// servers is off, a second would leave one of two answering), and for a live host named from
-/// elsewhere; it is accepted on a healthy cluster: the server's node and member go, its RKE2 is
-/// disabled, the LB follows, and its agent never brings it back.
+/// elsewhere. It is accepted from another server for a host that is gone (`--node`), and on a
+/// healthy server itself: the server's node and member go, its RKE2 is disabled, the LB follows,
+/// and its agent never brings it back.
 #[test]
 fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     let servers = ["server-1", "server-2", "server-3"];
@@ -165,25 +167,28 @@ fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     cluster.start("server-3").unwrap();
     cluster.wait_formed(&servers, servers.len(), FORMATION);
 
-    // Healthy: accepted. Without --confirm it only says what it would do (exit 2).
-    cluster.stop_agent("server-3").unwrap();
-    let dry = decommission(&cluster, "server-3", &[]);
+    // A server whose disk died, named from another server: accepted once gossip has given up
+    // on it. Without --confirm it only says what it would do (exit 2).
+    cluster.power_off("server-3").unwrap();
+    wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        let dry = decommission(&cluster, "server-1", &["--node", "server-3"]);
+        match dry.status.code() {
+            Some(2) if text(&dry).contains("leaving 2 voters") => Ok(()),
+            _ => Err(text(&dry)),
+        }
+    })
+    .unwrap();
+    let out = decommission(&cluster, "server-1", &["--node", "server-3", "--confirm"]);
+    decommissioned(&cluster, &out, "server-3", &servers[..2]);
+
+    // A healthy server on itself: accepted, down to one server.
+    cluster.stop_agent("server-2").unwrap();
+    let dry = decommission(&cluster, "server-2", &[]);
     assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
-    assert!(text(&dry).contains("leaving 2 voters"), "{}", text(&dry));
-    let out = decommission(&cluster, "server-3", &["--confirm"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("decommissioned server-3"),
-        "{}",
-        text(&out)
-    );
-    cluster
-        .wait_for_one_etcd_cluster(&servers[..2], Duration::from_secs(30))
-        .unwrap();
-    cluster
-        .wait_for_lb_servers(&servers[..2], Duration::from_secs(30))
-        .unwrap();
-    let calls = cluster.host("server-3").service_calls();
+    assert!(text(&dry).contains("leaving 1 voter)"), "{}", text(&dry));
+    let out = decommission(&cluster, "server-2", &["--confirm"]);
+    decommissioned(&cluster, &out, "server-2", &servers[..1]);
+    let calls = cluster.host("server-2").service_calls();
     assert!(
         calls
             .iter()
@@ -191,14 +196,14 @@ fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
         "{calls:?}"
     );
     // Its agent stays out: started again, it exits at once, successfully, saying why.
-    cluster.start("server-3").unwrap();
+    cluster.start("server-2").unwrap();
     let status = cluster
-        .wait_exit("server-3", Duration::from_secs(20))
+        .wait_exit("server-2", Duration::from_secs(20))
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(
-        cluster.host("server-3").log().contains("decommissioned"),
+        cluster.host("server-2").log().contains("decommissioned"),
         "{}",
-        cluster.host("server-3").log()
+        cluster.host("server-2").log()
     );
 }

@@ -1,18 +1,13 @@
 //! Day 2, the harder returns: a server that comes back after the steward removed its etcd member
 //! rejoins as RKE2 does (tombstone, data moved aside, a new member), and two of five servers
 //! powered off in a row are removed and replaced one membership change at a time.
-//!
-//! Loopback test ids used here: 133, 134 and 136.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rke2_bootstrap::gossip::schema::{Phase, Role};
+use rke2_bootstrap::gossip::schema::Role;
 use rke2_bootstrap_tests::blocks;
-use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::cluster::{etcd_history, ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::standin::etcd;
 
 const FORMATION: Duration = Duration::from_secs(120);
@@ -22,7 +17,6 @@ const GRACE: &str = "8s";
 /// A removal (grace + a steward round), then a rejoin or a promotion (settle time, install, join
 /// turn, etcd learner, ready).
 const REPAIR: Duration = Duration::from_secs(120);
-const STEWARD_REMOVED: &str = "deleted the node object of a server gone for good";
 
 /// `layout` with the given `servers` target, an LB in front, a short grace on every host.
 fn cluster_with_grace(test_id: u8, layout: &[(&str, &'static str)], servers: u32) -> TestCluster {
@@ -58,31 +52,6 @@ fn standin_log(cluster: &TestCluster, name: &str) -> String {
     .unwrap_or_default()
 }
 
-/// `(timestamp, node)` of every removal the stewards among `servers` logged.
-fn removals(cluster: &TestCluster, servers: &[&str]) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    for server in servers {
-        for line in cluster.host(server).all_logs().lines() {
-            if !line.contains(STEWARD_REMOVED) {
-                continue;
-            }
-            let at = line
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let node = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("node="))
-                .unwrap_or_default()
-                .to_string();
-            found.push((at, node));
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Three servers; one is powered off until the steward removed its etcd member, then comes
 /// back. Its restarted etcd is refused as a removed member, RKE2 writes the tombstone and exits,
 /// and on its unit's restart moves the data aside and joins anew: etcd lists all three again,
@@ -111,15 +80,7 @@ fn back_after_removal(test_id: u8, returning: Returning) {
     let hosts = ["host-1", "host-2", "host-3"];
     let layout: Vec<(&str, &'static str)> = hosts.iter().map(|h| (*h, "server")).collect();
     let mut cluster = cluster_with_grace(test_id, &layout, 3);
-    cluster
-        .wait_for_phase(&hosts, Phase::Ready, FORMATION)
-        .unwrap();
-    cluster
-        .wait_for_one_etcd_cluster(&hosts, Duration::from_secs(30))
-        .unwrap();
-    cluster
-        .wait_for_lb_servers(&hosts, Duration::from_secs(30))
-        .unwrap();
+    cluster.wait_formed(&hosts, 3, FORMATION);
 
     let first = cluster.the_only_initialization();
     let gone = match returning {
@@ -140,14 +101,8 @@ fn back_after_removal(test_id: u8, returning: Returning) {
 
     cluster.start(gone).unwrap();
     cluster
-        .wait_for_one_etcd_cluster(&hosts, REPAIR)
+        .wait_servers(&hosts, REPAIR)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", standin_log(&cluster, gone)));
-    cluster
-        .wait_for_phase(&hosts, Phase::Ready, Duration::from_secs(30))
-        .unwrap();
-    cluster
-        .wait_for_lb_servers(&hosts, Duration::from_secs(30))
-        .unwrap();
 
     let new_id = member_id(&cluster, live[0], gone);
     assert_ne!(new_id, old_id, "{gone} kept its etcd member id");
@@ -172,20 +127,13 @@ fn back_after_removal(test_id: u8, returning: Returning) {
             .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     // One removal, by one server.
-    let removed = removals(&cluster, &live);
+    let removed = cluster.steward_removals(&live);
     assert_eq!(removed.len(), 1, "{removed:?}");
-    assert_eq!(removed[0].1, gone);
+    assert_eq!(removed[0].node, gone);
     // One cluster, created once, whoever came back (the first server's config now names the
     // cluster, so RKE2's own record is the witness).
     assert_eq!(cluster.new_cluster_events(), [(first.clone(), 1)]);
     eprintln!("test took {:?}", started.elapsed());
-}
-
-/// etcd as sampled on one live server during the repair.
-struct Sample {
-    at: Duration,
-    /// `(node, learner)` per member.
-    members: Vec<(String, bool)>,
 }
 
 /// Five servers and two `auto` workers; two servers lose power a few seconds apart. The steward
@@ -208,35 +156,8 @@ fn two_of_five_servers_powered_off_in_a_row_are_replaced_one_at_a_time() {
         .copied()
         .filter(|s| !gone.contains(s))
         .collect();
-    // Sample etcd on a server that stays, through the whole repair.
-    let observer = cluster.host(live[0]);
-    let client = etcd::Client::for_host(
-        SocketAddr::new(observer.ip, etcd::CLIENT_PORT),
-        &observer.root.rke2(),
-    )
-    .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        let since = Instant::now();
-        std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                if let Ok(list) = client.member_list() {
-                    samples.push(Sample {
-                        at: since.elapsed(),
-                        members: list
-                            .members
-                            .iter()
-                            .map(|m| (etcd::member_node_name(&m.name).to_string(), m.is_learner))
-                            .collect(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            samples
-        })
-    };
+    // Watch etcd on a server that stays, through the whole repair.
+    let history = cluster.watch_etcd(live[0]).unwrap();
 
     cluster.power_off(gone[0]).unwrap();
     std::thread::sleep(Duration::from_secs(3));
@@ -244,76 +165,34 @@ fn two_of_five_servers_powered_off_in_a_row_are_replaced_one_at_a_time() {
 
     let mut after: Vec<&str> = live.clone();
     after.extend(&workers);
-    let repaired = cluster.wait_for_one_etcd_cluster(&after, REPAIR);
-    stop.store(true, Ordering::SeqCst);
-    let samples = sampler.join().unwrap();
+    let repaired = cluster.wait_servers(&after, REPAIR);
+    let samples = history.stop();
     repaired.unwrap_or_else(|e| panic!("{e:#}"));
-    cluster
-        .wait_for_phase(&after, Phase::Ready, Duration::from_secs(30))
-        .unwrap();
     for w in &workers {
         assert_eq!(cluster.role_of(w), Some(Role::Server), "{w}");
     }
-    cluster
-        .wait_for_lb_servers(&after, Duration::from_secs(30))
-        .unwrap();
 
-    // The repair as etcd went through it, for the test's output.
-    for (i, s) in samples.iter().enumerate() {
-        if i == 0 || samples[i - 1].members != s.members {
-            eprintln!("etcd at {:>6.1?}: {:?}", s.at, s.members);
-        }
-    }
+    etcd_history::print_changes(&samples);
     // Never two joins in flight, and a removal only while no other member was learning.
     assert!(samples.len() > 50, "{} samples", samples.len());
-    for (i, s) in samples.iter().enumerate() {
-        let learners: Vec<&str> = s
-            .members
-            .iter()
-            .filter(|(_, learner)| *learner)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        assert!(
-            learners.len() <= 1,
-            "two learners at {:?}: {:?}",
-            s.at,
-            s.members
-        );
-        let Some(prev) = i.checked_sub(1).map(|p| &samples[p]) else {
-            continue;
-        };
-        let now: BTreeSet<&str> = s.members.iter().map(|(n, _)| n.as_str()).collect();
-        for (node, _) in prev
-            .members
-            .iter()
-            .filter(|(n, _)| !now.contains(n.as_str()))
-        {
-            let other_learner = prev
-                .members
-                .iter()
-                .any(|(n, learner)| *learner && n != node);
-            assert!(
-                !other_learner,
-                "{node} removed at {:?} while another member was learning: {:?}",
-                s.at, prev.members
-            );
-        }
-    }
+    etcd_history::check_one_change_at_a_time(&samples).unwrap();
     // The two removals, one after the other, by the steward.
-    let removed = removals(&cluster, &live);
+    let removed = cluster.steward_removals(&live);
     assert_eq!(removed.len(), 2, "{removed:?}");
-    let nodes: BTreeSet<&str> = removed.iter().map(|(_, n)| n.as_str()).collect();
+    let nodes: BTreeSet<&str> = removed.iter().map(|r| r.node.as_str()).collect();
     assert_eq!(
         nodes,
         gone.iter().copied().collect::<BTreeSet<_>>(),
         "{removed:?}"
     );
-    assert_ne!(removed[0].0, removed[1].0, "{removed:?}");
+    assert_ne!(removed[0].at, removed[1].at, "{removed:?}");
     // etcd never held both departed servers' seats gone and a replacement at once before both
     // removals: the member count only went 5, 4, 3, 4, 5.
-    let mut counts: Vec<usize> = samples.iter().map(|s| s.members.len()).collect();
-    counts.dedup();
-    assert_eq!(counts, [5, 4, 3, 4, 5], "member counts over the repair");
+    assert_eq!(
+        etcd_history::member_counts(&samples),
+        [5, 4, 3, 4, 5],
+        "member counts over the repair"
+    );
     eprintln!(
         "test took {:?} ({} samples)",
         started.elapsed(),

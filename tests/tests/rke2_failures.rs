@@ -1,8 +1,6 @@
 //! Scenarios that only an RKE2 stand-in failing like RKE2 can show: certificate renewal under the
 //! authenticated `/readyz`, and (with the real etcd behind the stand-in's servers) the paths
 //! real clusters take.
-//!
-//! Loopback test ids used here: 120 to 128 (129 is the stand-in's, 132 and up day 2's).
 
 use std::time::{Duration, Instant};
 

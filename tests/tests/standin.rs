@@ -1,7 +1,5 @@
 //! The stand-ins, exercised through their contracts: the installer script, the fake service
 //! manager, the `rke2-standin` server and agent, and the harness pieces around them.
-//!
-//! Loopback test ids used here: 200 to 229, and 129.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

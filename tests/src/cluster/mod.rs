@@ -21,6 +21,7 @@ use crate::{
     loopback_ip, standin_bin, wait_until, workspace_bin, ChildGuard, HostRoot, InstallerServer,
 };
 
+pub mod etcd_history;
 mod host;
 mod lb;
 mod observe;
@@ -29,8 +30,10 @@ mod run;
 mod spec;
 mod waits;
 
+pub use etcd_history::EtcdHistory;
 pub use host::TestHost;
 pub use lb::{lb_servers, parse_upstreams, LbHost, LbKind, LbSetup};
+pub use observe::StewardRemoval;
 pub use partition::{nft_available, skip_without_nft, Partition};
 pub(crate) use partition::{nft_set, NftTable};
 pub use run::TestCluster;

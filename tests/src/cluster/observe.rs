@@ -2,6 +2,20 @@
 
 use super::*;
 
+/// What the steward logs when it removes a departed server (its Node, and with it the member).
+const STEWARD_REMOVED: &str = "deleted the node object of a server gone for good";
+
+/// One removal of a departed server, as the steward logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StewardRemoval {
+    /// The log line's timestamp (RFC 3339, so it sorts as time does).
+    pub at: String,
+    /// The steward that removed it.
+    pub by: String,
+    /// The server removed.
+    pub node: String,
+}
+
 impl TestCluster {
     /// The one host that ever created a cluster: exactly one host's disk says it initialized,
     /// and its RKE2 stand-in created a cluster exactly once (no other did). Panics otherwise,
@@ -177,6 +191,32 @@ impl TestCluster {
             }
         }
         out
+    }
+
+    /// Every removal of a departed server that the stewards among `servers` logged (their logs
+    /// across restarts), in time order.
+    pub fn steward_removals(&self, servers: &[&str]) -> Vec<StewardRemoval> {
+        let mut found = Vec::new();
+        for server in servers {
+            for line in self.host(server).all_logs().lines() {
+                if !line.contains(STEWARD_REMOVED) {
+                    continue;
+                }
+                let mut words = line.split_whitespace();
+                let at = words.next().unwrap_or_default().to_string();
+                let node = words
+                    .find_map(|w| w.strip_prefix("node="))
+                    .unwrap_or_default()
+                    .to_string();
+                found.push(StewardRemoval {
+                    at,
+                    by: server.to_string(),
+                    node,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.at.cmp(&b.at));
+        found
     }
 
     /// The pid of a host's agent process, while it runs.

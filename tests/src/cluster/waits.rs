@@ -119,6 +119,20 @@ impl TestCluster {
         .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs_tail()))
     }
 
+    /// Waits until `servers` are exactly the members of one etcd cluster, voters all, every one
+    /// of them ready, and (with an LB) the LB routes to exactly them: the cluster's shape after
+    /// a day-2 change. All within `timeout`.
+    pub fn wait_servers(&self, servers: &[&str], timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        self.wait_for_one_etcd_cluster(servers, timeout)?;
+        self.wait_for_phase(servers, Phase::Ready, left())?;
+        if self.lb.is_some() {
+            self.wait_for_lb_servers(servers, left())?;
+        }
+        Ok(())
+    }
+
     /// Waits until every one of `hosts` is ready, `servers` of them servers and the rest workers,
     /// the servers one etcd cluster behind the LB. Returns the servers and the workers; panics
     /// with the logs otherwise.
@@ -139,12 +153,7 @@ impl TestCluster {
             (servers, hosts.len() - servers),
             "servers {formed:?}, workers {workers:?}"
         );
-        self.wait_for_one_etcd_cluster(&formed, Duration::from_secs(30))
-            .unwrap();
-        if self.lb.is_some() {
-            self.wait_for_lb_servers(&formed, Duration::from_secs(30))
-                .unwrap();
-        }
+        self.wait_servers(&formed, Duration::from_secs(30)).unwrap();
         (formed, workers)
     }
 

@@ -19,6 +19,10 @@
 //! - `STANDIN_READY_FILE`: a file created once the service is ready (servers: API ready; agents:
 //!   joined) and removed on exit; the fake service manager uses it as systemd's `READY=1`. Under a
 //!   real systemd (`NOTIFY_SOCKET` set, the systemd end-to-end test) `READY=1` is sent as well.
+//! - `STANDIN_LEARNER_CATCHUP_MS`: how long a joining server's etcd learner takes to catch up
+//!   before it asks to be promoted (0): a real learner copies the whole datastore first, minutes on
+//!   a large cluster, and the day-2 tests need a join that is still in flight when something else
+//!   becomes due.
 //! - `STANDIN_ETCD`: the etcd binary (`etcd`, from Debian's `etcd-server`);
 //!   `STANDIN_ETCD_CLIENT_PORT`, `STANDIN_ETCD_PEER_PORT`: its ports (2379, 2380).
 //!
@@ -232,6 +236,7 @@ pub struct Settings {
     pub etcd_binary: PathBuf,
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
+    pub learner_catchup: Duration,
 }
 
 impl Settings {
@@ -272,6 +277,7 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("etcd")),
             etcd_client_port: num("STANDIN_ETCD_CLIENT_PORT", etcd::CLIENT_PORT)?,
             etcd_peer_port: num("STANDIN_ETCD_PEER_PORT", etcd::PEER_PORT)?,
+            learner_catchup: Duration::from_millis(num("STANDIN_LEARNER_CATCHUP_MS", 0u64)?),
         })
     }
 }
@@ -710,7 +716,15 @@ async fn run_server(paths: &Rke2Paths, cfg: &StandinConfig, settings: &Settings)
     let child = launch.spawn()?;
     let local = etcd::Client::for_host(SocketAddr::new(node_ip, settings.etcd_client_port), paths)?;
     if let Some((id, endpoints)) = promotion {
-        tokio::spawn(promote_when_caught_up(kind, id, local.clone(), endpoints));
+        let catchup = settings.learner_catchup;
+        let local = local.clone();
+        tokio::spawn(async move {
+            if !catchup.is_zero() {
+                log(kind, format!("etcd learner catching up for {catchup:?}"));
+                tokio::time::sleep(catchup).await;
+            }
+            promote_when_caught_up(kind, id, local, endpoints).await
+        });
     }
 
     let mut sans = vec![node_ip.to_string()];
