@@ -5,6 +5,7 @@
 //! Data flows one way: gossip state -> typed membership view ([`gossip::schema`]) -> election and
 //! bring-up decisions ([`election`], [`bringup`]) -> files and commands ([`rke2`], [`fsutil`]).
 
+pub mod boot_config;
 pub mod bringup;
 pub mod child;
 pub mod cmdline;

@@ -10,8 +10,8 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use rke2_bootstrap::config::{
     layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX,
 };
-use rke2_bootstrap::exit;
 use rke2_bootstrap::gossip::schema::Role;
+use rke2_bootstrap::{boot_config, exit};
 
 #[derive(Parser)]
 #[command(
@@ -147,17 +147,18 @@ impl AgentArgs {
                 )))
             }
         };
-        let fetched_file = match &kernel.config_url {
-            Some((url, sha256)) => Some(fetch_config(url, sha256).map_err(StartError::Runtime)?),
-            None => None,
-        };
-        let layers = Layers {
+        let mut layers = Layers {
             file: self.config.clone(),
-            fetched_file,
+            fetched_file: None,
             env: layers::process_env(ENV_PREFIX),
             kernel: kernel.overrides,
             flags: self.flags.clone(),
         };
+        if let Some((url, sha256)) = &kernel.config_url {
+            let state_dir = AgentConfig::state_dir_before_fetch(&layers)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            layers.fetched_file = Some(obtain_boot_config(url, sha256, &state_dir)?);
+        }
         let loaded = if check_election {
             AgentConfig::load(&layers)
         } else {
@@ -172,44 +173,24 @@ enum StartError {
     Runtime(anyhow::Error),
 }
 
-/// Fetches the config named on the kernel command line, pinned by its SHA-256 (checked before
-/// a byte of it is parsed), into a private file. The command-line parser already refused plain
+/// The config named on the kernel command line, pinned by its SHA-256: the kept copy, or fetched
+/// and kept ([`rke2_bootstrap::boot_config`]). The command-line parser already refused plain
 /// http unless it was explicitly allowed.
-fn fetch_config(url: &str, sha256: &str) -> anyhow::Result<PathBuf> {
-    use anyhow::Context;
-    use sha2::Digest;
-    let runtime = rke2_bootstrap::process::daemon_runtime()?;
-    let body = runtime
-        .block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?;
-            let mut last = None;
-            for attempt in 0..5u32 {
-                match client
-                    .get(url)
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                {
-                    Ok(response) => return Ok(response.bytes().await?),
-                    Err(err) => last = Some(err),
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1 << attempt)).await;
-            }
-            Err(anyhow::Error::from(last.expect("at least one attempt")))
-        })
-        .with_context(|| format!("fetching config {url}"))?;
-    let actual = hex::encode(sha2::Sha256::digest(&body));
-    if !actual.eq_ignore_ascii_case(sha256) {
-        anyhow::bail!("config {url} has sha256 {actual}, the kernel command line pins {sha256}");
-    }
-    let path = std::env::temp_dir().join(format!("rke2-bootstrap-config-{}.yaml", &actual[..12]));
-    rke2_bootstrap::fsutil::write_file_atomic(
-        &path,
-        &body,
-        rke2_bootstrap::fsutil::SECRET_FILE_MODE,
-    )?;
+fn obtain_boot_config(
+    url: &str,
+    sha256: &str,
+    state_dir: &std::path::Path,
+) -> Result<PathBuf, StartError> {
+    let runtime =
+        rke2_bootstrap::process::daemon_runtime().map_err(|e| StartError::Runtime(e.into()))?;
+    let (path, _) = runtime
+        .block_on(boot_config::obtain(
+            url,
+            sha256,
+            state_dir,
+            boot_config::Retry::AT_BOOT,
+        ))
+        .map_err(StartError::Runtime)?;
     Ok(path)
 }
 

@@ -17,7 +17,8 @@
 # Then: one cluster forms (one initializer, RKE2's Type=notify stand-in units active, the LB lists
 # the three servers); `systemctl status`, `journalctl -u rke2-bootstrap`; a key rotation with
 # `systemctl reload` everywhere; `systemctl stop` as a graceful leave that leaves RKE2 running; a
-# reboot of the first server that resumes without installing or initializing again.
+# reboot of the first server that resumes without installing or initializing again; a reboot of
+# p1 while its config server is down (it starts from the config it kept at its first boot).
 #
 # Needs root, the packages (packaging/build-packages.sh --no-rpm) and the stand-in binary (built
 # here if missing). Installs debootstrap and systemd-container when missing. --keep leaves the
@@ -299,6 +300,23 @@ m = {x['name']: x for x in json.load(sys.stdin)}
 $snippet"
 }
 
+# Reboots container $1 and waits until its new boot is up: the restart loop boots it again
+# (systemd-nspawn exits 133 on a reboot), so a new PID 1 appears.
+reboot_container() {
+	local n=$1 old_leader pid deadline
+	old_leader=$(leader_pid "$n")
+	c_exec "$n" systemctl reboot || fail "$n: systemctl reboot failed"
+	log "$n: rebooting"
+	deadline=$(($(date +%s) + 90))
+	while :; do
+		pid=$(leader_pid "$n" 2>/dev/null) || pid=
+		[ -n "$pid" ] && [ "$pid" != "$old_leader" ] && break
+		[ "$(date +%s)" -lt "$deadline" ] || fail "$n: no new boot within 90 s"
+		sleep 0.2
+	done
+	wait_booted "$n" || fail "$n: degraded after the reboot"
+}
+
 # Polls check_members until it holds or $3 seconds have passed.
 wait_members() {
 	local n=$1 snippet=$2 timeout=$3 what=$4 deadline reason=
@@ -435,6 +453,8 @@ if down: print('not alive:', down); sys.exit(1)
 # --- systemctl status, journalctl -------------------------------------------------------------------------
 status=$(c_exec s2 systemctl status --no-pager rke2-bootstrap.service) || fail "s2: systemctl status exited non-zero: $status"
 grep -q 'Active: active (running)' <<<"$status" || fail "s2: status is not active (running): $status"
+# What the agent last said it does or waits for (sd_notify STATUS=), on the page operators read first.
+grep -q 'Status: "ready: ' <<<"$status" || fail "s2: status does not show the agent's phase: $status"
 journal=$(c_exec s2 journalctl --no-pager -u rke2-bootstrap.service)
 grep -q 'Started rke2-bootstrap.service\|Started RKE2 zero-touch bootstrap agent' <<<"$journal" ||
 	fail "s2: the journal does not show the start: $journal"
@@ -507,18 +527,7 @@ if m['a1']['alive'] or not m['a1']['left']: print('a1:', m['a1']); sys.exit(1)
 # --- reboot of the first server ----------------------------------------------------------------------------
 ca_before=$(c_exec "$first" sha256sum /var/lib/rancher/rke2/server/tls/server-ca.crt | cut -d' ' -f1)
 package_downloads=$(grep -c "GET /$deb_name" "$work/http.log")
-old_leader=$(leader_pid "$first")
-c_exec "$first" systemctl reboot || fail "$first: systemctl reboot failed"
-log "$first: rebooting"
-# The restart loop boots it again (systemd-nspawn exits 133 on a reboot): wait for a new PID 1.
-deadline=$(($(date +%s) + 90))
-while :; do
-	pid=$(leader_pid "$first" 2>/dev/null) || pid=
-	[ -n "$pid" ] && [ "$pid" != "$old_leader" ] && break
-	[ "$(date +%s)" -lt "$deadline" ] || fail "$first: no new boot within 90 s"
-	sleep 0.2
-done
-wait_booted "$first" || fail "$first: degraded after the reboot"
+reboot_container "$first"
 wait_members "$first" "
 want = ['s1', 's2', 's3', 'p1']
 missing = [n for n in want if n not in m or not m[n]['ready']]
@@ -542,6 +551,20 @@ ci=$(c_exec "$first" cloud-init status --long 2>&1) || fail "$first: cloud-init 
 [ "$(grep -c "GET /$deb_name" "$work/http.log")" = "$package_downloads" ] ||
 	fail "$first: cloud-init downloaded the package again after the reboot"
 log "$first: resumed after the reboot without installing or initializing again (CA unchanged)"
+
+# --- reboot of the PXE host while its config server is down ------------------------------------------
+# The boot entry still names prod.yaml, which the server no longer has: the agent must start from the
+# copy it kept in its state directory (same pinned digest), without asking the server.
+mv "$work/www/prod.yaml" "$work/prod.yaml.away"
+reboot_container p1
+wait_members p1 "
+if not m.get('p1', {}).get('ready'): print('p1:', m.get('p1')); sys.exit(1)
+" 120 "p1 rebooted while its config server is down: ready again"
+journal=$(c_exec p1 journalctl --no-pager -b 0 -u rke2-bootstrap.service)
+grep -q 'boot config: the kept copy has the pinned digest' <<<"$journal" ||
+	fail "p1: the agent did not start from its kept boot config: $journal"
+mv "$work/prod.yaml.away" "$work/www/prod.yaml"
+log "p1: rebooted while its config server was down, started from the kept boot config"
 
 log "PASS: systemd end-to-end test in $(($(date +%s) - started)) s"
 if ((keep)); then

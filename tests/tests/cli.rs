@@ -488,3 +488,54 @@ fn both_binaries_exit_2_on_a_key_file_that_does_not_load() {
         );
     }
 }
+
+/// A PXE host keeps the config its boot entry names (`rke2_bootstrap.config=`, pinned by its
+/// SHA-256) in its state directory: loaded again while the config server is down, as after a
+/// reboot in an outage, the configuration comes from the kept copy.
+#[test]
+fn a_boot_config_is_kept_and_loads_while_its_server_is_down() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let config = b"cluster-name: from-pxe\nrole: agent\n".to_vec();
+    let pin = hex::encode(sha2::Sha256::digest(&config));
+    let server = rke2_bootstrap_tests::InstallerServer::start(config.clone()).unwrap();
+    let cmdline = dir.path().join("cmdline");
+    std::fs::write(
+        &cmdline,
+        format!(
+            "BOOT_IMAGE=/vmlinuz ro rke2_bootstrap.config={} rke2_bootstrap.config_sha256={pin} \
+             rke2_bootstrap.allow_insecure_config_url=1\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let out = Command::new(workspace_bin("rke2-bootstrap"))
+            .arg("check-config")
+            .arg("--kernel-cmdline")
+            .arg(&cmdline)
+            .args(["--node-name", "pxe-1"])
+            .arg("--root")
+            .arg(&root)
+            .env_clear()
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("cluster from-pxe"), "{text}");
+    };
+    check();
+    assert_eq!(server.served(), 1);
+    let kept = root.join("var/lib/rke2-bootstrap/boot-config.yaml");
+    assert_eq!(std::fs::read(&kept).unwrap(), config);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    drop(server);
+    check();
+}

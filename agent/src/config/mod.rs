@@ -71,6 +71,24 @@ pub const AGENT_KEYS: &[KeySpec] = &[
     KeySpec { name: "status-socket", help: "Unix socket of the local status endpoint (default: <state-dir>/status.sock)" },
 ];
 
+/// The two keys that place the state directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RawPaths {
+    root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+/// `state-dir`, else its default under `root`.
+fn state_dir_of(root: Option<PathBuf>, state_dir: Option<PathBuf>) -> PathBuf {
+    state_dir.unwrap_or_else(|| {
+        under_root(
+            &root.unwrap_or_else(|| PathBuf::from("/")),
+            "/var/lib/rke2-bootstrap",
+        )
+    })
+}
+
 /// What the layers say, before defaults. Field names are the keys in kebab case.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -265,6 +283,24 @@ impl AgentConfig {
         Ok(cfg)
     }
 
+    /// The state directory the layers set, leaving a fetched config out: a config fetched at
+    /// boot is kept there ([`crate::boot_config`]), so it is known before the fetch. Errors as
+    /// [`AgentConfig::load`] names them.
+    pub fn state_dir_before_fetch(layers: &Layers) -> Result<PathBuf, ConfigError> {
+        let without_fetched = Layers {
+            fetched_file: None,
+            ..layers.clone()
+        };
+        let mut merged = layers::merge(
+            &without_fetched,
+            AGENT_KEYS,
+            ENV_PREFIX,
+            &[ENV_CONFIG_FILE, ENV_LOG],
+        )?;
+        let paths: RawPaths = merged.split_off(&["root", "state-dir"]).deserialize()?;
+        Ok(state_dir_of(paths.root, paths.state_dir))
+    }
+
     /// Loads like [`AgentConfig::load`] without asking for an electorate: for commands that only
     /// read the local status (`members`).
     pub fn load_without_election_check(layers: &Layers) -> Result<AgentConfig, ConfigError> {
@@ -322,11 +358,8 @@ impl AgentConfig {
         merged: &layers::Merged,
     ) -> Result<AgentConfig, ConfigError> {
         let check = Check { merged };
-        let root = raw.root.take().unwrap_or_else(|| PathBuf::from("/"));
-        let state_dir = raw
-            .state_dir
-            .take()
-            .unwrap_or_else(|| under_root(&root, "/var/lib/rke2-bootstrap"));
+        let root = raw.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let state_dir = state_dir_of(raw.root.take(), raw.state_dir.take());
         let (cluster_name, node_name) = check.names(&mut raw)?;
         let (bind_addr, advertise_addr) = check.addresses(&raw)?;
         let seeds = check.seeds(raw.seeds.take().unwrap_or_default())?;
