@@ -19,11 +19,12 @@ use crate::config::{AgentConfig, ConfiguredRole};
 use crate::election::{self, Decision, ElectionState};
 use crate::gossip::cluster::Cluster;
 use crate::gossip::etcd_roster::EtcdRoster;
-use crate::gossip::keyring::Keyring;
+use crate::gossip::keyring::{Keyring, KeyringStatus};
 use crate::gossip::schema::{
     cluster_identity, published_etcd_roster, Announcement, Member, Phase, Role,
 };
 use crate::host_state::{PersistedState, StateDir};
+use crate::key_reload;
 use crate::rke2::config_yaml::{self, Rke2Config};
 use crate::rke2::installer::{self, InstallType, InstallerConfig};
 use crate::rke2::probe::{ProbePorts, Prober};
@@ -82,12 +83,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         etcd_members: None,
     };
 
+    let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
+    if let Ok(mut r) = report.lock() {
+        r.keyring = KeyringStatus::of(&keyring);
+    }
     let gossip = cfg.gossip_config(advertise, keyring);
     let keyring_handle = gossip.keyring.clone();
     let cluster = Cluster::join(gossip, &published.announcement(&state)).await?;
-    let reload_task = tokio::spawn(reload_keyring_on_sighup(
+    let reload_task = tokio::spawn(key_reload::reload_on_sighup(
         cfg.gossip_key_file.clone(),
         keyring_handle,
+        report.clone(),
     ));
     info!(node = %cfg.node_name, gossip_addr = %advertise, step = %state.progress, "joined gossip");
     match &cfg.electorate {
@@ -103,7 +109,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
     let stats = cluster.stats();
     let status_task = status_socket::serve(
         &cfg.status_socket,
@@ -143,30 +148,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     status_task.abort();
     reload_task.abort();
     outcome
-}
-
-/// Key rotation in a live cluster: add the new key everywhere, make it primary everywhere, drop
-/// the old one; after each step, `systemctl reload` (SIGHUP) makes every agent re-read its file.
-/// A file that does not load leaves the running keyring untouched.
-pub async fn reload_keyring_on_sighup(
-    path: std::path::PathBuf,
-    keyring: crate::gossip::keyring::SharedKeyring,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match Keyring::load(&path) {
-            Ok(next) => {
-                info!(primary = %next.primary_id(), keys = next.key_ids().len(), "gossip keyring reloaded");
-                keyring.replace(next);
-            }
-            Err(err) => {
-                error!(error = %err, "gossip keyring reload failed; keeping the current keys")
-            }
-        }
-    }
 }
 
 /// What the operator gave this host that can be checked before it takes part in anything: a

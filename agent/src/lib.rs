@@ -17,6 +17,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod gossip;
 pub mod host_state;
+pub mod key_reload;
 pub mod node_addr;
 pub mod process;
 pub mod release;

@@ -11,7 +11,7 @@ use rke2_bootstrap::config::{
     layers, AgentConfig, ConfigError, Layers, AGENT_KEYS, ENV_CONFIG_FILE, ENV_PREFIX,
 };
 use rke2_bootstrap::gossip::schema::Role;
-use rke2_bootstrap::{boot_config, exit};
+use rke2_bootstrap::{boot_config, exit, key_reload};
 
 #[derive(Parser)]
 #[command(
@@ -39,8 +39,13 @@ enum Command {
         config: AgentArgs,
     },
     /// Load the configuration exactly as `agent` would (file, kernel command line, environment,
-    /// flags) and report the first problem; nothing is started or written. Exit 0 or 2.
+    /// flags) and report the first problem; nothing is started (a config named on the kernel
+    /// command line is fetched and kept, as at boot). Exit 0 or 2.
     CheckConfig(AgentArgs),
+    /// Make the running agent re-read its gossip key file and wait for the outcome: exit 0 when
+    /// it loaded, 1 when not (the current keys stay in use). The unit's ExecReload, so that
+    /// `systemctl reload` fails when a key file does not load.
+    ReloadKeys(AgentArgs),
     /// Take a server out of the cluster: delete its node and etcd member (refused when the rest
     /// would lose quorum), disable RKE2 on it. Run it on the server with its agent stopped, or on
     /// another server with --node for a host that cannot run it (powered off for good).
@@ -235,6 +240,13 @@ fn main() -> ExitCode {
                 cfg,
                 rke2_bootstrap::process::shutdown_signal(),
             )))
+        }),
+        Command::ReloadKeys(args) => args.load(false).map(|cfg| {
+            let reloaded =
+                key_reload::request_reload(&cfg.status_socket, key_reload::RELOAD_TIMEOUT);
+            runtime_outcome(
+                reloaded.and_then(|keys| print_stdout(&format!("{}\n", keys.summary()))),
+            )
         }),
         Command::CheckConfig(args) => args.load(true).map(|cfg| {
             runtime_outcome(print_stdout(&format!(

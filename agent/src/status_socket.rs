@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use crate::gossip::keyring::KeyringStatus;
 use crate::gossip::schema::{Member, MemberSummary, Phase, Role};
 
 /// What this node says about itself and its view of the cluster.
@@ -30,6 +31,12 @@ pub struct StatusReport {
     pub members: Vec<MemberSummary>,
     /// Transport counters (accepted, rejected by reason).
     pub transport: serde_json::Value,
+    /// The serving process, for `reload-keys` to signal (0 from a version that did not say).
+    #[serde(default)]
+    pub pid: u32,
+    /// The gossip keys in use, by id, and how the last reload went.
+    #[serde(default)]
+    pub keyring: KeyringStatus,
 }
 
 impl StatusReport {
@@ -41,6 +48,8 @@ impl StatusReport {
             reason: String::new(),
             members: Vec::new(),
             transport: serde_json::Value::Null,
+            pid: std::process::id(),
+            keyring: KeyringStatus::default(),
         }
     }
 }

@@ -16,8 +16,9 @@ use clap::{Arg, ArgAction, Command};
 use rke2_bootstrap::config::{layers, AgentConfig, ConfigError, KeySpec, Layers, AGENT_KEYS};
 use rke2_bootstrap::exit;
 use rke2_bootstrap::gossip::cluster::Cluster;
-use rke2_bootstrap::gossip::keyring::Keyring;
+use rke2_bootstrap::gossip::keyring::{Keyring, KeyringStatus};
 use rke2_bootstrap::gossip::schema::{Announcement, Role};
+use rke2_bootstrap::key_reload;
 use rke2_bootstrap::status_socket::{self, StatusReport};
 use rke2_lb_sidecar::{Sidecar, SidecarConfig};
 use tracing::info;
@@ -94,6 +95,13 @@ fn cli() -> Command {
                 .help("Load and validate the configuration (file, environment, flags), report the first problem and exit (0 or 2)"),
         )
         .arg(
+            Arg::new("reload-keys")
+                .long("reload-keys")
+                .action(ArgAction::SetTrue)
+                .help("Make the running sidecar re-read its gossip key file and wait for the outcome: exit 0 when it loaded, 1 when not (the current keys stay in use); the unit's ExecReload")
+                .conflicts_with("check-config"),
+        )
+        .arg(
             Arg::new("render-once")
                 .long("render-once")
                 .action(ArgAction::SetTrue)
@@ -151,8 +159,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if matches.get_flag("reload-keys") {
+        return exit::outcome(PROGRAM, reload_keys(&settings.gossip));
+    }
     let runtime = rke2_bootstrap::process::daemon_runtime().expect("starting the async runtime");
     exit::outcome(PROGRAM, runtime.block_on(run(settings)))
+}
+
+/// `--reload-keys`: the running sidecar re-reads its key file; says which keys it now uses.
+fn reload_keys(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let keys = key_reload::request_reload(&cfg.status_socket, key_reload::RELOAD_TIMEOUT)?;
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{PROGRAM}: {}", keys.summary());
+    Ok(())
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -163,21 +182,23 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let advertise = cfg
         .advertise_addr
         .context("advertise-addr (or a concrete bind-addr) is required for the sidecar")?;
-    let gossip = cfg.gossip_config(advertise, keyring);
-    let reload_task = tokio::spawn(rke2_bootstrap::daemon::reload_keyring_on_sighup(
-        cfg.gossip_key_file.clone(),
-        gossip.keyring.clone(),
-    ));
-    let cluster = Cluster::join(gossip, &Announcement::new(Role::Observer, advertise.ip())).await?;
-    info!(node = %cfg.node_name, gossip_addr = %advertise, "lb sidecar joined gossip");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-
     // The same status endpoint as the agent, with the sidecar's status as the reason line.
     let report = Arc::new(Mutex::new(StatusReport::new(&cfg.node_name)));
     if let Ok(mut r) = report.lock() {
         r.role = Role::Observer;
         r.phase = rke2_bootstrap::gossip::schema::Phase::Observing;
+        r.keyring = KeyringStatus::of(&keyring);
     }
+    let gossip = cfg.gossip_config(advertise, keyring);
+    let reload_task = tokio::spawn(key_reload::reload_on_sighup(
+        cfg.gossip_key_file.clone(),
+        gossip.keyring.clone(),
+        report.clone(),
+    ));
+    let cluster = Cluster::join(gossip, &Announcement::new(Role::Observer, advertise.ip())).await?;
+    info!(node = %cfg.node_name, gossip_addr = %advertise, "lb sidecar joined gossip");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
     let stats = cluster.stats();
     let mut sidecar_status = sidecar.status();
     let status_for_report = report.clone();

@@ -120,6 +120,8 @@ blocks! {
     DAY2_RETURNS = 134, 3;
     /// tests/day2_races.rs
     DAY2_RACES = 137, 1;
+    /// tests/key_rotation.rs
+    KEY_ROTATION = 138, 1;
     /// tests/security.rs
     SECURITY = 157, 3;
     /// tests/demo.rs, `demo --ip-prefix 127.170.0` and up

@@ -15,8 +15,8 @@
 # The examples are used as shipped apart from addresses, ports, URLs, the digest and the key.
 #
 # Then: one cluster forms (one initializer, RKE2's Type=notify stand-in units active, the LB lists
-# the three servers); `systemctl status`, `journalctl -u rke2-bootstrap`; a key rotation with
-# `systemctl reload` everywhere; `systemctl stop` as a graceful leave that leaves RKE2 running; a
+# the three servers); `systemctl status`, `journalctl -u rke2-bootstrap`; a broken key file that
+# fails `systemctl reload`; a key rotation with `systemctl reload` everywhere; `systemctl stop` as a graceful leave that leaves RKE2 running; a
 # reboot of the first server that resumes without installing or initializing again; a reboot of
 # p1 while its config server is down (it starts from the config it kept at its first boot).
 #
@@ -499,6 +499,21 @@ rotate() {
 	done
 	wait_members a1 "$all_up" 60 "key rotation, $what: every node alive"
 }
+# A key file broken by a bad edit: `systemctl reload` fails, saying why, and the keys in use stay.
+for n in s2 lb-2; do
+	unit=rke2-bootstrap.service
+	case $n in lb-*) unit=rke2-lb-sidecar.service ;; esac
+	c_exec "$n" cp -p /etc/rke2-bootstrap/gossip.key /etc/rke2-bootstrap/gossip.key.good
+	c_exec "$n" sh -c 'umask 077; echo "not a key" >/etc/rke2-bootstrap/gossip.key'
+	if c_exec "$n" systemctl reload "$unit" 2>/dev/null; then
+		fail "$n: systemctl reload $unit accepted a broken key file"
+	fi
+	reason=$(c_exec "$n" journalctl --no-pager -u "$unit" -n 20)
+	grep -q 'did not load' <<<"$reason" || fail "$n: the failed reload does not say why: $reason"
+	c_exec "$n" mv /etc/rke2-bootstrap/gossip.key.good /etc/rke2-bootstrap/gossip.key
+	c_exec "$n" systemctl is-active --quiet "$unit" || fail "$n: a failed reload stopped $unit"
+done
+log "a broken key file fails systemctl reload on s2 and lb-2, saying why; both keep running"
 rotate "new key added" "$gossip_key
 $new_key"
 rotate "new key primary" "$new_key

@@ -48,6 +48,7 @@ use base64::Engine as _;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Length of a gossip key in bytes.
@@ -597,6 +598,41 @@ fn warn_if_loose_permissions(path: &Path) {
                 mode = format!("{mode:o}"),
                 "gossip key file is readable by other users; use mode 600"
             );
+        }
+    }
+}
+
+/// The keys a process uses, by id (never a key), and how its reloads went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringStatus {
+    /// The id of the key new datagrams are sealed with.
+    pub primary: String,
+    /// How many keys datagrams are opened with, the primary included.
+    pub keys: usize,
+    /// Reloads attempted since the process started, loaded or not.
+    pub reloads: u64,
+    /// Why the last reload failed (the keys above stay in use); `None` when it loaded.
+    pub last_error: Option<String>,
+}
+
+impl KeyringStatus {
+    /// One line for an operator: the keys in use.
+    pub fn summary(&self) -> String {
+        format!(
+            "gossip keyring reloaded: primary key {}, {} key{} accepted",
+            self.primary,
+            self.keys,
+            if self.keys == 1 { "" } else { "s" }
+        )
+    }
+
+    /// The status of a process that just loaded `keyring`.
+    pub fn of(keyring: &Keyring) -> KeyringStatus {
+        KeyringStatus {
+            primary: keyring.primary_id().to_string(),
+            keys: keyring.key_ids().len(),
+            reloads: 0,
+            last_error: None,
         }
     }
 }

@@ -162,8 +162,28 @@ impl LbHost {
     }
 
     fn spawn_sidecar(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("sidecar.log"))?;
+        let mut cmd = self.sidecar_command();
+        cmd.env("RKE2_LB_SIDECAR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.sidecar = Some(ChildGuard::spawn(&mut cmd).context("starting the lb sidecar")?);
+        Ok(())
+    }
+
+    /// `rke2-lb-sidecar --reload-keys` with this sidecar's settings, as its unit's `ExecReload=`
+    /// runs it.
+    pub fn reload_keys(&self) -> Result<std::process::Output> {
+        self.sidecar_command()
+            .arg("--reload-keys")
+            .output()
+            .context("running rke2-lb-sidecar --reload-keys")
+    }
+
+    /// The sidecar with every setting this LB host gives it.
+    fn sidecar_command(&self) -> Command {
         let (setup, d) = (&self.setup, &self.dir);
-        let log = std::fs::File::create(d.join("sidecar.log"))?;
         let mut cmd = Command::new(workspace_bin("rke2-lb-sidecar"));
         cmd.args(["--cluster-name", &setup.cluster_name, "--node-name", "lb"])
             .args(["--bind-addr", &format!("{}:{GOSSIP_PORT}", self.ip)])
@@ -182,16 +202,11 @@ impl LbHost {
                     .gossip_settings
                     .iter()
                     .flat_map(|(key, value)| [format!("--{key}"), value.clone()]),
-            )
-            .env("RKE2_LB_SIDECAR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            );
         if matches!(self.program, Program::None) {
             cmd.args(["--validate", "[]", "--reload", "{command: [\"true\"]}"]);
         }
-        self.sidecar = Some(ChildGuard::spawn(&mut cmd).context("starting the lb sidecar")?);
-        Ok(())
+        cmd
     }
 
     /// `--nginx {...}` or `--haproxy {...}`: where the program keeps its files here, which
