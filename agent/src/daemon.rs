@@ -364,6 +364,7 @@ impl Daemon {
                 api: SocketAddr::new(self.published.node_addr, self.probe.ports().api),
                 root: self.cfg.root.clone(),
                 departed_grace: self.cfg.departed_server_grace_period,
+                servers_target: self.cfg.servers as usize,
             },
             roster_tx,
         );

@@ -524,7 +524,7 @@ rotate "old key removed" "$new_key"
 sleep 15
 check_members s1 "$all_up" || fail "after the rotation, not every node stays alive"
 journal=$(c_exec s1 journalctl --no-pager -u rke2-bootstrap.service)
-if [ "$(grep -c 'gossip keyring reloaded' <<<"$journal")" != 3 ] ||
+if [ "$(grep -c 'gossip keyring reloaded primary=' <<<"$journal")" != 3 ] ||
 	! grep -q 'gossip keyring reloaded.* keys=1' <<<"$journal"; then
 	fail "s1: the journal does not show three keyring reloads ending with one key"
 fi

@@ -43,6 +43,7 @@ fn etcd_column(cluster: &TestCluster, observer: &str) -> Vec<(String, Option<Str
 /// Three servers and two `auto` workers; one server loses power for good. After the grace the
 /// steward removes its etcd member, the lowest-named worker becomes a server and joins through the
 /// LB, and the etcd member list is the three live servers again, with the LB routing to them.
+/// When the lost server comes back after all, it rejoins, and the steward names the surplus.
 #[test]
 fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
     let hosts = ["host-1", "host-2", "host-3", "host-4", "host-5"];
@@ -100,6 +101,25 @@ fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
             .any(|(_, c)| c.contains("disable --now rke2-agent")),
         "{calls:?}"
     );
+
+    // The server was only off for long: back, RKE2 rejoins it as a new member (it finds its
+    // member removed), and etcd has four voters. Nothing removes a server that answers, so the
+    // steward says what an operator should do.
+    cluster.start(gone).unwrap();
+    let mut four = after.clone();
+    four.push(gone);
+    cluster
+        .wait_servers(&four, REPAIR)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let steward = live[0];
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let log = cluster.host(steward).log();
+        log.lines()
+            .any(|l| l.contains("more servers than the target") && l.contains("4 voting members"))
+            .then_some(())
+            .ok_or("no surplus warning yet")
+    })
+    .unwrap();
 }
 
 /// `rke2-bootstrap decommission` on `name` (its agent's flags), returning the output.

@@ -267,6 +267,26 @@ pub fn promotion_turn(
     }
 }
 
+/// What an operator should know when etcd has more voters than `servers`: nothing here removes a
+/// server that answers, so the surplus stays until someone decommissions one. It happens when a
+/// server powered off past the grace comes back after an `auto` worker took its place: RKE2
+/// rejoins it on its own (its unit starts at boot, and it joins anew once it finds its member
+/// removed). An even count that results tolerates no more failures than the odd one below it.
+pub fn surplus(roster: &EtcdRoster, target: usize) -> Option<String> {
+    let voters = roster.voters().count();
+    (voters > target).then(|| {
+        format!(
+            "etcd has {voters} voting members, more than servers ({target}){}; to restore the \
+             shape, run `rke2-bootstrap decommission` on one server (its agent stopped)",
+            if voters % 2 == 0 {
+                ", an even count"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,6 +565,32 @@ mod tests {
             promotion_turn("w1", &fixed, Some(&one), 3, GRACE),
             Err(Some(w)) if w.contains("no ready auto worker")
         ));
+    }
+
+    #[test]
+    fn a_surplus_of_voters_is_named_with_what_to_do() {
+        let four = roster(&[
+            ("s1", false, true),
+            ("s2", false, true),
+            ("s3", false, true),
+            ("w1", false, true),
+        ]);
+        let said = surplus(&four, 3).unwrap();
+        assert!(
+            said.contains("4 voting members")
+                && said.contains("even")
+                && said.contains("decommission"),
+            "{said}"
+        );
+        assert_eq!(surplus(&four, 5), None);
+        // A learner is a join in flight, not a surplus yet.
+        let joining = roster(&[
+            ("s1", false, true),
+            ("s2", false, true),
+            ("s3", false, true),
+            ("w1", true, true),
+        ]);
+        assert_eq!(surplus(&joining, 3), None);
     }
 
     #[test]

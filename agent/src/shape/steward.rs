@@ -13,7 +13,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{next_removal, steward_of, EtcdRoster, EtcdSeat, HostSeen, Removal};
+use super::{next_removal, steward_of, surplus, EtcdRoster, EtcdSeat, HostSeen, Removal};
 use crate::gossip::schema::{Liveness, Member};
 use crate::rke2::kube::{KubeAdmin, NodeDeletion};
 use crate::rke2::rejoin::{node_password_key, Etcd, EtcdMember};
@@ -66,6 +66,8 @@ pub struct StewardSettings {
     /// Where RKE2's files are (`/` on a real host).
     pub root: PathBuf,
     pub departed_grace: Duration,
+    /// The `servers` target, to say when etcd has more voters than it.
+    pub servers_target: usize,
 }
 
 /// Runs the steward loop for as long as the agent runs; the roster to publish (or `None` when
@@ -81,6 +83,7 @@ pub fn spawn(
         // steward, which only ever delays a removal.
         let mut silence = Since::default();
         let mut last_wait = String::new();
+        let mut last_surplus = None;
         loop {
             tokio::time::sleep(STEWARD_INTERVAL).await;
             let members = view.borrow().clone();
@@ -91,6 +94,7 @@ pub fn spawn(
             }
             match steward_round(&settings, &hosts, &mut silence).await {
                 Ok((current, wait)) => {
+                    let now_surplus = surplus(&current, settings.servers_target);
                     roster.send_if_modified(|r| {
                         let changed = r.as_ref() != Some(&current);
                         *r = Some(current);
@@ -99,6 +103,12 @@ pub fn spawn(
                     if let Some(why) = wait.filter(|w| *w != last_wait) {
                         info!(reason = %why, "etcd removal deferred");
                         last_wait = why;
+                    }
+                    if now_surplus != last_surplus {
+                        if let Some(what) = &now_surplus {
+                            warn!(reason = %what, "more servers than the target");
+                        }
+                        last_surplus = now_surplus;
                     }
                 }
                 Err(err) => {
