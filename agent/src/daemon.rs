@@ -13,7 +13,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::bringup::progress::{Plan, Progress, RunFacts};
+use crate::bringup::progress::{IllegalStep, Plan, Progress, RunFacts};
 use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
 use crate::config::{AgentConfig, ConfiguredRole};
 use crate::election::{self, Decision, ElectionState};
@@ -129,6 +129,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         service_enabled: false,
         report,
         roster: None,
+        server_duties: Vec::new(),
     };
     let outcome = tokio::select! {
         result = daemon.bring_up() => result,
@@ -236,6 +237,8 @@ struct Daemon {
     report: Arc<Mutex<StatusReport>>,
     /// The steward's etcd roster to publish, once this host serves as a server.
     roster: Option<watch::Receiver<Option<EtcdRoster>>>,
+    /// The server's duties (rejoin sweep, steward), stopped when it steps down to a worker.
+    server_duties: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -306,15 +309,22 @@ impl Daemon {
         if role == Role::Server && self.roster.is_none() {
             self.start_server_duties();
         }
-        let mut promotion = PromotionWatch::default();
+        let mut turn = RoleTurn::default();
         loop {
-            if plan == Plan::JoinAsAgent && self.published.promotable {
+            if self.published.promotable {
                 let members = self.view.borrow().clone();
-                if let Some(reason) = promotion.check(&self.cfg, &members) {
+                if let Some(reason) = turn.check(&self.cfg, role, &members) {
                     self.update(&reason).await;
                 }
-                if promotion.due() {
-                    return self.promote().await;
+                if turn.due() {
+                    match role {
+                        Role::Server => self.demote().await?,
+                        _ => self.promote().await?,
+                    }
+                    if !self.state.progress.is_joined() {
+                        return Ok(());
+                    }
+                    turn = RoleTurn::default();
                 }
             }
             let roster = self.roster.as_mut().and_then(|r| {
@@ -349,14 +359,14 @@ impl Daemon {
     /// removes servers gone for good.
     fn start_server_duties(&mut self) {
         let etcd = SocketAddr::new(self.published.node_addr, rejoin::ETCD_CLIENT_PORT);
-        rejoin::spawn(
+        let sweep = rejoin::spawn(
             self.view.clone(),
             self.cfg.node_name.clone(),
             etcd,
             self.cfg.root.clone(),
         );
         let (roster_tx, roster_rx) = watch::channel(None);
-        steward::spawn(
+        let steward = steward::spawn(
             self.view.clone(),
             steward::StewardSettings {
                 self_name: self.cfg.node_name.clone(),
@@ -369,6 +379,59 @@ impl Daemon {
             roster_tx,
         );
         self.roster = Some(roster_rx);
+        self.server_duties = vec![sweep, steward];
+    }
+
+    /// This server steps down to a worker: RKE2's server stops for good and its member and Node
+    /// go ([`crate::decommission::step_down`]), its duties stop, and the bring-up starts again
+    /// from a settled decision to join as a worker. A step down that fails (a member stopped
+    /// answering meanwhile) leaves the server as it was, to try again on a later turn.
+    async fn demote(&mut self) -> Result<()> {
+        info!("etcd has more voters than servers: this server steps down to a worker");
+        match crate::decommission::step_down(&self.cfg, &self.services).await {
+            Ok(done) => info!(done = %done, "stepped down from server"),
+            Err(err)
+                if matches!(
+                    self.services.is_active(ServiceKind::Server.unit()).await,
+                    Ok(true)
+                ) =>
+            {
+                warn!(error = %format!("{err:#}"), "cannot step down now; still a server");
+                return Ok(());
+            }
+            // RKE2's server is stopped: go on as a worker, whatever was not cleaned up (the
+            // steward removes a member that stays silent after the grace).
+            Err(err) => warn!(error = %format!("{err:#}"), "stepped down, not cleanly"),
+        }
+        for duty in self.server_duties.drain(..) {
+            duty.abort();
+        }
+        self.roster = None;
+        self.published.etcd_members = None;
+        self.walk_again(
+            Progress::demote,
+            "stepped down to a worker: waiting to join",
+        )
+        .await
+    }
+
+    /// Starts the bring-up again from the step a change of role leads to (`change`: a promotion
+    /// or a step down), with nothing of this run's service facts kept.
+    async fn walk_again(
+        &mut self,
+        change: fn(Progress) -> Result<Progress, IllegalStep>,
+        reason: &str,
+    ) -> Result<()> {
+        let step = self.state.progress;
+        self.advance(|next| {
+            next.progress = change(step)?;
+            Ok(())
+        })?;
+        self.published.run = RunFacts::default();
+        self.published.ready = false;
+        self.service_enabled = false;
+        self.update(reason).await;
+        Ok(())
     }
 
     /// This worker becomes a server: its agent service stops for good (the two cannot run side
@@ -380,16 +443,8 @@ impl Daemon {
             .disable_now(ServiceKind::Agent.unit())
             .await
             .context("stopping rke2-agent before becoming a server")?;
-        let step = self.state.progress;
-        self.advance(|next| {
-            next.progress = step.promote()?;
-            Ok(())
-        })?;
-        self.published.run = RunFacts::default();
-        self.published.ready = false;
-        self.service_enabled = false;
-        self.update("promoted to server: waiting to join").await;
-        Ok(())
+        self.walk_again(Progress::promote, "promoted to server: waiting to join")
+            .await
     }
 
     /// The election, until it settles this host's plan. Returns the plan and the election state
@@ -897,22 +952,45 @@ impl Daemon {
     }
 }
 
-/// Whether this `auto` worker's promotion is due: [`shape::promotion_turn`] must have said yes for
-/// [`shape::PROMOTION_SETTLE`] without a break, so that a view that is still spreading does not
-/// promote two workers.
+/// Whether this `auto` host's change of role is due: a worker's promotion
+/// ([`shape::promotion_turn`]) or a server's step down ([`shape::demotion_turn`]). The turn must
+/// have held for [`shape::PROMOTION_SETTLE`] without a break, so that a view that is still
+/// spreading does not move two hosts.
+/// [`shape::promotion_turn`] or [`shape::demotion_turn`].
+type TurnRule = fn(
+    &str,
+    &[shape::HostSeen],
+    Option<&EtcdRoster>,
+    usize,
+    Duration,
+) -> Result<(), Option<String>>;
+
 #[derive(Debug, Default)]
-struct PromotionWatch {
+struct RoleTurn {
     clock: steward::GoneClock,
     eligible_since: Option<std::time::Instant>,
     last_reason: Option<String>,
 }
 
-impl PromotionWatch {
-    /// Evaluates the view; returns the reason to show when it changed.
-    fn check(&mut self, cfg: &AgentConfig, members: &[Member]) -> Option<String> {
+impl RoleTurn {
+    /// Evaluates the view for a host serving as `role`; returns the reason to show when it
+    /// changed.
+    fn check(&mut self, cfg: &AgentConfig, role: Role, members: &[Member]) -> Option<String> {
         let now = std::time::Instant::now();
         let hosts = self.clock.observe(now, members);
-        let turn = shape::promotion_turn(
+        let (turn_of, due, idle): (TurnRule, &str, &str) = match role {
+            Role::Server => (
+                shape::demotion_turn,
+                "more servers than the target: this server is next to step down",
+                "server ready",
+            ),
+            _ => (
+                shape::promotion_turn,
+                "the cluster is short of servers: this worker is next to become one",
+                "worker ready",
+            ),
+        };
+        let turn = turn_of(
             &cfg.node_name,
             &hosts,
             published_etcd_roster(members),
@@ -922,7 +1000,7 @@ impl PromotionWatch {
         let reason = match turn {
             Ok(()) => {
                 self.eligible_since.get_or_insert(now);
-                Some("the cluster is short of servers: this worker is next to become one".into())
+                Some(due.to_string())
             }
             Err(reason) => {
                 self.eligible_since = None;
@@ -933,7 +1011,7 @@ impl PromotionWatch {
             return None;
         }
         self.last_reason = reason.clone();
-        Some(reason.unwrap_or_else(|| "worker ready".into()))
+        Some(reason.unwrap_or_else(|| idle.into()))
     }
 
     fn due(&self) -> bool {

@@ -159,13 +159,55 @@ async fn delete_node_as_admin(api: std::net::SocketAddr, cfg: &AgentConfig, node
 
 /// A client of a voting member other than `node` that answers.
 fn other_member(cfg: &AgentConfig, members: &[EtcdMember], node: &str) -> Result<Etcd> {
-    let other = members
+    Etcd::new(other_member_addr(members, node)?, &cfg.root)
+}
+
+/// The etcd client address of a voting member other than `node` that answers.
+fn other_member_addr(members: &[EtcdMember], node: &str) -> Result<std::net::SocketAddr> {
+    members
         .iter()
         .filter(|m| m.node_name() != node && m.answering && !m.learner)
         .flat_map(|m| m.client_addrs.first().copied())
         .next()
-        .context("no other etcd member answers to watch the removal from")?;
-    Etcd::new(other, &cfg.root)
+        .context("no other etcd member answers to watch the removal from")
+}
+
+/// An `auto` server stepping down to a worker (day 2: etcd has more voters than `servers`, see
+/// [`crate::shape::demotion_turn`]): the decommission of this server without its agent stopping
+/// or staying out. RKE2 is stopped first, so that it cannot rejoin as a new member once it sees
+/// its member removed; then its Node goes through another server's API (RKE2's controllers drop
+/// the member and the node password with it), and its member directly if they have not.
+pub async fn step_down(cfg: &AgentConfig, services: &ServiceManager) -> Result<String> {
+    let node = cfg.node_name.as_str();
+    let addrs = crate::node_addr::resolve(cfg)?;
+    let local = Etcd::new(
+        std::net::SocketAddr::new(addrs.node_ip, rejoin::ETCD_CLIENT_PORT),
+        &cfg.root,
+    )?;
+    let members = local
+        .members()
+        .await
+        .context("reading etcd's member list")?;
+    shape::removal_keeps_quorum(&roster_of(&members), node)
+        .map_err(|why| anyhow::anyhow!("not stepping down: {why}"))?;
+    let other = other_member_addr(&members, node)?;
+    let witness = Etcd::new(other, &cfg.root)?;
+    services
+        .disable_now(ServiceKind::Server.unit())
+        .await
+        .context("stopping rke2-server before stepping down")?;
+    let api = std::net::SocketAddr::new(other.ip(), ProbePorts::default().api);
+    let mut done = vec![
+        "stopped rke2-server".to_string(),
+        delete_node_as_admin(api, cfg, node).await,
+    ];
+    if remove_member_unless_gone(&witness, node).await? {
+        done.push("removed its etcd member".into());
+    }
+    if witness.delete(&node_password_key(node)).await? {
+        done.push("removed its node password".into());
+    }
+    Ok(done.join(", "))
 }
 
 /// Waits up to [`MEMBER_REMOVAL_WAIT`] for RKE2 to remove `node`'s member, then removes it;

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use rke2_bootstrap::gossip::schema::Role;
+use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap_tests::blocks;
-use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::cluster::{etcd_history, ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::standin::etcd;
 use rke2_bootstrap_tests::wait_until;
 
 const FORMATION: Duration = Duration::from_secs(120);
@@ -43,7 +44,8 @@ fn etcd_column(cluster: &TestCluster, observer: &str) -> Vec<(String, Option<Str
 /// Three servers and two `auto` workers; one server loses power for good. After the grace the
 /// steward removes its etcd member, the lowest-named worker becomes a server and joins through the
 /// LB, and the etcd member list is the three live servers again, with the LB routing to them.
-/// When the lost server comes back after all, it rejoins, and the steward names the surplus.
+/// When the lost server comes back after all, RKE2 rejoins it, and with four servers for three
+/// the highest-named `auto` server steps down to a worker.
 #[test]
 fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
     let hosts = ["host-1", "host-2", "host-3", "host-4", "host-5"];
@@ -94,32 +96,77 @@ fn a_server_gone_for_good_is_removed_and_an_auto_worker_promoted() {
         .collect();
     assert_eq!(removers.len(), 1, "{removers:?}\n{}", cluster.logs_tail());
     // The promoted host runs the server and no longer the agent.
-    let calls = cluster.host(promoted).service_calls();
-    assert!(
-        calls
-            .iter()
-            .any(|(_, c)| c.contains("disable --now rke2-agent")),
-        "{calls:?}"
-    );
+    assert_service_call(&cluster, promoted, "disable --now rke2-agent");
 
     // The server was only off for long: back, RKE2 rejoins it as a new member (it finds its
-    // member removed), and etcd has four voters. Nothing removes a server that answers, so the
-    // steward says what an operator should do.
+    // member removed), and etcd has four voters for three. The steward says so, and the
+    // highest-named `auto` server steps down to a worker: three servers again.
+    let history = cluster.watch_etcd(live[0]).unwrap();
     cluster.start(gone).unwrap();
     let mut four = after.clone();
     four.push(gone);
+    four.sort_unstable();
+    let demoted = four[3];
+    let three = &four[..3];
+    let stepped_down = wait_until(REPAIR, Duration::from_millis(500), || {
+        let views = cluster
+            .etcd_views(&[live[0]])
+            .map_err(|e| format!("{e:#}"))?;
+        let mut names: Vec<&str> = views[0]
+            .1
+            .members
+            .iter()
+            .map(|m| etcd::member_node_name(&m.name))
+            .collect();
+        names.sort_unstable();
+        let demoted_is_a_ready_worker = cluster
+            .host(demoted)
+            .status()
+            .is_some_and(|s| s.role == Role::Agent && s.phase == Phase::Ready);
+        if names == three && demoted_is_a_ready_worker {
+            Ok(())
+        } else {
+            Err(format!(
+                "etcd lists {names:?}; {demoted}: {:?}",
+                cluster
+                    .host(demoted)
+                    .status()
+                    .map(|s| (s.role, s.phase, s.reason))
+            ))
+        }
+    });
+    let samples = history.stop();
+    etcd_history::print_changes(&samples);
+    stepped_down.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs_tail()));
     cluster
-        .wait_servers(&four, REPAIR)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let steward = live[0];
-    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
-        let log = cluster.host(steward).log();
-        log.lines()
-            .any(|l| l.contains("more servers than the target") && l.contains("4 voting members"))
-            .then_some(())
-            .ok_or("no surplus warning yet")
-    })
-    .unwrap();
+        .wait_servers(three, Duration::from_secs(30))
+        .unwrap();
+    etcd_history::check_one_change_at_a_time(&samples).unwrap();
+    assert_eq!(
+        etcd_history::member_counts(&samples).last(),
+        Some(&3),
+        "{samples:?}"
+    );
+    assert!(
+        etcd_history::member_counts(&samples).contains(&4),
+        "never four voters: {samples:?}"
+    );
+    let steward_log = cluster.host(live[0]).log();
+    assert!(
+        steward_log.contains("more servers than the target"),
+        "{steward_log}"
+    );
+    assert_service_call(&cluster, demoted, "disable --now rke2-server");
+}
+
+/// `name`'s agent ran `systemctl <words>`.
+#[track_caller]
+fn assert_service_call(cluster: &TestCluster, name: &str, words: &str) {
+    let calls = cluster.host(name).service_calls();
+    assert!(
+        calls.iter().any(|(_, c)| c.contains(words)),
+        "{name} never ran {words:?}: {calls:?}"
+    );
 }
 
 /// `rke2-bootstrap decommission` on `name` (its agent's flags), returning the output.
@@ -208,13 +255,7 @@ fn decommission_is_refused_when_it_would_break_quorum_and_accepted_when_not() {
     assert!(text(&dry).contains("leaving 1 voter)"), "{}", text(&dry));
     let out = decommission(&cluster, "server-2", &["--confirm"]);
     decommissioned(&cluster, &out, "server-2", &servers[..1]);
-    let calls = cluster.host("server-2").service_calls();
-    assert!(
-        calls
-            .iter()
-            .any(|(_, c)| c.contains("disable --now rke2-server")),
-        "{calls:?}"
-    );
+    assert_service_call(&cluster, "server-2", "disable --now rke2-server");
     // Its agent stays out: started again, it exits at once, successfully, saying why.
     cluster.start("server-2").unwrap();
     let status = cluster

@@ -213,6 +213,21 @@ impl Progress {
         }
     }
 
+    /// A server of the cluster steps down to a worker: etcd has more voters than `servers` and
+    /// this `auto` host's turn came ([`crate::shape::demotion_turn`]). Its member is gone; it
+    /// joins again, as an agent, through the same steps as any worker.
+    pub fn demote(self) -> Result<Progress, IllegalStep> {
+        match self {
+            Progress::Joined(Plan::JoinAsServer | Plan::Initialize) => {
+                Ok(Progress::Settled(Plan::JoinAsAgent))
+            }
+            from => Err(IllegalStep {
+                from,
+                action: "step a server down",
+            }),
+        }
+    }
+
     /// An operator decommissioned this member (only a member that joined can be).
     pub fn decommissioned(self) -> Result<Progress, IllegalStep> {
         match self {
@@ -284,6 +299,21 @@ mod tests {
                 assert_eq!(promoted, Ok(Progress::Settled(Plan::JoinAsServer)));
             } else {
                 assert!(promoted.is_err(), "{from} promoted");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_joined_server_steps_down_and_it_joins_again_as_a_worker() {
+        for from in all_steps() {
+            let demoted = from.demote();
+            if matches!(
+                from,
+                Progress::Joined(Plan::JoinAsServer | Plan::Initialize)
+            ) {
+                assert_eq!(demoted, Ok(Progress::Settled(Plan::JoinAsAgent)));
+            } else {
+                assert!(demoted.is_err(), "{from} stepped down");
             }
         }
     }

@@ -11,6 +11,10 @@
 //!   be repaired.
 //! - **Promotion** ([`promotion_turn`]): while etcd has fewer voters than `servers`, the
 //!   lowest-named `auto` worker that is ready becomes a server and joins through the LB.
+//! - **Step down** ([`demotion_turn`]): while etcd has more voters than `servers` (a server off
+//!   past the grace came back after a worker took its place, and RKE2 rejoined it), the
+//!   highest-named ready `auto` server stops its RKE2 server, leaves etcd and joins again as a
+//!   worker. Fixed `server` hosts never step down.
 //!
 //! # Safety argument
 //!
@@ -19,6 +23,8 @@
 //!    smaller cluster is never larger (`quorum(n - 1) <= quorum(n)`). An operator's decommission
 //!    of a member that answers is checked against the quorum of the cluster without it
 //!    ([`removal_keeps_quorum`]).
+//!    A step down takes a member that answers, only while every member answers: the others
+//!    are at least a majority of the smaller cluster.
 //! 2. *One change at a time.* etcd records a join in flight itself: the joiner is a learner until
 //!    it has caught up. A removal waits while etcd holds a learner (other than the departed member
 //!    itself: a learner that died mid-join is what gets removed). It does not wait for servers
@@ -26,7 +32,8 @@
 //!    voter is listed, so waiting for them would be a deadlock, and they cannot overlap with the
 //!    removal in etcd. A promotion waits while etcd holds a learner or a silent member (a
 //!    removal is due first) or gossip shows a server joining; the promoted host then takes the
-//!    join turn like any server. Only the steward removes; views that disagree about who the
+//!    join turn like any server. A step down waits for the same, and a promotion and a step down
+//!    exclude each other (fewer voters than the target, or more). Only the steward removes; views that disagree about who the
 //!    steward is cost a removal that etcd already applied (idempotent), never a second change,
 //!    because etcd serializes membership changes itself.
 //! 3. *Never a member that is only partitioned.* The clock of a departed server starts when this
@@ -140,6 +147,23 @@ pub fn removal_keeps_quorum(roster: &EtcdRoster, node: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// A membership change that is due or in flight, which a promotion or a step down waits for: a
+/// silent member (its removal comes first), a learner, or a server that gossip shows joining
+/// (one that gossip lost counts for `grace`: it may be cut off while it installs, and join all
+/// the same).
+fn change_pending(hosts: &[HostSeen], roster: &EtcdRoster, grace: Duration) -> Option<String> {
+    if let Some(silent) = roster.seats().iter().find(|s| !s.answering) {
+        return Some(format!("{} must be removed from etcd first", silent.node));
+    }
+    if roster.join_in_flight() {
+        return Some("a learner is joining etcd".into());
+    }
+    hosts
+        .iter()
+        .find(|h| h.is_joining_server(grace))
+        .map(|joiner| format!("{} is joining", joiner.name))
+}
+
 /// What the steward does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
@@ -221,22 +245,8 @@ pub fn promotion_turn(
     if voters >= target {
         return Err(None);
     }
-    if let Some(silent) = roster.seats().iter().find(|s| !s.answering) {
-        return Err(Some(format!(
-            "{voters} of {target} servers; {} must be removed from etcd first",
-            silent.node
-        )));
-    }
-    if roster.join_in_flight() {
-        return Err(Some(format!(
-            "{voters} of {target} servers; a learner is joining etcd"
-        )));
-    }
-    if let Some(joiner) = hosts.iter().find(|h| h.is_joining_server(grace)) {
-        return Err(Some(format!(
-            "{voters} of {target} servers; {} is joining",
-            joiner.name
-        )));
+    if let Some(change) = change_pending(hosts, roster, grace) {
+        return Err(Some(format!("{voters} of {target} servers; {change}")));
     }
     let mut candidates: Vec<&str> = hosts
         .iter()
@@ -267,17 +277,19 @@ pub fn promotion_turn(
     }
 }
 
-/// What an operator should know when etcd has more voters than `servers`: nothing here removes a
-/// server that answers, so the surplus stays until someone decommissions one. It happens when a
+/// What an operator should know when etcd has more voters than `servers`. It happens when a
 /// server powered off past the grace comes back after an `auto` worker took its place: RKE2
 /// rejoins it on its own (its unit starts at boot, and it joins anew once it finds its member
 /// removed). An even count that results tolerates no more failures than the odd one below it.
+/// An `auto` server steps down ([`demotion_turn`]); fixed `server` hosts are left as the
+/// operator made them.
 pub fn surplus(roster: &EtcdRoster, target: usize) -> Option<String> {
     let voters = roster.voters().count();
     (voters > target).then(|| {
         format!(
-            "etcd has {voters} voting members, more than servers ({target}){}; to restore the \
-             shape, run `rke2-bootstrap decommission` on one server (its agent stopped)",
+            "etcd has {voters} voting members, more than servers ({target}){}; the \
+             highest-named ready auto server steps down to a worker, and without one, \
+             `rke2-bootstrap decommission` on a server (its agent stopped) restores the shape",
             if voters % 2 == 0 {
                 ", an even count"
             } else {
@@ -285,6 +297,46 @@ pub fn surplus(roster: &EtcdRoster, target: usize) -> Option<String> {
             }
         )
     })
+}
+
+/// Whether the server `me` should step down to a worker now: the mirror of [`promotion_turn`].
+///
+/// `Ok(())`: etcd has more voters than `target`, every one of them answering, no learner and no
+/// server joining, and `me` is the highest-named ready server configured `role: auto` (the
+/// lowest-named ready server is the steward, which thus never steps down while another can).
+/// Leaving keeps quorum: every member answers, and one fewer voter never needs more of them.
+/// `Err(reason)` otherwise, `None` when there is no surplus.
+pub fn demotion_turn(
+    me: &str,
+    hosts: &[HostSeen],
+    roster: Option<&EtcdRoster>,
+    target: usize,
+    grace: Duration,
+) -> Result<(), Option<String>> {
+    let Some(roster) = roster else {
+        return Err(None);
+    };
+    let voters = roster.voters().count();
+    if voters <= target {
+        return Err(None);
+    }
+    if let Some(change) = change_pending(hosts, roster, grace) {
+        return Err(Some(format!("{voters} servers for {target}; {change}")));
+    }
+    let last = hosts
+        .iter()
+        .filter(|h| h.promotable && h.is_ready_server() && roster.seat(&h.name).is_some())
+        .map(|h| h.name.as_str())
+        .max();
+    match last {
+        Some(last) if last == me => Ok(()),
+        Some(last) => Err(Some(format!(
+            "{voters} servers for {target}; {last} steps down first"
+        ))),
+        None => Err(Some(format!(
+            "{voters} servers for {target} and no ready auto server to step down"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -591,6 +643,68 @@ mod tests {
             ("w1", true, true),
         ]);
         assert_eq!(surplus(&joining, 3), None);
+    }
+
+    #[test]
+    fn the_highest_named_ready_auto_server_steps_down_from_a_surplus() {
+        let server = |name: &str, promotable: bool| HostSeen {
+            promotable,
+            ..host(name, Role::Server, Liveness::Alive, 0)
+        };
+        let hosts = [
+            server("s1", true),
+            server("s2", true),
+            server("s3", false),
+            server("w1", true),
+            host("w2", Role::Agent, Liveness::Alive, 0),
+        ];
+        let four = roster(&[
+            ("s1", false, true),
+            ("s2", false, true),
+            ("s3", false, true),
+            ("w1", false, true),
+        ]);
+        assert_eq!(demotion_turn("w1", &hosts, Some(&four), 3, GRACE), Ok(()));
+        assert!(matches!(
+            demotion_turn("s2", &hosts, Some(&four), 3, GRACE),
+            Err(Some(w)) if w.contains("w1 steps down first")
+        ));
+        // No surplus, or nothing known: nothing to do.
+        assert_eq!(
+            demotion_turn("w1", &hosts, Some(&four), 5, GRACE),
+            Err(None)
+        );
+        assert_eq!(demotion_turn("w1", &hosts, None, 3, GRACE), Err(None));
+        // A member that does not answer, or a join in flight: wait.
+        let silent = roster(&[
+            ("s1", false, true),
+            ("s2", false, false),
+            ("s3", false, true),
+            ("w1", false, true),
+        ]);
+        assert!(matches!(
+            demotion_turn("w1", &hosts, Some(&silent), 3, GRACE),
+            Err(Some(w)) if w.contains("s2 must be removed")
+        ));
+        let mut joining = hosts.to_vec();
+        joining[4].role = Role::Server;
+        joining[4].phase = Phase::Joining;
+        assert!(matches!(
+            demotion_turn("w1", &joining, Some(&four), 3, GRACE),
+            Err(Some(w)) if w.contains("w2 is joining")
+        ));
+        // Fixed `server` hosts never step down: the operator made them servers.
+        let fixed: Vec<HostSeen> = hosts
+            .iter()
+            .map(|h| HostSeen {
+                promotable: false,
+                ..h.clone()
+            })
+            .collect();
+        assert!(matches!(
+            demotion_turn("w1", &fixed, Some(&four), 3, GRACE),
+            Err(Some(w)) if w.contains("no ready auto server")
+        ));
     }
 
     #[test]

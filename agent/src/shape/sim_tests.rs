@@ -4,7 +4,8 @@
 //! shorter or longer than the grace), gossip-only partitions (etcd still answers), and returns of
 //! removed hosts. Every step, the steward decides with [`next_removal`] and every worker with
 //! [`promotion_turn`], as the runtime does; etcd is modelled as a member list with learners and
-//! the rule that it adds nobody while a voter is unreachable. After every step the three rules of
+//! the rule that it adds nobody while a voter is unreachable; a promoted worker steps down with
+//! [`demotion_turn`] when a removed server's return leaves a voter too many. After every step the three rules of
 //! the module's safety argument are checked, and after a quiet period the shape must be restored.
 
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ struct World {
     rng: StdRng,
     removals: usize,
     promotions: usize,
+    demotions: usize,
 }
 
 impl World {
@@ -93,6 +95,7 @@ impl World {
             rng: StdRng::seed_from_u64(seed),
             removals: 0,
             promotions: 0,
+            demotions: 0,
         }
     }
 
@@ -214,6 +217,31 @@ impl World {
             }
         }
         assert!(promoted.len() <= 1, "two promotions at once: {promoted:?}");
+        // Servers: a promoted worker steps down again when etcd has a voter too many (a removed
+        // server came back after the worker took its place).
+        let demoted: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.visible() && h.role == Role::Server && h.phase == Phase::Ready)
+            .filter(|h| demotion_turn(&h.name, &seen, published.as_ref(), TARGET, GRACE).is_ok())
+            .map(|h| h.name.clone())
+            .collect();
+        assert!(demoted.len() <= 1, "two step downs at once: {demoted:?}");
+        assert!(
+            promoted.is_empty() || demoted.is_empty(),
+            "a promotion ({promoted:?}) and a step down ({demoted:?}) at once"
+        );
+        for name in demoted {
+            assert!(
+                roster.seats().iter().all(|s| s.answering && !s.learner),
+                "{name} stepped down while etcd was not settled: {roster}"
+            );
+            self.etcd.members.remove(&name);
+            let h = self.hosts.iter_mut().find(|h| h.name == name).unwrap();
+            h.role = Role::Agent;
+            h.phase = Phase::Ready;
+            self.demotions += 1;
+        }
         for name in promoted {
             // In flight: promoted, running, not yet a voter, and not lost to gossip for the grace
             // (past it, the policy takes it for dead, as it must to go on).
@@ -318,7 +346,7 @@ impl World {
 #[test]
 fn the_policy_keeps_quorum_one_change_at_a_time_and_restores_the_shape() {
     let mut checked = 0;
-    let (mut removals, mut promotions) = (0, 0);
+    let (mut removals, mut promotions, mut demotions) = (0, 0, 0);
     for seed in 0..300 {
         let servers = if seed % 2 == 0 { 3 } else { 5 };
         let mut world = World::new(seed, servers, 4);
@@ -333,6 +361,7 @@ fn the_policy_keeps_quorum_one_change_at_a_time_and_restores_the_shape() {
         }
         removals += world.removals;
         promotions += world.promotions;
+        demotions += world.demotions;
         if !world.has_quorum() {
             // A majority of the servers lost power at once: nothing may be removed (rule 1), and
             // an operator must restore them; the policy rightly does nothing.
@@ -351,13 +380,23 @@ fn the_policy_keeps_quorum_one_change_at_a_time_and_restores_the_shape() {
             "seed {seed}: {voters} voters with {powered_candidates} candidates: {roster}\n{:#?}",
             world.hosts
         );
+        // No surplus of `auto` servers: a voter too many steps down, unless every voter is a
+        // fixed `server` host (the operator's choice).
+        let auto_voters = roster
+            .voters()
+            .filter(|s| world.hosts.iter().any(|h| h.name == s.node && h.promotable))
+            .count();
+        assert!(
+            voters <= TARGET || auto_voters == 0,
+            "seed {seed}: {voters} voters, {auto_voters} of them auto, for {TARGET}: {roster}"
+        );
         checked += 1;
     }
     // Most worlds keep a quorum through their trouble; the check must have run on them, and the
     // trouble must have made the policy act.
     assert!(checked > 200, "only {checked} worlds kept quorum");
     assert!(
-        removals > 100 && promotions > 100,
-        "{removals} removals, {promotions} promotions"
+        removals > 100 && promotions > 100 && demotions > 10,
+        "{removals} removals, {promotions} promotions, {demotions} step downs"
     );
 }
