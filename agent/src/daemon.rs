@@ -90,11 +90,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let gossip = cfg.gossip_config(advertise, keyring);
     let keyring_handle = gossip.keyring.clone();
     let cluster = Cluster::join(gossip, &published.announcement(&state)).await?;
-    let reload_task = tokio::spawn(key_reload::reload_on_sighup(
-        cfg.gossip_key_file.clone(),
-        keyring_handle,
-        report.clone(),
-    ));
+    let reload_task =
+        key_reload::reload_on_sighup(cfg.gossip_key_file.clone(), keyring_handle, report.clone())?;
     info!(node = %cfg.node_name, gossip_addr = %advertise, step = %state.progress, "joined gossip");
     match &cfg.electorate {
         Some(election::Electorate::Pinned(seats)) => {
@@ -952,10 +949,6 @@ impl Daemon {
     }
 }
 
-/// Whether this `auto` host's change of role is due: a worker's promotion
-/// ([`shape::promotion_turn`]) or a server's step down ([`shape::demotion_turn`]). The turn must
-/// have held for [`shape::PROMOTION_SETTLE`] without a break, so that a view that is still
-/// spreading does not move two hosts.
 /// [`shape::promotion_turn`] or [`shape::demotion_turn`].
 type TurnRule = fn(
     &str,
@@ -965,6 +958,10 @@ type TurnRule = fn(
     Duration,
 ) -> Result<(), Option<String>>;
 
+/// Whether this `auto` host's change of role is due: a worker's promotion
+/// ([`shape::promotion_turn`]) or a server's step down ([`shape::demotion_turn`]). The turn must
+/// have held for [`shape::PROMOTION_SETTLE`] without a break, so that a view that is still
+/// spreading does not move two hosts.
 #[derive(Debug, Default)]
 struct RoleTurn {
     clock: steward::GoneClock,

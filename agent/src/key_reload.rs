@@ -26,16 +26,25 @@ use crate::status_socket::{self, StatusReport};
 /// runs out when the process is stuck.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Re-reads `path` into `keyring` on every SIGHUP, and records each outcome in `report`.
-pub async fn reload_on_sighup(
+/// Re-reads `path` into `keyring` on every SIGHUP, and records each outcome in `report`. The
+/// handler is in place when this returns (SIGHUP's default action ends the process, so a reload
+/// right after the start must not arrive before it); the task runs until aborted.
+pub fn reload_on_sighup(
+    path: PathBuf,
+    keyring: SharedKeyring,
+    report: Arc<Mutex<StatusReport>>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let hup = signal(SignalKind::hangup()).context("installing the sighup handler")?;
+    Ok(tokio::spawn(reload_each(hup, path, keyring, report)))
+}
+
+async fn reload_each(
+    mut hup: tokio::signal::unix::Signal,
     path: PathBuf,
     keyring: SharedKeyring,
     report: Arc<Mutex<StatusReport>>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
     while hup.recv().await.is_some() {
         let outcome = Keyring::load(&path);
         let Ok(mut report) = report.lock() else {

@@ -190,11 +190,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         r.keyring = KeyringStatus::of(&keyring);
     }
     let gossip = cfg.gossip_config(advertise, keyring);
-    let reload_task = tokio::spawn(key_reload::reload_on_sighup(
+    let reload_task = key_reload::reload_on_sighup(
         cfg.gossip_key_file.clone(),
         gossip.keyring.clone(),
         report.clone(),
-    ));
+    )?;
     let cluster = Cluster::join(gossip, &Announcement::new(Role::Observer, advertise.ip())).await?;
     info!(node = %cfg.node_name, gossip_addr = %advertise, "lb sidecar joined gossip");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -66,9 +66,9 @@ use crate::gossip::schema::{Liveness, Phase, Role};
 /// cluster keeps serving meanwhile.
 pub const DEFAULT_DEPARTED_GRACE: Duration = Duration::from_secs(15 * 60);
 
-/// How long the conditions for a promotion must hold before a worker acts on them: longer than
-/// gossip takes to spread a change, so two workers with momentarily different views do not both
-/// believe they are the lowest-named candidate.
+/// How long the conditions for a promotion (or a step down) must hold before a host acts on
+/// them: longer than gossip takes to spread a change, so two hosts with momentarily different
+/// views do not both believe they are the candidate.
 pub const PROMOTION_SETTLE: Duration = Duration::from_secs(10);
 
 /// etcd's quorum for `voters` voting members.
