@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::bringup::progress::{IllegalStep, Plan, Progress, RunFacts};
-use crate::bringup::{self, JoinMaterial, CONTROL_PLANE_TAINT};
+use crate::bringup::{self, JoinMaterial};
 use crate::config::{AgentConfig, ConfiguredRole};
 use crate::election::{self, Decision, ElectionState};
 use crate::gossip::cluster::Cluster;
@@ -774,7 +774,7 @@ impl Daemon {
             node_name: Some(self.cfg.node_name.clone()),
             node_ip: Some(self.published.node_addr),
             node_taint: if is_server && self.cfg.control_plane_taint {
-                vec![CONTROL_PLANE_TAINT.to_string()]
+                vec![config_yaml::DEDICATED_CONTROL_PLANE_TAINT.to_string()]
             } else {
                 Vec::new()
             },

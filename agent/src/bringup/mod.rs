@@ -12,9 +12,6 @@ use crate::election::PeerView;
 use crate::gossip::schema::{Liveness, Member, Phase, Role};
 use crate::secret::Secret;
 
-/// Taint of a dedicated control plane, as in the manual procedure.
-pub const CONTROL_PLANE_TAINT: &str = "CriticalAddonsOnly=true:NoExecute";
-
 /// What a joiner needs from the existing cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinMaterial {
