@@ -539,3 +539,26 @@ fn a_boot_config_is_kept_and_loads_while_its_server_is_down() {
     drop(server);
     check();
 }
+
+/// `reload-keys` (the unit's `ExecReload=`) with no agent running: a failed reload that says
+/// what it asked and where, not a hang or a silent success.
+#[test]
+fn reload_keys_without_a_running_agent_fails_saying_where_it_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("status.sock");
+    let out = Command::new(workspace_bin("rke2-bootstrap"))
+        .args(["reload-keys", "--kernel-cmdline", "/nonexistent"])
+        .args(["--node-name", "a"])
+        .arg("--status-socket")
+        .arg(&socket)
+        .env_clear()
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("asking the running process for its keys")
+            && said.contains(&socket.display().to_string()),
+        "{said}"
+    );
+}

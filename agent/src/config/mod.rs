@@ -1119,6 +1119,41 @@ mod tests {
     }
 
     #[test]
+    fn the_state_dir_is_known_before_a_boot_config_is_fetched() {
+        let flags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let layers = Layers {
+            flags: flags(&[("root", "/tmp/h1")]),
+            // Not read for it: it is what will be kept there.
+            fetched_file: Some(PathBuf::from("/nonexistent/boot-config.yaml")),
+            ..Layers::default()
+        };
+        assert_eq!(
+            AgentConfig::state_dir_before_fetch(&layers).unwrap(),
+            PathBuf::from("/tmp/h1/var/lib/rke2-bootstrap")
+        );
+        let kernel = Layers {
+            kernel: flags(&[("state_dir", "/srv/state")]),
+            ..layers.clone()
+        };
+        assert_eq!(
+            AgentConfig::state_dir_before_fetch(&kernel).unwrap(),
+            PathBuf::from("/srv/state")
+        );
+        // A wrong key is named as loading the whole configuration names it.
+        let wrong = Layers {
+            flags: flags(&[("stat-dir", "/s")]),
+            ..Layers::default()
+        };
+        let err = AgentConfig::state_dir_before_fetch(&wrong).unwrap_err();
+        assert!(err.to_string().contains("`stat-dir`"), "{err}");
+    }
+
+    #[test]
     fn root_prefixes_default_paths_only() {
         let cfg = load(None, &[], &[("node-name", "a"), ("root", "/tmp/h1")]).unwrap();
         assert_eq!(
