@@ -121,16 +121,34 @@ pub fn print_members(report: &StatusReport, json: bool, out: &mut impl Write) ->
         out.write_all(members_table(&report.members).as_bytes())?;
         // What this host waits for (the election's missing seats and lease, a join turn...):
         // the first thing an operator asks when a cluster does not form.
-        if !report.reason.is_empty() {
-            writeln!(
-                out,
-                "\n{} is {}: {}",
-                report.node, report.phase, report.reason
-            )?;
+        let waits = (!report.reason.is_empty())
+            .then(|| format!("{} is {}: {}", report.node, report.phase, report.reason));
+        // During a key rotation: which keys this host uses, and whether its last reload failed.
+        let footer: Vec<String> = waits
+            .into_iter()
+            .chain(keyring_line(&report.keyring))
+            .collect();
+        if !footer.is_empty() {
+            writeln!(out, "\n{}", footer.join("\n"))?;
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// The keys line under the `members` table (ids only); nothing from an agent that did not say.
+fn keyring_line(keys: &KeyringStatus) -> Option<String> {
+    if keys.primary.is_empty() {
+        return None;
+    }
+    let mut line = format!(
+        "gossip keys: primary {}, {} accepted",
+        keys.primary, keys.keys
+    );
+    if let Some(why) = &keys.last_error {
+        line.push_str(&format!("; the last reload failed, keys kept: {why}"));
+    }
+    Some(line)
 }
 
 /// The `members` table: a header and one row per member, each column as wide as its widest
@@ -248,6 +266,35 @@ mod tests {
         }
         assert!(lines[2].ends_with("  (first server)"), "{table}");
         assert!(lines.iter().all(|l| !l.ends_with(' ')), "{table}");
+    }
+
+    #[test]
+    fn the_keys_in_use_are_shown_under_the_table_and_a_failed_reload_with_them() {
+        let mut report = StatusReport::new("s1");
+        let printed = |report: &StatusReport| {
+            let mut out = Vec::new();
+            print_members(report, false, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // An agent that did not say (an older version): no line.
+        assert!(!printed(&report).contains("gossip keys"));
+        report.keyring = KeyringStatus {
+            primary: "0e3b3723".into(),
+            keys: 2,
+            reloads: 1,
+            last_error: None,
+        };
+        assert!(
+            printed(&report).contains("gossip keys: primary 0e3b3723, 2 accepted\n"),
+            "{}",
+            printed(&report)
+        );
+        report.keyring.last_error = Some("line 1: not valid base64".into());
+        assert!(
+            printed(&report).contains("the last reload failed, keys kept: line 1"),
+            "{}",
+            printed(&report)
+        );
     }
 
     #[test]
