@@ -334,8 +334,16 @@ pub fn abdicate(state: &ElectionState, round: u32) -> Result<ElectionState, Tran
 /// acknowledged, and their claimants are passed over as if they had abdicated. A released
 /// claimant that had become initializer is no evidence of a cluster either: the operator asserts
 /// it never started RKE2 (what it publishes as a member, a CA hash, still is).
+///
+/// A claimant is known by name, not only by the claim it publishes: a host that restarts after
+/// the release learns the dead claimant's entry from its peers key by key, and may see its
+/// `initializer` flag before its claim. Abdication is for good, so a released host stays passed
+/// over in every round.
 pub fn decide(state: &ElectionState, obs: &Observation) -> Decision {
-    let released = |p: &PeerView| p.claim().is_some_and(|c| state.released.contains(c));
+    let released = |p: &PeerView| {
+        p.claim().is_some_and(|c| state.released.contains(c))
+            || state.released.iter().any(|c| c.candidate == p.name)
+    };
     let decision = if obs.peers.iter().any(released) {
         let mut obs = obs.clone();
         for p in obs.peers.iter_mut().filter(|p| released(p)) {

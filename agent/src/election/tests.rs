@@ -794,6 +794,22 @@ fn a_released_initializer_is_no_evidence_of_a_cluster() {
     let released = fresh().release("c", &v(0, "a")).unwrap();
     // b still shows its acknowledgement of a (its release has not shown yet): passed over too.
     check("released", &released, &o, &Want::Vote(2, "c"));
+    // Restarted after the release, c learns a's entry from b key by key: the initializer flag
+    // can arrive before the claim. Still no cluster.
+    let partial = obs(
+        "c",
+        Role::Server,
+        ABC,
+        vec![
+            server("a").initializer().dead_for(600),
+            server("b").voting(0, "a").acking(0, "a"),
+        ],
+    )
+    .with_observing(600);
+    assert!(
+        !matches!(decide(&released, &partial), Decision::JoinExisting { .. }),
+        "a released initializer seen before its claim still counted as a cluster"
+    );
     // What a member publishes (a CA hash: RKE2 did start) still counts, released or not.
     let started = obs(
         "c",
