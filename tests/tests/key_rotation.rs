@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rke2_bootstrap::fsutil;
 use rke2_bootstrap_tests::blocks;
-use rke2_bootstrap_tests::cluster::{layout, ClusterSpec, TestCluster};
+use rke2_bootstrap_tests::cluster::{layout, transport_counter, ClusterSpec, TestCluster};
 use rke2_bootstrap_tests::{wait_until, workspace_bin};
 
 const FORMATION: Duration = Duration::from_secs(120);
@@ -77,10 +77,7 @@ fn keygen() -> String {
 
 /// A transport counter of `name`'s gossip.
 fn counter(cluster: &TestCluster, name: &str, counter: &str) -> u64 {
-    let transport = cluster.host(name).status().expect("status").transport;
-    transport[counter]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {counter} in {transport}"))
+    transport_counter(&cluster.host(name).transport(), counter)
 }
 
 /// Gossip flows on the keys in use: every host keeps receiving datagrams it can open, and none is

@@ -25,7 +25,7 @@ use rke2_bootstrap::gossip::schema::{Phase, Role};
 use rke2_bootstrap::gossip::{Announcement, Cluster, GossipConfig, Keyring};
 use rke2_bootstrap::host_state::PersistedState;
 use rke2_bootstrap_tests::blocks::SECURITY;
-use rke2_bootstrap_tests::cluster::{ClusterSpec, TestCluster, GOSSIP_PORT};
+use rke2_bootstrap_tests::cluster::{transport_counter, ClusterSpec, TestCluster, GOSSIP_PORT};
 use rke2_bootstrap_tests::{wait_until, workspace_bin, ChildGuard};
 use rke2_testkit::wire;
 
@@ -59,16 +59,6 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 fn gossip_addr(cluster: &TestCluster, name: &str) -> SocketAddr {
     SocketAddr::new(cluster.host(name).ip, GOSSIP_PORT)
-}
-
-fn transport(cluster: &TestCluster, name: &str) -> serde_json::Value {
-    cluster.host(name).status().expect("status").transport
-}
-
-fn counter(t: &serde_json::Value, name: &str) -> u64 {
-    t[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {t}"))
 }
 
 fn all_ready(cluster: &TestCluster, names: &[&str]) -> Result<(), String> {
@@ -109,7 +99,7 @@ fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
     let name = format!("test-{}", SECURITY.id(0));
     let name = name.as_str();
     let target = gossip_addr(&cluster, "sec-s1");
-    let before = transport(&cluster, "sec-s1");
+    let before = cluster.host("sec-s1").transport();
     let socket = std::net::UdpSocket::bind(SocketAddr::new(SECURITY.ip(0, 99), 0)).unwrap();
     let mut rng_state = 0x2545_f491_4f6c_dd1du64;
     let mut random = |len: usize| -> Vec<u8> {
@@ -180,9 +170,9 @@ fn running_cluster_resists_forged_datagrams_and_keeps_secrets() {
         "rejected_decode",
     ];
     wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        let now = transport(&cluster, "sec-s1");
+        let now = cluster.host("sec-s1").transport();
         for (i, c) in counters.iter().enumerate() {
-            let rose = counter(&now, c) - counter(&before, c);
+            let rose = transport_counter(&now, c) - transport_counter(&before, c);
             if rose < sent[i] {
                 return Err(format!("{c} rose by {rose}, {} sent", sent[i]));
             }

@@ -33,9 +33,9 @@
 //!    removal in etcd. A promotion waits while etcd holds a learner or a silent member (a
 //!    removal is due first) or gossip shows a server joining; the promoted host then takes the
 //!    join turn like any server. A step down waits for the same, and a promotion and a step down
-//!    exclude each other (fewer voters than the target, or more). Only the steward removes; views that disagree about who the
-//!    steward is cost a removal that etcd already applied (idempotent), never a second change,
-//!    because etcd serializes membership changes itself.
+//!    exclude each other (fewer voters than the target, or more). Only the steward removes; views
+//!    that disagree about who the steward is cost a removal that etcd already applied (idempotent),
+//!    never a second change, because etcd serializes membership changes itself.
 //! 3. *Never a member that is only partitioned.* The clock of a departed server starts when this
 //!    host's gossip first saw it gone and restarts whenever it is seen alive, and its etcd member
 //!    must have been silent for the grace too (a server cut off from gossip but serving etcd,
@@ -50,6 +50,7 @@ pub mod steward;
 #[cfg(test)]
 mod sim_tests;
 
+use std::cmp::Ordering;
 use std::time::Duration;
 
 pub use crate::gossip::etcd_roster::{EtcdRoster, EtcdSeat};
@@ -147,6 +148,27 @@ pub fn removal_keeps_quorum(roster: &EtcdRoster, node: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// The opening of both role turns: the roster and its voter count when etcd has `off` of
+/// `target` voters (fewer for a promotion, more for a step down) and no change is pending;
+/// otherwise the turn's answer (`None`: the shape is kept, or nothing is known).
+fn off_target<'r>(
+    hosts: &[HostSeen],
+    roster: Option<&'r EtcdRoster>,
+    target: usize,
+    grace: Duration,
+    off: Ordering,
+) -> Result<(&'r EtcdRoster, usize), Option<String>> {
+    let roster = roster.ok_or(None)?;
+    let voters = roster.voters().count();
+    if voters.cmp(&target) != off {
+        return Err(None);
+    }
+    match change_pending(hosts, roster, grace) {
+        Some(change) => Err(Some(format!("{voters} servers, {target} wanted; {change}"))),
+        None => Ok((roster, voters)),
+    }
+}
+
 /// A membership change that is due or in flight, which a promotion or a step down waits for: a
 /// silent member (its removal comes first), a learner, or a server that gossip shows joining
 /// (one that gossip lost counts for `grace`: it may be cut off while it installs, and join all
@@ -238,16 +260,7 @@ pub fn promotion_turn(
     target: usize,
     grace: Duration,
 ) -> Result<(), Option<String>> {
-    let Some(roster) = roster else {
-        return Err(None);
-    };
-    let voters = roster.voters().count();
-    if voters >= target {
-        return Err(None);
-    }
-    if let Some(change) = change_pending(hosts, roster, grace) {
-        return Err(Some(format!("{voters} of {target} servers; {change}")));
-    }
+    let (_, voters) = off_target(hosts, roster, target, grace, Ordering::Less)?;
     let mut candidates: Vec<&str> = hosts
         .iter()
         .filter(|h| {
@@ -260,19 +273,19 @@ pub fn promotion_turn(
     // even count only when a second promotion can follow to the odd one.
     if candidates.is_empty() {
         return Err(Some(format!(
-            "{voters} of {target} servers and no ready auto worker to promote"
+            "{voters} servers, {target} wanted and no ready auto worker to promote"
         )));
     }
     if (voters + 1) % 2 == 0 && voters + 1 < target && candidates.len() < 2 {
         return Err(Some(format!(
-            "{voters} of {target} servers; one auto worker would make an even number, and no second \
+            "{voters} servers, {target} wanted; one auto worker would make an even number, and no second \
              one could follow"
         )));
     }
     match candidates[0] {
         first if first == me => Ok(()),
         first => Err(Some(format!(
-            "{voters} of {target} servers; {first} is promoted first"
+            "{voters} servers, {target} wanted; {first} is promoted first"
         ))),
     }
 }
@@ -313,16 +326,7 @@ pub fn demotion_turn(
     target: usize,
     grace: Duration,
 ) -> Result<(), Option<String>> {
-    let Some(roster) = roster else {
-        return Err(None);
-    };
-    let voters = roster.voters().count();
-    if voters <= target {
-        return Err(None);
-    }
-    if let Some(change) = change_pending(hosts, roster, grace) {
-        return Err(Some(format!("{voters} servers for {target}; {change}")));
-    }
+    let (roster, voters) = off_target(hosts, roster, target, grace, Ordering::Greater)?;
     let last = hosts
         .iter()
         .filter(|h| h.promotable && h.is_ready_server() && roster.seat(&h.name).is_some())
@@ -331,10 +335,10 @@ pub fn demotion_turn(
     match last {
         Some(last) if last == me => Ok(()),
         Some(last) => Err(Some(format!(
-            "{voters} servers for {target}; {last} steps down first"
+            "{voters} servers, {target} wanted; {last} steps down first"
         ))),
         None => Err(Some(format!(
-            "{voters} servers for {target} and no ready auto server to step down"
+            "{voters} servers, {target} wanted and no ready auto server to step down"
         ))),
     }
 }

@@ -67,6 +67,14 @@ impl TestHost {
         status_socket::fetch(&self.status_socket()).ok()
     }
 
+    /// The agent's gossip transport counters (datagrams sent, received, rejected by reason), as
+    /// its status reports them; panics when it does not answer.
+    pub fn transport(&self) -> serde_json::Value {
+        self.status()
+            .unwrap_or_else(|| panic!("{} does not answer on its status socket", self.name))
+            .transport
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -178,4 +186,11 @@ pub(super) fn kill_programs_run_from(root: &Path) {
     let _ = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
         pids.iter().all(|&p| !crate::pid_alive(p))
     });
+}
+
+/// One counter of a [`TestHost::transport`] document.
+pub fn transport_counter(transport: &serde_json::Value, name: &str) -> u64 {
+    transport[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {transport}"))
 }

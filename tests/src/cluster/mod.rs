@@ -31,7 +31,7 @@ mod spec;
 mod waits;
 
 pub use etcd_history::EtcdHistory;
-pub use host::TestHost;
+pub use host::{transport_counter, TestHost};
 pub use lb::{lb_servers, parse_upstreams, LbHost, LbKind, LbSetup};
 pub use observe::StewardRemoval;
 pub use partition::{nft_available, skip_without_nft, Partition};
